@@ -1,0 +1,142 @@
+"""Class-folder datasets from a directory or a zip, decoded once and cached in memory as uint8.
+
+Layouts (detected automatically):
+  root/<class>/<image>                   one class per folder
+  root/<group>/<class>/<image>           Omniglot style: a class is a character inside an alphabet
+A zip may hold either layout, optionally under one top folder (``images_background/...``).
+Unreadable images are skipped with one warning that counts them and names the first.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Callable
+
+import numpy as np
+
+from ..errors import FastadaptError, warn
+from ..images import Preprocess, decode_bytes, is_image_name, to_uint8
+
+
+@dataclass
+class ImageClasses:
+    """Images grouped by class: ``images[i]`` is a (n_i, C, H, W) uint8 array for class ``names[i]``."""
+
+    names: list
+    images: list
+    spec: Preprocess
+    groups: list = field(default_factory=list)  # e.g. the alphabet of each character
+
+    def __post_init__(self):
+        if not self.groups:
+            self.groups = [""] * len(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_images(self) -> int:
+        return int(sum(len(x) for x in self.images))
+
+    def subset(self, indices) -> "ImageClasses":
+        indices = list(indices)
+        return ImageClasses([self.names[i] for i in indices], [self.images[i] for i in indices],
+                            self.spec, [self.groups[i] for i in indices])
+
+    def merge(self, other: "ImageClasses") -> "ImageClasses":
+        return ImageClasses(self.names + other.names, self.images + other.images, self.spec,
+                            self.groups + other.groups)
+
+    def with_rotations(self) -> "ImageClasses":
+        """Each class plus its 90/180/270 degree rotations as new classes (Santoro et al., Vinyals et al.)."""
+        names, images, groups = [], [], []
+        for k in range(4):
+            suffix = "" if k == 0 else f"@rot{90 * k}"
+            for name, imgs, group in zip(self.names, self.images, self.groups):
+                names.append(name + suffix)
+                images.append(np.ascontiguousarray(np.rot90(imgs, k, axes=(2, 3))))
+                groups.append(group)
+        return ImageClasses(names, images, self.spec, groups)
+
+
+def _split_layout(paths: list) -> dict:
+    """Group image paths (relative, '/'-separated) by class. Handles one- and two-level layouts."""
+    by_parent = defaultdict(list)
+    for p in paths:
+        parts = PurePosixPath(p).parts
+        if len(parts) < 2:
+            continue  # an image at the root belongs to no class
+        by_parent[PurePosixPath(*parts[:-1]).as_posix()].append(p)
+    if not by_parent:
+        return {}
+    # Strip folder levels shared by every class (a zip's single top folder, or the dataset root).
+    keys = sorted(by_parent)
+    split = [PurePosixPath(k).parts for k in keys]
+    common = 0
+    while all(len(s) > common + 1 for s in split) and len({s[common] for s in split}) == 1:
+        common += 1
+    return {"/".join(PurePosixPath(k).parts[common:]): sorted(v) for k, v in sorted(by_parent.items())}
+
+
+def _read_members(path: str) -> tuple:
+    """List the image members of a folder or zip; return (relative paths, reader)."""
+    if zipfile.is_zipfile(path):
+        archive = zipfile.ZipFile(path)
+        members = [n for n in archive.namelist() if not n.endswith("/") and is_image_name(n)
+                   and "__MACOSX" not in n]
+        return members, lambda n: archive.read(n), archive
+    if os.path.isdir(path):
+        members = []
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel = os.path.relpath(dirpath, path)
+            for f in sorted(filenames):
+                if is_image_name(f):
+                    members.append(PurePosixPath(*(() if rel == "." else PurePosixPath(rel).parts), f).as_posix())
+        return members, None, None
+    if os.path.exists(path):
+        raise FastadaptError(f"{path}: not a folder or a zip of class folders")
+    raise FastadaptError(f"{path}: no such file or folder; pass a folder of class subfolders or a zip of them")
+
+
+def load_class_folders(path: str, spec: Preprocess, progress: Callable | None = None) -> ImageClasses:
+    """Decode every image of a class-folder dataset (folder or zip) into uint8 arrays."""
+    path = os.fspath(path)
+    members, read, archive = _read_members(path)
+    classes = _split_layout(members)
+    if not classes:
+        raise FastadaptError(f"{path}: no class folders with images found (expected {os.path.basename(path) or path}/<class>/<image>.png)")
+    names, images, groups, bad = [], [], [], []
+    total = sum(len(v) for v in classes.values())
+    done = 0
+    try:
+        for name, files in classes.items():
+            arrays = []
+            for f in files:
+                try:
+                    if read is None:
+                        arrays.append(to_uint8(os.path.join(path, f), spec))
+                    else:
+                        arrays.append(to_uint8(decode_bytes(read(f), f"{path}:{f}"), spec))
+                except FastadaptError:
+                    bad.append(f)
+                done += 1
+                if progress is not None and done % 500 == 0:
+                    progress(done, total)
+            if arrays:
+                parts = name.split("/")
+                names.append(name)
+                groups.append("/".join(parts[:-1]))
+                images.append(np.stack(arrays))
+    finally:
+        if archive is not None:
+            archive.close()
+    if bad:
+        warn(f"{path}: skipped {len(bad)} unreadable image(s), first: {bad[0]}")
+    if not names:
+        raise FastadaptError(f"{path}: none of the {total} images could be read")
+    return ImageClasses(names, images, spec, groups)

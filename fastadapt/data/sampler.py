@@ -1,0 +1,58 @@
+"""Episodic N-way K-shot task sampling, seeded per task so task ``i`` is the same everywhere.
+
+Task ``i`` of a sampler depends only on (seed, i) and the dataset, which lets the trainer
+(torch) and the runtime (onnxruntime) evaluate a model on exactly the same tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FastadaptError
+from .classes import ImageClasses
+
+
+@dataclass
+class Task:
+    support_x: np.ndarray  # (ways*shots, C, H, W) uint8
+    support_y: np.ndarray  # (ways*shots,) int64, labels 0..ways-1
+    query_x: np.ndarray
+    query_y: np.ndarray
+    classes: np.ndarray  # dataset class index of each label
+
+
+class TaskSampler:
+    def __init__(self, data: ImageClasses, ways: int, shots: int, query: int, seed: int = 0,
+                 where: str = "dataset"):
+        if ways < 2:
+            raise FastadaptError(f"--ways must be at least 2, got {ways}")
+        if shots < 1:
+            raise FastadaptError(f"--shots must be at least 1, got {shots}")
+        if query < 1:
+            raise FastadaptError(f"--query must be at least 1, got {query}")
+        if ways > len(data):
+            raise FastadaptError(f"--ways {ways} is larger than the {len(data)} classes of the {where}; lower --ways")
+        need = shots + query
+        small = [(n, len(x)) for n, x in zip(data.names, data.images) if len(x) < need]
+        if small:
+            name, count = small[0]
+            raise FastadaptError(
+                f"class '{name}' of the {where} has {count} images, fewer than --shots + --query = {need}"
+                f" ({len(small)} such classes); lower --shots/--query or remove those classes")
+        self.data, self.ways, self.shots, self.query, self.seed = data, ways, shots, query, seed
+
+    def task(self, index: int) -> Task:
+        rng = np.random.default_rng([self.seed, index])
+        classes = rng.choice(len(self.data), size=self.ways, replace=False)
+        sx, sy, qx, qy = [], [], [], []
+        for label, c in enumerate(classes):
+            images = self.data.images[c]
+            pick = rng.choice(len(images), size=self.shots + self.query, replace=False)
+            sx.append(images[pick[: self.shots]])
+            qx.append(images[pick[self.shots:]])
+            sy += [label] * self.shots
+            qy += [label] * self.query
+        return Task(np.concatenate(sx), np.asarray(sy, np.int64), np.concatenate(qx),
+                    np.asarray(qy, np.int64), classes)
