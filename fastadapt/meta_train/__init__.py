@@ -1,0 +1,1 @@
+"""Server-side meta-training (torch): inner loop, algorithms, trainer, evaluation, export."""

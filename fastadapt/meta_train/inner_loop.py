@@ -1,0 +1,123 @@
+"""The inner loop: k plain SGD steps on a task's support set, as pure functions over a parameter dict.
+
+This is the ONE definition of adaptation. Training (all algorithms), evaluation and the exported
+ONNX step graph all call ``sgd_step``; the device then repeats exactly these steps.
+
+A model's parameters are a flat dict: the body's (``layers.0.weight`` ...) plus the linear head
+(``head.weight`` of shape (outputs, features), ``head.bias``). The head is created per task by
+``init_head`` so any number of classes works:
+  zero       all-zero rows. Every class starts equal and the first step separates them. (A shared
+             learned row repeated N times is exactly equivalent: adding one vector to every row
+             adds a constant to every logit, which softmax ignores, so it cannot be meta-learned.)
+  prototype  row c = 2 * mean feature of class c, bias c = -|mean|^2 (Proto-MAML, Triantafillou
+             et al. 2020): before any step the model is a prototypical network.
+  learned    the head is an ordinary meta-parameter with a fixed output size (regression).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad
+
+HEAD = ("head.weight", "head.bias")
+HEAD_INITS = ("zero", "prototype", "learned")
+LOSSES = ("cross_entropy", "mse")
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """The adaptation recipe the model is meta-trained for and the device repeats."""
+
+    steps: int = 5
+    lr: float = 0.4
+    adapt: str = "all"  # "all" parameters, or only the "head" (ANIL)
+    loss: str = "cross_entropy"
+    head_init: str = "zero"
+
+    def __post_init__(self):
+        if self.adapt not in ("all", "head"):
+            raise ValueError(f"adapt must be 'all' or 'head', got '{self.adapt}'")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got '{self.loss}'")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got '{self.head_init}'")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InnerLoop":
+        return cls(**{k: d[k] for k in ("steps", "lr", "adapt", "loss", "head_init")})
+
+    def adapted_names(self, params: dict) -> list:
+        return [k for k in params if self.adapt == "all" or k in HEAD]
+
+
+def body_params(params: dict) -> dict:
+    return {k: v for k, v in params.items() if k not in HEAD}
+
+
+def features(model, params: dict, x: torch.Tensor) -> torch.Tensor:
+    return functional_call(model, body_params(params), (x,))
+
+
+def forward(model, params: dict, x: torch.Tensor) -> torch.Tensor:
+    """Outputs (logits, or regression values) of body + head."""
+    return F.linear(features(model, params, x), params["head.weight"], params["head.bias"])
+
+
+def task_loss(model, params: dict, x, y, loss: str) -> torch.Tensor:
+    out = forward(model, params, x)
+    if loss == "cross_entropy":
+        return F.cross_entropy(out, y)
+    return F.mse_loss(out, y)
+
+
+def init_head(model, meta_params: dict, support_x, support_y, ways: int, recipe: InnerLoop) -> dict:
+    """Meta-parameters + a head for ``ways`` outputs, per the recipe's head initialisation."""
+    if recipe.head_init == "learned":
+        return dict(meta_params)
+    params = body_params(meta_params)
+    if recipe.head_init == "zero":
+        some = next(iter(params.values()))
+        dim = model.feature_dim
+        params["head.weight"] = some.new_zeros(ways, dim)
+        params["head.bias"] = some.new_zeros(ways)
+        return params
+    feats = features(model, params, support_x)
+    onehot = F.one_hot(support_y, ways).to(feats.dtype)
+    protos = (onehot.t() @ feats) / onehot.sum(0).unsqueeze(1)
+    params["head.weight"] = 2 * protos
+    params["head.bias"] = -(protos * protos).sum(1)
+    return params
+
+
+def sgd_step(model, params: dict, x, y, recipe: InnerLoop, lr: float, first_order: bool = False) -> dict:
+    """One SGD step on the adapted subset. Second order unless ``first_order`` (gradients detached)."""
+    names = recipe.adapted_names(params)
+    adapted = {k: params[k] for k in names}
+    frozen = {k: v for k, v in params.items() if k not in adapted}
+
+    def loss_of(adapted_params):
+        return task_loss(model, {**frozen, **adapted_params}, x, y, recipe.loss)
+
+    grads = grad(loss_of)(adapted)
+    new = dict(params)
+    for k in names:
+        g = grads[k].detach() if first_order else grads[k]
+        new[k] = params[k] - lr * g
+    return new
+
+
+def adapt(model, meta_params: dict, support_x, support_y, ways: int, recipe: InnerLoop,
+          steps: int | None = None, lr: float | None = None, first_order: bool = False) -> dict:
+    """Head initialisation, then ``steps`` SGD steps on the support set -> task-specific parameters."""
+    params = init_head(model, meta_params, support_x, support_y, ways, recipe)
+    steps = recipe.steps if steps is None else steps
+    lr = recipe.lr if lr is None else lr
+    for _ in range(steps):
+        params = sgd_step(model, params, support_x, support_y, recipe, lr, first_order)
+    return params

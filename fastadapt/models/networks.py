@@ -1,0 +1,110 @@
+"""Conv4 (the few-shot papers' backbone) and the sinusoid MLP, as plain nn.Modules.
+
+Both are a *body* that maps inputs to features; the linear head lives outside the module because
+its size (the number of classes) is only known when a task arrives (see ``inner_loop.init_head``).
+Inner loops call them functionally (``torch.func.functional_call``) with a parameter dict.
+
+Normalisation is per sample by default ("layer": GroupNorm with one group, i.e. LayerNorm over
+C, H, W), so a prediction for one image never depends on the other images in the batch.
+"batch" uses the statistics of whatever batch is passed (the papers' transductive setting).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("layer", "batch", "none")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "conv4"  # conv4 | mlp
+    channels: int = 1
+    image_size: int = 28
+    width: int = 64
+    norm: str = "layer"
+    hidden: tuple = (40, 40)  # mlp only
+    in_features: int = 1  # mlp only
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        d = dict(d)
+        d["hidden"] = tuple(d.get("hidden", (40, 40)))
+        return cls(**d)
+
+
+class BatchStatsNorm(nn.Module):
+    """BatchNorm that always uses the current batch's statistics and keeps no running averages."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        return F.batch_norm(x, None, None, self.weight, self.bias, training=True)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)
+    if kind == "batch":
+        return BatchStatsNorm(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm '{kind}', choose one of {NORMS}")
+
+
+class Conv4(nn.Module):
+    """4 x [conv3x3(width), norm, ReLU, maxpool2] -> flattened features."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        layers, channels = [], spec.channels
+        for _ in range(4):
+            layers += [nn.Conv2d(channels, spec.width, 3, padding=1), _norm(spec.norm, spec.width),
+                       nn.ReLU(), nn.MaxPool2d(2)]
+            channels = spec.width
+        self.layers = nn.Sequential(*layers)
+        side = spec.image_size
+        for _ in range(4):
+            side //= 2
+        if side < 1:
+            raise ValueError(f"image size {spec.image_size} is too small for 4 pooling layers (min 16)")
+        self.feature_dim = spec.width * side * side
+
+    def forward(self, x):
+        return self.layers(x).flatten(1)
+
+
+class MLP(nn.Module):
+    """The MAML sinusoid network: in -> 40 -> 40 (ReLU) features; the head maps to the output."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        sizes = (spec.in_features,) + tuple(spec.hidden)
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.layers = nn.Sequential(*layers)
+        self.feature_dim = sizes[-1]
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    if spec.name == "conv4":
+        return Conv4(spec)
+    if spec.name == "mlp":
+        return MLP(spec)
+    raise ValueError(f"unknown model '{spec.name}'")
