@@ -1,0 +1,33 @@
+"""The ``fastadapt`` command line (Typer). Training commands import torch lazily, inside the command."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import FastadaptError
+
+app = typer.Typer(
+    name="fastadapt",
+    help="Few-shot adaptation on the edge: meta-train a model once (train, evaluate, export), then teach "
+         "it new classes from a handful of images on the device (adapt, predict), without torch.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+from . import runtime_commands, train_commands  # noqa: E402,F401  (register commands)
+
+
+def main() -> None:
+    """Console entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app()
+    except FastadaptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Device-side commands: adapt, predict, info, demo (torch-free)."""

@@ -1,0 +1,1 @@
+"""Server-side commands: train, evaluate, export (torch imported inside the commands)."""
