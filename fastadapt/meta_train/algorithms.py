@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .inner_loop import InnerLoop, adapt, forward, task_loss
+from .inner_loop import InnerLoop, adapt, forward, output_loss
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "anil")
 
@@ -33,12 +33,11 @@ class Batch:
 
 
 def query_metrics(model, params, task: Batch, recipe: InnerLoop) -> tuple:
-    loss = task_loss(model, params, task.query_x, task.query_y, recipe.loss)
+    out = forward(model, params, task.query_x)
+    loss = output_loss(out, task.query_y, recipe.loss)
     if recipe.loss != "cross_entropy":
         return loss, float("nan")
-    with torch.no_grad():
-        acc = (forward(model, params, task.query_x).argmax(1) == task.query_y).float().mean().item()
-    return loss, acc
+    return loss, (out.detach().argmax(1) == task.query_y).float().mean().item()
 
 
 def meta_gradient(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop) -> tuple:

@@ -69,11 +69,14 @@ def forward(model, params: dict, x: torch.Tensor) -> torch.Tensor:
     return F.linear(features(model, params, x), params["head.weight"], params["head.bias"])
 
 
-def task_loss(model, params: dict, x, y, loss: str) -> torch.Tensor:
-    out = forward(model, params, x)
+def output_loss(out: torch.Tensor, y, loss: str) -> torch.Tensor:
     if loss == "cross_entropy":
         return F.cross_entropy(out, y)
     return F.mse_loss(out, y)
+
+
+def task_loss(model, params: dict, x, y, loss: str) -> torch.Tensor:
+    return output_loss(forward(model, params, x), y, loss)
 
 
 def init_head(model, meta_params: dict, support_x, support_y, ways: int, recipe: InnerLoop) -> dict:

@@ -1,0 +1,226 @@
+"""The meta-training loop: sample tasks, meta-gradient, optimiser step, validate, checkpoint.
+
+Task ``j`` of iteration ``i`` is ``sampler.task(i * meta_batch + j)``, so the data stream is a pure
+function of the seed and a resumed run sees exactly the tasks an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from ..errors import FastadaptError, warn
+from ..models import build_model
+from .algorithms import meta_gradient
+from .evaluate import evaluate_classification, evaluate_regression
+from .parts import (check_config, describe_data, init_meta_params, make_samplers, model_spec_of, recipe_of,
+                    resolve_device, to_batch)
+from .run import (RESUMABLE, TrainConfig, config_path, load_checkpoint, read_config, read_metrics,
+                  save_checkpoint, truncate_metrics, write_json)
+
+
+class Diverged(FastadaptError):
+    pass
+
+
+def _optimizer(c: TrainConfig, params: list):
+    if c.algorithm == "reptile":
+        return torch.optim.SGD(params, lr=c.meta_lr)  # lr annealed linearly to 0 in the loop
+    return torch.optim.Adam(params, lr=c.meta_lr)
+
+
+def _optimizer_state_numpy(optimizer) -> dict:
+    state = optimizer.state_dict()
+    return {"param_groups": state["param_groups"],
+            "state": {i: {k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v))
+                          for k, v in s.items()} for i, s in state["state"].items()}}
+
+
+def _load_optimizer_state(optimizer, saved: dict, device) -> None:
+    state = {int(i): {k: torch.from_numpy(np.array(v)).to(device if k != "step" else "cpu")
+                      for k, v in s.items()} for i, s in saved["state"].items()}
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def prepare_rundir(c: TrainConfig, rundir: str, resume: bool) -> TrainConfig:
+    """Create RUNDIR, or check that --resume continues the same run. Returns the config to use."""
+    exists = os.path.exists(config_path(rundir))
+    if resume:
+        if not exists:
+            raise FastadaptError(f"--resume: {rundir} holds no run to resume (no config.json); drop --resume to start one")
+        saved = read_config(rundir)
+        mine, theirs = c.to_dict(), saved.to_dict()
+        diff = [k for k in mine if k not in RESUMABLE and mine[k] != theirs.get(k)
+                and mine[k] != TrainConfig().to_dict()[k]]
+        if diff:
+            k = diff[0]
+            raise FastadaptError(f"--resume continues {rundir} as it was started, but --{k.replace('_', '-')} "
+                                 f"{mine[k]} differs from the run's {theirs.get(k)}; drop the flag or use a new --out")
+        merged = saved.to_dict()
+        for k in RESUMABLE:
+            if mine[k] != TrainConfig().to_dict()[k]:
+                merged[k] = mine[k]
+        return TrainConfig.from_dict(merged)
+    if exists:
+        raise FastadaptError(f"--out {rundir} already holds a run; add --resume to continue it or choose another --out")
+    if os.path.exists(rundir) and not os.path.isdir(rundir):
+        raise FastadaptError(f"--out {rundir} is a file; pass a folder for the run")
+    os.makedirs(rundir, exist_ok=True)
+    write_json(config_path(rundir), c.to_dict())
+    return c
+
+
+def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False) -> dict:
+    check_config(c)
+    c = prepare_rundir(c, rundir, resume)
+    device = resolve_device(c.device)
+    log = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log(f"loading {describe_data(c)} ...")
+    samplers = make_samplers(c)
+    spec, recipe = model_spec_of(c), recipe_of(c)
+    model = build_model(spec).to(device)
+    params = init_meta_params(model, c, device)
+    names = list(params)
+    optimizer = _optimizer(c, [params[k] for k in names])
+    start, best = 0, None
+    last_path, best_path = os.path.join(rundir, "last.npz"), os.path.join(rundir, "best.npz")
+    if resume and os.path.exists(last_path):
+        ckpt = load_checkpoint(last_path)
+        with torch.no_grad():
+            for k in names:
+                params[k].copy_(torch.from_numpy(ckpt.params[k]))
+        if ckpt.optimizer_state is not None:
+            _load_optimizer_state(optimizer, ckpt.optimizer_state, device)
+        start, best = ckpt.progress["iteration"], ckpt.progress.get("best")
+        truncate_metrics(rundir, start)
+        log(f"resuming {rundir} at iteration {start}/{c.iterations}")
+    elif resume:
+        truncate_metrics(rundir, 0)
+        log(f"{rundir} has no checkpoint yet: starting from iteration 0")
+    log(f"{c.algorithm} on {describe_data(c)}: {c.ways}-way {c.shots}-shot, {c.meta_batch} tasks/iteration, "
+        f"{c.inner_steps} inner steps (lr {c.inner_lr}), device {device}, {sum(p.numel() for p in params.values())} parameters")
+
+    def snapshot(it: int) -> dict:
+        return {k: v.detach().cpu().numpy() for k, v in params.items()}
+
+    def checkpoint(it: int) -> None:
+        arrays = snapshot(it)
+        if not all(np.isfinite(a).all() for a in arrays.values()):
+            raise Diverged(f"parameters became non-finite at iteration {it}; the last good checkpoint is {last_path}")
+        save_checkpoint(last_path, arrays, _optimizer_state_numpy(optimizer), {"iteration": it, "best": best})
+
+    def validate(it: int) -> dict:
+        if c.regression:
+            r = evaluate_regression(model, params, recipe, samplers.val, device, c.val_tasks, c.test_steps)
+            return {"iteration": it, "val_mse": r["mse"], "val_ci95": r["ci95"]}
+        r = evaluate_classification(model, params, recipe, samplers.val, samplers.preprocess, device, c.val_tasks,
+                                    c.test_steps, norm=spec.norm)
+        return {"iteration": it, "val_accuracy": r["accuracy_pct"], "val_ci95": r["ci95_pct"]}
+
+    def better(row: dict) -> bool:
+        if best is None:
+            return True
+        return row["val_mse"] < best if c.regression else row["val_accuracy"] > best
+
+    metrics = open(os.path.join(rundir, "metrics.jsonl"), "a")
+    progress = _progress(quiet)
+    t0, done_tasks = time.time(), 0
+    try:
+        with progress:
+            bar = progress.add_task("meta-training", total=c.iterations, completed=start, status="")
+            for it in range(start, c.iterations):
+                if c.algorithm == "reptile":
+                    for group in optimizer.param_groups:
+                        group["lr"] = c.meta_lr * (1 - it / c.iterations)
+                tasks = [to_batch(samplers.train.task(it * c.meta_batch + j), samplers.preprocess, device, c.ways)
+                         for j in range(c.meta_batch)]
+                grads, loss, acc = meta_gradient(c.algorithm, model, params, tasks, recipe)
+                if not math.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads.values()):
+                    raise Diverged(f"training diverged at iteration {it + 1} (loss {loss}); the last good checkpoint "
+                                   f"is {last_path}: lower --meta-lr or --inner-lr and train again, or --resume")
+                optimizer.zero_grad(set_to_none=True)
+                for k in names:
+                    params[k].grad = grads[k]
+                optimizer.step()
+                done_tasks += c.meta_batch
+                rate = done_tasks / max(time.time() - t0, 1e-9)
+                row = {"iteration": it + 1, "loss": round(loss, 5), "tasks_per_s": round(rate, 2)}
+                if not c.regression:
+                    row["accuracy"] = round(100 * acc, 2)
+                metrics.write(json.dumps(row) + "\n")
+                status = f"loss {loss:.3f}" + ("" if c.regression else f" acc {100 * acc:5.1f}%") + f" {rate:.1f} tasks/s"
+                if (it + 1) % c.val_every == 0 or it + 1 == c.iterations:
+                    vrow = validate(it + 1)
+                    metrics.write(json.dumps(vrow) + "\n")
+                    metrics.flush()
+                    key = "val_mse" if c.regression else "val_accuracy"
+                    if better(vrow):
+                        best = vrow[key]
+                        save_checkpoint(best_path, snapshot(it + 1), None, {"iteration": it + 1, "best": best, **vrow})
+                    log(f"iteration {it + 1}: {status}, validation {key} {vrow[key]} ± {vrow['val_ci95']} (best {best})")
+                    checkpoint(it + 1)
+                    plot_curves(rundir)
+                elif (it + 1) % c.checkpoint_every == 0:
+                    metrics.flush()
+                    checkpoint(it + 1)
+                progress.update(bar, advance=1, status=status)
+    finally:
+        metrics.close()
+    summary = {"rundir": rundir, "iterations": c.iterations, "best": best, "seconds": round(time.time() - t0, 1)}
+    write_json(os.path.join(rundir, "summary.json"), summary)
+    return summary
+
+
+def _progress(quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"), disable=quiet, transient=False)
+
+
+def plot_curves(rundir: str) -> None:
+    """curves.png: training loss/accuracy and validation score against iterations."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        warn("matplotlib is not installed: no curves.png (pip install 'fastadapt[train]')")
+        return
+    rows = read_metrics(rundir)
+    train_rows = [r for r in rows if "loss" in r]
+    val_rows = [r for r in rows if "val_ci95" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    its = [r["iteration"] for r in train_rows]
+    window = max(1, len(its) // 50)
+    smooth = lambda v: np.convolve(v, np.ones(window) / window, mode="valid")  # noqa: E731
+    if train_rows:
+        axes[0].plot(its[window - 1:], smooth([r["loss"] for r in train_rows]), label="train query loss")
+    axes[0].set_xlabel("iteration")
+    axes[0].set_title("meta-training loss")
+    key = "val_mse" if val_rows and "val_mse" in val_rows[0] else "val_accuracy"
+    if train_rows and "accuracy" in train_rows[0]:
+        axes[1].plot(its[window - 1:], smooth([r["accuracy"] for r in train_rows]), label="train query accuracy")
+    if val_rows:
+        v = np.array([r[key] for r in val_rows])
+        ci = np.array([r["val_ci95"] for r in val_rows])
+        vi = [r["iteration"] for r in val_rows]
+        axes[1].errorbar(vi, v, yerr=ci, marker="o", capsize=3, label=f"validation ({key})")
+    axes[1].set_xlabel("iteration")
+    axes[1].set_title("accuracy %" if key == "val_accuracy" else "validation MSE")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    tmp = os.path.join(rundir, "curves.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, os.path.join(rundir, "curves.png"))
