@@ -44,6 +44,8 @@ def meta_gradient(algorithm: str, model, meta_params: dict, tasks: list, recipe:
     """Average meta-gradient over ``tasks`` -> (grads dict, mean query loss, mean query accuracy)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm '{algorithm}', choose one of {ALGORITHMS}")
+    if algorithm == "anil" and recipe.adapt != "head":
+        raise ValueError(f"anil adapts only the head: its recipe needs adapt='head', got '{recipe.adapt}'")
     names = list(meta_params)
     total = {k: torch.zeros_like(v) for k, v in meta_params.items()}
     losses, accs = [], []
