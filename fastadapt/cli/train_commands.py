@@ -1,1 +1,175 @@
-"""Server-side commands: train, evaluate, export (torch imported inside the commands)."""
+"""Server-side commands: train, evaluate, export. torch is imported inside the commands that need it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from . import app
+from ..errors import FastadaptError
+
+SINUSOID_DEFAULTS = {"ways": 1, "shots": 10, "query": 10, "inner_lr": 0.01, "meta_batch": 25, "val_tasks": 100}
+
+
+def _need_torch(command: str):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise FastadaptError(f"'fastadapt {command}' needs the training extra: pip install 'fastadapt[train]'") from None
+
+
+@app.command(rich_help_panel="Server (needs fastadapt[train])")
+def train(
+    out: str = typer.Option(..., "--out", help="Run folder: config, checkpoints, metrics.jsonl, curves.png."),
+    data: Optional[str] = typer.Option(None, help="An Omniglot folder (holding images_background.zip and "
+                             "images_evaluation.zip), a folder or zip of class folders, 'synthetic' (drawn glyphs, "
+                             "no download) or 'sinusoid' (the MAML regression family). [default: synthetic]"),
+    protocol: Optional[str] = typer.Option(None, help="lake | vinyals (Omniglot), split (70/10/20 of the classes), "
+                                           "auto: lake for Omniglot, split otherwise. [default: auto]"),
+    algorithm: Optional[str] = typer.Option(None, help="maml (second order) | fomaml | reptile | anil (head-only "
+                                            "inner loop). [default: maml]"),
+    ways: Optional[int] = typer.Option(None, help="Classes per task (N). [default: 5]"),
+    shots: Optional[int] = typer.Option(None, help="Support images per class (K). [default: 1; sinusoid 10]"),
+    query: Optional[int] = typer.Option(None, help="Query images per class. [default: 15; sinusoid 10]"),
+    inner_steps: Optional[int] = typer.Option(None, help="SGD steps of the inner loop. [default: 3]"),
+    inner_lr: Optional[float] = typer.Option(None, help="Inner-loop learning rate alpha. [default: 0.4; sinusoid 0.01]"),
+    eval_inner_steps: Optional[int] = typer.Option(None, help="Inner steps at validation/evaluation; 0 = --inner-steps."),
+    meta_batch: Optional[int] = typer.Option(None, help="Tasks per meta-update. [default: 16; sinusoid 25]"),
+    meta_lr: Optional[float] = typer.Option(None, help="Outer learning rate beta (Adam), or Reptile's initial "
+                                            "outer step size epsilon (annealed linearly to 0). [default: 1e-3; reptile 1.0]"),
+    iterations: Optional[int] = typer.Option(None, help="Meta-updates. [default: 1000]"),
+    seed: Optional[int] = typer.Option(None, help="Seeds the model init, the class splits and the task stream. [default: 0]"),
+    device: Optional[str] = typer.Option(None, help="auto (CUDA when present) | cpu | cuda. [default: auto]"),
+    head_init: Optional[str] = typer.Option(None, help="How the per-task head starts: zero | prototype (class-mean "
+                                            "features). Both work for any number of classes. [default: zero]"),
+    norm: Optional[str] = typer.Option(None, help="layer (per-sample, non-transductive) | batch (batch statistics) | none."),
+    width: Optional[int] = typer.Option(None, help="Conv4 filters per layer. [default: 64]"),
+    image_size: Optional[int] = typer.Option(None, help="Square input size in pixels. [default: 28]"),
+    channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB). [default: 1]"),
+    val_every: Optional[int] = typer.Option(None, help="Validate (and checkpoint) every N iterations. [default: 100]"),
+    val_tasks: Optional[int] = typer.Option(None, help="Validation tasks per validation. [default: 100]"),
+    val_classes: Optional[int] = typer.Option(None, help="Train classes held out for validation. [default: 100]"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Save last.npz every N iterations. [default: 25]"),
+    rotations: Optional[bool] = typer.Option(None, "--rotations/--no-rotations", help="Add 90/180/270 degree "
+                                             "rotations of the train classes as new classes. [default: on]"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or log lines."),
+):
+    """Meta-train a model (MAML, FOMAML, Reptile or ANIL) into a run folder.
+
+    Flags map one to one to the papers' hyper-parameters. A killed run continues with --resume and loses at
+    most --checkpoint-every iterations. Example:
+
+      fastadapt train --data ~/omniglot --algorithm fomaml --ways 5 --shots 1 --iterations 2000 --out runs/fo
+    """
+    _need_torch("train")
+    from ..meta_train.run import TrainConfig
+    from ..meta_train.trainer import train as run_training
+
+    given = {k: v for k, v in locals().items() if k not in ("out", "resume", "quiet") and v is not None}
+    values = dict(SINUSOID_DEFAULTS) if data == "sinusoid" else {}
+    if algorithm == "reptile":
+        values["meta_lr"] = 1.0
+    values.update(given)
+    values["command"] = ["fastadapt"] + sys.argv[1:]
+    config = TrainConfig.from_dict({**TrainConfig().to_dict(), **values})
+    summary = run_training(config, out, resume=resume, quiet=quiet, given=set(given) | {"command"})
+    best = summary["best"]
+    typer.echo(f"done: {summary['iterations']} iterations in {summary['seconds']} s, best validation "
+               f"{'MSE' if data == 'sinusoid' else 'accuracy %'} {best}; run folder {out}")
+
+
+@app.command(rich_help_panel="Server (needs fastadapt[train])")
+def evaluate(
+    model: str = typer.Argument(..., help="A run folder (evaluated in torch) or a .fadapt bundle (evaluated "
+                                "through the torch-free runtime, on the same tasks)."),
+    data: Optional[str] = typer.Option(None, help="Dataset whose test classes to use. [default: the run's --data]"),
+    protocol: str = typer.Option("auto", help="As for train; 'all' uses every class of --data as a test class."),
+    ways: int = typer.Option(5, help="Classes per task (N)."),
+    shots: Optional[int] = typer.Option(None, help="Support images per class (K). [default: 1; sinusoid: the run's]"),
+    query: int = typer.Option(15, help="Query images per class; lower it if classes have fewer than shots+query images."),
+    tasks: int = typer.Option(600, help="Number of unseen-class tasks."),
+    seed: int = typer.Option(0, help="Task seed: the same seed gives the same tasks for a run folder and a bundle."),
+    steps: Optional[int] = typer.Option(None, help="Inner steps. [default: the run's --eval-inner-steps / the bundle's recipe]"),
+    lr: Optional[float] = typer.Option(None, help="Inner learning rate. [default: the meta-trained one]"),
+    transductive: bool = typer.Option(False, "--transductive", help="Predict each task's queries as one batch "
+                                      "(matters only for --norm batch models; per-sample norm is never transductive)."),
+    checkpoint: str = typer.Option("best", help="best | last (run folders only)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a sentence."),
+):
+    """Few-shot accuracy on unseen classes: mean ± 95% CI (1.96·std/√n) over --tasks tasks.
+
+    Works on a run folder (torch) and on an exported bundle (runtime only, no torch needed); with the same
+    --data/--ways/--shots/--seed both see exactly the same tasks.
+    """
+    if os.path.isfile(model):
+        from ..runtime import evaluate_bundle
+
+        if data is None:
+            raise FastadaptError("--data is required to evaluate a bundle (e.g. an Omniglot folder)")
+        result = evaluate_bundle(model, data=data, protocol=protocol, ways=ways, shots=shots or 1, query=query,
+                                 tasks=tasks, seed=seed, steps=steps, lr=lr, transductive=transductive,
+                                 progress=None if as_json else _bar(tasks))
+    else:
+        _need_torch("evaluate RUNDIR")
+        from ..meta_train.evaluate import evaluate_run
+
+        result = evaluate_run(model, data=data, protocol=protocol, ways=ways, shots=shots, query=query, tasks=tasks,
+                              seed=seed, steps=steps, lr=lr, transductive=transductive, checkpoint=checkpoint,
+                              progress=None if as_json else _bar(tasks))
+    _print_result(result, as_json)
+
+
+def _bar(total: int):
+    from rich.progress import Progress
+
+    progress = Progress(transient=True)
+    state = {}
+
+    def update(done: int) -> None:
+        if not state:
+            progress.start()
+            state["task"] = progress.add_task("evaluating", total=total)
+        progress.update(state["task"], completed=done)
+        if done >= total:
+            progress.stop()
+
+    return update
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    shown = {k: v for k, v in result.items() if k != "per_task_accuracy"}
+    if as_json:
+        typer.echo(json.dumps(shown))
+    elif "mse" in result:
+        typer.echo(f"MSE {result['mse']:.4f} ± {result['ci95']:.4f} (95% CI) over {result['tasks']} tasks, "
+                   f"K={result['shots']}, {result['steps']} steps")
+    else:
+        typer.echo(f"{result['ways']}-way {result['shots']}-shot: {result['accuracy_pct']:.2f}% ± "
+                   f"{result['ci95_pct']:.2f}% (95% CI) over {result['tasks']} tasks, {result['steps']} steps, "
+                   f"{'transductive' if result['transductive'] else 'non-transductive'}")
+
+
+@app.command(rich_help_panel="Server (needs fastadapt[train])")
+def export(
+    rundir: str = typer.Argument(..., help="A run folder made by 'fastadapt train'."),
+    out: str = typer.Option(..., "--out", help="Where to write the .fadapt bundle (atomically)."),
+    checkpoint: str = typer.Option("best", help="best | last."),
+):
+    """Export a run as one self-contained .fadapt bundle for the torch-free runtime.
+
+    The bundle holds the forward graph, the SGD-step graph, the meta-parameters and a manifest (recipe,
+    preprocessing, provenance, evaluation results). Export checks itself: it adapts a sample task in
+    onnxruntime and in torch and refuses to write if the parameters differ by more than 1e-4.
+    """
+    _need_torch("export")
+    from ..meta_train.exporting import export_run
+
+    manifest = export_run(rundir, out, checkpoint)
+    size = os.path.getsize(out) / 1e6
+    typer.echo(f"wrote {out} ({size:.2f} MB); runtime vs torch after {manifest['verification']['steps']} steps: "
+               f"max abs diff {manifest['verification']['max_abs_diff']:.2e}")

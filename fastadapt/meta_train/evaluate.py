@@ -76,3 +76,64 @@ def test_sampler(config, data: str, protocol: str, ways: int, shots: int, query:
         raise FastadaptError(f"--data {data}: no test classes")
     return TaskSampler(splits.test, ways, shots, query, seed, where="test classes"), spec
 
+
+
+def load_meta_params(rundir: str, checkpoint: str, device) -> tuple:
+    """(config, model spec, recipe, model, meta-parameters as tensors) of a run folder's checkpoint."""
+    import os
+
+    from ..models import build_model
+    from .parts import model_spec_of, recipe_of
+    from .run import load_checkpoint, read_config
+
+    if checkpoint not in ("best", "last"):
+        raise FastadaptError(f"--checkpoint must be best or last, got '{checkpoint}'")
+    config = read_config(rundir)
+    ckpt = load_checkpoint(os.path.join(rundir, f"{checkpoint}.npz"))
+    spec, recipe = model_spec_of(config), recipe_of(config)
+    model = build_model(spec).to(device)
+    params = {k: torch.from_numpy(v).to(device) for k, v in ckpt.params.items()}
+    return config, spec, recipe, model, params, ckpt.progress
+
+
+def evaluate_run(rundir: str, data: str | None = None, protocol: str = "auto", ways: int = 5, shots: int | None = None,
+                 query: int = 15, tasks: int = 600, seed: int = 0, steps: int | None = None, lr: float | None = None,
+                 transductive: bool = False, checkpoint: str = "best", progress=None, device: str = "auto") -> dict:
+    """``fastadapt evaluate RUNDIR``: test-class accuracy (or sinusoid MSE) of a run's checkpoint.
+
+    The result is also appended to RUNDIR/evaluations.jsonl, which ``fastadapt export`` copies into the
+    bundle's provenance.
+    """
+    import json
+    import os
+
+    from ..data.sinusoid import SinusoidSampler
+    from .parts import resolve_device
+
+    dev = resolve_device(device)
+    config, spec, recipe, model, params, ckpt_progress = load_meta_params(rundir, checkpoint, dev)
+    steps = config.test_steps if steps is None else steps
+    if steps < 0:
+        raise FastadaptError(f"--steps must be 0 or more, got {steps}")
+    if tasks < 2:
+        raise FastadaptError(f"--tasks must be at least 2 for a confidence interval, got {tasks}")
+    data = data or config.data
+    if config.regression:
+        if data != "sinusoid":
+            raise FastadaptError(f"{rundir} is a sinusoid regression run; evaluate it with --data sinusoid")
+        # 100 query points per task; task seeds offset from the training/validation streams
+        sampler = SinusoidSampler(shots or config.shots, 100, seed + 10_000)
+        result = evaluate_regression(model, params, recipe, sampler, dev, tasks, steps, lr, progress)
+    else:
+        if data == "sinusoid":
+            raise FastadaptError(f"{rundir} is an image classification run; --data sinusoid does not apply")
+        sampler, spec_pre = test_sampler(config, data, protocol, ways, shots or 1, query, seed)
+        result = evaluate_classification(model, params, recipe, sampler, spec_pre, dev, tasks, steps, lr, spec.norm,
+                                         transductive, progress)
+        result["protocol"] = protocol
+    result.update(data=data, checkpoint=checkpoint, iteration=ckpt_progress.get("iteration"),
+                  algorithm=config.algorithm, evaluated_with="torch")
+    row = {k: v for k, v in result.items() if k != "per_task_accuracy"}
+    with open(os.path.join(rundir, "evaluations.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return result

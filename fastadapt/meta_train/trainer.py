@@ -48,41 +48,42 @@ def _load_optimizer_state(optimizer, saved: dict, device) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
 
 
-def prepare_rundir(c: TrainConfig, rundir: str, resume: bool) -> TrainConfig:
-    """Create RUNDIR, or check that --resume continues the same run. Returns the config to use."""
+def resolve_config(c: TrainConfig, rundir: str, resume: bool, given: set | None = None) -> TrainConfig:
+    """The config to train with: ``c`` for a new run, the run's own for --resume. Writes nothing.
+
+    ``given`` names the flags the user set explicitly; on --resume only those are compared with the
+    run's config (and those in RESUMABLE, such as --iterations, may change it).
+    """
     exists = os.path.exists(config_path(rundir))
     if resume:
         if not exists:
             raise FastadaptError(f"--resume: {rundir} holds no run to resume (no config.json); drop --resume to start one")
-        saved = read_config(rundir)
-        mine, theirs = c.to_dict(), saved.to_dict()
-        diff = [k for k in mine if k not in RESUMABLE and mine[k] != theirs.get(k)
-                and mine[k] != TrainConfig().to_dict()[k]]
-        if diff:
-            k = diff[0]
-            raise FastadaptError(f"--resume continues {rundir} as it was started, but --{k.replace('_', '-')} "
-                                 f"{mine[k]} differs from the run's {theirs.get(k)}; drop the flag or use a new --out")
-        merged = saved.to_dict()
-        for k in RESUMABLE:
-            if mine[k] != TrainConfig().to_dict()[k]:
-                merged[k] = mine[k]
-        return TrainConfig.from_dict(merged)
+        saved = read_config(rundir).to_dict()
+        mine = c.to_dict()
+        for k in sorted(given if given is not None else mine):
+            if k not in RESUMABLE and mine[k] != saved.get(k):
+                raise FastadaptError(f"--resume continues {rundir} as it was started, but --{k.replace('_', '-')} "
+                                     f"{mine[k]} differs from the run's {saved.get(k)}; drop the flag or use a new --out")
+        for k in RESUMABLE & set(given or ()):
+            saved[k] = mine[k]
+        return TrainConfig.from_dict(saved)
     if exists:
         raise FastadaptError(f"--out {rundir} already holds a run; add --resume to continue it or choose another --out")
     if os.path.exists(rundir) and not os.path.isdir(rundir):
         raise FastadaptError(f"--out {rundir} is a file; pass a folder for the run")
-    os.makedirs(rundir, exist_ok=True)
-    write_json(config_path(rundir), c.to_dict())
     return c
 
 
-def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False) -> dict:
+def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False, given: set | None = None) -> dict:
+    """Meta-train into ``rundir``; returns a summary. ``given``: flags set explicitly (for --resume)."""
+    c = resolve_config(c, rundir, resume, given)
     check_config(c)
-    c = prepare_rundir(c, rundir, resume)
     device = resolve_device(c.device)
     log = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     log(f"loading {describe_data(c)} ...")
-    samplers = make_samplers(c)
+    samplers = make_samplers(c)  # bad data fails here, before RUNDIR is touched
+    os.makedirs(rundir, exist_ok=True)
+    write_json(config_path(rundir), c.to_dict())
     spec, recipe = model_spec_of(c), recipe_of(c)
     model = build_model(spec).to(device)
     params = init_meta_params(model, c, device)
@@ -136,8 +137,10 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
             bar = progress.add_task("meta-training", total=c.iterations, completed=start, status="")
             for it in range(start, c.iterations):
                 if c.algorithm == "reptile":
+                    # meta_gradient returns (phi - phi_k) / alpha; lr eps * alpha makes the update
+                    # phi + eps * (phi_k - phi) of the paper, with eps annealed linearly to 0
                     for group in optimizer.param_groups:
-                        group["lr"] = c.meta_lr * (1 - it / c.iterations)
+                        group["lr"] = c.meta_lr * c.inner_lr * (1 - it / c.iterations)
                 tasks = [to_batch(samplers.train.task(it * c.meta_batch + j), samplers.preprocess, device, c.ways)
                          for j in range(c.meta_batch)]
                 grads, loss, acc = meta_gradient(c.algorithm, model, params, tasks, recipe)
