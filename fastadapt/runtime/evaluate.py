@@ -1,0 +1,66 @@
+"""Few-shot evaluation of a bundle through onnxruntime, on exactly the tasks the torch side samples.
+
+Same test classes (``load_splits(...).test`` with the training run's split seed and validation-class
+count, read from the bundle's provenance), same ``TaskSampler(test, ways, shots, query, seed)``,
+same statistics (``evaluation.evaluate_tasks``): the only difference from the torch evaluation is
+that adaptation and prediction run the exported graphs, so the two numbers are comparable task by task.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..data.sampler import Task, TaskSampler
+from ..data.sources import load_splits
+from ..errors import FastadaptError
+from ..images import to_float
+from ..evaluation import evaluate_tasks
+from .loading import load
+from .model import Model
+
+# TrainConfig's defaults, for bundles whose provenance does not record the run's split settings
+DEFAULT_SPLIT_SEED, DEFAULT_VAL_CLASSES = 0, 100
+
+
+def split_settings(manifest: dict) -> tuple:
+    """(split seed, validation classes) of the training run: they decide which classes are test classes."""
+    provenance = manifest.get("provenance") or {}
+    config = provenance.get("config") if isinstance(provenance.get("config"), dict) else provenance
+    seed = config.get("seed", DEFAULT_SPLIT_SEED)
+    val_classes = config.get("val_classes", DEFAULT_VAL_CLASSES)
+    return int(seed), int(val_classes)
+
+
+def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5, shots: int = 1,
+                    query: int = 15, tasks: int = 600, seed: int = 0, progress: Callable[[int], None] | None = None,
+                    steps: int | None = None, lr: float | None = None, transductive: bool = False) -> dict:
+    """Mean accuracy and 95% CI of the meta bundle at ``path`` over ``tasks`` unseen-class tasks.
+
+    ``seed`` is the task seed (as in ``fastadapt evaluate --seed``); ``transductive`` changes nothing
+    for exported models (their norm is per sample) and is recorded for comparison with torch results.
+    """
+    model = load(path)
+    if not isinstance(model, Model):
+        raise FastadaptError(f"{path}: is an adapted model; evaluation adapts to every task itself, so pass the "
+                             f"meta bundle it came from")
+    if tasks < 1:
+        raise FastadaptError(f"--tasks must be at least 1, got {tasks}")
+    spec = model.preprocess
+    split_seed, val_classes = split_settings(model.manifest)
+    splits = load_splits(data, protocol, split_seed, val_classes, False, spec, need_train=False)
+    if len(splits.test) == 0:
+        raise FastadaptError(f"--data {data}: no test classes")
+    sampler = TaskSampler(splits.test, ways, shots, query, seed, where="test classes")
+    classes = [str(i) for i in range(ways)]
+    steps = int(model.recipe["steps"]) if steps is None else steps
+
+    def predict_task(task: Task) -> np.ndarray:
+        adapted = model.adapt_arrays(to_float(task.support_x, spec), task.support_y, classes, steps=steps, lr=lr)
+        return adapted.probabilities(to_float(task.query_x, spec)).argmax(1)
+
+    result = evaluate_tasks(sampler, tasks, predict_task, progress)
+    result.update(steps=steps, transductive=transductive, protocol=protocol, data=data,
+                  evaluated_with="onnxruntime")
+    return result

@@ -1,0 +1,59 @@
+"""The classification head for N new classes, initialised in numpy exactly as the trainer does.
+
+Mirrors ``fastadapt.meta_train.inner_loop.init_head`` (which the meta-learner optimised for):
+  zero       head.weight = zeros(N, D), head.bias = zeros(N)
+  prototype  row c = 2 * mean feature of class c, bias c = -|mean_c|^2 (features from forward.onnx,
+             run with a dummy one-row head)
+  learned    the bundle's own head, whose size is fixed
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import FastadaptError
+
+HEAD = ("head.weight", "head.bias")
+
+
+def body(params: dict) -> dict:
+    return {k: v for k, v in params.items() if k not in HEAD}
+
+
+def feature_dim(params: dict, graphs, manifest: dict) -> int:
+    """D, the width of the features the head reads: from the params, the manifest or the graph."""
+    if "head.weight" in params:
+        return int(params["head.weight"].shape[1])
+    dim = (manifest.get("architecture") or {}).get("feature_dim") or graphs.feature_dim()
+    if dim is None:
+        raise FastadaptError(f"{graphs.where}: cannot tell the feature width (no head.weight in params.npz and a "
+                             f"symbolic shape in forward.onnx); re-export the bundle")
+    return int(dim)
+
+
+def init_head(manifest: dict, meta_params: dict, graphs, images: np.ndarray, labels: np.ndarray,
+              ways: int, where: str) -> dict:
+    """Meta-parameters with a head for ``ways`` classes. ``images`` are the preprocessed support set."""
+    head_init = manifest["inner_loop"].get("head_init", "zero")
+    if head_init == "learned":
+        rows = meta_params["head.weight"].shape[0]
+        if rows != ways:
+            raise FastadaptError(f"{where}: this model's head has a fixed {rows} outputs (head_init 'learned') "
+                                 f"but the shots have {ways} classes")
+        return dict(meta_params)
+    params = body(meta_params)
+    dim = feature_dim(meta_params, graphs, manifest)
+    if head_init == "zero":
+        params["head.weight"] = np.zeros((ways, dim), dtype=np.float32)
+        params["head.bias"] = np.zeros((ways,), dtype=np.float32)
+        return params
+    if head_init == "prototype":
+        dummy = {**params, "head.weight": np.zeros((1, dim), np.float32), "head.bias": np.zeros((1,), np.float32)}
+        _, feats = graphs.forward(images, dummy)
+        onehot = np.eye(ways, dtype=np.float32)[labels]  # (n, N)
+        protos = (onehot.T @ feats) / onehot.sum(0)[:, None]
+        params["head.weight"] = np.ascontiguousarray(2 * protos, dtype=np.float32)
+        params["head.bias"] = np.ascontiguousarray(-(protos * protos).sum(1), dtype=np.float32)
+        return params
+    raise FastadaptError(f"{where}: unknown head initialisation '{head_init}' in the manifest; "
+                         f"upgrade fastadapt ('pip install -U fastadapt')")

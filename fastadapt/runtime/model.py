@@ -1,0 +1,209 @@
+"""``Model`` (a meta-initialisation that can learn new classes) and ``AdaptedModel`` (one that has).
+
+    model = fastadapt.load("omniglot.fadapt")          # kind "meta"
+    adapted = model.adapt("shots/")                    # k SGD steps through step.onnx
+    adapted.predict("query.png").label                 # -> "cat"
+    adapted.save("cats-vs-dogs.fadapt")                # kind "adapted", reload with fastadapt.load
+
+Both are immutable after construction, so one ``AdaptedModel`` may serve ``predict`` from many
+threads at once (onnxruntime sessions are thread-safe).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from ..bundle import Bundle, save_bundle
+from ..errors import FastadaptError
+from ..images import Preprocess, to_float, to_uint8
+from .head import init_head
+from .sessions import Graphs
+from .shots import Shots, load_shots
+
+PREDICT_CHUNK = 64  # images per forward call; results do not depend on it (per-sample normalisation)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer for one image: best label, its probability and the ``top`` most likely labels."""
+
+    label: str
+    probability: float
+    top: list = field(default_factory=list)  # [(label, probability), ...], most likely first
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "probability": self.probability,
+                "top": [{"label": label, "probability": p} for label, p in self.top]}
+
+    def __getitem__(self, key):  # dict-style access: prediction["label"]
+        return self.to_dict()[key]
+
+
+def _where(bundle: Bundle) -> str:
+    return bundle.path or "model"
+
+
+def _is_batch(images) -> bool:
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return False
+    if isinstance(images, np.ndarray):
+        return images.ndim == 4
+    return True
+
+
+class _Loaded:
+    def __init__(self, bundle: Bundle, graphs: Graphs | None = None):
+        self.bundle = bundle
+        self.path = bundle.path
+        self.manifest = bundle.manifest
+        try:
+            self.preprocess = Preprocess.from_dict(bundle.manifest["preprocess"])
+            self.recipe = dict(bundle.manifest["inner_loop"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FastadaptError(f"{_where(bundle)}: manifest lacks a valid {exc} entry; re-export the bundle") from None
+        self.graphs = graphs or Graphs(bundle.forward_onnx, bundle.step_onnx, _where(bundle))
+        self.params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in bundle.params.items()}
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.get("kind", "meta")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path or '<in memory>'!r})"
+
+
+class Model(_Loaded):
+    """A meta-trained bundle: ``adapt`` it to your classes, then predict with the result."""
+
+    def adapt(self, shots, steps: int | None = None, lr: float | None = None,
+              progress: Callable[[int, int], None] | None = None) -> "AdaptedModel":
+        """Learn the classes in ``shots`` with the inner loop the model was meta-trained for.
+
+        shots     a folder with one subfolder of images per class, or a dict {label: [images]}
+                  (paths, PIL images or numpy arrays); >= 2 classes, any number of images each
+        steps, lr override the manifest's inner-loop recipe (the meta-trained values are best)
+        progress  called as progress(done_steps, total_steps) after each SGD step
+        """
+        data = load_shots(shots, self.preprocess)
+        return self.adapt_arrays(to_float(data.images, self.preprocess), data.labels, data.classes,
+                                 steps=steps, lr=lr, progress=progress, shots=data)
+
+    def adapt_arrays(self, images: np.ndarray, labels: np.ndarray, classes: list, steps: int | None = None,
+                     lr: float | None = None, progress: Callable[[int, int], None] | None = None,
+                     shots: Shots | None = None) -> "AdaptedModel":
+        """``adapt`` on already preprocessed float32 images (B, C, H, W) and int labels 0..N-1."""
+        steps = int(self.recipe["steps"]) if steps is None else steps
+        lr = float(self.recipe["lr"]) if lr is None else lr
+        if not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise FastadaptError(f"--steps must be a whole number >= 0, got {steps}")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise FastadaptError(f"--lr must be a positive number, got {lr}")
+        ways = len(classes)
+        if ways < 2:
+            raise FastadaptError(f"adaptation needs at least 2 classes, got {ways}")
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        start = time.perf_counter()
+        params = init_head(self.manifest, self.params, self.graphs, images, labels,
+                           ways, _where(self.bundle))
+        losses = []
+        for i in range(int(steps)):
+            loss, params = self.graphs.step(images, labels, lr, params)
+            losses.append(loss)
+            if progress is not None:
+                progress(i + 1, int(steps))
+        if losses and not math.isfinite(losses[-1]):
+            raise FastadaptError(f"adaptation diverged (loss {losses[-1]}); lower --lr (now {lr}) or --steps")
+        seconds = time.perf_counter() - start
+        counts = shots.counts if shots is not None else np.bincount(labels, minlength=ways).tolist()
+        info = {"steps": int(steps), "lr": float(lr), "classes": len(classes),
+                "shots_per_class": {c: int(n) for c, n in zip(classes, counts)},
+                "losses": [round(x, 6) for x in losses], "seconds": round(seconds, 4),
+                "from": {"path": os.path.basename(self.path) if self.path else None,
+                         "params_sha256": self.manifest.get("members", {}).get("params.npz")},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if shots is not None and shots.skipped:
+            info["skipped"] = list(shots.skipped)
+        manifest = dict(self.manifest)
+        manifest.update(kind="adapted", classes=[str(c) for c in classes], adaptation=info)
+        bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, params, None)
+        return AdaptedModel(bundle, self.graphs)
+
+    def predict(self, images, top: int = 5):
+        raise FastadaptError(f"{self.path or 'this model'}: is a meta model with no classes yet; adapt it first: "
+                             f"'fastadapt adapt --model {self.path or 'MODEL.fadapt'} --shots DIR --out adapted.fadapt' "
+                             f"(Python: model.adapt('DIR'))")
+
+    def save(self, path: str) -> None:
+        """Write the meta bundle (unchanged) to ``path`` atomically."""
+        save_bundle(path, Bundle(dict(self.manifest), self.bundle.forward_onnx, self.bundle.step_onnx,
+                                 self.params, None))
+
+
+class AdaptedModel(_Loaded):
+    """A model that knows its classes: ``predict`` images, ``save`` it as an adapted bundle."""
+
+    def __init__(self, bundle: Bundle, graphs: Graphs | None = None):
+        super().__init__(bundle, graphs)
+        self.classes = [str(c) for c in self.manifest.get("classes") or []]
+        rows = self.params.get("head.weight", np.zeros((0, 0))).shape[0]
+        if len(self.classes) < 2 or rows != len(self.classes):
+            raise FastadaptError(f"{_where(bundle)}: adapted bundle has {len(self.classes)} class names for "
+                                 f"{rows} head rows; re-run 'fastadapt adapt'")
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (B, N) for preprocessed float32 images (B, C, H, W)."""
+        out = []
+        for i in range(0, len(images), PREDICT_CHUNK):
+            logits, _ = self.graphs.forward(images[i:i + PREDICT_CHUNK], self.params)
+            logits = logits.astype(np.float64)
+            logits -= logits.max(1, keepdims=True)
+            p = np.exp(logits)
+            out.append(p / p.sum(1, keepdims=True))
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+    def predict(self, images, top: int = 5):
+        """Predict one image (path, PIL image or HxW[xC] array) -> ``Prediction``; a list of them -> list.
+
+        Each image's answer depends on that image alone, never on the others in the list.
+        """
+        batch = _is_batch(images)
+        items = list(images) if batch else [images]
+        if not items:
+            return []
+        x = to_float(np.stack([to_uint8(item, self.preprocess) for item in items]), self.preprocess)
+        results = self.predictions(self.probabilities(x), top)
+        return results if batch else results[0]
+
+    def predictions(self, probabilities: np.ndarray, top: int = 5) -> list:
+        """Turn a (B, N) probability matrix into ``Prediction`` objects."""
+        if top < 1:
+            raise FastadaptError(f"--top must be at least 1, got {top}")
+        k = min(int(top), len(self.classes))
+        results = []
+        for row in probabilities:
+            order = np.argsort(-row, kind="stable")[:k]
+            ranked = [(self.classes[j], float(row[j])) for j in order]
+            results.append(Prediction(ranked[0][0], ranked[0][1], ranked))
+        return results
+
+    def save(self, path: str) -> None:
+        """Write an adapted bundle (kind "adapted", adapted parameters, class names) atomically."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise FastadaptError(f"{path}: is a folder; give a file name such as {os.path.join(path, 'adapted.fadapt')}")
+        bundle = Bundle(dict(self.manifest), self.bundle.forward_onnx, self.bundle.step_onnx, self.params, None)
+        save_bundle(path, bundle)
+
+    def adapt(self, shots=None, steps=None, lr=None, progress=None):
+        source = (self.manifest.get("adaptation") or {}).get("from", {}).get("path") or "the meta model"
+        raise FastadaptError(f"{self.path or 'this model'}: is already adapted (classes: {', '.join(self.classes[:5])}"
+                             f"{', ...' if len(self.classes) > 5 else ''}); adaptation starts from a meta model, "
+                             f"so pass the meta bundle it came from ({source}) instead")

@@ -1,0 +1,107 @@
+"""ONNX Runtime sessions for a bundle's two graphs (CPU provider), and how to call them.
+
+The forward session is made when a bundle is loaded; the step session (larger, slower to
+optimise) only when something adapts. Sessions are safe to call from several threads at once.
+
+Threads: by default onnxruntime's own choice (one intra-op thread per physical core). Set
+``FASTADAPT_THREADS=N`` to cap it, e.g. on a device that shares its cores with other work.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from ..errors import FastadaptError
+
+
+def session_options():
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    threads = os.environ.get("FASTADAPT_THREADS", "").strip()
+    if threads:
+        try:
+            options.intra_op_num_threads = max(1, int(threads))
+        except ValueError:
+            raise FastadaptError(f"FASTADAPT_THREADS must be a whole number, got '{threads}'") from None
+    options.inter_op_num_threads = 1  # the graphs are chains: parallelism lives inside the operators
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: no optimiser chatter on the user's terminal
+    return options
+
+
+def make_session(onnx_bytes: bytes, where: str):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(onnx_bytes, session_options(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise FastadaptError(f"{where}: onnxruntime cannot load the graph ({first[:200]}); "
+                             f"re-export the bundle with a matching fastadapt version") from None
+
+
+class Graphs:
+    """The forward and step graphs of one bundle. ``forward`` and ``step`` take a parameter dict."""
+
+    def __init__(self, forward_onnx: bytes, step_onnx: bytes, where: str):
+        self.where = where
+        self._step_onnx = step_onnx
+        self._step = None
+        self._lock = threading.Lock()
+        self._forward = make_session(forward_onnx, f"{where} (forward.onnx)")
+        self.forward_inputs = [i.name for i in self._forward.get_inputs()]
+        self._check(self.forward_inputs[:1] == ["images"], "forward.onnx's first input is not 'images'")
+
+    def _check(self, ok: bool, what: str) -> None:
+        if not ok:
+            raise FastadaptError(f"{self.where}: {what}; the bundle does not follow the .fadapt contract, re-export it")
+
+    def feature_dim(self):
+        """The feature width D from head.weight's declared shape (None when it is symbolic)."""
+        for i in self._forward.get_inputs():
+            if i.name == "head.weight" and len(i.shape) == 2 and isinstance(i.shape[1], int):
+                return i.shape[1]
+        return None
+
+    def forward(self, images: np.ndarray, params: dict) -> tuple:
+        """-> (logits (B, N), features (B, D)) as float32."""
+        feeds = {"images": np.ascontiguousarray(images, dtype=np.float32)}
+        for name in self.forward_inputs[1:]:
+            if name not in params:
+                self._check(False, f"forward.onnx needs parameter '{name}' that params.npz lacks")
+            feeds[name] = params[name]
+        logits, features = self._forward.run(["logits", "features"], feeds)
+        return logits, features
+
+    @property
+    def step_session(self):
+        with self._lock:
+            if self._step is None:
+                self._step = make_session(self._step_onnx, f"{self.where} (step.onnx)")
+                names = [i.name for i in self._step.get_inputs()]
+                self._check(names[:3] == ["images", "labels", "lr"],
+                            "step.onnx's first inputs are not images, labels, lr")
+                self.step_inputs = names
+                self.step_outputs = [o.name for o in self._step.get_outputs()]
+            return self._step
+
+    def step(self, images: np.ndarray, labels: np.ndarray, lr: float, params: dict) -> tuple:
+        """One SGD step -> (loss, updated parameter dict). ``params`` is not modified."""
+        session = self.step_session
+        feeds = {"images": images, "labels": labels, "lr": np.asarray(lr, dtype=np.float32)}
+        for name in self.step_inputs[3:]:
+            feeds[name] = params[name]
+        outputs = session.run(self.step_outputs, feeds)
+        new = dict(params)
+        loss = float("nan")
+        for name, value in zip(self.step_outputs, outputs):
+            if name == "loss":
+                loss = float(value)
+            elif name.startswith("new."):
+                new[name[4:]] = value
+        return loss, new

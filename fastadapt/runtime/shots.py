@@ -1,0 +1,115 @@
+"""The support set ("shots") a user teaches new classes with: a folder of class folders, or a dict.
+
+  shots/                         {"cat": ["a.png", pil_image, array], "dog": [...]}
+    cat/ a.png b.jpg ...
+    dog/ c.png ...
+
+Any number of classes >= 2, any number of images per class (unbalanced is fine). A file that is
+not a readable image is skipped with a warning naming it; a class left with no image is an error.
+Hidden files and folders (".DS_Store", ".git") are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FastadaptError, warn
+from ..images import Preprocess, to_uint8
+
+
+@dataclass
+class Shots:
+    classes: list  # label names, in head-row order
+    images: np.ndarray  # (n, C, H, W) uint8, class by class
+    labels: np.ndarray  # (n,) int64 in 0..len(classes)-1
+    counts: list  # images per class
+    skipped: list  # names of files that could not be read
+    source: str  # where they came from, for messages
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name != "__MACOSX"
+
+
+def _folder_classes(root: str) -> dict:
+    if not os.path.exists(root):
+        raise FastadaptError(f"{root}: no such shots folder; pass a folder with one subfolder per class "
+                             f"(e.g. {root}/cat/1.png, {root}/dog/1.png)")
+    if not os.path.isdir(root):
+        raise FastadaptError(f"{root}: is a file, not a shots folder; pass a folder with one subfolder per class")
+    entries = sorted(e for e in os.listdir(root) if _visible(e))
+    folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+    if not entries:
+        raise FastadaptError(f"{root}: the shots folder is empty; add one subfolder per class with a few images each")
+    if not folders:
+        raise FastadaptError(f"{root}: has files but no class subfolders; put each class's images in its own "
+                             f"subfolder ({root}/<class>/<image>.png), the folder name is the label")
+    loose = [e for e in entries if e not in folders]
+    if loose:
+        warn(f"{root}: ignored {len(loose)} file(s) outside class subfolders, first: {loose[0]}")
+    classes = {}
+    for name in folders:
+        folder = os.path.join(root, name)
+        files = []
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if _visible(d))
+            files += [os.path.join(dirpath, f) for f in sorted(filenames) if _visible(f)]
+        if not files:
+            raise FastadaptError(f"{folder}: class folder '{name}' has no images; add at least one image "
+                                 f"or remove the folder")
+        classes[name] = files
+    return classes
+
+
+def _describe(item, label, index) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    return f"image {index} of class '{label}'"
+
+
+def load_shots(shots, spec: Preprocess) -> Shots:
+    """Decode and preprocess (stage 1, uint8) every support image; validate the class structure."""
+    if isinstance(shots, (str, os.PathLike)):
+        source = os.fspath(shots)
+        classes = _folder_classes(source)
+        folder_of = {name: os.path.join(source, name) for name in classes}
+    elif isinstance(shots, dict):
+        source = "shots dict"
+        classes = {}
+        for label, items in shots.items():
+            if isinstance(items, (str, os.PathLike)) or not hasattr(items, "__iter__") or (
+                    isinstance(items, np.ndarray) and items.ndim < 4):
+                items = [items]  # one image given on its own
+            classes[str(label)] = list(items)
+            if not classes[str(label)]:
+                raise FastadaptError(f"shots dict: class '{label}' has no images; give at least one")
+        folder_of = {name: f"class '{name}'" for name in classes}
+    else:
+        raise FastadaptError(f"shots must be a folder path or a dict {{label: [images]}}, got {type(shots).__name__}")
+    if len(classes) < 2:
+        only = next(iter(classes), None)
+        raise FastadaptError(f"{source}: found {len(classes)} class{'' if only is None else f' ({only})'}; "
+                             f"adaptation needs at least 2 classes, add another class subfolder")
+    arrays, labels, counts, skipped = [], [], [], []
+    for label_index, (name, items) in enumerate(classes.items()):
+        count = 0
+        bad = []
+        for index, item in enumerate(items):
+            try:
+                arrays.append(to_uint8(item, spec))
+            except FastadaptError:
+                bad.append(_describe(item, name, index))
+                continue
+            count += 1
+        if count == 0:
+            raise FastadaptError(f"{folder_of[name]}: class '{name}' has no readable images "
+                                 f"({len(bad)} unreadable, first: {bad[0]}); use PNG, JPEG, BMP or WebP files")
+        for b in bad:
+            warn(f"{b}: not a readable image, skipped (class '{name}' keeps {count})")
+        skipped += bad
+        labels += [label_index] * count
+        counts.append(count)
+    return Shots(list(classes), np.stack(arrays), np.asarray(labels, dtype=np.int64), counts, skipped, source)
