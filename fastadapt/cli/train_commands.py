@@ -66,11 +66,12 @@ def train(
 
       fastadapt train --data ~/omniglot --algorithm fomaml --ways 5 --shots 1 --iterations 2000 --out runs/fo
     """
+    # the flags set explicitly (None = not given); taken before any other local name exists
+    given = {k: v for k, v in locals().items() if k not in ("out", "resume", "quiet") and v is not None}
     _need_torch("train")
     from ..meta_train.run import TrainConfig
     from ..meta_train.trainer import train as run_training
 
-    given = {k: v for k, v in locals().items() if k not in ("out", "resume", "quiet") and v is not None}
     values = dict(SINUSOID_DEFAULTS) if data == "sinusoid" else {}
     if algorithm == "reptile":
         values["meta_lr"] = 1.0

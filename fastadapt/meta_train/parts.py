@@ -31,6 +31,9 @@ def check_config(c: TrainConfig) -> None:
         raise FastadaptError(f"--eval-inner-steps must be 0 (same as --inner-steps) or more, got {c.eval_inner_steps}")
     if not c.inner_lr > 0 or not c.meta_lr > 0:
         raise FastadaptError("--inner-lr and --meta-lr must be positive")
+    if c.protocol == "all":
+        raise FastadaptError("--protocol all is for evaluation only (every class a test class); "
+                             "train with --protocol split, lake or vinyals")
     if c.regression:
         if c.protocol not in ("auto", "split"):
             raise FastadaptError(f"--protocol {c.protocol} does not apply to --data sinusoid; drop --protocol")

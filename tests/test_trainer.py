@@ -1,0 +1,145 @@
+"""The trainer and its CLI on synthetic data: runs, resumes exactly, stops on divergence, rejects bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fastadapt.meta_train.run import TrainConfig, load_checkpoint
+from fastadapt.meta_train.trainer import train
+
+from sample_data import REPO, write_glyph_folders
+
+TINY = dict(data="synthetic", width=8, meta_batch=2, query=2, val_tasks=4, val_every=3, inner_steps=2)
+
+
+def cli(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "fastadapt", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+def params_of(path):
+    return load_checkpoint(path).params
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile", "anil"])
+def test_each_algorithm_trains_and_writes_a_run(tmp_path, algorithm):
+    out = tmp_path / "run"
+    summary = train(TrainConfig(algorithm=algorithm, iterations=3, **TINY), str(out), quiet=True)
+    assert summary["best"] is not None
+    for name in ("config.json", "last.npz", "best.npz", "metrics.jsonl", "curves.png", "summary.json"):
+        assert (out / name).exists(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if "loss" in r] == [1, 2, 3]
+    assert any("val_accuracy" in r for r in rows)
+    start = params_of(str(out / "last.npz"))
+    assert all(np.isfinite(v).all() for v in start.values())
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(TrainConfig(algorithm="fomaml", iterations=4, checkpoint_every=1, **TINY), str(straight), quiet=True)
+    train(TrainConfig(algorithm="fomaml", iterations=2, checkpoint_every=1, **TINY), str(split), quiet=True)
+    train(TrainConfig(algorithm="fomaml", iterations=4, checkpoint_every=1, **TINY), str(split), resume=True,
+          quiet=True, given={"iterations"})
+    a, b = params_of(str(straight / "last.npz")), params_of(str(split / "last.npz"))
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6)
+    its = [json.loads(line)["iteration"] for line in (split / "metrics.jsonl").read_text().splitlines()
+           if "loss" in line]
+    assert its == [1, 2, 3, 4]
+
+
+def test_killed_run_resumes_from_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", "synthetic", "--algorithm", "fomaml", "--width", "8", "--meta-batch", "2",
+            "--query", "2", "--val-every", "1000", "--checkpoint-every", "1", "--iterations", "400", "--quiet",
+            "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "fastadapt", *args], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (out / "last.npz").exists() and load_checkpoint(str(out / "last.npz")).progress["iteration"] >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(str(out / "last.npz")).progress["iteration"]
+    assert 3 <= killed_at < 400
+    result = cli(*(args[:-5] + ["--iterations", str(killed_at + 2), "--quiet", "--out", str(out), "--resume"]))
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(str(out / "last.npz")).progress["iteration"] == killed_at + 2
+    its = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    assert its == list(range(1, killed_at + 3))
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(Exception, match="diverged|non-finite"):
+        train(TrainConfig(algorithm="maml", iterations=50, inner_lr=1e6, checkpoint_every=1, **TINY), str(out),
+              quiet=True)
+    if (out / "last.npz").exists():
+        assert all(np.isfinite(v).all() for v in params_of(str(out / "last.npz")).values())
+
+
+def test_cli_train_evaluate_json(tmp_path):
+    out = tmp_path / "run"
+    r = cli("train", "--out", str(out), "--iterations", "2", "--width", "8", "--meta-batch", "2", "--query", "2",
+            "--val-tasks", "4", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = cli("evaluate", str(out), "--tasks", "5", "--query", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    for key in ("accuracy_pct", "ci95_pct", "tasks", "ways", "shots", "transductive"):
+        assert key in result
+    assert result["tasks"] == 5 and result["transductive"] is False
+    assert (out / "evaluations.jsonl").exists()
+
+
+def test_sinusoid_trains_and_evaluates(tmp_path):
+    out = tmp_path / "sin"
+    train(TrainConfig(data="sinusoid", ways=1, shots=10, query=10, inner_lr=0.01, meta_batch=4, iterations=3,
+                      val_tasks=4, val_every=3), str(out), quiet=True)
+    r = cli("evaluate", str(out), "--data", "sinusoid", "--tasks", "5", "--steps", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["mse"] > 0
+
+
+def bad(result, *needles):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_cli_bad_input(tmp_path):
+    base = ["train", "--iterations", "1", "--width", "8", "--meta-batch", "1", "--quiet"]
+    bad(cli(*base, "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "a")), "missing", "no such")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "empty").mkdir()
+    bad(cli(*base, "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "b")), "empty", "no class folders")
+    few = write_glyph_folders(tmp_path / "few", 60, [3] * 50 + [2] * 10)
+    bad(cli(*base, "--data", str(few), "--protocol", "all", "--out", str(tmp_path / "c")), "--protocol")
+    bad(cli(*base, "--data", str(few), "--query", "2", "--out", str(tmp_path / "c")), "class", "fewer than")
+    assert not (tmp_path / "c").exists()
+    bad(cli(*base, "--ways", "400", "--out", str(tmp_path / "d")), "--ways 400")
+    bad(cli(*base, "--algorithm", "anil", "--data", "sinusoid", "--out", str(tmp_path / "e")), "anil")
+    bad(cli(*base, "--head-init", "learned", "--out", str(tmp_path / "f")), "--head-init")
+    bad(cli(*base, "--algorithm", "bogus", "--out", str(tmp_path / "g")), "--algorithm")
+    bad(cli(*base, "--data", "synthetic", "--protocol", "lake", "--out", str(tmp_path / "h")), "Omniglot")
+    bad(cli(*base, "--resume", "--out", str(tmp_path / "nothing")), "--resume")
+    ok = cli(*base, "--query", "2", "--out", str(tmp_path / "run"))
+    assert ok.returncode == 0, ok.stderr
+    bad(cli(*base, "--query", "2", "--out", str(tmp_path / "run")), "already holds a run")
+    bad(cli(*base, "--query", "2", "--ways", "3", "--resume", "--out", str(tmp_path / "run")), "--ways")
+    bad(cli("evaluate", str(tmp_path / "nothing")), "no such run folder")
+    bad(cli("evaluate", str(tmp_path / "run"), "--tasks", "3", "--ways", "200"), "--ways 200")
