@@ -27,7 +27,7 @@ from .head import init_head
 from .sessions import Graphs
 from .shots import Shots, load_shots
 
-PREDICT_CHUNK = 64  # images per forward call; results do not depend on it (per-sample normalisation)
+PREDICT_CHUNK = 16  # images per forward call; results do not depend on it (per-sample normalisation)
 
 
 @dataclass(frozen=True)
