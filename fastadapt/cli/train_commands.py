@@ -56,6 +56,10 @@ def train(
     checkpoint_every: Optional[int] = typer.Option(None, help="Save last.npz every N iterations. [default: 25]"),
     rotations: Optional[bool] = typer.Option(None, "--rotations/--no-rotations", help="Add 90/180/270 degree "
                                              "rotations of the train classes as new classes. [default: on]"),
+    pretrain_epochs: Optional[int] = typer.Option(None, help="First pre-train the body as a plain classifier over "
+                                                  "all training classes for this many epochs, then meta-train from it. "
+                                                  "[default: 0]"),
+    pretrain_lr: Optional[float] = typer.Option(None, help="Adam learning rate of pre-training. [default: 1e-3]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or log lines."),
 ):

@@ -27,6 +27,10 @@ def check_config(c: TrainConfig) -> None:
                              ("--val-every", c.val_every, 1), ("--checkpoint-every", c.checkpoint_every, 1)):
         if value < low:
             raise FastadaptError(f"{flag} must be at least {low}, got {value}")
+    if c.pretrain_epochs < 0:
+        raise FastadaptError(f"--pretrain-epochs must be 0 or more, got {c.pretrain_epochs}")
+    if c.pretrain_epochs and c.regression:
+        raise FastadaptError("--pretrain-epochs needs classes to pre-train on; it does not apply to --data sinusoid")
     if c.eval_inner_steps < 0:
         raise FastadaptError(f"--eval-inner-steps must be 0 (same as --inner-steps) or more, got {c.eval_inner_steps}")
     if not c.inner_lr > 0 or not c.meta_lr > 0:

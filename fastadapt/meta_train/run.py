@@ -48,6 +48,8 @@ class TrainConfig:
     val_classes: int = 100
     checkpoint_every: int = 25
     rotations: bool = True
+    pretrain_epochs: int = 0
+    pretrain_lr: float = 1e-3
     command: list = field(default_factory=list)
 
     def to_dict(self) -> dict:

@@ -91,6 +91,11 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
     optimizer = _optimizer(c, [params[k] for k in names])
     start, best = 0, None
     last_path, best_path = os.path.join(rundir, "last.npz"), os.path.join(rundir, "best.npz")
+    if c.pretrain_epochs and not (resume and os.path.exists(last_path)):
+        from .pretrain import pretrain_body
+
+        pretrain_body(model, params, samplers.train.data, samplers.preprocess, c.pretrain_epochs, rundir, c.seed,
+                      device, lr=c.pretrain_lr, resume=resume, quiet=quiet)
     if resume and os.path.exists(last_path):
         ckpt = load_checkpoint(last_path)
         with torch.no_grad():
@@ -131,7 +136,7 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
 
     metrics = open(os.path.join(rundir, "metrics.jsonl"), "a")
     progress = _progress(quiet)
-    t0, done_tasks = time.time(), 0
+    t0, done_tasks, train_seconds = time.time(), 0, 0.0
     try:
         with progress:
             bar = progress.add_task("meta-training", total=c.iterations, completed=start, status="")
@@ -141,6 +146,7 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
                     # phi + eps * (phi_k - phi) of the paper, with eps annealed linearly to 0
                     for group in optimizer.param_groups:
                         group["lr"] = c.meta_lr * c.inner_lr * (1 - it / c.iterations)
+                step_start = time.time()
                 tasks = [to_batch(samplers.train.task(it * c.meta_batch + j), samplers.preprocess, device, c.ways)
                          for j in range(c.meta_batch)]
                 grads, loss, acc = meta_gradient(c.algorithm, model, params, tasks, recipe)
@@ -152,7 +158,8 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
                     params[k].grad = grads[k]
                 optimizer.step()
                 done_tasks += c.meta_batch
-                rate = done_tasks / max(time.time() - t0, 1e-9)
+                train_seconds += time.time() - step_start
+                rate = done_tasks / max(train_seconds, 1e-9)  # sampling + meta-step, not validation
                 row = {"iteration": it + 1, "loss": round(loss, 5), "tasks_per_s": round(rate, 2)}
                 if not c.regression:
                     row["accuracy"] = round(100 * acc, 2)
