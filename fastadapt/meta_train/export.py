@@ -1,0 +1,249 @@
+"""Export a meta-trained model as a ``.fadapt`` bundle: forward graph, SGD-step graph, parameters.
+
+The step graph is NOT a second inner loop: it is ``inner_loop.sgd_step`` + ``inner_loop.task_loss``
+traced to aten ops with ``make_fx`` (symbolic shapes, so images and classes stay dynamic) and
+exported with ``torch.onnx.export(dynamo=True)``. Plain onnxruntime then runs forward, loss,
+backward and update; no onnxruntime-training. ``verify`` checks the graphs against torch before
+``export_bundle`` writes anything.
+
+Supported: Conv4 with per-sample norm ("layer" or "none"), cross-entropy, adapt "all"/"head",
+head_init "zero"/"prototype" (the runtime builds the head from the "features" output) or "learned".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch._decomp import get_decompositions
+from torch.export import Dim
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from ..bundle import Bundle, save_bundle
+from ..errors import FastadaptError
+from . import inner_loop as il
+
+aten = torch.ops.aten
+VERIFY_TOL = 1e-4
+
+
+def _conv_backward(grad_out, x, weight, bias_sizes, stride, padding, dilation, transposed,
+                   output_padding, groups, output_mask):
+    # ONNX has no convolution_backward. Rewrite it as forward-convolution ops ONNX has
+    # (stride 1, groups 1: all Conv4 uses).
+    if transposed or groups != 1 or any(s != 1 for s in stride):
+        raise FastadaptError("export supports only stride-1, ungrouped convolutions (Conv4)")
+    grad_x = grad_w = grad_b = None
+    if output_mask[0]:  # input gradient = transposed convolution of grad_out with the same kernel
+        grad_x = F.conv_transpose2d(grad_out, weight, None, 1, padding, 0, 1, dilation)
+    if output_mask[1]:  # weight gradient = convolution with batch and channel axes swapped
+        grad_w = F.conv2d(x.transpose(0, 1), grad_out.transpose(0, 1), None, 1, padding, dilation).transpose(0, 1)
+    if output_mask[2]:  # bias gradient = sum over batch and space
+        grad_b = grad_out.sum((0, 2, 3))
+    return grad_x, grad_w, grad_b
+
+
+# Decompositions applied while tracing (everything else - GroupNorm backward, max_pool2d backward,
+# ReLU backward, log_softmax backward - exports and matches torch as is):
+#   convolution_backward  no ONNX op (see above);
+#   nll_loss_forward/backward  the exporter turns the "total_weight" output (the batch size that
+#     divides the mean loss's gradient) into a constant 1, so the gradient came out B times too
+#     large; torch's own decomposition computes it from the labels, which is correct for any B.
+DECOMPOSITIONS = {aten.convolution_backward.default: _conv_backward,
+                  **get_decompositions([aten.nll_loss_forward, aten.nll_loss_backward])}
+
+
+def check_supported(spec, recipe: il.InnerLoop) -> None:
+    if spec.name != "conv4" or spec.norm == "batch" or recipe.loss != "cross_entropy":
+        raise FastadaptError(f"export supports Conv4 classification with per-sample norm (norm 'layer' or 'none', "
+                             f"loss cross_entropy); this model is {spec.name} with norm '{spec.norm}' and loss "
+                             f"'{recipe.loss}'")
+
+
+def with_head(model, params: dict, ways: int) -> dict:
+    """``params`` with a ``ways``-row head (a dummy zero head when it has none)."""
+    params = {k: v.detach().float() for k, v in params.items()}
+    if "head.weight" not in params:
+        some = next(iter(params.values()))
+        params["head.weight"] = some.new_zeros(ways, model.feature_dim)
+        params["head.bias"] = some.new_zeros(ways)
+    return params
+
+
+def _example_sizes(spec, model, ways: int | None = None) -> tuple:
+    # make_fx's symbolic tracing gives equal-valued input sizes the same symbol, so the example
+    # number of classes N and images B must differ from each other and from every fixed size.
+    fixed = {0, 1, spec.channels, spec.image_size, spec.width, model.feature_dim, 3}
+    if ways is None:
+        ways = next(n for n in range(5, 1000) if n not in fixed and 2 * n not in fixed)
+    batch = next(b for b in range(2 * ways, 100 * ways) if b not in fixed)
+    return ways, batch
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's progress lines and deprecation warnings are noise to a user of 'fastadapt export'."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _to_onnx(fn, args, dynamic: list, input_names: list, output_names: list) -> bytes:
+    with _quiet():
+        graph = make_fx(fn, tracing_mode="symbolic", decomposition_table=DECOMPOSITIONS)(*args)
+        program = torch.onnx.export(graph, tuple(args), dynamo=True, dynamic_shapes=tuple(dynamic),
+                                    input_names=input_names, output_names=output_names,
+                                    optimize=True, verbose=False)
+    return program.model_proto.SerializeToString()
+
+
+def build_graphs(model, spec, recipe: il.InnerLoop, params: dict) -> tuple:
+    """(forward.onnx, step.onnx) bytes, with the bundle's input/output names (see ``fastadapt.bundle``).
+
+    ``params``: body parameters then ``head.weight``/``head.bias`` (added as a dummy head if missing);
+    the number of images B and of classes N (head rows) are dynamic in both graphs.
+    """
+    check_supported(spec, recipe)
+    rows = params["head.weight"].shape[0] if "head.weight" in params else None  # a learned head keeps its rows
+    ways, batch = _example_sizes(spec, model, rows)
+    params = with_head(model, params, ways)
+    names, adapted = list(params), recipe.adapted_names(params)
+    b, n = Dim("B", min=1, max=100000), Dim("N", min=1, max=100000)
+    per_param = [{0: n} if k in il.HEAD else None for k in names]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, spec.channels, spec.image_size, spec.image_size, generator=generator)
+    labels = torch.arange(batch) % ways
+
+    def forward_fn(images, *values):
+        p = dict(zip(names, values))
+        feats = il.features(model, p, images)
+        return F.linear(feats, p["head.weight"], p["head.bias"]), feats
+
+    def step_fn(images, labels, lr, *values):
+        p = dict(zip(names, values))
+        # first_order: the graph only needs the step's values, not gradients through it
+        new = il.sgd_step(model, p, images, labels, recipe, lr, first_order=True)
+        loss = il.task_loss(model, p, images, labels, recipe.loss)
+        return (loss, *[new[k] for k in adapted])
+
+    values = list(params.values())
+    forward_bytes = _to_onnx(forward_fn, [images, *values], [{0: b}, *per_param],
+                             ["images", *names], ["logits", "features"])
+    step_bytes = _to_onnx(step_fn, [images, labels, torch.tensor(recipe.lr), *values],
+                          [{0: b}, {0: b}, None, *per_param],
+                          ["images", "labels", "lr", *names], ["loss", *[f"new.{k}" for k in adapted]])
+    return forward_bytes, step_bytes
+
+
+def _sessions(forward_bytes: bytes, step_bytes: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return (ort.InferenceSession(forward_bytes, options, providers=["CPUExecutionProvider"]),
+            ort.InferenceSession(step_bytes, options, providers=["CPUExecutionProvider"]))
+
+
+def _sample_task(shape: tuple, ways: int = 5, shots: int = 2, queries: int = 3, seed: int = 0):
+    """A deterministic random task: class-dependent mean images plus noise."""
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.randn(ways, *shape, generator=generator)
+    support_y = torch.arange(ways).repeat_interleave(shots)
+    query_y = torch.arange(ways).repeat_interleave(queries)
+    support_x = means[support_y] + 0.5 * torch.randn(len(support_y), *shape, generator=generator)
+    query_x = means[query_y] + 0.5 * torch.randn(len(query_y), *shape, generator=generator)
+    return support_x, support_y, query_x
+
+
+def verify(forward_bytes: bytes, step_bytes: bytes, model, recipe: il.InnerLoop, params: dict,
+           steps: int, tol: float | None = VERIFY_TOL) -> float:
+    """Run ``steps`` SGD steps on a sample 5-way 2-shot task in onnxruntime (head initialised in numpy
+    from the "features" output, as the runtime does) and in torch (``inner_loop.adapt``).
+
+    Returns the max abs difference of the adapted parameters. The forward graph's logits on query
+    images are checked too, relative to their size (prototype logits scale with |features|^2, so
+    float32 rounding alone can exceed an absolute 1e-4 there). Raises FastadaptError beyond ``tol``.
+    """
+    forward_session, step_session = _sessions(forward_bytes, step_bytes)
+    shape = tuple(forward_session.get_inputs()[0].shape[1:])
+    meta = {k: v.detach().float() for k, v in params.items()}
+    ways = meta["head.weight"].shape[0] if recipe.head_init == "learned" else 5
+    support_x, support_y, query_x = _sample_task(shape, ways)
+    if recipe.head_init in ("zero", "prototype"):
+        meta = il.body_params(meta)
+    as_np = {k: v.numpy() for k, v in meta.items()}
+    xs, ys = support_x.numpy(), support_y.numpy()
+
+    # head initialisation in numpy from the ONNX features, as the runtime does
+    current = dict(as_np)
+    if recipe.head_init != "learned":
+        dim = model.feature_dim
+        dummy = {**as_np, "head.weight": np.zeros((1, dim), np.float32), "head.bias": np.zeros(1, np.float32)}
+        _, feats = forward_session.run(None, {"images": xs, **dummy})
+        if recipe.head_init == "zero":
+            current["head.weight"], current["head.bias"] = np.zeros((ways, dim), np.float32), np.zeros(ways, np.float32)
+        else:
+            onehot = np.eye(ways, dtype=np.float32)[ys]
+            protos = (onehot.T @ feats) / onehot.sum(0)[:, None]
+            current["head.weight"] = (2 * protos).astype(np.float32)
+            current["head.bias"] = (-(protos * protos).sum(1)).astype(np.float32)
+    step_outputs = [o.name for o in step_session.get_outputs()][1:]
+    lr = np.asarray(recipe.lr, dtype=np.float32)
+    for _ in range(steps):
+        new = step_session.run(step_outputs, {"images": xs, "labels": ys, "lr": lr, **current})
+        current.update({name[len("new."):]: value for name, value in zip(step_outputs, new)})
+    onnx_logits, _ = forward_session.run(None, {"images": query_x.numpy(), **current})
+
+    reference = il.adapt(model, meta, support_x, support_y, ways, recipe, steps=steps, first_order=True)
+    with torch.no_grad():
+        torch_logits = il.forward(model, reference, query_x).numpy()
+    param_diff = max(float(np.abs(current[k] - reference[k].detach().numpy()).max()) for k in reference)
+    logit_diff = float(np.abs(onnx_logits - torch_logits).max())
+    logit_scale = max(1.0, float(np.abs(torch_logits).max()))
+    if tol is not None and not (param_diff <= tol and logit_diff <= tol * logit_scale):
+        raise FastadaptError(f"export verification failed: after {steps} SGD steps onnxruntime and torch differ by "
+                             f"{param_diff:.2e} in the adapted parameters (tolerance {tol:.0e}) and {logit_diff:.2e} "
+                             f"in logits of size {logit_scale:.3g}; nothing was written")
+    return param_diff
+
+
+def export_bundle(out_path, model, spec, recipe: il.InnerLoop, params: dict, preprocess, provenance: dict,
+                  evaluation: list, steps: int | None = None) -> dict:
+    """Build both graphs, verify them against torch for ``steps`` (default: the recipe's) SGD steps,
+    then write the bundle atomically. Returns the manifest. Writes nothing when verification fails."""
+    check_supported(spec, recipe)
+    steps = recipe.steps if steps is None else steps
+    meta = {k: v.detach().float().cpu() for k, v in params.items()}
+    if recipe.head_init in ("zero", "prototype"):
+        meta = il.body_params(meta)  # the runtime creates the head per task
+    elif "head.weight" not in meta:
+        raise FastadaptError("head_init 'learned' needs head.weight and head.bias among the parameters")
+    model = copy.deepcopy(model).cpu()  # leave the caller's model where it is
+    forward_bytes, step_bytes = build_graphs(model, spec, recipe, meta)
+    diff = verify(forward_bytes, step_bytes, model, recipe, meta, steps, tol=VERIFY_TOL)
+    manifest = {
+        "kind": "meta",
+        "architecture": {**spec.to_dict(), "feature_dim": int(model.feature_dim)},
+        "preprocess": preprocess.to_dict(),
+        "inner_loop": {**recipe.to_dict(), "adapted": recipe.adapted_names(with_head(model, meta, 1))},
+        "classes": None,
+        "provenance": provenance,
+        "evaluation": evaluation,
+        "verification": {"max_abs_diff": diff, "steps": steps},
+    }
+    bundle = Bundle(manifest, forward_bytes, step_bytes, {k: v.numpy() for k, v in meta.items()})
+    save_bundle(out_path, bundle)
+    return bundle.manifest

@@ -1,0 +1,132 @@
+"""Export: the ONNX step graph is the torch inner loop (parity, dynamic shapes), refusals, bundle I/O."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from fastadapt.bundle import read_bundle  # noqa: E402
+from fastadapt.errors import FastadaptError  # noqa: E402
+from fastadapt.images import Preprocess  # noqa: E402
+from fastadapt.meta_train import export as ex  # noqa: E402
+from fastadapt.meta_train import inner_loop as il  # noqa: E402
+from fastadapt.models import ModelSpec, build_model  # noqa: E402
+
+SPEC = ModelSpec(width=16)
+
+
+def _model_and_params(spec=SPEC):
+    torch.manual_seed(0)
+    model = build_model(spec)
+    return model, il.body_params({k: v.detach() for k, v in model.named_parameters()})
+
+
+@pytest.fixture(scope="module", params=["all", "head"])
+def exported(request):
+    """Graphs built once per adapted subset; the head initialisation is not part of the graphs."""
+    model, params = _model_and_params()
+    recipe = il.InnerLoop(adapt=request.param, steps=3, lr=0.4)
+    forward_bytes, step_bytes = ex.build_graphs(model, SPEC, recipe, params)
+    return model, params, recipe, forward_bytes, step_bytes
+
+
+@pytest.mark.parametrize("head_init", ["zero", "prototype"])
+def test_three_steps_match_torch(exported, head_init):
+    model, params, recipe, forward_bytes, step_bytes = exported
+    recipe = il.InnerLoop(adapt=recipe.adapt, head_init=head_init, steps=3, lr=0.4)
+    assert ex.verify(forward_bytes, step_bytes, model, recipe, params, steps=3) <= 1e-4
+
+
+def test_graph_signatures(exported):
+    _, params, recipe, forward_bytes, step_bytes = exported
+    names = list(params) + ["head.weight", "head.bias"]
+    forward, step = ort.InferenceSession(forward_bytes), ort.InferenceSession(step_bytes)
+    assert [i.name for i in forward.get_inputs()] == ["images"] + names
+    assert [o.name for o in forward.get_outputs()] == ["logits", "features"]
+    assert [i.name for i in step.get_inputs()] == ["images", "labels", "lr"] + names
+    adapted = names if recipe.adapt == "all" else ["head.weight", "head.bias"]
+    assert [o.name for o in step.get_outputs()] == ["loss"] + [f"new.{k}" for k in adapted]
+
+
+@pytest.mark.parametrize("counts", [[5] * 5, [2] * 3, [1] * 12, [5] * 20, [1] * 50, [1, 4, 2, 7]],
+                         ids=["5x5", "3x2", "12x1", "20x5", "50x1", "unbalanced"])
+def test_dynamic_images_and_classes(exported, counts):
+    model, params, recipe, forward_bytes, step_bytes = exported
+    ways = len(counts)
+    gen = torch.Generator().manual_seed(len(counts) + sum(counts))
+    labels = torch.arange(ways).repeat_interleave(torch.tensor(counts))
+    images = torch.randn(len(labels), SPEC.channels, SPEC.image_size, SPEC.image_size, generator=gen)
+    current = {**params, "head.weight": 0.1 * torch.randn(ways, model.feature_dim, generator=gen),
+               "head.bias": 0.1 * torch.randn(ways, generator=gen)}
+    feed = {"images": images.numpy(), "labels": labels.numpy(), "lr": np.asarray(0.4, np.float32),
+            **{k: v.numpy() for k, v in current.items()}}
+    loss, *new = ort.InferenceSession(step_bytes).run(None, feed)
+    expected = il.sgd_step(model, current, images, labels, recipe, 0.4, first_order=True)
+    assert abs(float(loss) - float(il.task_loss(model, current, images, labels, "cross_entropy"))) < 1e-5
+    for name, value in zip(recipe.adapted_names(current), new):
+        assert value.shape == tuple(current[name].shape)
+        np.testing.assert_allclose(value, expected[name].detach().numpy(), atol=1e-5, rtol=0)
+    feed.pop("labels"), feed.pop("lr")
+    logits, features = ort.InferenceSession(forward_bytes).run(None, feed)
+    assert logits.shape == (len(labels), ways) and features.shape == (len(labels), model.feature_dim)
+    np.testing.assert_allclose(logits, il.forward(model, current, images).detach().numpy(), atol=1e-5, rtol=0)
+
+
+def test_forward_with_one_row_head(exported):
+    """The runtime reads features through a dummy one-row head."""
+    model, params, _, forward_bytes, _ = exported
+    images = torch.randn(3, 1, 28, 28)
+    feed = {"images": images.numpy(), **{k: v.numpy() for k, v in params.items()},
+            "head.weight": np.zeros((1, model.feature_dim), np.float32), "head.bias": np.zeros(1, np.float32)}
+    _, features = ort.InferenceSession(forward_bytes).run(None, feed)
+    np.testing.assert_allclose(features, il.features(model, params, images).detach().numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("spec,recipe", [
+    (ModelSpec(width=16, norm="batch"), il.InnerLoop()),
+    (ModelSpec(width=16), il.InnerLoop(loss="mse")),
+    (ModelSpec(name="mlp"), il.InnerLoop(loss="mse", head_init="learned")),
+], ids=["batch-norm", "mse", "mlp"])
+def test_refuses_unsupported(tmp_path, spec, recipe):
+    model, params = _model_and_params(spec)
+    out = tmp_path / "m.fadapt"
+    with pytest.raises(FastadaptError, match="export supports Conv4 classification with per-sample norm"):
+        ex.export_bundle(out, model, spec, recipe, params, Preprocess(), {}, [])
+    assert not out.exists()
+
+
+def _cached_graphs(monkeypatch, exported):
+    model, params, recipe, forward_bytes, step_bytes = exported
+    monkeypatch.setattr(ex, "build_graphs", lambda *args: (forward_bytes, step_bytes))
+    return model, params, recipe
+
+
+def test_bundle_round_trip(tmp_path, monkeypatch, exported):
+    model, params, recipe = _cached_graphs(monkeypatch, exported)
+    recipe = il.InnerLoop(adapt=recipe.adapt, head_init="prototype", steps=3, lr=0.4)
+    with_head = {**params, "head.weight": torch.zeros(5, model.feature_dim), "head.bias": torch.zeros(5)}
+    out = tmp_path / "m.fadapt"
+    manifest = ex.export_bundle(out, model, SPEC, recipe, with_head, Preprocess(), {"algorithm": "fomaml"},
+                                [{"ways": 5, "shots": 1, "accuracy": 0.9}])
+    bundle = read_bundle(out)
+    assert bundle.manifest == manifest
+    assert manifest["kind"] == "meta" and manifest["classes"] is None
+    assert manifest["architecture"]["feature_dim"] == model.feature_dim
+    assert manifest["architecture"]["width"] == 16
+    assert manifest["preprocess"] == Preprocess().to_dict()
+    assert manifest["inner_loop"]["head_init"] == "prototype"
+    assert manifest["inner_loop"]["adapted"] == recipe.adapted_names(with_head)
+    assert manifest["verification"]["steps"] == 3 and manifest["verification"]["max_abs_diff"] <= 1e-4
+    assert list(bundle.params) == list(params)  # no head: the runtime creates it per task
+    for k, v in params.items():
+        np.testing.assert_array_equal(bundle.params[k], v.numpy())
+
+
+def test_failed_verification_writes_nothing(tmp_path, monkeypatch, exported):
+    model, params, recipe = _cached_graphs(monkeypatch, exported)
+    monkeypatch.setattr(ex, "VERIFY_TOL", -1.0)  # no difference can pass
+    out = tmp_path / "m.fadapt"
+    with pytest.raises(FastadaptError, match="verification failed: after 3 SGD steps"):
+        ex.export_bundle(out, model, SPEC, recipe, params, Preprocess(), {}, [])
+    assert not out.exists()
