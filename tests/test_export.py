@@ -130,3 +130,13 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch, exported):
     with pytest.raises(FastadaptError, match="verification failed: after 3 SGD steps"):
         ex.export_bundle(out, model, SPEC, recipe, params, Preprocess(), {}, [])
     assert not out.exists()
+
+
+def test_verify_catches_a_wrong_step_graph(exported):
+    """A graph that leaves the body unchanged is not the 'all' inner loop, even on an ill-conditioned task."""
+    model, params, recipe, forward_bytes, step_bytes = exported
+    if recipe.adapt != "head":
+        pytest.skip("needs the head-only graph")
+    wrong = il.InnerLoop(adapt="all", head_init="prototype", steps=3, lr=0.4)
+    with pytest.raises(FastadaptError, match="verification failed"):
+        ex.verify(forward_bytes, step_bytes, model, wrong, params, steps=3)

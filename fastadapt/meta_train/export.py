@@ -66,8 +66,8 @@ def check_supported(spec, recipe: il.InnerLoop) -> None:
 
 
 def with_head(model, params: dict, ways: int) -> dict:
-    """``params`` with a ``ways``-row head (a dummy zero head when it has none)."""
-    params = {k: v.detach().float() for k, v in params.items()}
+    """``params`` (on the CPU) with a ``ways``-row head (a dummy zero head when it has none)."""
+    params = {k: v.detach().float().cpu() for k, v in params.items()}
     if "head.weight" not in params:
         some = next(iter(params.values()))
         params["head.weight"] = some.new_zeros(ways, model.feature_dim)
@@ -210,14 +210,32 @@ def verify(forward_bytes: bytes, step_bytes: bytes, model, recipe: il.InnerLoop,
     reference = il.adapt(model, meta, support_x, support_y, ways, recipe, steps=steps, first_order=True)
     with torch.no_grad():
         torch_logits = il.forward(model, reference, query_x).numpy()
-    param_diff = max(float(np.abs(current[k] - reference[k].detach().numpy()).max()) for k in reference)
+    param_diff = _max_diff(current, reference)
     logit_diff = float(np.abs(onnx_logits - torch_logits).max())
     logit_scale = max(1.0, float(np.abs(torch_logits).max()))
-    if tol is not None and not (param_diff <= tol and logit_diff <= tol * logit_scale):
-        raise FastadaptError(f"export verification failed: after {steps} SGD steps onnxruntime and torch differ by "
-                             f"{param_diff:.2e} in the adapted parameters (tolerance {tol:.0e}) and {logit_diff:.2e} "
-                             f"in logits of size {logit_scale:.3g}; nothing was written")
-    return param_diff
+    if tol is None or (param_diff <= tol and logit_diff <= tol * logit_scale):
+        return param_diff
+    # An ill-conditioned task (e.g. a barely trained model with large steps) amplifies float32
+    # rounding so that even torch float32 and float64 differ by more than tol. Then accept the graph
+    # when it is about as close to the float64 result as torch float32 itself is.
+    model64 = copy.deepcopy(model).double()
+    exact = il.adapt(model64, {k: v.double() for k, v in meta.items()}, support_x.double(), support_y, ways, recipe,
+                     steps=steps, first_order=True)
+    with torch.no_grad():
+        exact_logits = il.forward(model64, exact, query_x.double()).numpy()
+    onnx_error, torch_error = _max_diff(current, exact), _max_diff(reference, exact)
+    onnx_logit_error = float(np.abs(onnx_logits - exact_logits).max())
+    torch_logit_error = float(np.abs(torch_logits - exact_logits).max())
+    if onnx_error <= tol + 2 * torch_error and onnx_logit_error <= tol * logit_scale + 2 * torch_logit_error:
+        return param_diff
+    raise FastadaptError(f"export verification failed: after {steps} SGD steps onnxruntime and torch differ by "
+                         f"{param_diff:.2e} in the adapted parameters (tolerance {tol:.0e}; float64 error "
+                         f"{onnx_error:.2e} vs torch's own {torch_error:.2e}) and {logit_diff:.2e} in logits of "
+                         f"size {logit_scale:.3g}; nothing was written")
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(float(np.abs(np.asarray(a[k], np.float64) - b[k].detach().double().numpy()).max()) for k in b)
 
 
 def export_bundle(out_path, model, spec, recipe: il.InnerLoop, params: dict, preprocess, provenance: dict,
