@@ -12,43 +12,12 @@ from typing import List, Optional
 import typer
 
 from ..errors import FastadaptError, warn
+from ..progress import lazy_reporter, stderr_console
 from . import app
 
 SHOTS_HELP = ("Folder with one subfolder per class, holding that class's example images (the folder name "
               "is the label): SHOTS/cat/1.png, SHOTS/dog/1.jpg ... At least 2 classes; any number of images "
               "per class, unbalanced is fine.")
-
-
-def _progress_reporter(label: str, after_s: float = 1.0):
-    """A progress(done, total) callback that shows a rich bar only once the work will last > after_s."""
-    state = {"start": time.perf_counter(), "bar": None, "task": None}
-
-    def report(done: int, total: int) -> None:
-        elapsed = time.perf_counter() - state["start"]
-        if state["bar"] is None and done < total and elapsed / done * total > after_s:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            state["bar"] = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                    transient=True, console=_stderr_console())
-            state["bar"].start()
-            state["task"] = state["bar"].add_task(label, total=total)
-        if state["bar"] is not None:
-            state["bar"].update(state["task"], completed=done)
-            if done >= total:
-                state["bar"].stop()
-
-    def close() -> None:
-        if state["bar"] is not None:
-            state["bar"].stop()
-
-    report.close = close
-    return report
-
-
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
 
 
 def _check_out(out: Path) -> None:
@@ -83,7 +52,7 @@ def adapt(
     loaded = load(model)
     if not isinstance(loaded, Model):
         loaded.adapt()  # raises the explanation (already adapted; pass the meta model)
-    reporter = _progress_reporter("adapting")
+    reporter = lazy_reporter("adapting")
     try:
         adapted = loaded.adapt(shots, steps=steps, lr=lr, progress=reporter)
     finally:

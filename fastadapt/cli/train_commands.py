@@ -46,7 +46,7 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present) | cpu | cuda. [default: auto]"),
     head_init: Optional[str] = typer.Option(None, help="How the per-task head starts: zero | prototype (class-mean "
                                             "features). Both work for any number of classes. [default: zero]"),
-    norm: Optional[str] = typer.Option(None, help="layer (per-sample, non-transductive) | batch (batch statistics) | none."),
+    norm: Optional[str] = typer.Option(None, help="instance | layer (both per-sample, non-transductive) | batch (batch statistics, transductive) | none. [default: instance]"),
     width: Optional[int] = typer.Option(None, help="Conv4 filters per layer. [default: 64]"),
     image_size: Optional[int] = typer.Option(None, help="Square input size in pixels. [default: 28]"),
     channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB). [default: 1]"),
@@ -118,32 +118,22 @@ def evaluate(
             raise FastadaptError("--data is required to evaluate a bundle (e.g. an Omniglot folder)")
         result = evaluate_bundle(model, data=data, protocol=protocol, ways=ways, shots=shots or 1, query=query,
                                  tasks=tasks, seed=seed, steps=steps, lr=lr, transductive=transductive,
-                                 progress=None if as_json else _bar(tasks))
+                                 progress=None if as_json else _task_progress(tasks))
     else:
         _need_torch("evaluate RUNDIR")
         from ..meta_train.evaluate import evaluate_run
 
         result = evaluate_run(model, data=data, protocol=protocol, ways=ways, shots=shots, query=query, tasks=tasks,
                               seed=seed, steps=steps, lr=lr, transductive=transductive, checkpoint=checkpoint,
-                              progress=None if as_json else _bar(tasks))
+                              progress=None if as_json else _task_progress(tasks))
     _print_result(result, as_json)
 
 
-def _bar(total: int):
-    from rich.progress import Progress
+def _task_progress(total: int):
+    from ..progress import lazy_reporter
 
-    progress = Progress(transient=True)
-    state = {}
-
-    def update(done: int) -> None:
-        if not state:
-            progress.start()
-            state["task"] = progress.add_task("evaluating", total=total)
-        progress.update(state["task"], completed=done)
-        if done >= total:
-            progress.stop()
-
-    return update
+    report = lazy_reporter("evaluating")
+    return lambda done: report(done, total)
 
 
 def _print_result(result: dict, as_json: bool) -> None:

@@ -6,7 +6,7 @@ exported with ``torch.onnx.export(dynamo=True)``. Plain onnxruntime then runs fo
 backward and update; no onnxruntime-training. ``verify`` checks the graphs against torch before
 ``export_bundle`` writes anything.
 
-Supported: Conv4 with per-sample norm ("layer" or "none"), cross-entropy, adapt "all"/"head",
+Supported: Conv4 with per-sample norm ("instance", "layer" or "none"), cross-entropy, adapt "all"/"head",
 head_init "zero"/"prototype" (the runtime builds the head from the "features" output) or "learned".
 """
 
@@ -60,7 +60,7 @@ DECOMPOSITIONS = {aten.convolution_backward.default: _conv_backward,
 
 def check_supported(spec, recipe: il.InnerLoop) -> None:
     if spec.name != "conv4" or spec.norm == "batch" or recipe.loss != "cross_entropy":
-        raise FastadaptError(f"export supports Conv4 classification with per-sample norm (norm 'layer' or 'none', "
+        raise FastadaptError(f"export supports Conv4 classification with per-sample norm (norm 'instance', 'layer' or 'none', "
                              f"loss cross_entropy); this model is {spec.name} with norm '{spec.norm}' and loss "
                              f"'{recipe.loss}'")
 
@@ -169,7 +169,7 @@ def _sample_task(shape: tuple, ways: int = 5, shots: int = 2, queries: int = 3, 
 
 
 def verify(forward_bytes: bytes, step_bytes: bytes, model, recipe: il.InnerLoop, params: dict,
-           steps: int, tol: float | None = VERIFY_TOL) -> float:
+           steps: int, tol: float | None = VERIFY_TOL, task: tuple | None = None) -> float:
     """Run ``steps`` SGD steps on a sample 5-way 2-shot task in onnxruntime (head initialised in numpy
     from the "features" output, as the runtime does) and in torch (``inner_loop.adapt``).
 
@@ -181,7 +181,10 @@ def verify(forward_bytes: bytes, step_bytes: bytes, model, recipe: il.InnerLoop,
     shape = tuple(forward_session.get_inputs()[0].shape[1:])
     meta = {k: v.detach().float() for k, v in params.items()}
     ways = meta["head.weight"].shape[0] if recipe.head_init == "learned" else 5
-    support_x, support_y, query_x = _sample_task(shape, ways)
+    # a real task of the run's data when the caller has one, else a synthetic one
+    support_x, support_y, query_x = task if task is not None else _sample_task(shape, ways)
+    if task is not None:
+        ways = int(support_y.max()) + 1
     if recipe.head_init in ("zero", "prototype"):
         meta = il.body_params(meta)
     as_np = {k: v.numpy() for k, v in meta.items()}
@@ -215,23 +218,9 @@ def verify(forward_bytes: bytes, step_bytes: bytes, model, recipe: il.InnerLoop,
     logit_scale = max(1.0, float(np.abs(torch_logits).max()))
     if tol is None or (param_diff <= tol and logit_diff <= tol * logit_scale):
         return param_diff
-    # An ill-conditioned task (e.g. a barely trained model with large steps) amplifies float32
-    # rounding so that even torch float32 and float64 differ by more than tol. Then accept the graph
-    # when it is about as close to the float64 result as torch float32 itself is.
-    model64 = copy.deepcopy(model).double()
-    exact = il.adapt(model64, {k: v.double() for k, v in meta.items()}, support_x.double(), support_y, ways, recipe,
-                     steps=steps, first_order=True)
-    with torch.no_grad():
-        exact_logits = il.forward(model64, exact, query_x.double()).numpy()
-    onnx_error, torch_error = _max_diff(current, exact), _max_diff(reference, exact)
-    onnx_logit_error = float(np.abs(onnx_logits - exact_logits).max())
-    torch_logit_error = float(np.abs(torch_logits - exact_logits).max())
-    if onnx_error <= tol + 2 * torch_error and onnx_logit_error <= tol * logit_scale + 2 * torch_logit_error:
-        return param_diff
     raise FastadaptError(f"export verification failed: after {steps} SGD steps onnxruntime and torch differ by "
-                         f"{param_diff:.2e} in the adapted parameters (tolerance {tol:.0e}; float64 error "
-                         f"{onnx_error:.2e} vs torch's own {torch_error:.2e}) and {logit_diff:.2e} in logits of "
-                         f"size {logit_scale:.3g}; nothing was written")
+                         f"{param_diff:.2e} in the adapted parameters (tolerance {tol:.0e}) and {logit_diff:.2e} "
+                         f"in logits of size {logit_scale:.3g}; nothing was written")
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -239,7 +228,7 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 def export_bundle(out_path, model, spec, recipe: il.InnerLoop, params: dict, preprocess, provenance: dict,
-                  evaluation: list, steps: int | None = None) -> dict:
+                  evaluation: list, steps: int | None = None, task: tuple | None = None) -> dict:
     """Build both graphs, verify them against torch for ``steps`` (default: the recipe's) SGD steps,
     then write the bundle atomically. Returns the manifest. Writes nothing when verification fails."""
     check_supported(spec, recipe)
@@ -251,7 +240,7 @@ def export_bundle(out_path, model, spec, recipe: il.InnerLoop, params: dict, pre
         raise FastadaptError("head_init 'learned' needs head.weight and head.bias among the parameters")
     model = copy.deepcopy(model).cpu()  # leave the caller's model where it is
     forward_bytes, step_bytes = build_graphs(model, spec, recipe, meta)
-    diff = verify(forward_bytes, step_bytes, model, recipe, meta, steps, tol=VERIFY_TOL)
+    diff = verify(forward_bytes, step_bytes, model, recipe, meta, steps, tol=VERIFY_TOL, task=task)
     manifest = {
         "kind": "meta",
         "architecture": {**spec.to_dict(), "feature_dim": int(model.feature_dim)},

@@ -22,7 +22,8 @@ def check_config(c: TrainConfig) -> None:
     """Reject contradictory or impossible flag combinations before any work starts."""
     if c.algorithm not in ALGORITHMS:
         raise FastadaptError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got '{c.algorithm}'")
-    for flag, value, low in (("--iterations", c.iterations, 1), ("--meta-batch", c.meta_batch, 1),
+    # --iterations 0 with pre-training gives the plain transfer-learning baseline
+    for flag, value, low in (("--iterations", c.iterations, 0 if c.pretrain_epochs else 1), ("--meta-batch", c.meta_batch, 1),
                              ("--inner-steps", c.inner_steps, 1), ("--shots", c.shots, 1), ("--query", c.query, 1),
                              ("--val-every", c.val_every, 1), ("--checkpoint-every", c.checkpoint_every, 1)):
         if value < low:

@@ -20,7 +20,8 @@ from torch.func import functional_call
 
 from ..data.classes import ImageClasses
 from ..images import Preprocess, to_float
-from .run import load_checkpoint, save_checkpoint
+from ..progress import progress_bar
+from .run import load_checkpoint, load_optimizer_state, optimizer_state_to_numpy, save_checkpoint
 
 
 def pretrain_body(model, params: dict, classes: ImageClasses, preprocess: Preprocess, epochs: int, rundir: str,
@@ -40,34 +41,41 @@ def pretrain_body(model, params: dict, classes: ImageClasses, preprocess: Prepro
         with torch.no_grad():
             for k, v in trained.items():
                 v.copy_(torch.from_numpy(ckpt.params[k]))
-        from .trainer import _load_optimizer_state
-
-        _load_optimizer_state(optimizer, ckpt.optimizer_state, device)
+        load_optimizer_state(optimizer, ckpt.optimizer_state, device)
         start = ckpt.progress["epoch"]
     log = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    for epoch in range(start, epochs):
-        t0 = time.time()
-        order = np.random.default_rng([seed, 7, epoch]).permutation(len(images))
-        total_loss, correct = 0.0, 0
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            x = torch.from_numpy(to_float(images[idx], preprocess)).to(device)
-            y = torch.from_numpy(labels[idx]).to(device)
-            feats = functional_call(model, {k: trained[k] for k in params}, (x,))
-            logits = F.linear(feats, trained["w"], trained["b"])
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y).sum().item()
-        row = {"iteration": 0, "pretrain_epoch": epoch + 1, "pretrain_loss": round(total_loss / len(order), 4),
-               "pretrain_accuracy": round(100 * correct / len(order), 2)}
-        with open(os.path.join(rundir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(row) + "\n")
-        from .trainer import _optimizer_state_numpy
+    batches = -(-len(images) // batch_size)
+    with progress_bar(quiet) as progress:
+        bar = progress.add_task("pre-training", total=epochs * batches, completed=start * batches, status="")
+        for epoch in range(start, epochs):
+            _epoch(model, params, trained, optimizer, images, labels, preprocess, batch_size, seed, epoch, device,
+                   rundir, path, lambda status: progress.update(bar, advance=1, status=status), log)
 
-        save_checkpoint(path, {k: v.detach().cpu().numpy() for k, v in trained.items()},
-                        _optimizer_state_numpy(optimizer), {"epoch": epoch + 1})
-        log(f"pre-training epoch {epoch + 1}/{epochs}: loss {row['pretrain_loss']}, train accuracy "
-            f"{row['pretrain_accuracy']}% ({time.time() - t0:.0f} s)")
+
+def _epoch(model, params, trained, optimizer, images, labels, preprocess, batch_size, seed, epoch, device, rundir,
+           path, step, log) -> None:
+    """One shuffled pass over all training images, then a checkpoint and a metrics row."""
+    t0 = time.time()
+    order = np.random.default_rng([seed, 7, epoch]).permutation(len(images))
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        x = torch.from_numpy(to_float(images[idx], preprocess)).to(device)
+        y = torch.from_numpy(labels[idx]).to(device)
+        feats = functional_call(model, {k: trained[k] for k in params}, (x,))
+        logits = F.linear(feats, trained["w"], trained["b"])
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(idx)
+        correct += (logits.argmax(1) == y).sum().item()
+        step(f"epoch {epoch + 1} loss {loss.item():.3f}")
+    row = {"iteration": 0, "pretrain_epoch": epoch + 1, "pretrain_loss": round(total_loss / len(order), 4),
+           "pretrain_accuracy": round(100 * correct / len(order), 2)}
+    with open(os.path.join(rundir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    save_checkpoint(path, {k: v.detach().cpu().numpy() for k, v in trained.items()},
+                    optimizer_state_to_numpy(optimizer), {"epoch": epoch + 1})
+    log(f"pre-training epoch {epoch + 1}: loss {row['pretrain_loss']}, train accuracy "
+        f"{row['pretrain_accuracy']}% ({time.time() - t0:.0f} s)")

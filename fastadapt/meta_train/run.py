@@ -39,7 +39,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     head_init: str = "zero"
-    norm: str = "layer"
+    norm: str = "instance"
     width: int = 64
     image_size: int = 28
     channels: int = 1
@@ -154,3 +154,21 @@ def truncate_metrics(rundir: str, iteration: int) -> None:
     """On resume, drop metrics logged after the checkpoint we resume from."""
     rows = [r for r in read_metrics(rundir) if r.get("iteration", 0) <= iteration]
     write_atomic(os.path.join(rundir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def optimizer_state_to_numpy(optimizer) -> dict:
+    """A torch optimiser's state_dict with tensors as numpy arrays (for save_checkpoint)."""
+    import torch
+
+    state = optimizer.state_dict()
+    return {"param_groups": state["param_groups"],
+            "state": {i: {k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v))
+                          for k, v in s.items()} for i, s in state["state"].items()}}
+
+
+def load_optimizer_state(optimizer, saved: dict, device) -> None:
+    import torch
+
+    state = {int(i): {k: torch.from_numpy(np.array(v)).to(device if k != "step" else "cpu")
+                      for k, v in s.items()} for i, s in saved["state"].items()}
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 
 from ..errors import FastadaptError, warn
+from ..progress import progress_bar
 from ..models import build_model
 from .algorithms import meta_gradient
 from .evaluate import evaluate_classification, evaluate_regression
 from .parts import (check_config, describe_data, init_meta_params, make_samplers, model_spec_of, recipe_of,
                     resolve_device, to_batch)
-from .run import (RESUMABLE, TrainConfig, config_path, load_checkpoint, read_config, read_metrics,
+from .run import (RESUMABLE, load_optimizer_state, optimizer_state_to_numpy, TrainConfig, config_path, load_checkpoint, read_config, read_metrics,
                   save_checkpoint, truncate_metrics, write_json)
 
 
@@ -33,19 +34,6 @@ def _optimizer(c: TrainConfig, params: list):
     if c.algorithm == "reptile":
         return torch.optim.SGD(params, lr=c.meta_lr)  # lr annealed linearly to 0 in the loop
     return torch.optim.Adam(params, lr=c.meta_lr)
-
-
-def _optimizer_state_numpy(optimizer) -> dict:
-    state = optimizer.state_dict()
-    return {"param_groups": state["param_groups"],
-            "state": {i: {k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v))
-                          for k, v in s.items()} for i, s in state["state"].items()}}
-
-
-def _load_optimizer_state(optimizer, saved: dict, device) -> None:
-    state = {int(i): {k: torch.from_numpy(np.array(v)).to(device if k != "step" else "cpu")
-                      for k, v in s.items()} for i, s in saved["state"].items()}
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
 
 
 def resolve_config(c: TrainConfig, rundir: str, resume: bool, given: set | None = None) -> TrainConfig:
@@ -102,7 +90,7 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
             for k in names:
                 params[k].copy_(torch.from_numpy(ckpt.params[k]))
         if ckpt.optimizer_state is not None:
-            _load_optimizer_state(optimizer, ckpt.optimizer_state, device)
+            load_optimizer_state(optimizer, ckpt.optimizer_state, device)
         start, best = ckpt.progress["iteration"], ckpt.progress.get("best")
         truncate_metrics(rundir, start)
         log(f"resuming {rundir} at iteration {start}/{c.iterations}")
@@ -119,7 +107,7 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
         arrays = snapshot(it)
         if not all(np.isfinite(a).all() for a in arrays.values()):
             raise Diverged(f"parameters became non-finite at iteration {it}; the last good checkpoint is {last_path}")
-        save_checkpoint(last_path, arrays, _optimizer_state_numpy(optimizer), {"iteration": it, "best": best})
+        save_checkpoint(last_path, arrays, optimizer_state_to_numpy(optimizer), {"iteration": it, "best": best})
 
     def validate(it: int) -> dict:
         if c.regression:
@@ -135,7 +123,7 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
         return row["val_mse"] < best if c.regression else row["val_accuracy"] > best
 
     metrics = open(os.path.join(rundir, "metrics.jsonl"), "a")
-    progress = _progress(quiet)
+    progress = progress_bar(quiet)
     t0, done_tasks, train_seconds = time.time(), 0, 0.0
     try:
         with progress:
@@ -180,18 +168,18 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
                     metrics.flush()
                     checkpoint(it + 1)
                 progress.update(bar, advance=1, status=status)
+            if c.iterations == 0:  # pre-training only: the pre-trained body is the model
+                vrow = validate(0)
+                metrics.write(json.dumps(vrow) + "\n")
+                best = vrow["val_accuracy"]
+                save_checkpoint(best_path, snapshot(0), None, {"iteration": 0, "best": best, **vrow})
+                checkpoint(0)
+                log(f"pre-trained body: validation accuracy {best} ± {vrow['val_ci95']}")
     finally:
         metrics.close()
     summary = {"rundir": rundir, "iterations": c.iterations, "best": best, "seconds": round(time.time() - t0, 1)}
     write_json(os.path.join(rundir, "summary.json"), summary)
     return summary
-
-
-def _progress(quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"), disable=quiet, transient=False)
 
 
 def plot_curves(rundir: str) -> None:

@@ -4,9 +4,12 @@ Both are a *body* that maps inputs to features; the linear head lives outside th
 its size (the number of classes) is only known when a task arrives (see ``inner_loop.init_head``).
 Inner loops call them functionally (``torch.func.functional_call``) with a parameter dict.
 
-Normalisation is per sample by default ("layer": GroupNorm with one group, i.e. LayerNorm over
-C, H, W), so a prediction for one image never depends on the other images in the batch.
-"batch" uses the statistics of whatever batch is passed (the papers' transductive setting).
+Normalisation is per sample by default, so a prediction for one image never depends on the other
+images in the batch: "instance" (GroupNorm with one group per channel: each channel normalised over
+H, W, with a learned scale and shift) or "layer" (GroupNorm with one group: over C, H, W together).
+Measured here, instance norm trains much faster than layer norm (pre-training 200 Omniglot classes
+for 3 epochs: 32% vs 3% train accuracy at lr 3e-3). "batch" uses the statistics of whatever batch is
+passed (the papers' transductive setting).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("layer", "batch", "none")
+NORMS = ("instance", "layer", "batch", "none")
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class ModelSpec:
     channels: int = 1
     image_size: int = 28
     width: int = 64
-    norm: str = "layer"
+    norm: str = "instance"
     hidden: tuple = (40, 40)  # mlp only
     in_features: int = 1  # mlp only
 
@@ -55,6 +58,8 @@ class BatchStatsNorm(nn.Module):
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
+        return nn.GroupNorm(channels, channels)
     if kind == "layer":
         return nn.GroupNorm(1, channels)
     if kind == "batch":

@@ -1,0 +1,64 @@
+"""``fastadapt export RUNDIR``: a run folder's checkpoint -> a verified .fadapt bundle with provenance."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+
+import torch
+
+from .. import __version__
+from ..errors import FastadaptError, warn
+from ..images import to_float
+from .evaluate import load_meta_params, test_sampler
+from .export import export_bundle
+
+
+def read_evaluations(rundir: str) -> list:
+    path = os.path.join(rundir, "evaluations.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def verification_task(config, ways: int = 5):
+    """A real task of the run's unseen classes (preprocessed), or None when the data is not here."""
+    try:
+        sampler, preprocess = test_sampler(config, config.data, config.protocol, min(ways, 5), config.shots, 3, 0)
+    except FastadaptError as exc:
+        warn(f"export verifies on a synthetic task: the run's data is not available here ({exc})")
+        return None
+    task = sampler.task(0)
+    as_tensor = lambda a: torch.from_numpy(to_float(a, preprocess))  # noqa: E731
+    return as_tensor(task.support_x), torch.from_numpy(task.support_y), as_tensor(task.query_x)
+
+
+def export_run(rundir: str, out: str, checkpoint: str = "best") -> dict:
+    config, spec, recipe, model, params, progress = load_meta_params(rundir, checkpoint, torch.device("cpu"))
+    if config.regression:
+        raise FastadaptError(f"{rundir} is a sinusoid regression run; export supports image classification runs")
+    from .parts import preprocess_of
+
+    provenance = {
+        "algorithm": config.algorithm,
+        "data": config.data,
+        "protocol": config.protocol,
+        "command": " ".join(config.command),
+        "config": config.to_dict(),
+        "checkpoint": checkpoint,
+        "iteration": progress.get("iteration"),
+        "validation_accuracy_pct": progress.get("best"),
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "fastadapt": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    summary = os.path.join(rundir, "summary.json")
+    if os.path.exists(summary):
+        with open(summary) as f:
+            provenance["training"] = json.load(f)
+    return export_bundle(out, model, spec, recipe, params, preprocess_of(config), provenance,
+                         read_evaluations(rundir), task=verification_task(config))

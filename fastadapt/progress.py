@@ -1,0 +1,46 @@
+"""Progress display for long work (rich), on stderr so stdout stays clean for --json output."""
+
+from __future__ import annotations
+
+import time
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def progress_bar(quiet: bool = False):
+    """A bar with counts, elapsed/remaining time and a free-text status field (``status=``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"), disable=quiet,
+                    console=stderr_console())
+
+
+def lazy_reporter(label: str, after_s: float = 1.0):
+    """A ``progress(done, total)`` callback that shows a bar only once the work will last > after_s seconds."""
+    state = {"start": time.perf_counter(), "bar": None, "task": None}
+
+    def report(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - state["start"]
+        if state["bar"] is None and 0 < done < total and elapsed / done * total > after_s:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            state["bar"] = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                    transient=True, console=stderr_console())
+            state["bar"].start()
+            state["task"] = state["bar"].add_task(label, total=total)
+        if state["bar"] is not None:
+            state["bar"].update(state["task"], completed=done)
+            if done >= total:
+                state["bar"].stop()
+
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].stop()
+
+    report.close = close
+    return report
