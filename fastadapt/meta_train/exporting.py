@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -38,6 +39,8 @@ def verification_task(config, ways: int = 5):
 
 def export_run(rundir: str, out: str, checkpoint: str = "best") -> dict:
     config, spec, recipe, model, params, progress = load_meta_params(rundir, checkpoint, torch.device("cpu"))
+    # the device runs the evaluation-time recipe (MAML's paper trains with 1 step and tests with 3)
+    recipe = dataclasses.replace(recipe, steps=config.test_steps)
     if config.regression:
         raise FastadaptError(f"{rundir} is a sinusoid regression run; export supports image classification runs")
     from .parts import preprocess_of
