@@ -18,7 +18,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-from . import runtime_commands, train_commands  # noqa: E402,F401  (register commands)
+from . import demo_command, runtime_commands, train_commands  # noqa: E402,F401  (register commands)
 
 
 def main() -> None:

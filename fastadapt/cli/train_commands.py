@@ -12,6 +12,7 @@ import typer
 from . import app
 from ..errors import FastadaptError
 
+SERVER_PANEL = "On the server (pip install 'fastadapt\\[train]')"
 SINUSOID_DEFAULTS = {"ways": 1, "shots": 10, "query": 10, "inner_lr": 0.01, "meta_batch": 25, "val_tasks": 100}
 
 
@@ -22,7 +23,7 @@ def _need_torch(command: str):
         raise FastadaptError(f"'fastadapt {command}' needs the training extra: pip install 'fastadapt[train]'") from None
 
 
-@app.command(rich_help_panel="Server (needs fastadapt[train])")
+@app.command(rich_help_panel=SERVER_PANEL)
 def train(
     out: str = typer.Option(..., "--out", help="Run folder: config, checkpoints, metrics.jsonl, curves.png."),
     data: Optional[str] = typer.Option(None, help="An Omniglot folder (holding images_background.zip and "
@@ -88,7 +89,7 @@ def train(
                f"{'MSE' if data == 'sinusoid' else 'accuracy %'} {best}; run folder {out}")
 
 
-@app.command(rich_help_panel="Server (needs fastadapt[train])")
+@app.command(rich_help_panel=SERVER_PANEL)
 def evaluate(
     model: str = typer.Argument(..., help="A run folder (evaluated in torch) or a .fadapt bundle (evaluated "
                                 "through the torch-free runtime, on the same tasks)."),
@@ -149,7 +150,7 @@ def _print_result(result: dict, as_json: bool) -> None:
                    f"{'transductive' if result['transductive'] else 'non-transductive'}")
 
 
-@app.command(rich_help_panel="Server (needs fastadapt[train])")
+@app.command(rich_help_panel=SERVER_PANEL)
 def export(
     rundir: str = typer.Argument(..., help="A run folder made by 'fastadapt train'."),
     out: str = typer.Option(..., "--out", help="Where to write the .fadapt bundle (atomically)."),
