@@ -12,6 +12,7 @@ Members
                           manifest["inner_loop"]["adapted"]
   params.npz     the parameters (allow_pickle=False): meta-initialisation, or adapted weights with
                  the head filled in (kind "adapted")
+  manifest.sha256  hex SHA-256 of manifest.json (the manifest holds the SHA-256 of the other members)
 
 Manifest keys
   format ("fastadapt-bundle"), format_version, kind ("meta" | "adapted"), architecture,
@@ -37,6 +38,7 @@ from .errors import FastadaptError
 FORMAT = "fastadapt-bundle"
 FORMAT_VERSION = 1
 MEMBERS = ("forward.onnx", "step.onnx", "params.npz")
+MANIFEST_CHECKSUM = "manifest.sha256"  # SHA-256 of manifest.json, so an edited manifest is caught too
 
 
 @dataclass
@@ -96,8 +98,10 @@ def save_bundle(path: str, bundle: Bundle) -> None:
     manifest["parameters"] = list(bundle.params)
     manifest["members"] = {name: sha256(data) for name, data in members.items()}
     buffer = io.BytesIO()
+    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=False).encode()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("manifest.json", json.dumps(manifest, indent=2, sort_keys=False))
+        archive.writestr("manifest.json", manifest_bytes)
+        archive.writestr(MANIFEST_CHECKSUM, sha256(manifest_bytes))
         for name, data in members.items():
             archive.writestr(name, data)
     write_atomic(path, buffer.getvalue())
@@ -116,7 +120,11 @@ def read_bundle(path: str) -> Bundle:
             names = set(archive.namelist())
             if "manifest.json" not in names:
                 raise FastadaptError(f"{path}: not a fastadapt bundle (no manifest.json)")
-            manifest = json.loads(archive.read("manifest.json"))
+            manifest_bytes = archive.read("manifest.json")
+            if MANIFEST_CHECKSUM not in names or archive.read(MANIFEST_CHECKSUM).decode().strip() != sha256(manifest_bytes):
+                raise FastadaptError(f"{path}: checksum mismatch in manifest.json; the bundle is corrupt or was "
+                                     f"modified, re-export or re-download it")
+            manifest = json.loads(manifest_bytes)
             if manifest.get("format") != FORMAT:
                 raise FastadaptError(f"{path}: not a fastadapt bundle (format '{manifest.get('format')}')")
             version = manifest.get("format_version")

@@ -44,6 +44,7 @@ def rewrite_manifest(src: str, dst: str, **changes) -> None:
         else:
             manifest[key] = value
     members["manifest.json"] = json.dumps(manifest).encode()
+    members["manifest.sha256"] = hashlib.sha256(members["manifest.json"]).hexdigest().encode()
     with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in members.items():
             archive.writestr(name, data)
