@@ -143,3 +143,17 @@ def test_cli_bad_input(tmp_path):
     bad(cli(*base, "--query", "2", "--ways", "3", "--resume", "--out", str(tmp_path / "run")), "--ways")
     bad(cli("evaluate", str(tmp_path / "nothing")), "no such run folder")
     bad(cli("evaluate", str(tmp_path / "run"), "--tasks", "3", "--ways", "200"), "--ways 200")
+
+
+def test_init_from_another_run(tmp_path):
+    base, follow = tmp_path / "base", tmp_path / "follow"
+    train(TrainConfig(algorithm="fomaml", iterations=2, **TINY), str(base), quiet=True)
+    bad_width = dict(TINY, width=16)
+    with pytest.raises(Exception, match="--init-from"):
+        train(TrainConfig(algorithm="fomaml", iterations=1, init_from=str(base), **bad_width), str(follow), quiet=True)
+    assert not follow.exists()
+    train(TrainConfig(algorithm="fomaml", iterations=1, init_from=str(base), meta_lr=1e-12, **TINY), str(follow),
+          quiet=True)
+    a, b = params_of(str(base / "best.npz")), params_of(str(follow / "last.npz"))
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6)

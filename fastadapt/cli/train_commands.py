@@ -61,6 +61,8 @@ def train(
                                                   "all training classes for this many epochs, then meta-train from it. "
                                                   "[default: 0]"),
     pretrain_lr: Optional[float] = typer.Option(None, help="Adam learning rate of pre-training. [default: 1e-3]"),
+    init_from: Optional[str] = typer.Option(None, help="Start from another run's best checkpoint (a run folder, "
+                                            "e.g. a pre-training-only run) instead of a random initialisation."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or log lines."),
 ):

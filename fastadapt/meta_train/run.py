@@ -50,6 +50,7 @@ class TrainConfig:
     rotations: bool = True
     pretrain_epochs: int = 0
     pretrain_lr: float = 1e-3
+    init_from: str = ""  # a run folder (its best.npz) or a checkpoint .npz to start the meta-parameters from
     command: list = field(default_factory=list)
 
     def to_dict(self) -> dict:

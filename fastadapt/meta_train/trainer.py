@@ -62,6 +62,22 @@ def resolve_config(c: TrainConfig, rundir: str, resume: bool, given: set | None 
     return c
 
 
+def load_initialisation(params: dict, source: str) -> None:
+    """Copy a run's best checkpoint (or a checkpoint file) into ``params``; architectures must match."""
+    path = os.path.join(source, "best.npz") if os.path.isdir(source) else source
+    if not os.path.exists(path):
+        raise FastadaptError(f"--init-from {source}: no checkpoint there (expected a run folder with best.npz)")
+    saved = load_checkpoint(path).params
+    for k, v in params.items():
+        if k not in saved or tuple(saved[k].shape) != tuple(v.shape):
+            got = tuple(saved[k].shape) if k in saved else "missing"
+            raise FastadaptError(f"--init-from {source}: parameter {k} is {got} there but {tuple(v.shape)} here; "
+                                 f"use the same --width/--channels/--norm as that run")
+    with torch.no_grad():
+        for k, v in params.items():
+            v.copy_(torch.from_numpy(saved[k]))
+
+
 def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False, given: set | None = None) -> dict:
     """Meta-train into ``rundir``; returns a summary. ``given``: flags set explicitly (for --resume)."""
     c = resolve_config(c, rundir, resume, given)
@@ -70,8 +86,6 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
     log = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     log(f"loading {describe_data(c)} ...")
     samplers = make_samplers(c)  # bad data fails here, before RUNDIR is touched
-    os.makedirs(rundir, exist_ok=True)
-    write_json(config_path(rundir), c.to_dict())
     spec, recipe = model_spec_of(c), recipe_of(c)
     model = build_model(spec).to(device)
     params = init_meta_params(model, c, device)
@@ -79,6 +93,11 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
     optimizer = _optimizer(c, [params[k] for k in names])
     start, best = 0, None
     last_path, best_path = os.path.join(rundir, "last.npz"), os.path.join(rundir, "best.npz")
+    if c.init_from and not (resume and os.path.exists(last_path)):
+        load_initialisation(params, c.init_from)
+        log(f"meta-parameters initialised from {c.init_from}")
+    os.makedirs(rundir, exist_ok=True)
+    write_json(config_path(rundir), c.to_dict())
     if c.pretrain_epochs and not (resume and os.path.exists(last_path)):
         from .pretrain import pretrain_body
 
