@@ -399,3 +399,96 @@ def test_prototype_head_is_nearest_class_mean_before_any_step():
     # logits are -d^2 up to a per-query constant, |f|^2
     close(logits + d2, (fq ** 2).sum(1, keepdim=True).expand_as(d2), atol=1e-12)
     assert len(set(d2.argmin(1).tolist())) > 1  # not a degenerate single-class answer
+
+
+# --------------------------------------------------------------------------- vectorised = per-task loop
+
+@pytest.fixture
+def one_thread():
+    """These tensors are tiny: intra-op threads only add synchronisation (10x slower on busy cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def conv_tasks(n, ways=3, shots=2, n_q=4, side=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ys, yq = torch.arange(ways).repeat_interleave(shots), torch.arange(n_q) % ways
+    return [Batch(torch.rand(len(ys), 1, side, side, generator=g, dtype=DT), ys,
+                  torch.rand(n_q, 1, side, side, generator=g, dtype=DT), yq, ways) for _ in range(n)]
+
+
+def conv_meta(norm):
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(image_size=16, width=4, norm=norm)).double()
+    with torch.no_grad():  # non-trivial norm affine parameters
+        for k, v in model.named_parameters():
+            if v.dim() == 1:
+                v.add_(0.3 * torch.randn_like(v))
+    return model, {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+
+
+def assert_same_results(a, b, rel=1e-9):
+    (ga, la, aa), (gb, lb, ab) = a, b
+    assert set(ga) == set(gb)
+    for k in ga:
+        scale = max(gb[k].abs().max().item(), 1e-3)
+        assert (ga[k] - gb[k]).abs().max().item() <= rel * scale, k
+    assert la == pytest.approx(lb, rel=rel)
+    assert aa == pytest.approx(ab, rel=rel, abs=1e-12, nan_ok=True)
+
+
+@pytest.mark.parametrize("norm", ["instance", "layer"])
+@pytest.mark.parametrize("head_init", ["zero", "prototype"])
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile", "anil"])
+def test_vmap_over_tasks_equals_per_task_loop(one_thread, algorithm, head_init, norm, monkeypatch):
+    import fastadapt.meta_train.algorithms as alg
+
+    model, meta = conv_meta(norm)
+    tasks = conv_tasks(3)
+    recipe = InnerLoop(steps=2, lr=0.4, adapt="head" if algorithm == "anil" else "all", head_init=head_init)
+    loop = meta_gradient(algorithm, model, meta, tasks, recipe, vectorize=False)
+    monkeypatch.setattr(alg, "_meta_gradient_loop", None)  # the vectorised path really runs
+    vec = meta_gradient(algorithm, model, meta, tasks, recipe, vectorize=True)
+    assert_same_results(vec, loop)
+    assert max(g.abs().max().item() for g in loop[0].values()) > 1e-3
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile"])
+def test_vmap_equals_loop_for_regression_with_learned_head(algorithm, one_thread):
+    model = make_model()
+    meta = make_meta(model, outputs=1)
+    tasks = [reg_task(s) for s in (20, 21, 22, 23)]
+    recipe = InnerLoop(steps=3, lr=0.3, adapt="all", loss="mse", head_init="learned")
+    vec = meta_gradient(algorithm, model, meta, tasks, recipe, vectorize=True)
+    loop = meta_gradient(algorithm, model, meta, tasks, recipe, vectorize=False)
+    assert_same_results(vec, loop)
+    assert math.isnan(vec[2]) and math.isnan(loop[2])
+
+
+def test_ragged_batch_falls_back_to_the_loop(one_thread, monkeypatch):
+    import fastadapt.meta_train.algorithms as alg
+
+    model = make_model()
+    meta = make_meta(model)
+    recipe = InnerLoop(steps=2, lr=0.4, head_init="zero")
+    tasks = [cls_task(3), cls_task(4, ways=2)]
+    expected = meta_gradient("maml", model, meta, tasks, recipe, vectorize=False)
+    monkeypatch.setattr(alg, "_meta_gradient_vmap", None)
+    assert_same_results(meta_gradient("maml", model, meta, tasks, recipe, vectorize=True), expected, rel=0)
+
+
+def test_batch_stats_norm_maml_takes_the_loop_first_order_vmaps(one_thread, monkeypatch):
+    """vmap's second-order gradient through F.batch_norm(training=True) with a batched weight is wrong
+    (torch 2.x), so MAML with norm "batch" must not take the vectorised path; first order is fine."""
+    import fastadapt.meta_train.algorithms as alg
+
+    model, meta = conv_meta("batch")
+    tasks = conv_tasks(2)
+    recipe = InnerLoop(steps=2, lr=0.4, head_init="zero")
+    fo = meta_gradient("fomaml", model, meta, tasks, recipe, vectorize=False)
+    assert_same_results(meta_gradient("fomaml", model, meta, tasks, recipe, vectorize=True), fo)
+    expected = meta_gradient("maml", model, meta, tasks, recipe, vectorize=False)
+    monkeypatch.setattr(alg, "_meta_gradient_vmap", None)
+    assert_same_results(meta_gradient("maml", model, meta, tasks, recipe, vectorize=True), expected, rel=0)

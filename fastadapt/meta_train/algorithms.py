@@ -15,7 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.func import vmap
 
+from ..models.networks import BatchStatsNorm
 from .inner_loop import InnerLoop, adapt, forward, output_loss
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "anil")
@@ -40,12 +43,51 @@ def query_metrics(model, params, task: Batch, recipe: InnerLoop) -> tuple:
     return loss, (out.detach().argmax(1) == task.query_y).float().mean().item()
 
 
-def meta_gradient(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop) -> tuple:
-    """Average meta-gradient over ``tasks`` -> (grads dict, mean query loss, mean query accuracy)."""
+def meta_gradient(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop,
+                  vectorize: bool = False) -> tuple:
+    """Average meta-gradient over ``tasks`` -> (grads dict, mean query loss, mean query accuracy).
+
+    ``vectorize``: process a batch whose tasks all have the same shapes (always so in training) as one
+    computation, ``torch.func.vmap`` over tasks of the same ``adapt`` / ``output_loss`` the per-task
+    loop calls; ragged batches, and full MAML with batch-statistics norm, still take the loop. Both
+    paths give the same result up to floating-point summation order. Off by default: on CPU the loop
+    is 1.7-3.6x faster for Conv4 (measured 1 thread, 5-way 1-shot, 75 queries, meta-batch 8 and 32) --
+    each task is already a large, memory-bound computation, and vmap's B-times larger activations,
+    grouped convolutions (per-task weights after the first step) and unfused batched GroupNorm affine
+    cost more than the loop's per-task overhead saves. Expected to pay on a GPU, where the loop is
+    kernel-launch bound, at B times the activation memory; measure before turning it on there.
+    """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm '{algorithm}', choose one of {ALGORITHMS}")
     if algorithm == "anil" and recipe.adapt != "head":
         raise ValueError(f"anil adapts only the head: its recipe needs adapt='head', got '{recipe.adapt}'")
+    if not tasks:
+        raise ValueError("meta_gradient needs at least one task")
+    if vectorize and _stackable(tasks) and not (algorithm == "maml" and _has_batch_stats_norm(model)):
+        return _meta_gradient_vmap(algorithm, model, meta_params, tasks, recipe)
+    return _meta_gradient_loop(algorithm, model, meta_params, tasks, recipe)
+
+
+def _has_batch_stats_norm(model) -> bool:
+    """Batch-statistics normalisation (norm "batch"): torch 2.x's vmap gives a WRONG second-order
+    gradient through ``F.batch_norm(training=True)`` once its weight is batched (MAML adapting the body:
+    off by up to 100% in float64 against finite differences, while the loop matches them), so full
+    MAML with it takes the per-task loop. First order (FOMAML, Reptile) and ANIL vmap it correctly."""
+    return any(isinstance(m, (BatchStatsNorm, nn.modules.batchnorm._BatchNorm)) for m in model.modules())
+
+
+def _stackable(tasks: list) -> bool:
+    """All tasks have the same number of outputs and equal shapes, dtypes and devices field by field."""
+    first = tasks[0]
+    fields = ("support_x", "support_y", "query_x", "query_y")
+    return all(t.ways == first.ways and all(
+        (getattr(t, f).shape, getattr(t, f).dtype, getattr(t, f).device)
+        == (getattr(first, f).shape, getattr(first, f).dtype, getattr(first, f).device) for f in fields)
+        for t in tasks[1:])
+
+
+def _meta_gradient_loop(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop) -> tuple:
+    """One task at a time (ragged batches, and the reference for the vectorised path)."""
     names = list(meta_params)
     total = {k: torch.zeros_like(v) for k, v in meta_params.items()}
     losses, accs = [], []
@@ -69,3 +111,42 @@ def meta_gradient(algorithm: str, model, meta_params: dict, tasks: list, recipe:
         accs.append(acc)
     n = len(tasks)
     return {k: v / n for k, v in total.items()}, sum(losses) / n, sum(accs) / n
+
+
+def _meta_gradient_vmap(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop) -> tuple:
+    """The loop's computation for all tasks at once: ``vmap`` over a new leading task dimension of the
+    per-task function below (meta-parameters broadcast, ``in_dims=None``). MAML stays second order:
+    ``adapt``'s ``torch.func.grad`` runs inside the vmap and ordinary autograd then differentiates the
+    mean query loss w.r.t. the meta-parameters through it (FOMAML: the inner gradients are detached)."""
+    names = list(meta_params)
+    ways, n = tasks[0].ways, len(tasks)
+    sx, sy, qx, qy = (torch.stack([getattr(t, f) for t in tasks])
+                      for f in ("support_x", "support_y", "query_x", "query_y"))
+    if algorithm == "reptile":
+        # first order and no meta-gradient through autograd: adapt detached copies of phi
+        phi = {k: v.detach() for k, v in meta_params.items()}
+
+        def per_task(sx, sy, qx, qy):
+            x, y = torch.cat([sx, qx]), torch.cat([sy, qy])
+            fast = adapt(model, phi, x, y, ways, recipe, first_order=True)
+            out = forward(model, fast, qx)
+            delta = {k: (phi[k] - fast[k]) / recipe.lr for k in names}
+            return delta, output_loss(out, qy, recipe.loss), out
+
+        deltas, losses, out = vmap(per_task)(sx, sy, qx, qy)
+        grads = {k: deltas[k].mean(0) for k in names}
+    else:
+        def per_task(sx, sy, qx, qy):
+            fast = adapt(model, meta_params, sx, sy, ways, recipe, first_order=(algorithm == "fomaml"))
+            out = forward(model, fast, qx)
+            return output_loss(out, qy, recipe.loss), out
+
+        losses, out = vmap(per_task)(sx, sy, qx, qy)
+        g = torch.autograd.grad(losses.mean(), [meta_params[k] for k in names], allow_unused=True)
+        grads = {k: torch.zeros_like(meta_params[k]) if gk is None else gk for k, gk in zip(names, g)}
+    losses = losses.detach()
+    if recipe.loss != "cross_entropy":
+        acc = float("nan")
+    else:
+        acc = (out.detach().argmax(-1) == qy).float().mean(1).sum().item() / n
+    return grads, losses.sum().item() / n, acc
