@@ -211,8 +211,12 @@ def info(
         print("  evaluation")
     for e in evaluations:
         if "accuracy_pct" in e:
-            what = ", ".join(f"{k} {e[k]}" for k in ("runtime", "data", "ways", "shots", "query", "steps", "tasks")
+            what = ", ".join(f"{k} {e[k]}" for k in ("ways", "shots", "query", "steps", "tasks", "data", "protocol")
                              if k in e and e[k] is not None)
+            if "evaluated_with" in e:
+                what += f", with {e['evaluated_with']}"
+            if "adapt_ms_median" in e:
+                what += f", adaptation {e['adapt_ms_median']} ms/task"
             print(f"    {e['accuracy_pct']:.2f}% ± {e.get('ci95_pct', float('nan')):.2f}  ({what})")
         else:
             print(f"    {_fmt({k: v for k, v in e.items() if k != 'per_task_accuracy'})}")

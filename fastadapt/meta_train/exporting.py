@@ -37,6 +37,25 @@ def verification_task(config, ways: int = 5):
     return as_tensor(task.support_x), torch.from_numpy(task.support_y), as_tensor(task.query_x)
 
 
+def training_stages(rundir: str) -> list:
+    """How the parameters came to be: this run and, through --init-from, the runs it started from."""
+    from .run import read_config
+
+    stages, seen = [], set()
+    while rundir and os.path.isdir(rundir) and os.path.realpath(rundir) not in seen:
+        seen.add(os.path.realpath(rundir))
+        config = read_config(rundir)
+        stage = {"command": " ".join(config.command), "algorithm": config.algorithm,
+                 "pretrain_epochs": config.pretrain_epochs, "iterations": config.iterations}
+        summary = os.path.join(rundir, "summary.json")
+        if os.path.exists(summary):
+            with open(summary) as f:
+                stage.update({k: v for k, v in json.load(f).items() if k != "rundir"})
+        stages.insert(0, stage)
+        rundir = config.init_from
+    return stages
+
+
 def export_run(rundir: str, out: str, checkpoint: str = "best") -> dict:
     config, spec, recipe, model, params, progress = load_meta_params(rundir, checkpoint, torch.device("cpu"))
     # the device runs the evaluation-time recipe (MAML's paper trains with 1 step and tests with 3)
@@ -59,9 +78,6 @@ def export_run(rundir: str, out: str, checkpoint: str = "best") -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    summary = os.path.join(rundir, "summary.json")
-    if os.path.exists(summary):
-        with open(summary) as f:
-            provenance["training"] = json.load(f)
+    provenance["stages"] = training_stages(rundir)
     return export_bundle(out, model, spec, recipe, params, preprocess_of(config), provenance,
                          read_evaluations(rundir), task=verification_task(config))
