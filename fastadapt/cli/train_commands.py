@@ -65,6 +65,8 @@ def train(
                                             "e.g. a pre-training-only run) instead of a random initialisation."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or log lines."),
+    dist_timeout: float = typer.Option(300.0, help="Under torchrun: seconds a process waits for the others "
+                                       "(each all-reduce; rank 0's validation) before the run stops with an error."),
 ):
     """Meta-train a model (MAML, FOMAML, Reptile or ANIL) into a run folder.
 
@@ -72,10 +74,14 @@ def train(
     most --checkpoint-every iterations. Example:
 
       fastadapt train --data ~/omniglot --algorithm fomaml --ways 5 --shots 1 --iterations 2000 --out runs/fo
+
+    Data-parallel on several GPUs or machines: torchrun --nproc-per-node 4 -m fastadapt train ... (--meta-batch
+    stays the global meta-batch and must be divisible by the number of processes).
     """
     # the flags set explicitly (None = not given); taken before any other local name exists
-    given = {k: v for k, v in locals().items() if k not in ("out", "resume", "quiet") and v is not None}
+    given = {k: v for k, v in locals().items() if k not in ("out", "resume", "quiet", "dist_timeout") and v is not None}
     _need_torch("train")
+    from ..meta_train.distributed import env_rank
     from ..meta_train.run import TrainConfig
     from ..meta_train.trainer import train as run_training
 
@@ -85,7 +91,10 @@ def train(
     values.update(given)
     values["command"] = ["fastadapt"] + sys.argv[1:]
     config = TrainConfig.from_dict({**TrainConfig().to_dict(), **values})
-    summary = run_training(config, out, resume=resume, quiet=quiet, given=set(given) | {"command"})
+    summary = run_training(config, out, resume=resume, quiet=quiet, given=set(given) | {"command"},
+                           dist_timeout=dist_timeout)
+    if env_rank() != 0:
+        return
     best = summary["best"]
     typer.echo(f"done: {summary['iterations']} iterations in {summary['seconds']} s, best validation "
                f"{'MSE' if data == 'sinusoid' else 'accuracy %'} {best}; run folder {out}")

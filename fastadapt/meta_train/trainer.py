@@ -1,7 +1,8 @@
 """The meta-training loop: sample tasks, meta-gradient, optimiser step, validate, checkpoint.
 
 Task ``j`` of iteration ``i`` is ``sampler.task(i * meta_batch + j)``, so the data stream is a pure
-function of the seed and a resumed run sees exactly the tasks an uninterrupted one would.
+function of the seed and a resumed run sees exactly the tasks an uninterrupted one would. Under torchrun
+each process computes its share of those tasks (see distributed.py); rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from ..errors import FastadaptError, warn
 from ..progress import progress_bar
 from ..models import build_model
+from . import distributed
 from .algorithms import meta_gradient
 from .evaluate import evaluate_classification, evaluate_regression
 from .parts import (check_config, describe_data, init_meta_params, make_samplers, model_spec_of, recipe_of,
@@ -78,46 +80,71 @@ def load_initialisation(params: dict, source: str) -> None:
             v.copy_(torch.from_numpy(saved[k]))
 
 
-def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False, given: set | None = None) -> dict:
-    """Meta-train into ``rundir``; returns a summary. ``given``: flags set explicitly (for --resume)."""
-    c = resolve_config(c, rundir, resume, given)
-    check_config(c)
-    device = resolve_device(c.device)
-    log = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    log(f"loading {describe_data(c)} ...")
-    samplers = make_samplers(c)  # bad data fails here, before RUNDIR is touched
-    spec, recipe = model_spec_of(c), recipe_of(c)
-    model = build_model(spec).to(device)
-    params = init_meta_params(model, c, device)
-    names = list(params)
-    optimizer = _optimizer(c, [params[k] for k in names])
-    start, best = 0, None
-    last_path, best_path = os.path.join(rundir, "last.npz"), os.path.join(rundir, "best.npz")
-    if c.init_from and not (resume and os.path.exists(last_path)):
-        load_initialisation(params, c.init_from)
-        log(f"meta-parameters initialised from {c.init_from}")
-    os.makedirs(rundir, exist_ok=True)
-    write_json(config_path(rundir), c.to_dict())
-    if c.pretrain_epochs and not (resume and os.path.exists(last_path)):
-        from .pretrain import pretrain_body
+def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False, given: set | None = None,
+          dist_timeout: float = distributed.DEFAULT_TIMEOUT_S) -> dict:
+    """Meta-train into ``rundir``; returns a summary. ``given``: flags set explicitly (for --resume).
 
-        pretrain_body(model, params, samplers.train.data, samplers.preprocess, c.pretrain_epochs, rundir, c.seed,
-                      device, lr=c.pretrain_lr, resume=resume, quiet=quiet)
-    if resume and os.path.exists(last_path):
-        ckpt = load_checkpoint(last_path)
-        with torch.no_grad():
-            for k in names:
-                params[k].copy_(torch.from_numpy(ckpt.params[k]))
-        if ckpt.optimizer_state is not None:
-            load_optimizer_state(optimizer, ckpt.optimizer_state, device)
-        start, best = ckpt.progress["iteration"], ckpt.progress.get("best")
-        truncate_metrics(rundir, start)
-        log(f"resuming {rundir} at iteration {start}/{c.iterations}")
-    elif resume:
-        truncate_metrics(rundir, 0)
-        log(f"{rundir} has no checkpoint yet: starting from iteration 0")
+    Under torchrun (WORLD_SIZE > 1) every process calls this; ``dist_timeout``: seconds a collective
+    waits for the other processes before the run stops.
+    """
+    job = distributed.setup(c.device, dist_timeout)
+    try:
+        summary = _train(job, c, rundir, resume, quiet, given)
+    except BaseException:
+        job.teardown(clean=False)
+        raise
+    job.teardown(clean=True)
+    return summary
+
+
+def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quiet: bool, given: set | None) -> dict:
+    quiet = quiet or not job.is_main
+    log = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    last_path, best_path = os.path.join(rundir, "last.npz"), os.path.join(rundir, "best.npz")
+    start, best, error = 0, None, None
+    try:  # everything that reads files or data, before RUNDIR is touched; every rank must succeed
+        c = resolve_config(c, rundir, resume, given)
+        check_config(c)
+        job.check_config(c.meta_batch, c.pretrain_epochs)
+        device = job.device if job.active else resolve_device(c.device)
+        log(f"loading {describe_data(c)} ...")
+        samplers = make_samplers(c)  # bad data fails here
+        spec, recipe = model_spec_of(c), recipe_of(c)
+        model = build_model(spec).to(device)
+        params = init_meta_params(model, c, device)
+        names = list(params)
+        optimizer = _optimizer(c, [params[k] for k in names])
+        if c.init_from and not (resume and os.path.exists(last_path)):
+            load_initialisation(params, c.init_from)
+            log(f"meta-parameters initialised from {c.init_from}")
+        if resume and os.path.exists(last_path):
+            ckpt = load_checkpoint(last_path)
+            with torch.no_grad():
+                for k in names:
+                    params[k].copy_(torch.from_numpy(ckpt.params[k]))
+            if ckpt.optimizer_state is not None:
+                load_optimizer_state(optimizer, ckpt.optimizer_state, device)
+            start, best = ckpt.progress["iteration"], ckpt.progress.get("best")
+    except Exception as exc:
+        error = exc
+    job.check(error, "start-up")
+    job.same(start, "the iteration to resume from")
+    job.broadcast(params)
+    if job.is_main:
+        os.makedirs(rundir, exist_ok=True)
+        write_json(config_path(rundir), c.to_dict())
+        if c.pretrain_epochs and not (resume and os.path.exists(last_path)):
+            from .pretrain import pretrain_body
+
+            pretrain_body(model, params, samplers.train.data, samplers.preprocess, c.pretrain_epochs, rundir, c.seed,
+                          device, lr=c.pretrain_lr, resume=resume, quiet=quiet)
+        if resume:
+            truncate_metrics(rundir, start)
+            log(f"resuming {rundir} at iteration {start}/{c.iterations}" if os.path.exists(last_path) else
+                f"{rundir} has no checkpoint yet: starting from iteration 0")
     log(f"{c.algorithm} on {describe_data(c)}: {c.ways}-way {c.shots}-shot, {c.meta_batch} tasks/iteration, "
-        f"{c.inner_steps} inner steps (lr {c.inner_lr}), device {device}, {sum(p.numel() for p in params.values())} parameters")
+        f"{c.inner_steps} inner steps (lr {c.inner_lr}), device {device}, {sum(p.numel() for p in params.values())} parameters"
+        + (f", {job.world_size} processes x {c.meta_batch // job.world_size} tasks" if job.active else ""))
 
     def snapshot(it: int) -> dict:
         return {k: v.detach().cpu().numpy() for k, v in params.items()}
@@ -141,7 +168,8 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
             return True
         return row["val_mse"] < best if c.regression else row["val_accuracy"] > best
 
-    metrics = open(os.path.join(rundir, "metrics.jsonl"), "a")
+    metrics = open(os.path.join(rundir, "metrics.jsonl"), "a") if job.is_main else None
+    share = job.share(c.meta_batch)
     progress = progress_bar(quiet)
     t0, done_tasks, train_seconds = time.time(), 0, 0.0
     try:
@@ -154,9 +182,14 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
                     for group in optimizer.param_groups:
                         group["lr"] = c.meta_lr * c.inner_lr * (1 - it / c.iterations)
                 step_start = time.time()
-                tasks = [to_batch(samplers.train.task(it * c.meta_batch + j), samplers.preprocess, device, c.ways)
-                         for j in range(c.meta_batch)]
-                grads, loss, acc = meta_gradient(c.algorithm, model, params, tasks, recipe)
+                try:  # this rank's share of the iteration's tasks; every rank stops if one fails
+                    tasks = [to_batch(samplers.train.task(it * c.meta_batch + j), samplers.preprocess, device, c.ways)
+                             for j in share]
+                    grads, loss, acc = meta_gradient(c.algorithm, model, params, tasks, recipe)
+                    error = None
+                except Exception as exc:
+                    grads, loss, acc, error = None, 0.0, 0.0, exc
+                grads, loss, acc = job.average(grads, loss, acc, len(share), error, params, f"iteration {it + 1}")
                 if not math.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads.values()):
                     raise Diverged(f"training diverged at iteration {it + 1} (loss {loss}); the last good checkpoint "
                                    f"is {last_path}: lower --meta-lr or --inner-lr and train again, or --resume")
@@ -167,7 +200,10 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
                 done_tasks += c.meta_batch
                 train_seconds += time.time() - step_start
                 rate = done_tasks / max(train_seconds, 1e-9)  # sampling + meta-step, not validation
-                row = {"iteration": it + 1, "loss": round(loss, 5), "tasks_per_s": round(rate, 2)}
+                if not job.is_main:
+                    continue  # rank 0 alone logs, validates and checkpoints
+                row = {"iteration": it + 1, "loss": round(loss, 5), "tasks_per_s": round(rate, 2),
+                       "world_size": job.world_size}
                 if not c.regression:
                     row["accuracy"] = round(100 * acc, 2)
                 metrics.write(json.dumps(row) + "\n")
@@ -195,9 +231,12 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
                 checkpoint(0)
                 log(f"pre-trained body: validation accuracy {best} ± {vrow['val_ci95']}")
     finally:
-        metrics.close()
-    summary = {"rundir": rundir, "iterations": c.iterations, "best": best, "seconds": round(time.time() - t0, 1)}
-    write_json(os.path.join(rundir, "summary.json"), summary)
+        if metrics is not None:
+            metrics.close()
+    summary = {"rundir": rundir, "iterations": c.iterations, "best": best, "seconds": round(time.time() - t0, 1),
+               "world_size": job.world_size}
+    if job.is_main:
+        write_json(os.path.join(rundir, "summary.json"), summary)
     return summary
 
 

@@ -1,0 +1,237 @@
+"""Data-parallel meta-training (torch.distributed, gloo on CPU): 2 processes x B/2 tasks equal 1 process x B.
+
+One spawned 2-rank job runs the trainer for maml, fomaml and reptile and records the parameters each rank
+holds at every iteration and the tasks it computed; then it checks that a failing rank stops both and that
+an indivisible --meta-batch is refused. A torchrun run is killed after a checkpoint and resumed.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fastadapt.meta_train.run import TrainConfig, load_checkpoint
+from fastadapt.meta_train.trainer import train
+
+from sample_data import REPO
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not (dist.is_available() and dist.is_gloo_available()):
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+TINY = dict(data="synthetic", width=8, meta_batch=4, query=2, val_tasks=2, val_every=100, inner_steps=2,
+            checkpoint_every=100)
+ALGORITHMS = ("maml", "fomaml", "reptile")
+ITERATIONS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_SAMPLERS = {}
+
+
+def instrument(setattr_, log: dict, fail_on_call: int | None = None) -> None:
+    """Patch the trainer to log, per iteration, the parameters it starts from, a fingerprint of each task
+    of this rank, and the all-reduced gradients and loss; reuse samplers (the synthetic glyphs take ~1 s)."""
+    import fastadapt.meta_train.trainer as trainer
+    from fastadapt.meta_train.distributed import Job
+    from fastadapt.meta_train.parts import make_samplers
+
+    real_gradient, real_average = trainer.meta_gradient, Job.average
+
+    def meta_gradient(algorithm, model, params, tasks, recipe):
+        log.setdefault("params", []).append({k: v.detach().numpy().copy() for k, v in params.items()})
+        log.setdefault("tasks", []).append([float(t.support_x.sum() + 10 * t.query_x.sum()) for t in tasks])
+        if fail_on_call is not None and len(log["tasks"]) == fail_on_call:
+            raise ValueError("bad task (injected)")
+        return real_gradient(algorithm, model, params, tasks, recipe)
+
+    def average(self, *args, **kwargs):
+        grads, loss, acc = real_average(self, *args, **kwargs)
+        log.setdefault("grads", []).append({k: v.detach().numpy().copy() for k, v in grads.items()})
+        log.setdefault("loss", []).append(loss)
+        return grads, loss, acc
+
+    def samplers(c):
+        key = (c.data, c.seed, c.ways, c.shots, c.query, c.val_classes)
+        if key not in _SAMPLERS:
+            _SAMPLERS[key] = make_samplers(c)
+        return _SAMPLERS[key]
+
+    setattr_(trainer, "meta_gradient", meta_gradient)
+    setattr_(Job, "average", average)
+    setattr_(trainer, "make_samplers", samplers)
+
+
+def save_log(path: str, log: dict) -> None:
+    np.savez(path, **{f"{kind}/{i}/{k}": v for kind in ("params", "grads") for i, d in enumerate(log[kind])
+                      for k, v in d.items()})
+
+
+def load_log(path: str) -> dict:
+    out = {}
+    with np.load(path) as npz:
+        for key in npz.files:
+            kind, i, name = key.split("/", 2)
+            out.setdefault(kind, {}).setdefault(int(i), {})[name] = npz[key]
+    return {kind: [d[i] for i in sorted(d)] for kind, d in out.items()}
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    from fastadapt.errors import FastadaptError
+
+    result = {}
+    for algorithm in ALGORITHMS:
+        log = {}
+        instrument(setattr, log)
+        extra = {"meta_lr": 1.0} if algorithm == "reptile" else {}
+        summary = train(TrainConfig(algorithm=algorithm, iterations=ITERATIONS, **TINY, **extra),
+                        os.path.join(out, algorithm), quiet=True)
+        save_log(os.path.join(out, f"{algorithm}-rank{rank}.npz"), log)
+        result[algorithm] = {"tasks": log["tasks"], "loss": log["loss"], "world_size": summary["world_size"]}
+    # a rank that fails stops every rank: its own error there, a one-line FastadaptError on the others
+    instrument(setattr, {}, fail_on_call=2 if rank == 1 else None)
+    try:
+        train(TrainConfig(algorithm="fomaml", iterations=ITERATIONS, **TINY), os.path.join(out, "failing"), quiet=True)
+        result["failing"] = "no error"
+    except (ValueError, FastadaptError) as exc:
+        result["failing"] = f"{type(exc).__name__}: {exc}"
+    try:
+        train(TrainConfig(iterations=1, **dict(TINY, meta_batch=3)), os.path.join(out, "odd"), quiet=True)
+        result["odd"] = "no error"
+    except FastadaptError as exc:
+        result["odd"] = str(exc)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(result, f)
+    dist.destroy_process_group()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one torch thread is faster, and the CI machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path_factory.mktemp("dist"))
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
+    return out, [json.load(open(os.path.join(out, f"rank{r}.json"))) for r in range(2)]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_two_processes_equal_one_and_stay_identical(two_ranks, tmp_path, monkeypatch, algorithm, one_thread):
+    out, results = two_ranks
+    two = [load_log(os.path.join(out, f"{algorithm}-rank{r}.npz")) for r in range(2)]
+    # (a) every rank applies the same gradients and holds exactly the same parameters at every iteration
+    assert len(two[0]["params"]) == len(two[1]["params"]) == ITERATIONS
+    for kind in ("params", "grads"):
+        for a, b in zip(two[0][kind], two[1][kind]):
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
+    assert results[0][algorithm]["loss"] == results[1][algorithm]["loss"]
+    # (b) the same run in one process: the same tasks (rank 0 the first half, rank 1 the second) and the
+    # same all-reduced meta-gradient, loss and first step
+    one = {}
+    instrument(monkeypatch.setattr, one)
+    extra = {"meta_lr": 1.0} if algorithm == "reptile" else {}
+    single = train(TrainConfig(algorithm=algorithm, iterations=ITERATIONS, **TINY, **extra), str(tmp_path / "one"),
+                   quiet=True)
+    assert single["world_size"] == 1 and results[0][algorithm]["world_size"] == 2
+    for i in range(ITERATIONS):
+        assert len(results[0][algorithm]["tasks"][i]) == TINY["meta_batch"] // 2
+        assert one["tasks"][i] == results[0][algorithm]["tasks"][i] + results[1][algorithm]["tasks"][i]
+    assert max(np.abs(g).max() for g in one["grads"][0].values()) > 1e-3  # a real gradient
+    for k in one["grads"][0]:
+        np.testing.assert_allclose(two[0]["grads"][0][k], one["grads"][0][k], rtol=0, atol=1e-5, err_msg=k)
+    assert abs(results[0][algorithm]["loss"][0] - one["loss"][0]) < 1e-5
+    if algorithm == "reptile":  # plain SGD steps: the parameters agree after every step. Adam (maml, fomaml)
+        # turns the rounding noise of gradients that are 0 in exact arithmetic (conv biases before instance
+        # norm: ~1e-9 either sign) into +-meta_lr steps, so there the gradients above are what is compared
+        for k in one["params"][1]:
+            np.testing.assert_allclose(two[0]["params"][1][k], one["params"][1][k], rtol=0, atol=1e-5, err_msg=k)
+        final_two = load_checkpoint(os.path.join(out, algorithm, "last.npz")).params
+        final_one = load_checkpoint(str(tmp_path / "one" / "last.npz")).params
+        for k in final_one:
+            np.testing.assert_allclose(final_two[k], final_one[k], rtol=0, atol=1e-5, err_msg=k)
+    rows = [json.loads(line) for line in open(os.path.join(out, algorithm, "metrics.jsonl"))]
+    assert [r["world_size"] for r in rows if "loss" in r] == [2] * ITERATIONS
+    assert json.load(open(os.path.join(out, algorithm, "summary.json")))["world_size"] == 2
+
+
+def test_a_failing_rank_stops_all(two_ranks):
+    _, results = two_ranks
+    assert results[1]["failing"] == "ValueError: bad task (injected)"
+    assert results[0]["failing"].startswith("FastadaptError: stopping at iteration 2: 1 other training process")
+    for r in results:
+        assert "--meta-batch 3 is the global meta-batch" in r["odd"] and "--meta-batch 4" in r["odd"]
+
+
+def _children(pid: int) -> list:
+    kids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == pid:
+                kids.append(int(name))
+    return kids
+
+
+def torchrun(*args, port: int) -> list:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "fastadapt", *args]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's workers through /proc")
+def test_killed_torchrun_run_resumes_from_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", "synthetic", "--algorithm", "fomaml", "--width", "8", "--meta-batch", "4",
+            "--query", "2", "--val-every", "1000", "--checkpoint-every", "1", "--quiet", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(torchrun(*args, "--iterations", "400", port=free_port()), env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (out / "last.npz").exists() and load_checkpoint(str(out / "last.npz")).progress["iteration"] >= 3:
+                break
+            assert proc.poll() is None, "torchrun ended early"
+            time.sleep(0.2)
+    finally:  # a hard crash of the whole job: the workers (own sessions) first, then the agent
+        for pid in _children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+    killed_at = load_checkpoint(str(out / "last.npz")).progress["iteration"]
+    assert 3 <= killed_at < 400
+    r = subprocess.run(torchrun(*args, "--iterations", str(killed_at + 2), "--resume", port=free_port()), env=env,
+                       cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("done:") == 1  # rank 0 alone reports
+    assert load_checkpoint(str(out / "last.npz")).progress["iteration"] == killed_at + 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if "loss" in r] == list(range(1, killed_at + 3))
+    assert {r["world_size"] for r in rows if "loss" in r} == {2}
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
