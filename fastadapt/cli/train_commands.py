@@ -117,6 +117,9 @@ def evaluate(
                                       "(matters only for --norm batch models; per-sample norm is never transductive)."),
     checkpoint: str = typer.Option("best", help="best | last (run folders only)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a sentence."),
+    record: bool = typer.Option(False, "--record", help="Bundles: also store the result in the bundle's manifest "
+                                "(its model card; the file is rewritten atomically). Run folders always record "
+                                "into RUNDIR/evaluations.jsonl."),
 ):
     """Few-shot accuracy on unseen classes: mean ± 95% CI (1.96·std/√n) over --tasks tasks.
 
@@ -131,6 +134,10 @@ def evaluate(
         result = evaluate_bundle(model, data=data, protocol=protocol, ways=ways, shots=shots or 1, query=query,
                                  tasks=tasks, seed=seed, steps=steps, lr=lr, transductive=transductive,
                                  progress=None if as_json else _task_progress(tasks))
+        if record:
+            from ..runtime.evaluate import record_evaluation
+
+            record_evaluation(model, result)
     else:
         _need_torch("evaluate RUNDIR")
         from ..meta_train.evaluate import evaluate_run
@@ -158,7 +165,8 @@ def _print_result(result: dict, as_json: bool) -> None:
     else:
         typer.echo(f"{result['ways']}-way {result['shots']}-shot: {result['accuracy_pct']:.2f}% ± "
                    f"{result['ci95_pct']:.2f}% (95% CI) over {result['tasks']} tasks, {result['steps']} steps, "
-                   f"{'transductive' if result['transductive'] else 'non-transductive'}")
+                   f"{'transductive' if result['transductive'] else 'non-transductive'}"
+                   + (f", adaptation {result['adapt_ms_median']:.1f} ms per task (median)" if "adapt_ms_median" in result else ""))
 
 
 @app.command(rich_help_panel=SERVER_PANEL)
