@@ -35,26 +35,29 @@ def pretrain_body(model, params: dict, classes: ImageClasses, preprocess: Prepro
     head = torch.nn.Linear(model.feature_dim, len(classes)).to(device)
     trained = {**params, "w": head.weight, "b": head.bias}
     optimizer = torch.optim.Adam(list(trained.values()), lr=lr)
-    start = 0
+    start, elapsed = 0, 0.0
     if resume and os.path.exists(path):
         ckpt = load_checkpoint(path)
         with torch.no_grad():
             for k, v in trained.items():
                 v.copy_(torch.from_numpy(ckpt.params[k]))
         load_optimizer_state(optimizer, ckpt.optimizer_state, device)
-        start = ckpt.progress["epoch"]
+        start, elapsed = ckpt.progress["epoch"], ckpt.progress.get("elapsed_seconds", 0.0)
     log = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     batches = -(-len(images) // batch_size)
     with progress_bar(quiet) as progress:
         bar = progress.add_task("pre-training", total=epochs * batches, completed=start * batches, status="")
         for epoch in range(start, epochs):
-            _epoch(model, params, trained, optimizer, images, labels, preprocess, batch_size, seed, epoch, device,
-                   rundir, path, lambda status: progress.update(bar, advance=1, status=status), log)
+            elapsed = _epoch(model, params, trained, optimizer, images, labels, preprocess, batch_size, seed, epoch,
+                             device, rundir, path, lambda status: progress.update(bar, advance=1, status=status), log,
+                             elapsed)
 
 
 def _epoch(model, params, trained, optimizer, images, labels, preprocess, batch_size, seed, epoch, device, rundir,
-           path, step, log) -> None:
-    """One shuffled pass over all training images, then a checkpoint and a metrics row."""
+           path, step, log, elapsed: float) -> float:
+    """One shuffled pass over all training images, then a checkpoint and a metrics row.
+
+    ``elapsed``: pre-training seconds before this epoch; returns it including this epoch."""
     t0 = time.time()
     order = np.random.default_rng([seed, 7, epoch]).permutation(len(images))
     total_loss, correct = 0.0, 0
@@ -71,11 +74,13 @@ def _epoch(model, params, trained, optimizer, images, labels, preprocess, batch_
         total_loss += loss.item() * len(idx)
         correct += (logits.argmax(1) == y).sum().item()
         step(f"epoch {epoch + 1} loss {loss.item():.3f}")
+    elapsed += time.time() - t0
     row = {"iteration": 0, "pretrain_epoch": epoch + 1, "pretrain_loss": round(total_loss / len(order), 4),
            "pretrain_accuracy": round(100 * correct / len(order), 2)}
     with open(os.path.join(rundir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(row) + "\n")
     save_checkpoint(path, {k: v.detach().cpu().numpy() for k, v in trained.items()},
-                    optimizer_state_to_numpy(optimizer), {"epoch": epoch + 1})
+                    optimizer_state_to_numpy(optimizer), {"epoch": epoch + 1, "elapsed_seconds": round(elapsed, 1)})
     log(f"pre-training epoch {epoch + 1}: loss {row['pretrain_loss']}, train accuracy "
         f"{row['pretrain_accuracy']}% ({time.time() - t0:.0f} s)")
+    return elapsed

@@ -101,7 +101,7 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
     quiet = quiet or not job.is_main
     log = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     last_path, best_path = os.path.join(rundir, "last.npz"), os.path.join(rundir, "best.npz")
-    start, best, error = 0, None, None
+    start, best, error, elapsed_before = 0, None, None, 0.0
     try:  # everything that reads files or data, before RUNDIR is touched; every rank must succeed
         c = resolve_config(c, rundir, resume, given)
         check_config(c)
@@ -125,6 +125,7 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
             if ckpt.optimizer_state is not None:
                 load_optimizer_state(optimizer, ckpt.optimizer_state, device)
             start, best = ckpt.progress["iteration"], ckpt.progress.get("best")
+            elapsed_before = ckpt.progress.get("elapsed_seconds", 0.0)
     except Exception as exc:
         error = exc
     job.check(error, "start-up")
@@ -153,7 +154,8 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
         arrays = snapshot(it)
         if not all(np.isfinite(a).all() for a in arrays.values()):
             raise Diverged(f"parameters became non-finite at iteration {it}; the last good checkpoint is {last_path}")
-        save_checkpoint(last_path, arrays, optimizer_state_to_numpy(optimizer), {"iteration": it, "best": best})
+        save_checkpoint(last_path, arrays, optimizer_state_to_numpy(optimizer),
+                        {"iteration": it, "best": best, "elapsed_seconds": round(elapsed_before + time.time() - t0, 1)})
 
     def validate(it: int) -> dict:
         if c.regression:
@@ -233,11 +235,30 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
     finally:
         if metrics is not None:
             metrics.close()
-    summary = {"rundir": rundir, "iterations": c.iterations, "best": best, "seconds": round(time.time() - t0, 1),
+    meta_seconds = round(elapsed_before + time.time() - t0, 1)
+    pretrain_seconds = _pretrain_seconds(rundir)
+    summary = {"rundir": rundir, "iterations": c.iterations, "best": best,
+               "seconds": round(meta_seconds + pretrain_seconds, 1), "pretrain_seconds": pretrain_seconds,
+               "meta_seconds": meta_seconds, "hardware": hardware(device),
                "world_size": job.world_size}
     if job.is_main:
         write_json(os.path.join(rundir, "summary.json"), summary)
     return summary
+
+
+def _pretrain_seconds(rundir: str) -> float:
+    path = os.path.join(rundir, "pretrain.npz")
+    return float(load_checkpoint(path).progress.get("elapsed_seconds", 0.0)) if os.path.exists(path) else 0.0
+
+
+def hardware(device) -> str:
+    """What the run ran on, for the model card."""
+    import platform
+
+    where = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    if getattr(device, "type", str(device)) == "cuda":
+        where = f"{torch.cuda.get_device_name(device)}; " + where
+    return where
 
 
 def plot_curves(rundir: str) -> None:
