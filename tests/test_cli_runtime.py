@@ -205,7 +205,9 @@ def test_predict_bad_images(adapted_bundle, glyphs, tmp_path, capsys):
     sheet = tmp_path / "no" / "such" / "sheet.png"
     good = os.path.join(glyphs["queries"], "class00", "0.png")
     code, stdout, err = run_cli(capsys, "predict", "--model", adapted_bundle, good, "--sheet", sheet)
-    assert_user_error(code, stdout, err, sheet, sheet)
+    assert_user_error(code, stdout, err, f"--sheet {sheet}", sheet)
+    code, stdout, err = run_cli(capsys, "predict", "--model", adapted_bundle, good, "--sheet", tmp_path)
+    assert_user_error(code, stdout, err, f"--sheet {tmp_path}: is a folder")
     # one bad image among good ones: skipped with a warning naming it
     code, stdout, err = run_cli(capsys, "predict", "--model", adapted_bundle, good, bad)
     assert code == 0 and "bad.png" in err and good in stdout

@@ -20,12 +20,12 @@ SHOTS_HELP = ("Folder with one subfolder per class, holding that class's example
               "per class, unbalanced is fine.")
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, flag: str = "--out", example: str = "adapted.fadapt") -> None:
     folder = out.resolve().parent
     if out.is_dir():
-        raise FastadaptError(f"--out {out}: is a folder; give a file name such as {out / 'adapted.fadapt'}")
+        raise FastadaptError(f"{flag} {out}: is a folder; give a file name such as {out / example}")
     if not folder.is_dir():
-        raise FastadaptError(f"--out {out}: folder {folder} does not exist; create it first")
+        raise FastadaptError(f"{flag} {out}: folder {folder} does not exist; create it first")
 
 
 @app.command(rich_help_panel="On the device")
@@ -111,7 +111,7 @@ def predict(
 
     loaded = load(model)
     if sheet is not None:
-        _check_out(sheet)
+        _check_out(sheet, "--sheet", "predictions.png")
     paths = _expand(images)
     if loaded.kind != "adapted":
         loaded.predict(paths)  # raises: adapt first
