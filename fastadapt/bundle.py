@@ -72,6 +72,8 @@ def write_atomic(path: str, data: bytes) -> None:
     """Write all of ``data`` or nothing: a temp file in the same folder, then an atomic rename."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise FastadaptError(f"{path}: is a folder; give a file name to write")
     if not os.path.isdir(folder):
         raise FastadaptError(f"{path}: folder {folder} does not exist; create it first")
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)

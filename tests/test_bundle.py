@@ -37,3 +37,11 @@ def test_edited_member_is_rejected(bundles, tmp_path):
     with pytest.raises(FastadaptError, match="checksum mismatch in step.onnx"):
         read_bundle(str(path))
     assert read_bundle(bundles["zero"]).manifest["format_version"] == 1
+
+
+def test_write_atomic_to_a_folder_is_a_user_error(tmp_path):
+    from fastadapt.bundle import write_atomic
+
+    with pytest.raises(FastadaptError, match="is a folder"):
+        write_atomic(str(tmp_path), b"data")
+    assert list(tmp_path.iterdir()) == []

@@ -141,6 +141,8 @@ def test_cli_bad_input(tmp_path):
     assert ok.returncode == 0, ok.stderr
     bad(cli(*base, "--query", "2", "--out", str(tmp_path / "run")), "already holds a run")
     bad(cli(*base, "--query", "2", "--ways", "3", "--resume", "--out", str(tmp_path / "run")), "--ways")
+    bad(cli("export", str(tmp_path / "run"), "--out", str(tmp_path)), f"--out {tmp_path}: is a folder")
+    bad(cli("export", str(tmp_path / "run"), "--out", str(tmp_path / "no" / "m.fadapt")), "--out", "does not exist")
     bad(cli("evaluate", str(tmp_path / "nothing")), "no such run folder")
     bad(cli("evaluate", str(tmp_path / "run"), "--tasks", "3", "--ways", "200"), "--ways 200")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -18,6 +19,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def check_out(out, flag: str = "--out", example: str = "adapted.fadapt") -> None:
+    """Fail fast, before any work, when an output file cannot be written where the user asked."""
+    out = Path(out)
+    folder = out.resolve().parent
+    if out.is_dir():
+        raise FastadaptError(f"{flag} {out}: is a folder; give a file name such as {out / example}")
+    if not folder.is_dir():
+        raise FastadaptError(f"{flag} {out}: folder {folder} does not exist; create it first")
+
 
 from . import demo_command, runtime_commands, train_commands  # noqa: E402,F401  (register commands)
 

@@ -13,19 +13,11 @@ import typer
 
 from ..errors import FastadaptError, warn
 from ..progress import lazy_reporter, stderr_console
-from . import app
+from . import app, check_out
 
 SHOTS_HELP = ("Folder with one subfolder per class, holding that class's example images (the folder name "
               "is the label): SHOTS/cat/1.png, SHOTS/dog/1.jpg ... At least 2 classes; any number of images "
               "per class, unbalanced is fine.")
-
-
-def _check_out(out: Path, flag: str = "--out", example: str = "adapted.fadapt") -> None:
-    folder = out.resolve().parent
-    if out.is_dir():
-        raise FastadaptError(f"{flag} {out}: is a folder; give a file name such as {out / example}")
-    if not folder.is_dir():
-        raise FastadaptError(f"{flag} {out}: folder {folder} does not exist; create it first")
 
 
 @app.command(rich_help_panel="On the device")
@@ -48,7 +40,7 @@ def adapt(
     """
     from ..runtime import Model, load
 
-    _check_out(out)
+    check_out(out)
     loaded = load(model)
     if not isinstance(loaded, Model):
         loaded.adapt()  # raises the explanation (already adapted; pass the meta model)
@@ -111,7 +103,7 @@ def predict(
 
     loaded = load(model)
     if sheet is not None:
-        _check_out(sheet, "--sheet", "predictions.png")
+        check_out(sheet, "--sheet", "predictions.png")
     paths = _expand(images)
     if loaded.kind != "adapted":
         loaded.predict(paths)  # raises: adapt first

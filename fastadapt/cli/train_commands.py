@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from . import app
+from . import app, check_out
 from ..errors import FastadaptError
 
 SERVER_PANEL = "On the server (pip install 'fastadapt\\[train]')"
@@ -181,6 +181,7 @@ def export(
     preprocessing, provenance, evaluation results). Export checks itself: it adapts a sample task in
     onnxruntime and in torch and refuses to write if the parameters differ by more than 1e-4.
     """
+    check_out(out, "--out", "model.fadapt")
     _need_torch("export")
     from ..meta_train.exporting import export_run
 
