@@ -137,6 +137,10 @@ def test_cli_bad_input(tmp_path):
     bad(cli(*base, "--algorithm", "bogus", "--out", str(tmp_path / "g")), "--algorithm")
     bad(cli(*base, "--data", "synthetic", "--protocol", "lake", "--out", str(tmp_path / "h")), "Omniglot")
     bad(cli(*base, "--resume", "--out", str(tmp_path / "nothing")), "--resume")
+    for flag, value in (("--width", "0"), ("--image-size", "12"), ("--norm", "bogus"), ("--head-init", "bogus"),
+                        ("--pretrain-lr", "-1"), ("--val-tasks", "0"), ("--val-classes", "-1"), ("--channels", "2")):
+        bad(cli(*base, flag, value, "--pretrain-epochs", "1", "--out", str(tmp_path / "i")), flag)
+        assert not (tmp_path / "i").exists()
     ok = cli(*base, "--query", "2", "--out", str(tmp_path / "run"))
     assert ok.returncode == 0, ok.stderr
     bad(cli(*base, "--query", "2", "--out", str(tmp_path / "run")), "already holds a run")

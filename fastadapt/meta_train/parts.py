@@ -13,8 +13,9 @@ from ..data.sources import default_protocol, load_splits
 from ..errors import FastadaptError
 from ..images import Preprocess, to_float
 from ..models import ModelSpec, build_model
+from ..models.networks import NORMS
 from .algorithms import ALGORITHMS, Batch
-from .inner_loop import InnerLoop
+from .inner_loop import HEAD_INITS, InnerLoop
 from .run import TrainConfig
 
 
@@ -25,7 +26,9 @@ def check_config(c: TrainConfig) -> None:
     # --iterations 0 with pre-training gives the plain transfer-learning baseline
     for flag, value, low in (("--iterations", c.iterations, 0 if c.pretrain_epochs else 1), ("--meta-batch", c.meta_batch, 1),
                              ("--inner-steps", c.inner_steps, 1), ("--shots", c.shots, 1), ("--query", c.query, 1),
-                             ("--val-every", c.val_every, 1), ("--checkpoint-every", c.checkpoint_every, 1)):
+                             ("--val-every", c.val_every, 1), ("--checkpoint-every", c.checkpoint_every, 1),
+                             ("--val-tasks", c.val_tasks, 1), ("--val-classes", c.val_classes, 0),
+                             ("--width", c.width, 1), ("--image-size", c.image_size, 16)):
         if value < low:
             raise FastadaptError(f"{flag} must be at least {low}, got {value}")
     if c.pretrain_epochs < 0:
@@ -34,8 +37,14 @@ def check_config(c: TrainConfig) -> None:
         raise FastadaptError("--pretrain-epochs needs classes to pre-train on; it does not apply to --data sinusoid")
     if c.eval_inner_steps < 0:
         raise FastadaptError(f"--eval-inner-steps must be 0 (same as --inner-steps) or more, got {c.eval_inner_steps}")
-    if not c.inner_lr > 0 or not c.meta_lr > 0:
-        raise FastadaptError("--inner-lr and --meta-lr must be positive")
+    if not c.inner_lr > 0 or not c.meta_lr > 0 or not c.pretrain_lr > 0:
+        raise FastadaptError("--inner-lr, --meta-lr and --pretrain-lr must be positive")
+    if c.norm not in NORMS:
+        raise FastadaptError(f"--norm must be one of {', '.join(NORMS)}, got '{c.norm}'")
+    if c.head_init not in HEAD_INITS:
+        raise FastadaptError(f"--head-init must be zero or prototype, got '{c.head_init}'")
+    if c.channels not in (1, 3):
+        raise FastadaptError(f"--channels must be 1 (grayscale) or 3 (RGB), got {c.channels}")
     if c.protocol == "all":
         raise FastadaptError("--protocol all is for evaluation only (every class a test class); "
                              "train with --protocol split, lake or vinyals")
