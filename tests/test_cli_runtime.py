@@ -243,3 +243,9 @@ def test_real_process_prints_one_line_and_exits_2(bundles, tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "nothing" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists()
+
+
+def test_evaluate_bundle_rejects_zero_shots(bundles, capsys):
+    code, stdout, err = run_cli(capsys, "evaluate", bundles["zero"], "--data", "synthetic", "--tasks", "2",
+                                "--shots", "0")
+    assert_user_error(code, stdout, err, "--shots")

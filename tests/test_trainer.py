@@ -149,6 +149,8 @@ def test_cli_bad_input(tmp_path):
     bad(cli("export", str(tmp_path / "run"), "--out", str(tmp_path / "no" / "m.fadapt")), "--out", "does not exist")
     bad(cli("evaluate", str(tmp_path / "nothing")), "no such run folder")
     bad(cli("evaluate", str(tmp_path / "run"), "--tasks", "3", "--ways", "200"), "--ways 200")
+    bad(cli("evaluate", str(tmp_path / "run"), "--tasks", "3", "--shots", "0"), "--shots")
+    bad(cli("evaluate", str(tmp_path / "run"), "--tasks", "3", "--lr", "-1"), "--lr")
 
 
 def test_init_from_another_run(tmp_path):

@@ -131,7 +131,7 @@ def evaluate(
 
         if data is None:
             raise FastadaptError("--data is required to evaluate a bundle (e.g. an Omniglot folder)")
-        result = evaluate_bundle(model, data=data, protocol=protocol, ways=ways, shots=shots or 1, query=query,
+        result = evaluate_bundle(model, data=data, protocol=protocol, ways=ways, shots=1 if shots is None else shots, query=query,
                                  tasks=tasks, seed=seed, steps=steps, lr=lr, transductive=transductive,
                                  progress=None if as_json else _task_progress(tasks))
         if record:

@@ -117,17 +117,21 @@ def evaluate_run(rundir: str, data: str | None = None, protocol: str = "auto", w
         raise FastadaptError(f"--steps must be 0 or more, got {steps}")
     if tasks < 2:
         raise FastadaptError(f"--tasks must be at least 2 for a confidence interval, got {tasks}")
+    if shots is not None and shots < 1:
+        raise FastadaptError(f"--shots must be at least 1, got {shots}")
+    if lr is not None and not lr > 0:
+        raise FastadaptError(f"--lr must be a positive number, got {lr}")
     data = data or config.data
     if config.regression:
         if data != "sinusoid":
             raise FastadaptError(f"{rundir} is a sinusoid regression run; evaluate it with --data sinusoid")
         # 100 query points per task; task seeds offset from the training/validation streams
-        sampler = SinusoidSampler(shots or config.shots, 100, seed + 10_000)
+        sampler = SinusoidSampler(config.shots if shots is None else shots, 100, seed + 10_000)
         result = evaluate_regression(model, params, recipe, sampler, dev, tasks, steps, lr, progress)
     else:
         if data == "sinusoid":
             raise FastadaptError(f"{rundir} is an image classification run; --data sinusoid does not apply")
-        sampler, spec_pre = test_sampler(config, data, protocol, ways, shots or 1, query, seed)
+        sampler, spec_pre = test_sampler(config, data, protocol, ways, 1 if shots is None else shots, query, seed)
         result = evaluate_classification(model, params, recipe, sampler, spec_pre, dev, tasks, steps, lr, spec.norm,
                                          transductive, progress)
         result["protocol"] = protocol
