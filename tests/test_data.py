@@ -141,3 +141,19 @@ def test_real_omniglot_protocols():
     assert not set(vin.test.names) & set(vin.train.names)
     x = to_float(lake.test.images[0], lake.test.spec)
     assert x.shape == (20, 1, 28, 28) and 0.0 <= x.min() and x.max() <= 1.0 and x.mean() < 0.3  # dark background
+
+
+def test_corrupt_zip_member_is_skipped_with_a_warning(tmp_path, capsys):
+    root = write_glyph_folders(tmp_path / "d", 3, 4)
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as z:  # stored, so the member's bytes sit in the file as they are
+        for p in sorted(root.rglob("*.png")):
+            z.write(p, p.relative_to(root).as_posix())
+        first = z.infolist()[0]
+    raw = bytearray(archive.read_bytes())
+    start = first.header_offset + 30 + len(first.filename)  # the local header is 30 bytes + name
+    raw[start + 100] ^= 0xFF  # the CRC no longer matches
+    archive.write_bytes(bytes(raw))
+    data = load_class_folders(str(archive), SPEC)
+    assert data.num_images == 11
+    assert "skipped 1 unreadable image" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -82,13 +83,20 @@ def _split_layout(paths: list) -> dict:
     return {"/".join(PurePosixPath(k).parts[common:]): sorted(v) for k, v in sorted(by_parent.items())}
 
 
+def _read_member(archive: zipfile.ZipFile, path: str, name: str) -> bytes:
+    try:
+        return archive.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:  # a damaged member: skipped like a bad image
+        raise FastadaptError(f"{path}:{name}: damaged zip member ({exc})") from None
+
+
 def _read_members(path: str) -> tuple:
     """List the image members of a folder or zip; return (relative paths, reader)."""
     if zipfile.is_zipfile(path):
         archive = zipfile.ZipFile(path)
         members = [n for n in archive.namelist() if not n.endswith("/") and is_image_name(n)
                    and "__MACOSX" not in n]
-        return members, lambda n: archive.read(n), archive
+        return members, lambda n: _read_member(archive, path, n), archive
     if os.path.isdir(path):
         members = []
         for dirpath, dirnames, filenames in os.walk(path):
