@@ -30,3 +30,9 @@ def test_demo_with_the_default_model_learns_the_shapes():
     assert result.returncode == 0, result.stderr
     correct = int(result.stdout.split("accuracy ")[1].split("/")[0])
     assert correct >= 32  # 8 shapes, 5 drawings each: well above chance (5 of 40)
+
+
+def test_demo_sheet_in_a_missing_folder_fails_before_the_demo(bundles, tmp_path):
+    result = run_demo("--model", bundles["zero"], "--sheet", str(tmp_path / "no" / "sheet.png"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--sheet" in result.stderr and "accuracy" not in result.stdout

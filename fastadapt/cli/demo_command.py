@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import FastadaptError
-from . import app
+from . import app, check_out
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 
@@ -36,6 +36,8 @@ def demo(
 
     from ..runtime import load
 
+    if sheet is not None:
+        check_out(sheet, "--sheet", "demo.png")
     shot_root, query_root = EXAMPLES / "shots", EXAMPLES / "queries"
     if not shot_root.is_dir():
         raise FastadaptError(f"{EXAMPLES}: the example drawings are missing from this install; reinstall fastadapt")
