@@ -245,7 +245,9 @@ def test_real_process_prints_one_line_and_exits_2(bundles, tmp_path):
     assert not out.exists()
 
 
-def test_evaluate_bundle_rejects_zero_shots(bundles, capsys):
+def test_evaluate_bundle_rejects_bad_shots_and_tasks(bundles, capsys):
     code, stdout, err = run_cli(capsys, "evaluate", bundles["zero"], "--data", "synthetic", "--tasks", "2",
                                 "--shots", "0")
     assert_user_error(code, stdout, err, "--shots")
+    code, stdout, err = run_cli(capsys, "evaluate", bundles["zero"], "--data", "synthetic", "--tasks", "1")
+    assert_user_error(code, stdout, err, "--tasks must be at least 2")  # as for a run folder: a CI needs 2

@@ -48,8 +48,8 @@ def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5,
     if not isinstance(model, Model):
         raise FastadaptError(f"{path}: is an adapted model; evaluation adapts to every task itself, so pass the "
                              f"meta bundle it came from")
-    if tasks < 1:
-        raise FastadaptError(f"--tasks must be at least 1, got {tasks}")
+    if tasks < 2:
+        raise FastadaptError(f"--tasks must be at least 2 for a confidence interval, got {tasks}")
     spec = model.preprocess
     split_seed, val_classes = split_settings(model.manifest)
     splits = load_splits(data, protocol, split_seed, val_classes, False, spec, need_train=False)
