@@ -147,7 +147,8 @@ def _fmt(value) -> str:
 
 @app.command(rich_help_panel="On the device")
 def info(
-    model: Path = typer.Argument(..., help="A .fadapt bundle (meta or adapted).", show_default=False),
+    model: Optional[Path] = typer.Argument(None, help="A .fadapt bundle (meta or adapted). Default: the shipped "
+                                           "model, whose model card this prints.", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON instead."),
 ) -> None:
     """Describe a bundle: kind, architecture, preprocessing, inner-loop recipe, classes, provenance, evaluation.
@@ -155,6 +156,9 @@ def info(
     The bundle is fully verified (format version and SHA-256 of every member) before anything is shown.
     """
     from ..bundle import read_bundle
+    from ..runtime.loading import default_model_path
+
+    model = model if model is not None else Path(default_model_path())
 
     bundle = read_bundle(str(model))
     m = bundle.manifest

@@ -63,6 +63,9 @@ def train(
     pretrain_lr: Optional[float] = typer.Option(None, help="Adam learning rate of pre-training. [default: 1e-3]"),
     init_from: Optional[str] = typer.Option(None, help="Start from another run's best checkpoint (a run folder, "
                                             "e.g. a pre-training-only run) instead of a random initialisation."),
+    invert: Optional[bool] = typer.Option(None, "--invert/--no-invert", help="Invert gray levels so dark strokes "
+                                          "on a light background become bright on zero (drawings); --no-invert for "
+                                          "photos. Recorded in the bundle, so the device does the same. [default: on]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or log lines."),
     dist_timeout: float = typer.Option(300.0, help="Under torchrun: seconds a process waits for the others "

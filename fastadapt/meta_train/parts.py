@@ -90,7 +90,7 @@ def model_spec_of(c: TrainConfig) -> ModelSpec:
 def preprocess_of(c: TrainConfig) -> Preprocess | None:
     if c.regression:
         return None
-    return Preprocess(size=c.image_size, channels=c.channels, invert=True)
+    return Preprocess(size=c.image_size, channels=c.channels, invert=c.invert)
 
 
 def init_meta_params(model, c: TrainConfig, device) -> dict:

@@ -48,6 +48,7 @@ class TrainConfig:
     val_classes: int = 100
     checkpoint_every: int = 25
     rotations: bool = True
+    invert: bool = True  # dark strokes on a light background (Omniglot, sketches); False for photos
     pretrain_epochs: int = 0
     pretrain_lr: float = 1e-3
     init_from: str = ""  # a run folder (its best.npz) or a checkpoint .npz to start the meta-parameters from
