@@ -18,3 +18,17 @@ def test_quick_start_is_two_commands_and_ci_runs_the_second():
     assert "pytest" in commands[1]
     ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert commands[1] in ci_lines
+
+
+def test_python_api_example_runs(tmp_path, monkeypatch):
+    """The README's Python API example, run from the repository root (needs the shipped default model)."""
+    import pytest
+
+    if not (REPO / "fastadapt" / "assets" / "default.fadapt").exists():
+        pytest.skip("no default model shipped")
+    text = (REPO / "README.md").read_text()
+    code = re.findall(r"## Python API.*?```python\n(.*?)```", text, re.S)[0]
+    code = code.replace('"shapes.fadapt"', repr(str(tmp_path / "shapes.fadapt")))
+    monkeypatch.chdir(REPO)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "shapes.fadapt").exists()

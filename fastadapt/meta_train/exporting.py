@@ -13,7 +13,7 @@ import torch
 from .. import __version__
 from ..errors import FastadaptError, warn
 from ..images import to_float
-from .evaluate import load_meta_params, test_sampler
+from .evaluate import load_meta_params
 from .export import export_bundle
 
 
@@ -27,8 +27,15 @@ def read_evaluations(rundir: str) -> list:
 
 def verification_task(config, ways: int = 5):
     """A real task of the run's unseen classes (preprocessed), or None when the data is not here."""
+    from ..data.sampler import TaskSampler
+    from ..data.sources import load_splits
+    from .parts import preprocess_of
+
+    preprocess = preprocess_of(config)
     try:
-        sampler, preprocess = test_sampler(config, config.data, config.protocol, min(ways, 5), config.shots, 3, 0)
+        test = load_splits(config.data, config.protocol, config.seed, config.val_classes, False, preprocess,
+                           need_train=False).test
+        sampler = TaskSampler(test, min(ways, len(test)), config.shots, 3, 0, where="test classes")
     except FastadaptError as exc:
         warn(f"export verifies on a synthetic task: the run's data is not available here ({exc})")
         return None
