@@ -54,8 +54,11 @@ def resolve_config(c: TrainConfig, rundir: str, resume: bool, given: set | None 
             if k not in RESUMABLE and mine[k] != saved.get(k):
                 raise FastadaptError(f"--resume continues {rundir} as it was started, but --{k.replace('_', '-')} "
                                      f"{mine[k]} differs from the run's {saved.get(k)}; drop the flag or use a new --out")
-        for k in RESUMABLE & set(given or ()):
+        for k in RESUMABLE & set(given or ()) - {"command"}:
             saved[k] = mine[k]
+        if mine["command"] and mine["command"] != saved.get("command"):
+            # keep the command that started the run (the model card's); append how it was resumed
+            saved["command"] = list(saved.get("command") or []) + ["&&"] + list(mine["command"])
         return TrainConfig.from_dict(saved)
     if exists:
         raise FastadaptError(f"--out {rundir} already holds a run; add --resume to continue it or choose another --out")
