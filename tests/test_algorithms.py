@@ -492,3 +492,16 @@ def test_batch_stats_norm_maml_takes_the_loop_first_order_vmaps(one_thread, monk
     expected = meta_gradient("maml", model, meta, tasks, recipe, vectorize=False)
     monkeypatch.setattr(alg, "_meta_gradient_vmap", None)
     assert_same_results(meta_gradient("maml", model, meta, tasks, recipe, vectorize=True), expected, rel=0)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile", "anil"])
+def test_worker_threads_equal_the_loop_and_restore_torch_threads(algorithm):
+    model, meta = conv_meta("instance")
+    tasks = conv_tasks(5)  # uneven chunks over 2 workers
+    recipe = InnerLoop(steps=2, lr=0.4, adapt="head" if algorithm == "anil" else "all", head_init="prototype")
+    loop = meta_gradient(algorithm, model, meta, tasks, recipe)
+    before = torch.get_num_threads()
+    threaded = meta_gradient(algorithm, model, meta, tasks, recipe, workers=2)
+    assert torch.get_num_threads() == before
+    assert_same_results(threaded, loop)
+    assert max(g.abs().max().item() for g in loop[0].values()) > 1e-3

@@ -50,12 +50,12 @@ def instrument(setattr_, log: dict, fail_on_call: int | None = None) -> None:
 
     real_gradient, real_average = trainer.meta_gradient, Job.average
 
-    def meta_gradient(algorithm, model, params, tasks, recipe):
+    def meta_gradient(algorithm, model, params, tasks, recipe, **kwargs):
         log.setdefault("params", []).append({k: v.detach().numpy().copy() for k, v in params.items()})
         log.setdefault("tasks", []).append([float(t.support_x.sum() + 10 * t.query_x.sum()) for t in tasks])
         if fail_on_call is not None and len(log["tasks"]) == fail_on_call:
             raise ValueError("bad task (injected)")
-        return real_gradient(algorithm, model, params, tasks, recipe)
+        return real_gradient(algorithm, model, params, tasks, recipe, **kwargs)
 
     def average(self, *args, **kwargs):
         grads, loss, acc = real_average(self, *args, **kwargs)

@@ -1,6 +1,6 @@
 """Export a meta-trained model as a ``.fadapt`` bundle: forward graph, SGD-step graph, parameters.
 
-The step graph is NOT a second inner loop: it is ``inner_loop.sgd_step`` + ``inner_loop.task_loss``
+The step graph is NOT a second inner loop: it is ``inner_loop.sgd_step_with_loss`` (step + its loss)
 traced to aten ops with ``make_fx`` (symbolic shapes, so images and classes stay dynamic) and
 exported with ``torch.onnx.export(dynamo=True)``. Plain onnxruntime then runs forward, loss,
 backward and update; no onnxruntime-training. ``verify`` checks the graphs against torch before
@@ -135,8 +135,7 @@ def build_graphs(model, spec, recipe: il.InnerLoop, params: dict) -> tuple:
     def step_fn(images, labels, lr, *values):
         p = dict(zip(names, values))
         # first_order: the graph only needs the step's values, not gradients through it
-        new = il.sgd_step(model, p, images, labels, recipe, lr, first_order=True)
-        loss = il.task_loss(model, p, images, labels, recipe.loss)
+        new, loss = il.sgd_step_with_loss(model, p, images, labels, recipe, lr, first_order=True)
         return (loss, *[new[k] for k in adapted])
 
     values = list(params.values())

@@ -98,29 +98,53 @@ def init_head(model, meta_params: dict, support_x, support_y, ways: int, recipe:
     return params
 
 
-def sgd_step(model, params: dict, x, y, recipe: InnerLoop, lr: float, first_order: bool = False) -> dict:
+def sgd_step(model, params: dict, x, y, recipe: InnerLoop, lr: float, first_order: bool = False,
+             in_vmap: bool = False) -> dict:
     """One SGD step on the adapted subset. Second order unless ``first_order`` (gradients detached)."""
+    return sgd_step_with_loss(model, params, x, y, recipe, lr, first_order, in_vmap)[0]
+
+
+def sgd_step_with_loss(model, params: dict, x, y, recipe: InnerLoop, lr: float, first_order: bool = False,
+                       in_vmap: bool = False) -> tuple:
+    """``sgd_step`` -> (new parameters, the support loss before the step), one forward pass.
+
+    Second order (``first_order`` False, autograd recording): the gradient keeps its graph, so the
+    meta-gradient differentiates through the step. First order: the gradient is taken w.r.t.
+    detached copies, so no graph of it is built at all (cheaper than building one and detaching it).
+    ``in_vmap``: called under ``torch.func.vmap``, where ``torch.autograd.grad`` cannot run;
+    ``torch.func.grad`` computes the same gradient there.
+    """
     names = recipe.adapted_names(params)
-    adapted = {k: params[k] for k in names}
-    frozen = {k: v for k, v in params.items() if k not in adapted}
+    frozen = {k: v for k, v in params.items() if k not in names}
+    if in_vmap:
+        def loss_of(adapted_params):
+            loss = task_loss(model, {**frozen, **adapted_params}, x, y, recipe.loss)
+            return loss, loss
 
-    def loss_of(adapted_params):
-        return task_loss(model, {**frozen, **adapted_params}, x, y, recipe.loss)
-
-    grads = grad(loss_of)(adapted)
+        grads, loss = grad(loss_of, has_aux=True)({k: params[k] for k in names})
+        grads = [grads[k].detach() if first_order else grads[k] for k in names]
+    else:
+        second_order = not first_order and torch.is_grad_enabled()
+        with torch.enable_grad():
+            # one fresh node per parameter, so each gradient is a partial derivative even where one
+            # parameter is computed from another (the prototype head from the body)
+            leaves = {k: params[k].view_as(params[k]) if second_order and params[k].requires_grad
+                      else params[k].detach().requires_grad_() for k in names}
+            loss = task_loss(model, {**frozen, **leaves}, x, y, recipe.loss)
+            grads = torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=second_order)
     new = dict(params)
-    for k in names:
-        g = grads[k].detach() if first_order else grads[k]
+    for k, g in zip(names, grads):
         new[k] = params[k] - lr * g
-    return new
+    return new, loss
 
 
 def adapt(model, meta_params: dict, support_x, support_y, ways: int, recipe: InnerLoop,
-          steps: int | None = None, lr: float | None = None, first_order: bool = False) -> dict:
+          steps: int | None = None, lr: float | None = None, first_order: bool = False,
+          in_vmap: bool = False) -> dict:
     """Head initialisation, then ``steps`` SGD steps on the support set -> task-specific parameters."""
     params = init_head(model, meta_params, support_x, support_y, ways, recipe)
     steps = recipe.steps if steps is None else steps
     lr = recipe.lr if lr is None else lr
     for _ in range(steps):
-        params = sgd_step(model, params, support_x, support_y, recipe, lr, first_order)
+        params = sgd_step(model, params, support_x, support_y, recipe, lr, first_order, in_vmap)
     return params

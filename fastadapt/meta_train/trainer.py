@@ -175,6 +175,8 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
 
     metrics = open(os.path.join(rundir, "metrics.jsonl"), "a") if job.is_main else None
     share = job.share(c.meta_batch)
+    # on CPU, tasks run in parallel threads (one per torch thread): faster than threads inside operators
+    workers = torch.get_num_threads() if getattr(device, "type", str(device)) == "cpu" else 1
     progress = progress_bar(quiet)
     t0, done_tasks, train_seconds = time.time(), 0, 0.0
     try:
@@ -190,7 +192,7 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                 try:  # this rank's share of the iteration's tasks; every rank stops if one fails
                     tasks = [to_batch(samplers.train.task(it * c.meta_batch + j), samplers.preprocess, device, c.ways)
                              for j in share]
-                    grads, loss, acc = meta_gradient(c.algorithm, model, params, tasks, recipe)
+                    grads, loss, acc = meta_gradient(c.algorithm, model, params, tasks, recipe, workers=workers)
                     error = None
                 except Exception as exc:
                     grads, loss, acc, error = None, 0.0, 0.0, exc

@@ -1,0 +1,63 @@
+"""Shared helpers of the benchmark suite: where the data is, timing, and markdown tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def omniglot_root() -> str | None:
+    """Real Omniglot: $FASTADAPT_OMNIGLOT, else ../shared/data/omniglot beside the checkout."""
+    for candidate in (os.environ.get("FASTADAPT_OMNIGLOT"), REPO.parent / "shared" / "data" / "omniglot"):
+        if candidate and (Path(candidate) / "images_evaluation.zip").exists():
+            return str(candidate)
+    return None
+
+
+def data_source() -> str:
+    """Omniglot when present (what the numbers are about), else the built-in synthetic glyphs."""
+    return omniglot_root() or "synthetic"
+
+
+def repeat_ms(fn, repeats: int, warmup: int = 2) -> list:
+    """Wall milliseconds of ``repeats`` calls of fn() after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def percentile(values, q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+
+
+def table(header: list, rows: list) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
