@@ -56,6 +56,24 @@ def test_resume_continues_exactly(tmp_path):
     assert its == [1, 2, 3, 4]
 
 
+def test_stop_at_and_max_minutes_end_the_run_validated_and_resumable(tmp_path):
+    reached = tmp_path / "reached"
+    summary = train(TrainConfig(algorithm="fomaml", iterations=30, stop_at=1.0, **TINY), str(reached), quiet=True)
+    assert summary["iterations"] == 3 and "--stop-at 1.0 at iteration 3" in summary["stopped"]
+    vals = [json.loads(line) for line in (reached / "metrics.jsonl").read_text().splitlines() if "val_accuracy" in line]
+    assert [v["iteration"] for v in vals] == [3] and vals[0]["elapsed_s"] >= 0
+    assert load_checkpoint(str(reached / "last.npz")).progress["iteration"] == 3
+
+    timed = tmp_path / "timed"
+    summary = train(TrainConfig(algorithm="fomaml", iterations=30, max_minutes=1e-6, **TINY), str(timed), quiet=True)
+    assert summary["iterations"] == 1 and "--max-minutes" in summary["stopped"]
+    rows = [json.loads(line) for line in (timed / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["iteration"] == 1 and "val_accuracy" in rows[-1]  # validated where it stopped
+    summary = train(TrainConfig(algorithm="fomaml", iterations=5, **TINY), str(timed), resume=True, quiet=True,
+                    given={"iterations", "max_minutes"})
+    assert summary["iterations"] == 5 and summary["stopped"] is None
+
+
 def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--data", "synthetic", "--algorithm", "fomaml", "--width", "8", "--meta-batch", "2",
@@ -138,7 +156,8 @@ def test_cli_bad_input(tmp_path):
     bad(cli(*base, "--data", "synthetic", "--protocol", "lake", "--out", str(tmp_path / "h")), "Omniglot")
     bad(cli(*base, "--resume", "--out", str(tmp_path / "nothing")), "--resume")
     for flag, value in (("--width", "0"), ("--image-size", "12"), ("--norm", "bogus"), ("--head-init", "bogus"),
-                        ("--pretrain-lr", "-1"), ("--val-tasks", "0"), ("--val-classes", "-1"), ("--channels", "2")):
+                        ("--pretrain-lr", "-1"), ("--val-tasks", "0"), ("--val-classes", "-1"), ("--channels", "2"),
+                        ("--stop-at", "120"), ("--max-minutes", "-1")):
         bad(cli(*base, flag, value, "--pretrain-epochs", "1", "--out", str(tmp_path / "i")), flag)
         assert not (tmp_path / "i").exists()
     ok = cli(*base, "--query", "2", "--out", str(tmp_path / "run"))

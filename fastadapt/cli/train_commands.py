@@ -55,6 +55,10 @@ def train(
     val_tasks: Optional[int] = typer.Option(None, help="Validation tasks per validation. [default: 100]"),
     val_classes: Optional[int] = typer.Option(None, help="Train classes held out for validation. [default: 100]"),
     checkpoint_every: Optional[int] = typer.Option(None, help="Save last.npz every N iterations. [default: 25]"),
+    stop_at: Optional[float] = typer.Option(None, help="Stop once validation accuracy (%) reaches this, e.g. 95 "
+                                            "(sinusoid: once validation MSE falls to it). [default: off]"),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of meta-training (validated "
+                                                "and checkpointed; --resume continues). [default: no limit]"),
     rotations: Optional[bool] = typer.Option(None, "--rotations/--no-rotations", help="Add 90/180/270 degree "
                                              "rotations of the train classes as new classes. [default: on]"),
     pretrain_epochs: Optional[int] = typer.Option(None, help="First pre-train the body as a plain classifier over "
@@ -100,7 +104,8 @@ def train(
         return
     best = summary["best"]
     typer.echo(f"done: {summary['iterations']} iterations in {summary['seconds']} s, best validation "
-               f"{'MSE' if data == 'sinusoid' else 'accuracy %'} {best}; run folder {out}")
+               f"{'MSE' if data == 'sinusoid' else 'accuracy %'} {best}; run folder {out}"
+               + (f" (stopped: {summary['stopped']})" if summary.get("stopped") else ""))
 
 
 @app.command(rich_help_panel=SERVER_PANEL)

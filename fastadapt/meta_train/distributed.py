@@ -97,6 +97,14 @@ class Job:
             raise FastadaptError(f"the processes disagree on {what} ({-int(t[1].item())}..{int(t[0].item())}): "
                                  f"every machine must see the same --out folder (a shared filesystem) to --resume")
 
+    def any(self, flag: bool, what: str) -> bool:
+        """True on every rank when ``flag`` is True on any rank (e.g. rank 0 decided to stop)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int64, device=self.device)
+        self._all_reduce(t, what, dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def broadcast(self, params: dict) -> None:
         """Copy rank 0's parameters into every rank's (in place)."""
         if not self.active:

@@ -31,6 +31,10 @@ def check_config(c: TrainConfig) -> None:
                              ("--width", c.width, 1), ("--image-size", c.image_size, 16)):
         if value < low:
             raise FastadaptError(f"{flag} must be at least {low}, got {value}")
+    if c.stop_at < 0 or c.max_minutes < 0:
+        raise FastadaptError("--stop-at and --max-minutes must be 0 (off) or positive")
+    if not c.regression and c.stop_at > 100:
+        raise FastadaptError(f"--stop-at is a validation accuracy in percent (0-100), got {c.stop_at}")
     if c.pretrain_epochs < 0:
         raise FastadaptError(f"--pretrain-epochs must be 0 or more, got {c.pretrain_epochs}")
     if c.pretrain_epochs and c.regression:

@@ -51,6 +51,8 @@ class TrainConfig:
     invert: bool = True  # dark strokes on a light background (Omniglot, sketches); False for photos
     pretrain_epochs: int = 0
     pretrain_lr: float = 1e-3
+    stop_at: float = 0.0  # stop once validation accuracy (%) reaches it (regression: MSE falls to it); 0 = never
+    max_minutes: float = 0.0  # stop after this much meta-training wall time; 0 = no limit
     init_from: str = ""  # a run folder (its best.npz) or a checkpoint .npz to start the meta-parameters from
     command: list = field(default_factory=list)
 
@@ -72,7 +74,7 @@ class TrainConfig:
 
 
 # Flags that may differ when resuming (they do not change what is being trained).
-RESUMABLE = {"iterations", "device", "val_every", "val_tasks", "checkpoint_every", "command"}
+RESUMABLE = {"iterations", "device", "val_every", "val_tasks", "checkpoint_every", "command", "stop_at", "max_minutes"}
 
 
 def config_path(rundir: str) -> str:

@@ -158,15 +158,25 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
         if not all(np.isfinite(a).all() for a in arrays.values()):
             raise Diverged(f"parameters became non-finite at iteration {it}; the last good checkpoint is {last_path}")
         save_checkpoint(last_path, arrays, optimizer_state_to_numpy(optimizer),
-                        {"iteration": it, "best": best, "elapsed_seconds": round(elapsed_before + time.time() - t0, 1)})
+                        {"iteration": it, "best": best, "elapsed_seconds": round(elapsed(), 1)})
+
+    def elapsed() -> float:
+        """Wall seconds of meta-training so far, over all resumed parts (pre-training not included)."""
+        return elapsed_before + time.time() - t0
 
     def validate(it: int) -> dict:
         if c.regression:
             r = evaluate_regression(model, params, recipe, samplers.val, device, c.val_tasks, c.test_steps)
-            return {"iteration": it, "val_mse": r["mse"], "val_ci95": r["ci95"]}
+            return {"iteration": it, "val_mse": r["mse"], "val_ci95": r["ci95"], "elapsed_s": round(elapsed(), 1)}
         r = evaluate_classification(model, params, recipe, samplers.val, samplers.preprocess, device, c.val_tasks,
                                     c.test_steps, norm=spec.norm)
-        return {"iteration": it, "val_accuracy": r["accuracy_pct"], "val_ci95": r["ci95_pct"]}
+        return {"iteration": it, "val_accuracy": r["accuracy_pct"], "val_ci95": r["ci95_pct"],
+                "elapsed_s": round(elapsed(), 1)}
+
+    def reached_target(vrow: dict) -> bool:
+        if not c.stop_at:
+            return False
+        return vrow["val_mse"] <= c.stop_at if c.regression else vrow["val_accuracy"] >= c.stop_at
 
     def better(row: dict) -> bool:
         if best is None:
@@ -179,10 +189,15 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
     workers = torch.get_num_threads() if getattr(device, "type", str(device)) == "cpu" else 1
     progress = progress_bar(quiet)
     t0, done_tasks, train_seconds = time.time(), 0, 0.0
+    stop_reason, done = None, start
+    may_stop = bool(c.stop_at or c.max_minutes)
     try:
         with progress:
             bar = progress.add_task("meta-training", total=c.iterations, completed=start, status="")
             for it in range(start, c.iterations):
+                # rank 0 decides to stop (--stop-at, --max-minutes); every rank follows
+                if may_stop and job.any(stop_reason is not None, f"the decision to stop before iteration {it + 1}"):
+                    break
                 if c.algorithm == "reptile":
                     # meta_gradient returns (phi - phi_k) / alpha; lr eps * alpha makes the update
                     # phi + eps * (phi_k - phi) of the paper, with eps annealed linearly to 0
@@ -215,7 +230,10 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                     row["accuracy"] = round(100 * acc, 2)
                 metrics.write(json.dumps(row) + "\n")
                 status = f"loss {loss:.3f}" + ("" if c.regression else f" acc {100 * acc:5.1f}%") + f" {rate:.1f} tasks/s"
-                if (it + 1) % c.val_every == 0 or it + 1 == c.iterations:
+                done = it + 1
+                validated = (it + 1) % c.val_every == 0 or it + 1 == c.iterations
+                out_of_time = c.max_minutes and elapsed() >= 60 * c.max_minutes
+                if validated or out_of_time:  # a run that stops ends with a validation and a checkpoint
                     vrow = validate(it + 1)
                     metrics.write(json.dumps(vrow) + "\n")
                     metrics.flush()
@@ -226,6 +244,12 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                     log(f"iteration {it + 1}: {status}, validation {key} {vrow[key]} ± {vrow['val_ci95']} (best {best})")
                     checkpoint(it + 1)
                     plot_curves(rundir)
+                    if reached_target(vrow):
+                        stop_reason = f"validation reached --stop-at {c.stop_at} at iteration {it + 1}"
+                    elif out_of_time:
+                        stop_reason = f"--max-minutes {c.max_minutes} reached at iteration {it + 1}"
+                    if stop_reason and it + 1 < c.iterations:
+                        log(f"stopping: {stop_reason}")
                 elif (it + 1) % c.checkpoint_every == 0:
                     metrics.flush()
                     checkpoint(it + 1)
@@ -240,9 +264,10 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
     finally:
         if metrics is not None:
             metrics.close()
-    meta_seconds = round(elapsed_before + time.time() - t0, 1)
+    meta_seconds = round(elapsed(), 1)
     pretrain_seconds = _pretrain_seconds(rundir)
-    summary = {"rundir": rundir, "iterations": c.iterations, "best": best,
+    summary = {"rundir": rundir, "iterations": done if stop_reason else c.iterations, "best": best,
+               "stopped": stop_reason,
                "seconds": round(meta_seconds + pretrain_seconds, 1), "pretrain_seconds": pretrain_seconds,
                "meta_seconds": meta_seconds, "hardware": hardware(device),
                "world_size": job.world_size}
