@@ -16,6 +16,8 @@ import numpy as np
 
 from ..errors import FastadaptError
 
+STEP_CHUNK = 32  # support images per step-graph call; larger sets run in chunks (see Graphs.step)
+
 
 def session_options():
     import onnxruntime as ort
@@ -34,6 +36,9 @@ def session_options():
     # Idle worker threads sleep instead of spinning: on a device that shares its cores (and its
     # battery) spinning cost more than it saved in our measurements (2 busy cores, width-64 Conv4).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No memory arena: it keeps the largest activations of every call reserved. Measured on 20-way
+    # 5-shot adaptation: peak RSS 240 -> 155 MB, at the same speed.
+    options.enable_cpu_mem_arena = False
     return options
 
 
@@ -91,10 +96,31 @@ class Graphs:
                             "step.onnx's first inputs are not images, labels, lr")
                 self.step_inputs = names
                 self.step_outputs = [o.name for o in self._step.get_outputs()]
+                self.updated = [name[4:] for name in self.step_outputs if name.startswith("new.")]
             return self._step
 
     def step(self, images: np.ndarray, labels: np.ndarray, lr: float, params: dict) -> tuple:
-        """One SGD step -> (loss, updated parameter dict). ``params`` is not modified."""
+        """One SGD step -> (loss, updated parameter dict). ``params`` is not modified.
+
+        A support set of more than STEP_CHUNK images runs in balanced chunks, so memory stays that of
+        one chunk (20-way 5-shot in one piece peaked at ~500 MB). It is the same step: the loss is a mean
+        over images, each image's computation depends on that image alone (per-sample norm, the only
+        kind export allows), so the gradient is the size-weighted mean of the chunks' gradients and
+        p - lr * sum_c w_c g_c = sum_c w_c (p - lr * g_c), with w_c = n_c / B.
+        """
+        chunks = -(-len(images) // STEP_CHUNK)
+        if chunks <= 1:
+            return self._step_once(images, labels, lr, params)
+        loss, sums = 0.0, {}
+        for part in np.array_split(np.arange(len(images)), chunks):
+            weight = len(part) / len(images)
+            part_loss, part_new = self._step_once(images[part], labels[part], lr, params)
+            loss += weight * part_loss
+            for name in self.updated:
+                sums[name] = sums.get(name, 0.0) + weight * part_new[name].astype(np.float64)
+        return loss, {**params, **{k: v.astype(np.float32) for k, v in sums.items()}}
+
+    def _step_once(self, images: np.ndarray, labels: np.ndarray, lr: float, params: dict) -> tuple:
         session = self.step_session
         feeds = {"images": images, "labels": labels, "lr": np.asarray(lr, dtype=np.float32)}
         for name in self.step_inputs[3:]:
