@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import omniglot_root  # noqa: F401  (one definition for tests and benchmarks)
 from fastadapt.data.synthetic import draw_glyph, glyph_strokes
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def omniglot_root() -> str | None:
-    """The real Omniglot zips: $FASTADAPT_OMNIGLOT, else ../shared/data/omniglot beside the checkout."""
-    for candidate in (os.environ.get("FASTADAPT_OMNIGLOT"), REPO.parent / "shared" / "data" / "omniglot"):
-        if candidate and (Path(candidate) / "images_evaluation.zip").exists():
-            return str(candidate)
-    return None
 
 
 def write_glyph_folders(root: Path, classes: int, per_class, seed: int = 0, two_level: bool = False) -> Path:

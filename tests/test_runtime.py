@@ -84,14 +84,17 @@ def test_any_number_of_classes_and_unbalanced_shots(bundles, ways):
     assert probabilities.shape == (1, ways) and abs(probabilities.sum() - 1) < 1e-6
 
 
-@pytest.mark.parametrize("chunk", [32, 3], ids=["one-piece", "chunked"])
+@pytest.mark.parametrize("chunk,threads", [(32, "1"), (3, "1"), (3, "3")],
+                         ids=["one-piece", "chunked", "chunked-parallel"])
 @pytest.mark.parametrize("head_init", ["zero", "prototype"])
-def test_runtime_adapt_equals_torch_inner_loop(bundles, head_init, chunk, monkeypatch):
-    """Also when the support set runs through the step graph in chunks (uneven: 10 images by 3)."""
+def test_runtime_adapt_equals_torch_inner_loop(bundles, head_init, chunk, threads, monkeypatch):
+    """Also when the support set runs through the step graph in chunks (uneven: 10 images by 3),
+    one after the other or side by side on threads."""
     torch = pytest.importorskip("torch")
     import fastadapt.runtime.sessions as sessions
 
     monkeypatch.setattr(sessions, "STEP_CHUNK", chunk)
+    monkeypatch.setenv("FASTADAPT_THREADS", threads)
     from fastadapt.bundle import read_bundle
     from fastadapt.meta_train import inner_loop as il
     from fastadapt.models import ModelSpec, build_model

@@ -3,32 +3,46 @@
 The forward session is made when a bundle is loaded; the step session (larger, slower to
 optimise) only when something adapts. Sessions are safe to call from several threads at once.
 
-Threads: by default onnxruntime's own choice (one intra-op thread per physical core). Set
-``FASTADAPT_THREADS=N`` to cap it, e.g. on a device that shares its cores with other work.
+Threads: by default one per CPU core. Set ``FASTADAPT_THREADS=N`` to cap it, e.g. on a device that
+shares its cores with other work. Prediction uses them inside each operator (onnxruntime's intra-op
+threads); an SGD step instead runs chunks of the support set side by side, one thread each (see
+``Graphs.step``), because a few dozen 28x28 images are too little work to split inside an operator.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ..errors import FastadaptError
 
-STEP_CHUNK = 32  # support images per step-graph call; larger sets run in chunks (see Graphs.step)
+STEP_CHUNK = 32  # most support images per step-graph call (memory); larger sets run in chunks
+MIN_PARALLEL_CHUNK = 8  # fewest images per chunk worth a thread of its own
 
 
-def session_options():
+def configured_threads() -> int:
+    """FASTADAPT_THREADS, else the CPU cores this process may use."""
+    value = os.environ.get("FASTADAPT_THREADS", "").strip()
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise FastadaptError(f"FASTADAPT_THREADS must be a whole number, got '{value}'") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def session_options(threads: int | None = None):
+    """Options for a session with ``threads`` intra-op threads (default: ``configured_threads()``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    threads = os.environ.get("FASTADAPT_THREADS", "").strip()
-    if threads:
-        try:
-            options.intra_op_num_threads = max(1, int(threads))
-        except ValueError:
-            raise FastadaptError(f"FASTADAPT_THREADS must be a whole number, got '{threads}'") from None
+    options.intra_op_num_threads = threads or configured_threads()
     options.inter_op_num_threads = 1  # the graphs are chains: parallelism lives inside the operators
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -42,11 +56,11 @@ def session_options():
     return options
 
 
-def make_session(onnx_bytes: bytes, where: str):
+def make_session(onnx_bytes: bytes, where: str, threads: int | None = None):
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(onnx_bytes, session_options(), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(onnx_bytes, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise FastadaptError(f"{where}: onnxruntime cannot load the graph ({first[:200]}); "
@@ -60,7 +74,9 @@ class Graphs:
         self.where = where
         self._step_onnx = step_onnx
         self._step = None
+        self._pool = None
         self._lock = threading.Lock()
+        self.workers = configured_threads()
         self._forward = make_session(forward_onnx, f"{where} (forward.onnx)")
         self.forward_inputs = [i.name for i in self._forward.get_inputs()]
         self._check(self.forward_inputs[:1] == ["images"], "forward.onnx's first input is not 'images'")
@@ -90,7 +106,10 @@ class Graphs:
     def step_session(self):
         with self._lock:
             if self._step is None:
-                self._step = make_session(self._step_onnx, f"{self.where} (step.onnx)")
+                # one intra-op thread: the parallelism is across chunks (see step)
+                self._step = make_session(self._step_onnx, f"{self.where} (step.onnx)", threads=1)
+                if self.workers > 1:
+                    self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fastadapt-step")
                 names = [i.name for i in self._step.get_inputs()]
                 self._check(names[:3] == ["images", "labels", "lr"],
                             "step.onnx's first inputs are not images, labels, lr")
@@ -102,26 +121,30 @@ class Graphs:
     def step(self, images: np.ndarray, labels: np.ndarray, lr: float, params: dict) -> tuple:
         """One SGD step -> (loss, updated parameter dict). ``params`` is not modified.
 
-        A support set of more than STEP_CHUNK images runs in balanced chunks, so memory stays that of
-        one chunk (20-way 5-shot in one piece peaked at ~500 MB). It is the same step: the loss is a mean
-        over images, each image's computation depends on that image alone (per-sample norm, the only
-        kind export allows), so the gradient is the size-weighted mean of the chunks' gradients and
+        The support set runs in balanced chunks, several at once on ``self.workers`` threads, and
+        never more than STEP_CHUNK images in one call, so memory stays that of a few chunks (20-way
+        5-shot in one piece peaked at ~500 MB). It is the same step: the loss is a mean over images and
+        each image's computation depends on that image alone (per-sample norm, the only kind export
+        allows), so the gradient is the size-weighted mean of the chunks' gradients and
         p - lr * sum_c w_c g_c = sum_c w_c (p - lr * g_c), with w_c = n_c / B.
         """
-        chunks = -(-len(images) // STEP_CHUNK)
+        session = self.step_session  # made (with the thread pool) on first use
+        n = len(images)
+        chunks = max(-(-n // STEP_CHUNK), min(self.workers, n // MIN_PARALLEL_CHUNK))
         if chunks <= 1:
-            return self._step_once(images, labels, lr, params)
+            return self._step_once(session, images, labels, lr, params)
+        parts = np.array_split(np.arange(n), chunks)
+        run = lambda part: self._step_once(session, images[part], labels[part], lr, params)  # noqa: E731
+        results = list(self._pool.map(run, parts)) if self._pool else [run(part) for part in parts]
         loss, sums = 0.0, {}
-        for part in np.array_split(np.arange(len(images)), chunks):
-            weight = len(part) / len(images)
-            part_loss, part_new = self._step_once(images[part], labels[part], lr, params)
+        for part, (part_loss, part_new) in zip(parts, results):  # a fixed order: results do not depend on timing
+            weight = len(part) / n
             loss += weight * part_loss
             for name in self.updated:
                 sums[name] = sums.get(name, 0.0) + weight * part_new[name].astype(np.float64)
         return loss, {**params, **{k: v.astype(np.float32) for k, v in sums.items()}}
 
-    def _step_once(self, images: np.ndarray, labels: np.ndarray, lr: float, params: dict) -> tuple:
-        session = self.step_session
+    def _step_once(self, session, images: np.ndarray, labels: np.ndarray, lr: float, params: dict) -> tuple:
         feeds = {"images": images, "labels": labels, "lr": np.asarray(lr, dtype=np.float32)}
         for name in self.step_inputs[3:]:
             feeds[name] = params[name]

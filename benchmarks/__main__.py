@@ -1,0 +1,69 @@
+"""Run the benchmark suite and write benchmarks/RESULTS.md (+ results.json).
+
+    python -m benchmarks                      # everything (time to accuracy: up to 5 x 12 min)
+    python -m benchmarks --only adaptation    # one or more sections, comma-separated
+    python -m benchmarks --threads 1
+
+Sections: training (vs higher), adaptation (runtime vs torch, end to end, prediction), footprint,
+time (time to 95% validation accuracy). Sections not run keep their previous results from
+results.json, so the table is always complete. Needs the training extra and `pip install higher`.
+Speed is never asserted: these are measurements, not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+
+from .common import REPO, machine
+from .report import render
+
+SECTIONS = ("training", "adaptation", "footprint", "time")
+OUT = REPO / "benchmarks"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for the latency sections")
+    parser.add_argument("--iterations", type=int, default=6, help="meta-iterations per training measurement")
+    parser.add_argument("--minutes", type=float, default=12.0, help="time-to-accuracy budget per run")
+    args = parser.parse_args()
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+
+    results_path = OUT / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    import onnxruntime
+    import torch
+
+    for section in chosen:
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        if section == "training":
+            from . import training
+            data = training.run(iterations=args.iterations)
+        elif section == "adaptation":
+            from . import adaptation
+            data = adaptation.run(threads=args.threads)
+        elif section == "footprint":
+            from . import footprint
+            data = footprint.run()
+        else:
+            from . import time_to_accuracy
+            data = time_to_accuracy.run(minutes=args.minutes)
+        data["measured"] = {"at": started, "machine": machine(), "torch": torch.__version__,
+                            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+        results[section] = data
+        tmp = results_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(results_path)  # each finished section is kept, even if a later one fails
+        (OUT / "RESULTS.md").write_text(render(results))
+    print(f"wrote {OUT / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
