@@ -89,7 +89,8 @@ def time_to_accuracy(r: dict) -> str:
         f"`fastadapt train --data omniglot --ways 5 --shots 1 --query 15 --meta-batch 8 --head-init prototype "
         f"--val-every 50 --val-tasks 100 --stop-at {r['target']:g} --max-minutes M` plus the flags below; wall "
         f"time from the start of training (pre-training included) to the first validation ≥ {r['target']:g}% "
-        f"(100 validation tasks, ± about 1.5 points). Hardware: {hardware}.",
+        f"(100 validation tasks, ± about 1.5 points). Hardware: {hardware}. Each run takes minutes, so other "
+        "work on the machine meanwhile lengthens it: read these as upper bounds.",
         "",
         table(["algorithm", "flags", "time to 95%", "iterations", "best validation %"], rows),
     ])

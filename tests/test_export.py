@@ -13,6 +13,8 @@ from fastadapt.meta_train import export as ex  # noqa: E402
 from fastadapt.meta_train import inner_loop as il  # noqa: E402
 from fastadapt.models import ModelSpec, build_model  # noqa: E402
 
+aten = torch.ops.aten
+
 SPEC = ModelSpec(width=16)
 
 
@@ -140,3 +142,33 @@ def test_verify_catches_a_wrong_step_graph(exported):
     wrong = il.InnerLoop(adapt="all", head_init="prototype", steps=3, lr=0.4)
     with pytest.raises(FastadaptError, match="verification failed"):
         ex.verify(forward_bytes, step_bytes, model, wrong, params, steps=3)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (2, 3, 7, 7), (1, 2, 3, 3), (2, 2, 6, 5)])
+def test_pool_decompositions_equal_torch_with_ties_and_odd_sizes(shape):
+    """Ties are common in Omniglot's flat backgrounds: the gradient must go to torch's (first) maximum."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape).round(decimals=1)
+    x[:, :, :4, :4] = 0.5  # a flat region: four-way ties
+    values, indices = aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
+    ours = ex._max_pool2d_with_indices(x, [2, 2], [2, 2])
+    assert torch.equal(ours[0], values) and torch.equal(ours[1], indices)
+    grad = torch.randn_like(values)
+    expected = aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+    assert torch.equal(ex._max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices),
+                       expected)
+    with pytest.raises(FastadaptError, match="2x2, stride-2 max pooling"):
+        ex._max_pool2d_with_indices(x, [3, 3], [2, 2])
+
+
+def test_conv_and_relu_backward_decompositions_equal_torch():
+    torch.manual_seed(0)
+    x, weight, grad = torch.randn(3, 4, 9, 9), torch.randn(5, 4, 3, 3), torch.randn(3, 5, 9, 9)
+    expected = aten.convolution_backward(grad, x, weight, [5], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                         [True, True, True])
+    ours = ex._conv_backward(grad, x, weight, [5], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, True])
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    out = torch.relu(torch.randn(4, 6))
+    torch.testing.assert_close(ex._threshold_backward(grad[0, 0, :4, :6], out, 0),
+                               aten.threshold_backward(grad[0, 0, :4, :6], out, 0))
