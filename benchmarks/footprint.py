@@ -4,7 +4,7 @@ install (``pip install "fastadapt[train]"``, torch 2.13 CPU), and peak memory of
 Each install goes into a brand-new virtual environment, from this checkout. Sizes are of
 site-packages without the venv's own seed packages (pip, setuptools), which every venv has anyway.
 Peak RSS: ``fastadapt adapt`` on a 20-way 5-shot folder of Omniglot PNGs, run from the runtime-only
-venv (what a device runs), read from the kernel's rusage of the finished process.
+venv (what a device runs): the process's own high-water mark (VmHWM), largest of 3 runs.
 """
 
 from __future__ import annotations
@@ -62,17 +62,32 @@ def install_size(python: Path) -> dict:
     return {"total_mb": round(total, 1), "largest": [(name, round(mb, 1)) for name, mb in top]}
 
 
-def peak_rss_mb(command: list, cwd: str) -> tuple:
-    """(peak resident memory in MB, wall seconds) of a command, from the kernel's rusage."""
+# Runs the CLI and reports its own peak RSS (VmHWM of its address space). Not the rusage of the child:
+# Linux carries ru_maxrss across exec, so a child forked from this (torch-sized) process would report
+# at least this process's size.
+PEAK_WRAPPER = """
+import atexit, sys
+def report():
+    with open('/proc/self/status') as f:
+        sys.stderr.write(''.join('PEAK ' + l.split()[1] + '\\n' for l in f if l.startswith('VmHWM:')))
+atexit.register(report)
+sys.argv = ['fastadapt'] + sys.argv[1:]
+from fastadapt.cli import main
+main()
+"""
+
+
+def peak_rss_mb(python: Path, args: list, cwd: str) -> tuple:
+    """(peak resident memory in MB, wall seconds) of ``fastadapt ARGS`` run by ``python``."""
     import time
 
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read().decode()[-500:]}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - start
+    result = subprocess.run([str(python), "-c", PEAK_WRAPPER, *args], cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode:
+        raise RuntimeError(f"fastadapt {' '.join(args)} failed: {result.stderr[-500:]}")
+    peak_kb = [int(line.split()[1]) for line in result.stderr.splitlines() if line.startswith("PEAK ")]
+    return peak_kb[-1] / 1024, seconds
 
 
 def run(with_torch: bool = True) -> dict:
@@ -83,8 +98,7 @@ def run(with_torch: bool = True) -> dict:
         result["runtime_install"] = install_size(runtime_python)
         sx, sy = support_set(data_source(), 20, 5)
         shots = write_shots(str(tmp / "shots"), sx, sy)
-        fastadapt = str(runtime_python.parent / "fastadapt")
-        runs = [peak_rss_mb([fastadapt, "adapt", "--shots", shots, "--out", str(tmp / f"a{i}.fadapt")], str(tmp))
+        runs = [peak_rss_mb(runtime_python, ["adapt", "--shots", shots, "--out", str(tmp / f"a{i}.fadapt")], str(tmp))
                 for i in range(3)]
         result["adapt_20w5s"] = {"peak_rss_mb": round(max(r[0] for r in runs), 1),
                                  "wall_s_median": round(sorted(r[1] for r in runs)[1], 3)}

@@ -141,6 +141,10 @@ DECOMPOSITIONS = {aten.convolution_backward.default: _conv_backward,
                   aten.max_pool2d_with_indices.default: _max_pool2d_with_indices,
                   aten.max_pool2d_with_indices_backward.default: _max_pool2d_with_indices_backward,
                   **get_decompositions([aten.nll_loss_forward, aten.nll_loss_backward])}
+# The forward graph (prediction) keeps onnxruntime's MaxPool: without a backward to share the windows
+# with, it beat the quarters form (measured side by side: one image 0.31 vs 0.34 ms, batches of 256
+# 4,300 vs 3,000 images/s).
+FORWARD_DECOMPOSITIONS = {k: v for k, v in DECOMPOSITIONS.items() if k != aten.max_pool2d_with_indices.default}
 
 
 def check_supported(spec, recipe: il.InnerLoop) -> None:
@@ -186,9 +190,9 @@ def _quiet():
             lg.setLevel(level)
 
 
-def _to_onnx(fn, args, dynamic: list, input_names: list, output_names: list) -> bytes:
+def _to_onnx(fn, args, dynamic: list, input_names: list, output_names: list, decompositions: dict) -> bytes:
     with _quiet():
-        graph = make_fx(fn, tracing_mode="symbolic", decomposition_table=DECOMPOSITIONS)(*args)
+        graph = make_fx(fn, tracing_mode="symbolic", decomposition_table=decompositions)(*args)
         program = torch.onnx.export(graph, tuple(args), dynamo=True, dynamic_shapes=tuple(dynamic),
                                     input_names=input_names, output_names=output_names,
                                     optimize=True, verbose=False)
@@ -225,10 +229,11 @@ def build_graphs(model, spec, recipe: il.InnerLoop, params: dict) -> tuple:
 
     values = list(params.values())
     forward_bytes = _to_onnx(forward_fn, [images, *values], [{0: b}, *per_param],
-                             ["images", *names], ["logits", "features"])
+                             ["images", *names], ["logits", "features"], FORWARD_DECOMPOSITIONS)
     step_bytes = _to_onnx(step_fn, [images, labels, torch.tensor(recipe.lr), *values],
                           [{0: b}, {0: b}, None, *per_param],
-                          ["images", "labels", "lr", *names], ["loss", *[f"new.{k}" for k in adapted]])
+                          ["images", "labels", "lr", *names], ["loss", *[f"new.{k}" for k in adapted]],
+                          DECOMPOSITIONS)
     return forward_bytes, step_bytes
 
 
