@@ -5,7 +5,8 @@
     python -m benchmarks --threads 1
 
 Sections: training (vs higher), adaptation (runtime vs torch, end to end, prediction), footprint,
-time (time to 95% validation accuracy). Sections not run keep their previous results from
+time (time to 95% validation accuracy), before (training and adaptation on the code before the
+performance work, for the before/after table). Sections not run keep their previous results from
 results.json, so the table is always complete. Needs the training extra and `pip install higher`.
 Speed is never asserted: these are measurements, not tests.
 """
@@ -20,7 +21,7 @@ import platform
 from .common import REPO, machine
 from .report import render
 
-SECTIONS = ("training", "adaptation", "footprint", "time")
+SECTIONS = ("training", "adaptation", "footprint", "time", "before")
 OUT = REPO / "benchmarks"
 
 
@@ -52,9 +53,12 @@ def main() -> None:
         elif section == "footprint":
             from . import footprint
             data = footprint.run()
-        else:
+        elif section == "time":
             from . import time_to_accuracy
             data = time_to_accuracy.run(minutes=args.minutes)
+        else:
+            from . import before
+            data = before.run(iterations=args.iterations)
         data["measured"] = {"at": started, "machine": machine(), "torch": torch.__version__,
                             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
         results[section] = data

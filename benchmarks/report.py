@@ -96,10 +96,40 @@ def time_to_accuracy(r: dict) -> str:
     ])
 
 
+def before_after(r: dict, results: dict) -> str:
+    name = lambda a: "MAML" if a == "maml" else "FOMAML"  # noqa: E731
+    after_train = {(x["algorithm"], x["inner_steps"]): x for x in results.get("training", {}).get("rows", [])}
+    train_rows = []
+    for x in r["training"]["rows"]:
+        a = after_train.get((x["algorithm"], x["inner_steps"]))
+        train_rows.append([name(x["algorithm"]), x["inner_steps"],
+                           f"{x['fastadapt_tasks_per_s']:.1f} / {x['higher_tasks_per_s']:.1f} ({x['ratio']:.2f}x)",
+                           f"{a['fastadapt_tasks_per_s']:.1f} / {a['higher_tasks_per_s']:.1f} ({a['ratio']:.2f}x)"
+                           if a else "—"])
+    after_adapt = {(x["ways"], x["shots"], x["steps"]): x for x in results.get("adaptation", {}).get("adaptation", [])
+                   if x["adapt"] == "full"}
+    adapt_rows = []
+    for x in r["adaptation"]:
+        a = after_adapt.get((x["ways"], x["shots"], x["steps"]))
+        adapt_rows.append([f"{x['ways']}-way {x['shots']}-shot", x["steps"],
+                           f"{x['runtime_ms']:.1f} / {x['torch_ms']:.1f} ({x['runtime_ms'] / x['torch_ms']:.2f}x)",
+                           f"{a['runtime_ms']:.1f} / {a['torch_ms']:.1f} ({a['ratio']:.2f}x)" if a else "—"])
+    return "\n".join([
+        f"The training and adaptation benchmarks on the code of commit {r['rev']} (before the performance "
+        "work; its own shipped model and runtime), beside this run's figures (sections 1 and 2). Each "
+        "pair was measured side by side, but before and after ran at different times: compare the ratios.",
+        "",
+        table(["algorithm", "inner steps", "before: fastadapt / higher tasks/s", "after"], train_rows),
+        "",
+        table(["full-network adaptation", "steps k", "before: runtime / torch ms", "after"], adapt_rows),
+    ])
+
+
 SECTIONS = (("training", "1. Meta-training throughput vs higher", training),
             ("adaptation", "2. On-device adaptation and prediction latency", adaptation),
             ("footprint", "3. Footprint", footprint),
-            ("time", "4. Time to 95% validation accuracy", time_to_accuracy))
+            ("time", "4. Time to 95% validation accuracy", time_to_accuracy),
+            ("before", "5. Before and after the optimisations", before_after))
 
 
 def render(results: dict) -> str:
@@ -110,7 +140,8 @@ def render(results: dict) -> str:
     for key, title, fn in SECTIONS:
         parts += [f"## {title}", ""]
         if key in results:
-            parts += [fn(results[key]), "", _measured(results[key])]
+            text = before_after(results[key], results) if fn is before_after else fn(results[key])
+            parts += [text, "", _measured(results[key])]
         else:
             parts += ["Not measured yet: `python -m benchmarks --only " + key + "`."]
         parts.append("")

@@ -23,7 +23,7 @@ def test_render_marks_missing_sections():
     from benchmarks.report import render
 
     text = render({})
-    for section in ("training", "adaptation", "footprint", "time"):
+    for section in ("training", "adaptation", "footprint", "time", "before"):
         assert f"python -m benchmarks --only {section}" in text
 
 

@@ -1,0 +1,60 @@
+"""Before/after: the training and adaptation benchmarks run on the code of an earlier commit
+(default: 956070f, the last commit before the performance work), so the results table can show
+what the optimisations changed. The old package is unpacked with ``git archive`` into a temporary
+folder and measured in a subprocess that imports it instead of this checkout's ``fastadapt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from .common import REPO, data_source, median, repeat_ms
+
+BEFORE = "956070f"
+
+
+def measure(old_root: str, iterations: int = 6) -> dict:
+    """Runs inside the subprocess, with the old ``fastadapt`` (unpacked in ``old_root``) first on the path."""
+    import fastadapt
+
+    if not fastadapt.__file__.startswith(old_root):
+        raise RuntimeError(f"imported {fastadapt.__file__}, not the old package in {old_root}")
+
+    from . import adaptation, training
+    from fastadapt.images import to_float
+
+    old_model = os.path.join(os.path.dirname(fastadapt.__file__), "assets", "default.fadapt")
+    data = data_source()
+    model = adaptation.runtime_model(old_model, 2)
+    torch_adapt = adaptation.torch_adapter(old_model, 2)
+    rows = []
+    for ways, shots in adaptation.SHAPES:
+        sx, sy = adaptation.support_set(data, ways, shots)
+        x, classes = to_float(sx, model.preprocess), [str(c) for c in range(ways)]
+        for steps in adaptation.STEPS:
+            ort_ms, torch_ms = [], []
+            for _ in range(3):  # the same protocol as adaptation.adaptation_rows
+                ort_ms += repeat_ms(lambda: model.adapt_arrays(x, sy, classes, steps=steps), 5, warmup=1)
+                torch_ms += repeat_ms(lambda: torch_adapt(x, sy, ways, steps), 5, warmup=1)
+            rows.append({"adapt": "full", "ways": ways, "shots": shots, "steps": steps,
+                         "runtime_ms": median(ort_ms), "torch_ms": median(torch_ms)})
+    return {"training": training.run(iterations=iterations), "adaptation": rows}
+
+
+def run(rev: str = BEFORE, iterations: int = 6) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", rev, "fastadapt"], cwd=REPO, check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        code = (f"import json; from benchmarks.before import measure; "
+                f"print('RESULT ' + json.dumps(measure({tmp!r}, {iterations})))")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([tmp, str(REPO)]))
+        # run from tmp: "python -c" puts the working folder first on sys.path, ahead of PYTHONPATH
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"the benchmark of {rev} failed: {done.stderr[-800:]}")
+        result = json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")))
+    return {"rev": rev, **result}
