@@ -83,6 +83,15 @@ def runtime_model(model_path: str, threads: int):
     return fastadapt.load(model_path)
 
 
+def time_side_by_side(runtime_fn, torch_fn, repeats: int = 15) -> tuple:
+    """Median ms of each; interleaved rounds of consecutive calls, so drift on a shared machine hits both."""
+    runtime_ms, torch_ms = [], []
+    for _ in range(3):
+        runtime_ms += repeat_ms(runtime_fn, repeats // 3 or 1, warmup=1)
+        torch_ms += repeat_ms(torch_fn, repeats // 3 or 1, warmup=1)
+    return median(runtime_ms), median(torch_ms)
+
+
 def adaptation_rows(data: str, threads: int, repeats: int = 15) -> list:
     from fastadapt.images import to_float
 
@@ -96,13 +105,9 @@ def adaptation_rows(data: str, threads: int, repeats: int = 15) -> list:
             for steps in STEPS:
                 ort_fn = lambda: model.adapt_arrays(images, sy, classes, steps=steps)  # noqa: E731
                 torch_fn = lambda: torch_adapt(images, sy, ways, steps)  # noqa: E731
-                ort_ms, torch_ms = [], []
-                for _ in range(3):  # interleaved rounds, so drift on a shared machine hits both
-                    ort_ms += repeat_ms(ort_fn, repeats // 3 or 1, warmup=1)
-                    torch_ms += repeat_ms(torch_fn, repeats // 3 or 1, warmup=1)
+                ort_ms, torch_ms = time_side_by_side(ort_fn, torch_fn, repeats)
                 rows.append({"adapt": kind, "ways": ways, "shots": shots, "steps": steps, "threads": threads,
-                             "runtime_ms": median(ort_ms), "torch_ms": median(torch_ms),
-                             "ratio": median(ort_ms) / median(torch_ms)})
+                             "runtime_ms": ort_ms, "torch_ms": torch_ms, "ratio": ort_ms / torch_ms})
                 print(rows[-1], flush=True)
     return rows
 

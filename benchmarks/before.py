@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 
-from .common import REPO, data_source, median, repeat_ms
+from .common import REPO, data_source
 
 BEFORE = "956070f"
 
@@ -36,12 +36,10 @@ def measure(old_root: str, iterations: int = 6) -> dict:
         sx, sy = adaptation.support_set(data, ways, shots)
         x, classes = to_float(sx, model.preprocess), [str(c) for c in range(ways)]
         for steps in adaptation.STEPS:
-            ort_ms, torch_ms = [], []
-            for _ in range(3):  # the same protocol as adaptation.adaptation_rows
-                ort_ms += repeat_ms(lambda: model.adapt_arrays(x, sy, classes, steps=steps), 5, warmup=1)
-                torch_ms += repeat_ms(lambda: torch_adapt(x, sy, ways, steps), 5, warmup=1)
+            ort_ms, torch_ms = adaptation.time_side_by_side(lambda: model.adapt_arrays(x, sy, classes, steps=steps),
+                                                            lambda: torch_adapt(x, sy, ways, steps))
             rows.append({"adapt": "full", "ways": ways, "shots": shots, "steps": steps,
-                         "runtime_ms": median(ort_ms), "torch_ms": median(torch_ms)})
+                         "runtime_ms": ort_ms, "torch_ms": torch_ms})
     return {"training": training.run(iterations=iterations), "adaptation": rows}
 
 

@@ -123,3 +123,14 @@ def glyphs(tmp_path_factory) -> dict:
     shots = save_folder({k: v[:3] for k, v in images.items()}, root / "shots")
     queries = save_folder({k: v[3:] for k, v in images.items()}, root / "queries")
     return {"shots": shots, "queries": queries, "images": images}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: intra-op threads only add synchronisation (10x slower on busy, shared cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

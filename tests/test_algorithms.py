@@ -403,15 +403,6 @@ def test_prototype_head_is_nearest_class_mean_before_any_step():
 
 # --------------------------------------------------------------------------- vectorised = per-task loop
 
-@pytest.fixture
-def one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation (10x slower on busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def conv_tasks(n, ways=3, shots=2, n_q=4, side=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     ys, yq = torch.arange(ways).repeat_interleave(shots), torch.arange(n_q) % ways

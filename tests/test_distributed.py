@@ -119,15 +119,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models: one torch thread is faster, and the CI machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     import torch.multiprocessing as mp

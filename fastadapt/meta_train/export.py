@@ -80,6 +80,10 @@ def _pool_quarters(x) -> list:
     return [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]
 
 
+def _window_max(quarters: list):
+    return torch.maximum(torch.maximum(quarters[0], quarters[1]), torch.maximum(quarters[2], quarters[3]))
+
+
 def _first_max_masks(quarters: list, values) -> list:
     """Per quarter, where it holds its window's maximum and no earlier quarter does (torch keeps the
     first maximum it meets, so ties go to the earliest position)."""
@@ -99,7 +103,7 @@ def _max_pool2d_with_indices(x, kernel_size, stride=(), padding=(0,), dilation=(
     # exporter ran it twice, with and without indices, then scattered the gradient back.
     _check_pool(kernel_size, stride, padding, dilation, ceil_mode)
     quarters = _pool_quarters(x)
-    values = torch.maximum(torch.maximum(quarters[0], quarters[1]), torch.maximum(quarters[2], quarters[3]))
+    values = _window_max(quarters)
     ho, wo, width = values.shape[2], values.shape[3], x.shape[3]
     base = (2 * width * torch.arange(ho, device=x.device)).reshape(ho, 1) + 2 * torch.arange(wo, device=x.device)
     offsets = (0, 1, width, width + 1)
@@ -114,7 +118,7 @@ def _max_pool2d_with_indices_backward(grad_out, x, kernel_size, stride, padding,
     n, c, h, w = x.shape
     ho, wo = grad_out.shape[2], grad_out.shape[3]
     quarters = _pool_quarters(x)
-    values = torch.maximum(torch.maximum(quarters[0], quarters[1]), torch.maximum(quarters[2], quarters[3]))
+    values = _window_max(quarters)
     g00, g01, g10, g11 = (grad_out * mask.to(grad_out.dtype) for mask in _first_max_masks(quarters, values))
     top = torch.stack([g00, g01], dim=-1).reshape(n, c, ho, 2 * wo)  # interleave the columns
     bottom = torch.stack([g10, g11], dim=-1).reshape(n, c, ho, 2 * wo)
