@@ -27,13 +27,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import FastadaptError
+from .outputs import write_atomic  # noqa: F401  (re-exported: older imports use fastadapt.bundle.write_atomic)
 
 FORMAT = "fastadapt-bundle"
 FORMAT_VERSION = 1
@@ -66,30 +66,6 @@ def params_from_bytes(data: bytes, where: str) -> dict:
             return {k: npz[k] for k in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise FastadaptError(f"{where}: params.npz is corrupt ({exc}); re-export the bundle") from None
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write all of ``data`` or nothing: a temp file in the same folder, then an atomic rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise FastadaptError(f"{path}: is a folder; give a file name to write")
-    if not os.path.isdir(folder):
-        raise FastadaptError(f"{path}: folder {folder} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions of a new file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_bundle(path: str, bundle: Bundle) -> None:

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..bundle import write_atomic
+from ..outputs import write_atomic
 from ..images import open_image
 
 THUMB = 112

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from ..bundle import write_atomic
+from ..outputs import write_atomic
 from ..errors import FastadaptError
 
 
