@@ -3,11 +3,14 @@
     python -m benchmarks                      # everything (time to accuracy: up to 5 x 12 min)
     python -m benchmarks --only adaptation    # one or more sections, comma-separated
     python -m benchmarks --threads 1
+    python -m benchmarks --only real,unknown  # accuracy on pictures from other packages; unknown detection
 
 Sections: training (vs higher), adaptation (runtime vs torch, end to end, prediction), footprint,
 time (time to 95% validation accuracy), before (training and adaptation on the code before the
-performance work, for the before/after table). Sections not run keep their previous results from
-results.json, so the table is always complete. Needs the training extra and `pip install higher`.
+performance work, for the before/after table), real (adaptation variants on image sets built from
+scikit-learn, scikit-image and matplotlib pictures and PIL drawings; needs the bench extra), unknown
+(unknown detection on Omniglot). Sections not run keep their previous results from results.json, so
+the table is always complete. The speed sections need the training extra and `pip install higher`.
 Speed is never asserted: these are measurements, not tests.
 """
 
@@ -21,7 +24,7 @@ import platform
 from .common import REPO, machine
 from .report import render
 
-SECTIONS = ("training", "adaptation", "footprint", "time", "before")
+SECTIONS = ("training", "adaptation", "footprint", "time", "before", "real", "unknown")
 OUT = REPO / "benchmarks"
 
 
@@ -31,6 +34,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for the latency sections")
     parser.add_argument("--iterations", type=int, default=6, help="meta-iterations per training measurement")
     parser.add_argument("--minutes", type=float, default=12.0, help="time-to-accuracy budget per run")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per image set of the real section")
+    parser.add_argument("--tasks", type=int, default=200, help="tasks of the unknown section (at most 4 minutes)")
     args = parser.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(chosen) - set(SECTIONS)
@@ -40,7 +45,11 @@ def main() -> None:
     results_path = OUT / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     import onnxruntime
-    import torch
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:  # the real and unknown sections run on the runtime alone
+        torch_version = "not installed"
 
     for section in chosen:
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -56,10 +65,16 @@ def main() -> None:
         elif section == "time":
             from . import time_to_accuracy
             data = time_to_accuracy.run(minutes=args.minutes)
-        else:
+        elif section == "before":
             from . import before
             data = before.run(iterations=args.iterations)
-        data["measured"] = {"at": started, "machine": machine(), "torch": torch.__version__,
+        elif section == "real":
+            from . import real
+            data = real.run(episodes=args.episodes)
+        else:
+            from . import unknown
+            data = unknown.run(tasks=args.tasks)
+        data["measured"] = {"at": started, "machine": machine(), "torch": torch_version,
                             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
         results[section] = data
         tmp = results_path.with_suffix(".tmp")
