@@ -13,12 +13,17 @@ Members
   params.npz     the parameters (allow_pickle=False): meta-initialisation, or adapted weights with
                  the head filled in (kind "adapted")
   manifest.sha256  hex SHA-256 of manifest.json (the manifest holds the SHA-256 of the other members)
+  signature.ed25519  optional (``fastadapt sign``): Ed25519 signatures over that SHA-256, see signing.py
 
 Manifest keys
   format ("fastadapt-bundle"), format_version, kind ("meta" | "adapted"), architecture,
   preprocess (images.Preprocess.to_dict), parameters (ordered names), inner_loop (steps, lr, adapt,
   loss, head_init, adapted), classes (adapted bundles: label names in head-row order), provenance,
-  evaluation (list of results), members ({name: sha256}).
+  evaluation (list of results), members ({name: sha256}). manifest.validate_manifest checks them.
+
+Reading is bounded by the format, not by the machine: each member's size is checked against
+MEMBER_LIMITS before it is read and again while reading, and every .npy header in params.npz is
+checked (dtype, shape, size) before its array is allocated.
 """
 
 from __future__ import annotations
@@ -26,19 +31,37 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
+import stat
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import signing
 from .errors import FastadaptError
+from .manifest import FORMAT, FORMAT_VERSION, MAX_MANIFEST_BYTES, MAX_PARAMETERS, MEMBERS, printable, \
+    validate_manifest
 from .outputs import write_atomic  # noqa: F401  (re-exported: older imports use fastadapt.bundle.write_atomic)
 
-FORMAT = "fastadapt-bundle"
-FORMAT_VERSION = 1
-MEMBERS = ("forward.onnx", "step.onnx", "params.npz")
+__all__ = ["Bundle", "read_bundle", "save_bundle", "FORMAT", "FORMAT_VERSION", "MEMBERS", "MEMBER_LIMITS"]
+
 MANIFEST_CHECKSUM = "manifest.sha256"  # SHA-256 of manifest.json, so an edited manifest is caught too
+MiB = 1 << 20
+# Most bytes each member may hold. The shipped width-64 Conv4 needs 43 KB (forward.onnx), 478 KB
+# (step.onnx) and 452 KB (params.npz): 256 MiB leaves room for models several hundred times larger,
+# while a crafted bundle (a "zip bomb" declaring gigabytes) is refused before anything is allocated.
+MEMBER_LIMITS = {"manifest.json": MAX_MANIFEST_BYTES, MANIFEST_CHECKSUM: 1024, signing.SIGNATURES: 64 * 1024,
+                 "forward.onnx": 256 * MiB, "step.onnx": 256 * MiB, "params.npz": 256 * MiB}
+READ_PIECE = 1 << 20  # bytes decompressed at a time
+MAX_MEMBERS = 64  # zip entries; a bundle has 5 or 6
+MAX_DIMS = 4  # a parameter's dimensions (conv weights have 4)
+# What a damaged or crafted zip can raise from the zipfile/zlib/struct internals
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, struct.error, NotImplementedError,
+              RuntimeError, ValueError, OverflowError, OSError, IndexError, KeyError)
 
 
 @dataclass
@@ -48,6 +71,7 @@ class Bundle:
     step_onnx: bytes
     params: dict  # name -> np.ndarray (float32)
     path: str | None = None
+    signed_by: str | None = None  # hex public key whose signature was verified (when trusted keys were required)
 
 
 def sha256(data: bytes) -> str:
@@ -60,12 +84,52 @@ def params_to_bytes(params: dict) -> bytes:
     return buffer.getvalue()
 
 
+def _read_array(f, size: int, name: str) -> np.ndarray:
+    """One .npy member: header first (dtype, shape, size checked), then exactly its bytes."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"{name}: unsupported .npy version {version}")
+    if dtype.kind != "f" or dtype.itemsize != 4 or dtype.fields is not None or dtype.subdtype is not None:
+        raise ValueError(f"{name} has dtype {dtype}, not float32")
+    if len(shape) > MAX_DIMS:
+        raise ValueError(f"{name} has {len(shape)} dimensions (at most {MAX_DIMS})")
+    nbytes = math.prod(shape) * 4
+    if nbytes != size - f.tell():  # also bounds it: size was checked against the member limit
+        raise ValueError(f"{name} declares shape {shape} ({nbytes:,} bytes) but holds {size - f.tell():,}")
+    data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError(f"{name} is truncated")
+    array = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+    array = np.array(array, dtype=np.float32, order="C")  # a writable, native-order copy, as np.load gives
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return array
+
+
 def params_from_bytes(data: bytes, where: str) -> dict:
+    """params.npz -> {name: float32 array}, without pickle and without trusting any declared size."""
+    where = printable(where)
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise FastadaptError(f"{where}: params.npz is corrupt ({exc}); re-export the bundle") from None
+        with zipfile.ZipFile(io.BytesIO(data)) as npz:
+            infos = npz.infolist()
+            if len(infos) > MAX_PARAMETERS:
+                raise ValueError(f"{len(infos)} arrays (at most {MAX_PARAMETERS})")
+            if sum(i.file_size for i in infos) > MEMBER_LIMITS["params.npz"]:
+                raise ValueError(f"its arrays declare more than {MEMBER_LIMITS['params.npz']:,} bytes")
+            params = {}
+            for info in infos:
+                name = info.filename[:-4] if info.filename.endswith(".npy") else ""
+                if not name or name in params:
+                    raise ValueError(f"unexpected member '{printable(info.filename)[:80]}'")
+                with npz.open(info) as f:
+                    params[name] = _read_array(f, info.file_size, printable(name)[:80])
+            return params
+    except ZIP_ERRORS + (TypeError,) as exc:
+        raise FastadaptError(f"{where}: params.npz is corrupt ({printable(exc)[:200]}); re-export the bundle") from None
 
 
 def save_bundle(path: str, bundle: Bundle) -> None:
@@ -86,49 +150,127 @@ def save_bundle(path: str, bundle: Bundle) -> None:
     bundle.manifest = manifest
 
 
-def read_bundle(path: str) -> Bundle:
-    """Read and verify a bundle: format, version and the SHA-256 of every member."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FastadaptError(f"{path}: no such model file; pass a .fadapt bundle made by 'fastadapt export' or 'fastadapt adapt'")
-    if os.path.isdir(path):
-        raise FastadaptError(f"{path}: is a folder, not a .fadapt bundle (for a training run, use 'fastadapt export {path}')")
+def _open_regular(path) -> tuple:
+    """(path as str, open binary file) for a regular file; anything else is a one-line FastadaptError.
+
+    Opened without blocking and checked with fstat, so a FIFO or device named like a bundle is refused
+    instead of hanging the reader (and cannot be swapped in between a check and the open)."""
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        raise FastadaptError("a model is the path of a .fadapt file (str or pathlib.Path), not bytes")
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            if "manifest.json" not in names:
-                raise FastadaptError(f"{path}: not a fastadapt bundle (no manifest.json)")
-            manifest_bytes = archive.read("manifest.json")
-            if MANIFEST_CHECKSUM not in names or archive.read(MANIFEST_CHECKSUM).decode().strip() != sha256(manifest_bytes):
-                raise FastadaptError(f"{path}: checksum mismatch in manifest.json; the bundle is corrupt or was "
+        path = os.fspath(path)
+    except TypeError:
+        raise FastadaptError(f"a model is the path of a .fadapt file (str or pathlib.Path), got "
+                             f"{type(path).__name__}") from None
+    if not isinstance(path, str) or not path:
+        raise FastadaptError("a model is the path of a .fadapt file; got an empty or non-text path")
+    where = printable(path)
+    if not os.path.exists(path):
+        raise FastadaptError(f"{where}: no such model file; pass a .fadapt bundle made by 'fastadapt export' or 'fastadapt adapt'")
+    if os.path.isdir(path):
+        raise FastadaptError(f"{where}: is a folder, not a .fadapt bundle (for a training run, use 'fastadapt export {where}')")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except (OSError, ValueError) as exc:
+        raise FastadaptError(f"{where}: cannot open the model file ({getattr(exc, 'strerror', None) or exc}); "
+                             f"check its permissions") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FastadaptError(f"{where}: is not a regular file (a FIFO, device or socket); pass a .fadapt bundle file")
+    return path, os.fdopen(fd, "rb")
+
+
+def _read_member(archive: zipfile.ZipFile, infos: dict, name: str, where: str) -> bytes:
+    """A member's bytes, refusing before reading when it declares more than its limit, and stopping
+    once the limit is passed (zipfile also stops at the declared size, whose CRC then fails)."""
+    info = infos.get(name)
+    if info is None:
+        raise FastadaptError(f"{where}: member {name} is missing; the bundle is truncated, re-export it")
+    limit = MEMBER_LIMITS[name]
+    if info.file_size > limit:
+        raise FastadaptError(f"{where}: member {name} declares {info.file_size:,} bytes, more than a bundle may "
+                             f"hold ({limit:,}); refused as damaged or crafted (a zip bomb), re-export it")
+    chunks, total = [], 0
+    with archive.open(info) as f:
+        # in pieces, so even a member whose declared size lies never inflates more than a piece at once
+        while chunk := f.read(min(READ_PIECE, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise FastadaptError(f"{where}: member {name} holds more than {limit:,} bytes; refused, re-export it")
+    return b"".join(chunks)
+
+
+def _parse_manifest(data: bytes, where: str):
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FastadaptError(f"{where}: manifest.json is not UTF-8 text; the bundle is corrupt, re-export it") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise FastadaptError(f"{where}: manifest.json is nested too deeply; the bundle is corrupt, re-export it") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
+        raise FastadaptError(f"{where}: manifest.json is not valid JSON ({printable(exc)[:120]}); the bundle is "
+                             f"corrupt, re-export it") from None
+
+
+def read_bundle(path, trusted_keys=None, check_trust: bool = True) -> Bundle:
+    """Read and verify a bundle: format, version, manifest fields, sizes, the SHA-256 of every member
+    and the parameters' shapes. ``trusted_keys`` (hex Ed25519 public keys), with those in the
+    FASTADAPT_TRUSTED_KEYS environment variable: when any are given, a valid signature by one of
+    them is required (``check_trust=False`` skips that, for ``fastadapt sign``)."""
+    path, file = _open_regular(path)
+    where = printable(path)
+    keys = signing.trusted_keys(trusted_keys) if check_trust else set()
+    try:
+        with file, zipfile.ZipFile(file) as archive:
+            infos = {}
+            for info in archive.infolist()[:MAX_MEMBERS + 1]:
+                if info.filename in infos:
+                    raise FastadaptError(f"{where}: member {printable(info.filename)[:80]} appears twice; refused as "
+                                         f"crafted, re-export the bundle")
+                infos[info.filename] = info
+            if len(infos) > MAX_MEMBERS:
+                raise FastadaptError(f"{where}: more than {MAX_MEMBERS} members; not a fastadapt bundle")
+            if "manifest.json" not in infos:
+                raise FastadaptError(f"{where}: not a fastadapt bundle (no manifest.json)")
+            manifest_bytes = _read_member(archive, infos, "manifest.json", where)
+            if MANIFEST_CHECKSUM not in infos or \
+                    _read_member(archive, infos, MANIFEST_CHECKSUM, where).strip() != sha256(manifest_bytes).encode():
+                raise FastadaptError(f"{where}: checksum mismatch in manifest.json; the bundle is corrupt or was "
                                      f"modified, re-export or re-download it")
-            manifest = json.loads(manifest_bytes)
-            if manifest.get("format") != FORMAT:
-                raise FastadaptError(f"{path}: not a fastadapt bundle (format '{manifest.get('format')}')")
-            version = manifest.get("format_version")
-            if not isinstance(version, int) or version > FORMAT_VERSION:
-                raise FastadaptError(f"{path}: bundle format version {version} is newer than this fastadapt "
-                                     f"reads ({FORMAT_VERSION}); upgrade with 'pip install -U fastadapt'")
+            signatures = _read_member(archive, infos, signing.SIGNATURES, where) if signing.SIGNATURES in infos else None
+            signed_by = signing.check(manifest_bytes, signatures, keys, where) if keys else None
+            manifest = validate_manifest(_parse_manifest(manifest_bytes, where), where)
             data = {}
             for name in MEMBERS:
-                if name not in names:
-                    raise FastadaptError(f"{path}: member {name} is missing; the bundle is truncated, re-export it")
-                data[name] = archive.read(name)
-                expected = manifest.get("members", {}).get(name)
-                if sha256(data[name]) != expected:
-                    raise FastadaptError(f"{path}: checksum mismatch in {name}; the bundle is corrupt or was "
+                data[name] = _read_member(archive, infos, name, where)
+                if sha256(data[name]) != manifest["members"][name]:
+                    raise FastadaptError(f"{where}: checksum mismatch in {name}; the bundle is corrupt or was "
                                          f"modified, re-export or re-download it")
-    except (zipfile.BadZipFile, EOFError, zlib_error()) as exc:
-        raise FastadaptError(f"{path}: not a readable bundle ({exc.__class__.__name__}: truncated or not a zip); re-export it") from None
-    except json.JSONDecodeError:
-        raise FastadaptError(f"{path}: manifest.json is not valid JSON; the bundle is corrupt") from None
+    except ZIP_ERRORS as exc:
+        raise FastadaptError(f"{where}: not a readable bundle ({exc.__class__.__name__}: truncated, damaged or "
+                             f"not a zip); re-export it") from None
     params = params_from_bytes(data["params.npz"], path)
-    if list(params) != list(manifest.get("parameters", [])):
-        raise FastadaptError(f"{path}: params.npz does not match the manifest's parameter list; re-export it")
-    return Bundle(manifest, data["forward.onnx"], data["step.onnx"], params, path)
+    _check_params(params, manifest, where)
+    return Bundle(manifest, data["forward.onnx"], data["step.onnx"], params, path, signed_by)
 
 
-def zlib_error():
-    import zlib
-
-    return zlib.error
+def _check_params(params: dict, manifest: dict, where: str) -> None:
+    """The parameters agree with the manifest: same names in order, a consistent head."""
+    if list(params) != manifest["parameters"]:
+        raise FastadaptError(f"{where}: params.npz does not match the manifest's parameter list; re-export it")
+    if "head.weight" not in params and "head.bias" not in params:
+        return
+    weight, bias = params.get("head.weight"), params.get("head.bias")
+    if weight is None or bias is None or weight.ndim != 2 or bias.shape != weight.shape[:1]:
+        raise FastadaptError(f"{where}: params.npz has an inconsistent head (head.weight "
+                             f"{getattr(weight, 'shape', None)}, head.bias {getattr(bias, 'shape', None)}); re-export it")
+    dim = (manifest.get("architecture") or {}).get("feature_dim")
+    if dim is not None and weight.shape[1] != dim:
+        raise FastadaptError(f"{where}: head.weight has {weight.shape[1]} columns but the architecture's feature_dim "
+                             f"is {dim}; re-export it")
+    if manifest.get("kind") == "adapted" and weight.shape[0] != len(manifest["classes"]):
+        raise FastadaptError(f"{where}: adapted bundle has {len(manifest['classes'])} class names for "
+                             f"{weight.shape[0]} head rows; re-run 'fastadapt adapt'")

@@ -9,17 +9,54 @@ from typing import Optional
 
 import typer
 
+from ..errors import FastadaptError
+from ..manifest import printable
 from . import app
 
 
-def _fmt(value) -> str:
+MAX_SHOWN = 2000  # characters of one free-form value (provenance, evaluation) on one line
+
+
+def _fmt(value, depth: int = 0) -> str:
+    """One line for a JSON value from the manifest, escaped for the terminal and cut to MAX_SHOWN."""
     if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return " ".join(_fmt(v) for v in value) if len(value) <= 8 else f"{len(value)} items"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-    return str(value)
+        text = f"{value:g}"
+    elif isinstance(value, (list, tuple)):
+        text = " ".join(_fmt(v, depth + 1) for v in value) if len(value) <= 8 else f"{len(value)} items"
+    elif isinstance(value, dict):
+        text = ", ".join(f"{printable(k)}={_fmt(v, depth + 1)}" for k, v in list(value.items())[:40]) if depth < 4 \
+            else f"{{{len(value)} keys}}"
+    else:
+        text = printable(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
+
+
+def _number(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+
+
+def _signature(path: str, bundle) -> str | None:
+    """'signed by KEY (valid)' lines for the signature member, verified here whatever the trusted keys."""
+    import zipfile
+
+    from .. import signing
+
+    if bundle.signed_by:
+        return f"verified: signed by trusted key {bundle.signed_by}"
+    with zipfile.ZipFile(path) as archive:
+        if signing.SIGNATURES not in archive.namelist():
+            return None
+        info = archive.getinfo(signing.SIGNATURES)
+        if info.file_size > 64 * 1024:
+            return "malformed signature member"
+        data, manifest = archive.read(info), archive.read("manifest.json")
+    try:
+        found = signing.parse_signatures(data, path)
+    except FastadaptError:
+        return "malformed signature member"
+    message = signing.bundle_message(manifest)
+    return "; ".join(f"{key} ({'valid' if signing.verify(bytes.fromhex(key), message, sig) else 'INVALID'})"
+                     for key, sig in found) or None
 
 
 @app.command(rich_help_panel="On the device")
@@ -30,7 +67,8 @@ def info(
 ) -> None:
     """Describe a bundle: kind, architecture, preprocessing, inner-loop recipe, classes, provenance, evaluation.
 
-    The bundle is fully verified (format version and SHA-256 of every member) before anything is shown.
+    The bundle is fully verified (format version, manifest fields and SHA-256 of every member) before
+    anything is shown; text from the bundle is printed with control characters escaped.
     """
     from ..bundle import read_bundle
     from ..runtime.loading import default_model_path
@@ -40,11 +78,11 @@ def info(
     bundle = read_bundle(str(model))
     m = bundle.manifest
     if as_json:
-        print(json.dumps(m, indent=2))
+        print(json.dumps(m, indent=2))  # JSON escapes control characters itself
         return
     size = os.path.getsize(model)
     count = sum(int(v.size) for v in bundle.params.values())
-    print(f"{model}  ({m.get('kind', 'meta')} bundle, format {m.get('format_version')}, {size / 1e6:.2f} MB, "
+    print(f"{printable(model)}  ({m.get('kind', 'meta')} bundle, format {m.get('format_version')}, {size / 1e6:.2f} MB, "
           f"{count:,} parameters)")
     arch = dict(m.get("architecture") or {})
     if arch.get("name") == "conv4":
@@ -55,41 +93,47 @@ def info(
         recipe["adapted"] = f"{len(adapted)} tensors" if recipe.get("adapt") == "all" else " ".join(adapted)
     rows = [("architecture", arch), ("preprocess", m.get("preprocess")), ("inner loop", recipe)]
     if m.get("kind") == "adapted":
-        classes = m.get("classes", [])
+        classes = m.get("classes") or []
         shown = ", ".join(classes[:20]) + (f", ... ({len(classes)} in all)" if len(classes) > 20 else "")
         rows.append(("classes", f"{len(classes)}: {shown}"))
         a = m.get("adaptation") or {}
         if a:
-            rows.append(("adapted", f"{a.get('steps')} steps at lr {a.get('lr')} on "
+            rows.append(("adapted", f"{_fmt(a.get('steps'))} steps at lr {_fmt(a.get('lr'))} on "
                                     f"{sum((a.get('shots_per_class') or {}).values())} images from "
-                                    f"{(a.get('from') or {}).get('path')} ({a.get('created')})"))
+                                    f"{_fmt((a.get('from') or {}).get('path'))} ({_fmt(a.get('created'))})"))
     for key, value in (m.get("provenance") or {}).items():
         rows.append((f"provenance.{key}", value))
     check = m.get("verification")
     if isinstance(check, dict) and "max_abs_diff" in check:
-        rows.append(("verification", f"onnxruntime vs torch: max |difference| {check['max_abs_diff']:.1e} after "
-                                     f"{check.get('steps')} SGD steps on a sample task (at export)"))
+        rows.append(("verification", f"onnxruntime vs torch: max |difference| {_number(check['max_abs_diff'], '.1e')} "
+                                     f"after {_fmt(check.get('steps'))} SGD steps on a sample task (at export)"))
+    signature = _signature(str(model), bundle)
+    if signature:
+        rows.append(("signature", signature))
     for name, value in m.items():
         if name not in {"format", "format_version", "kind", "architecture", "preprocess", "inner_loop", "classes",
                         "adaptation", "provenance", "evaluation", "parameters", "members", "verification"} \
                 and value is not None:
             rows.append((name, value))
+    rows = [(printable(key)[:60], value) for key, value in rows]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        print(f"  {key:<{width}}  {_fmt(value) if not isinstance(value, str) else value}")
+        print(f"  {key:<{width}}  {_fmt(value)}")
     evaluations = m.get("evaluation") or []
     if isinstance(evaluations, dict):
         evaluations = [evaluations]
     if evaluations:
         print("  evaluation")
-    for e in evaluations:
-        if "accuracy_pct" in e:
-            what = ", ".join(f"{k} {e[k]}" for k in ("ways", "shots", "query", "steps", "tasks", "data", "protocol")
+    for e in evaluations[:50]:
+        if e.get("accuracy_pct") is not None:
+            what = ", ".join(f"{k} {_fmt(e[k])}" for k in ("ways", "shots", "query", "steps", "tasks", "data", "protocol")
                              if k in e and e[k] is not None)
             if "evaluated_with" in e:
-                what += f", with {e['evaluated_with']}"
+                what += f", with {_fmt(e['evaluated_with'])}"
             if "adapt_ms_median" in e:
-                what += f", adaptation {e['adapt_ms_median']} ms/task"
-            print(f"    {e['accuracy_pct']:.2f}% ± {e.get('ci95_pct', float('nan')):.2f}  ({what})")
+                what += f", adaptation {_fmt(e['adapt_ms_median'])} ms/task"
+            print(f"    {_number(e['accuracy_pct'], '.2f')}% ± {_number(e.get('ci95_pct'), '.2f')}  ({what})")
         else:
             print(f"    {_fmt({k: v for k, v in e.items() if k != 'per_task_accuracy'})}")
+    if len(evaluations) > 50:
+        print(f"    ... ({len(evaluations)} in all)")

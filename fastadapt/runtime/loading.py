@@ -6,6 +6,7 @@ import os
 
 from ..bundle import read_bundle
 from ..errors import FastadaptError
+from .head import HEAD
 from .model import AdaptedModel, Model
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "default.fadapt")
@@ -18,20 +19,39 @@ def default_model_path() -> str:
     return DEFAULT_MODEL
 
 
-def load(path: str | os.PathLike | None = None):
-    """Read and verify a bundle. No path: the shipped default meta-initialisation."""
-    path = default_model_path() if path is None else os.fspath(path)
-    bundle = read_bundle(path)
-    kind = bundle.manifest.get("kind", "meta")
-    if kind == "meta":
-        return Model(bundle)
-    if kind == "adapted":
-        return AdaptedModel(bundle)
-    raise FastadaptError(f"{path}: unknown bundle kind '{kind}'; upgrade fastadapt ('pip install -U fastadapt')")
+def load(path: str | os.PathLike | None = None, trusted_keys=None):
+    """Read and verify a bundle. No path: the shipped default meta-initialisation.
+
+    trusted_keys  hex Ed25519 public keys (``fastadapt keygen``); with those in FASTADAPT_TRUSTED_KEYS,
+                  when any are given the bundle must carry a valid signature by one of them.
+    """
+    bundle = read_bundle(default_model_path() if path is None else path, trusted_keys)
+    # read_bundle validated the manifest: kind is "meta" or "adapted"
+    model = AdaptedModel(bundle) if bundle.manifest.get("kind") == "adapted" else Model(bundle)
+    check_parameter_shapes(model)
+    return model
+
+
+def check_parameter_shapes(model) -> None:
+    """Every parameter forward.onnx takes is in params.npz with the shape the graph declares, so a
+    crafted or mismatched bundle is refused on load rather than failing inside onnxruntime later."""
+    where = model.path or "model"
+    for given in model.graphs._forward.get_inputs()[1:]:  # the first input is "images"
+        value = model.params.get(given.name)
+        if value is None:
+            if given.name in HEAD and model.recipe.get("head_init", "zero") != "learned":
+                continue  # built on the device for each task
+            raise FastadaptError(f"{where}: forward.onnx needs parameter '{given.name}' that params.npz lacks; "
+                                 f"re-export the bundle")
+        declared = list(given.shape)
+        if len(declared) != value.ndim or any(isinstance(d, int) and d != n for d, n in zip(declared, value.shape)):
+            shown = tuple(d if isinstance(d, int) else "?" for d in declared)
+            raise FastadaptError(f"{where}: parameter '{given.name}' has shape {tuple(value.shape)} but forward.onnx "
+                                 f"expects {shown}; the bundle's members do not belong together, re-export it")
 
 
 def adapt(shots, model: str | os.PathLike | None = None, steps: int | None = None, lr: float | None = None,
-          progress=None) -> AdaptedModel:
+          progress=None, trusted_keys=None) -> AdaptedModel:
     """One call: load a meta model (default: the shipped one) and adapt it to ``shots``."""
-    loaded = load(model)
+    loaded = load(model, trusted_keys)
     return loaded.adapt(shots, steps=steps, lr=lr, progress=progress)

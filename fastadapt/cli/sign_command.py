@@ -1,0 +1,61 @@
+"""``fastadapt keygen`` and ``fastadapt sign``: Ed25519 signatures for bundles (torch-free, see signing.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+
+PANEL = "Signing"
+
+
+@app.command(rich_help_panel=PANEL)
+def keygen(
+    out: Path = typer.Option(..., "--out", help="Where to write the new private key (mode 0600; never over an "
+                                                "existing file). The public key goes to OUT.pub.", show_default=False),
+) -> None:
+    """Make an Ed25519 key pair for signing bundles, and print the public key.
+
+    Keep the private key secret (only 'fastadapt sign' needs it). Give devices the public key:
+    fastadapt.load(path, trusted_keys=["HEX"]) or FASTADAPT_TRUSTED_KEYS=HEX.
+
+    Example: fastadapt keygen --out signing.key && fastadapt sign model.fadapt --key signing.key
+    """
+    from ..outputs import write_atomic
+    from ..signing import write_private_key
+
+    public = write_private_key(str(out)).hex()
+    write_atomic(f"{out}.pub", (public + "\n").encode())
+    print(f"wrote private key {out} (keep it secret) and public key {out}.pub")
+    print(f"public key: {public}")
+    print(f"devices trust it with FASTADAPT_TRUSTED_KEYS={public}")
+
+
+@app.command(rich_help_panel=PANEL)
+def sign(
+    model: Path = typer.Argument(..., help="The .fadapt bundle to sign (meta or adapted).", show_default=False),
+    key: Path = typer.Option(..., "--key", help="The private key made by 'fastadapt keygen'.", show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the signed bundle here. Default: sign MODEL in "
+                                                           "place (atomically)."),
+) -> None:
+    """Sign a bundle, so devices that require a trusted key accept it (and refuse it once edited).
+
+    The bundle is verified first; the signature covers the manifest's SHA-256, which covers every member.
+    Signing again with another key adds a second signature.
+
+    Example: fastadapt sign model.fadapt --key signing.key
+    """
+    from ..signing import read_private_key, sign_bundle
+
+    if out is not None:
+        from . import check_out
+
+        check_out(out, example="signed.fadapt")
+    public = sign_bundle(str(model), read_private_key(str(key)), None if out is None else str(out))
+    print(f"signed {out if out is not None else model} with key {public}")
+    if out is not None and os.path.abspath(str(out)) != os.path.abspath(str(model)):
+        print(f"(the original {model} is unchanged and unsigned)")

@@ -1,0 +1,270 @@
+"""Validation of a bundle's manifest: every field the runtime uses, by type and range, before any use.
+
+A manifest comes from a file anyone may have crafted, so ``validate_manifest`` checks what the runtime
+reads (kind, preprocess, inner_loop, parameters, members, classes, and the few free-form fields that
+``fastadapt info`` and ``evaluate`` format) and bounds the rest (size, nesting). Limits come from the
+format, not from the machine: a bundle that passes cannot make the runtime allocate without bound or
+loop for ever. Keys this version does not know are allowed (newer exporters may add some).
+
+``printable`` makes any string from a bundle safe to print on a terminal (no escape sequences).
+
+Torch-free: part of the on-device runtime.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+
+from .errors import FastadaptError
+
+FORMAT = "fastadapt-bundle"
+FORMAT_VERSION = 1
+MEMBERS = ("forward.onnx", "step.onnx", "params.npz")
+HEAD = ("head.weight", "head.bias")
+
+# Limits. Each is far above what a real bundle needs and low enough that a crafted one stays cheap.
+MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB; the shipped default's manifest is 5 KB
+MAX_DEPTH = 32  # JSON nesting; the exporter writes 4 levels
+MAX_IMAGE_SIZE = 1024  # preprocess.size; memory per image grows with its square (Conv4 papers use 28..84)
+MIN_IMAGE_SIZE = 8  # as images.Preprocess
+MAX_STEPS = 1000  # inner_loop.steps; meta-trained recipes use 1..10, each step is a full pass of the graph
+MAX_LR = 1e6  # inner_loop.lr: finite and positive; beyond this, nothing sensible was meta-trained
+MAX_PARAMETERS = 1000  # tensors; a Conv4 has 16 + head
+MAX_NAME_CHARS = 256  # a parameter name
+MAX_CLASSES = 10_000  # adapted bundles: head rows
+MAX_LABEL_CHARS = 256  # a class name
+MAX_FEATURE_DIM = 1 << 20  # architecture.feature_dim (Conv4: 64 at 28x28, 1600 at 84x84)
+FITS = ("pad", "stretch", "crop")  # preprocess.fit (images.Preprocess), when present
+HEAD_INITS = ("zero", "prototype", "learned")
+KINDS = ("meta", "adapted")
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class _Invalid(Exception):
+    """One field's problem; turned into a FastadaptError naming the bundle."""
+
+
+def printable(text) -> str:
+    """``text`` (or str(text)) with control and invisible formatting characters escaped (\\x1b, \\n, \\u202e),
+    so a string from a bundle cannot move the cursor, recolour or rewrite the terminal."""
+    text = text if isinstance(text, str) else str(text)
+    out = []
+    for char in text:
+        # Cc: C0/C1 controls (ESC, CR, ...); Cf: invisible format characters such as bidi overrides
+        # (ZWJ excepted: it joins emoji); Zl/Zp: line and paragraph separators; Cs: lone surrogates.
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs") and char != "\u200d":
+            code = ord(char)
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char) or
+                       (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _show(value) -> str:
+    """A short, printable rendering of a bad value for an error message."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001  (a value from JSON always has a repr; be safe anyway)
+        text = f"<{type(value).__name__}>"
+    text = printable(text)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """A finite int or float (not bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _need(ok: bool, field: str, what: str, value) -> None:
+    if not ok:
+        raise _Invalid(f"manifest field {field} must be {what}, got {_show(value)}")
+
+
+def _depth(value, limit: int) -> int:
+    """Nesting depth of a JSON value, stopping once it passes ``limit``."""
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _optional_dict(manifest: dict, key: str) -> dict:
+    value = manifest.get(key)
+    _need(value is None or isinstance(value, dict), key, "an object or null", value)
+    return value or {}
+
+
+def _check_version(manifest: dict) -> None:
+    _need(manifest.get("format") == FORMAT, "format", f"'{FORMAT}' (this is not a fastadapt bundle)",
+          manifest.get("format"))
+    version = manifest.get("format_version")
+    _need(_is_int(version) and version >= 1, "format_version", "a whole number >= 1", version)
+    if version > FORMAT_VERSION:
+        raise FastadaptError(f"bundle format version {version} is newer than this fastadapt reads "
+                             f"({FORMAT_VERSION}); upgrade with 'pip install -U fastadapt'")
+
+
+def _check_preprocess(manifest: dict) -> None:
+    pre = manifest.get("preprocess")
+    _need(isinstance(pre, dict), "preprocess", "an object", pre)
+    size, channels = pre.get("size"), pre.get("channels")
+    _need(_is_int(size) and MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE, "preprocess.size",
+          f"a whole number {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}", size)
+    _need(channels in (1, 3) and _is_int(channels), "preprocess.channels", "1 or 3", channels)
+    _need(isinstance(pre.get("invert"), bool), "preprocess.invert", "true or false", pre.get("invert"))
+    for key in ("mean", "std"):
+        values = pre.get(key)
+        _need(isinstance(values, list) and len(values) in (1, channels) and all(map(_is_number, values)),
+              f"preprocess.{key}", f"a list of 1 or {channels} finite numbers", values)
+    _need(all(v > 0 for v in pre["std"]), "preprocess.std", "positive (images are divided by it)", pre["std"])
+    if "fit" in pre:
+        _need(pre["fit"] in FITS and isinstance(pre["fit"], str), "preprocess.fit", " or ".join(FITS), pre["fit"])
+    if "resize" in pre:
+        _need(isinstance(pre["resize"], str), "preprocess.resize", "a string", pre["resize"])
+    arch = manifest.get("architecture") or {}
+    # the graph's input shape is fixed at export: a preprocess that disagrees would only fail later
+    for key, arch_key in (("size", "image_size"), ("channels", "channels")):
+        if arch.get("name", "conv4") == "conv4" and arch_key in arch:
+            _need(arch[arch_key] == pre[key], f"preprocess.{key}", f"architecture.{arch_key} ({_show(arch[arch_key])})",
+                  pre[key])
+
+
+def _check_parameters(manifest: dict) -> list:
+    names = manifest.get("parameters")
+    _need(isinstance(names, list) and 1 <= len(names) <= MAX_PARAMETERS, "parameters",
+          f"a list of 1..{MAX_PARAMETERS} names", names if not isinstance(names, list) else f"{len(names)} items")
+    for name in names:
+        _need(isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS, "parameters",
+              f"names of 1..{MAX_NAME_CHARS} characters", name)
+    seen = set()
+    for name in names:
+        _need(name not in seen, "parameters", "unique names", name)
+        seen.add(name)
+    members = manifest.get("members")
+    _need(isinstance(members, dict), "members", "an object {member: sha256}", members)
+    for name in MEMBERS:
+        _need(isinstance(members.get(name), str) and _HEX64.fullmatch(members[name]) is not None,
+              f"members.{name}", "a SHA-256 in hex", members.get(name))
+    return names
+
+
+def _check_inner_loop(manifest: dict, names: list) -> None:
+    loop = manifest.get("inner_loop")
+    _need(isinstance(loop, dict), "inner_loop", "an object", loop)
+    steps, lr = loop.get("steps"), loop.get("lr")
+    _need(_is_int(steps) and 0 <= steps <= MAX_STEPS, "inner_loop.steps", f"a whole number 0..{MAX_STEPS}", steps)
+    _need(_is_number(lr) and 0 < lr <= MAX_LR, "inner_loop.lr", f"a finite number in (0, {MAX_LR:g}]", lr)
+    head_init = loop.get("head_init", "zero")
+    if head_init not in HEAD_INITS or not isinstance(head_init, str):
+        raise _Invalid(f"manifest field inner_loop.head_init must be one of {', '.join(HEAD_INITS)}, got "
+                       f"{_show(head_init)} (a newer fastadapt may know it: 'pip install -U fastadapt')")
+    for key, allowed in (("adapt", ("all", "head")), ("loss", ("cross_entropy", "mse"))):
+        if key in loop:
+            _need(isinstance(loop[key], str) and loop[key] in allowed, f"inner_loop.{key}", " or ".join(allowed),
+                  loop[key])
+    adapted = loop.get("adapted")
+    known = set(names) | set(HEAD)  # zero/prototype heads are built on the device, so not among the parameters
+    _need(isinstance(adapted, list) and len(adapted) <= len(known), "inner_loop.adapted", "a list of parameter names",
+          adapted if not isinstance(adapted, list) else f"{len(adapted)} items")
+    for name in adapted:
+        _need(isinstance(name, str) and name in known, "inner_loop.adapted", "names from 'parameters'", name)
+    if head_init == "learned" or manifest.get("kind") == "adapted":
+        _need(all(h in names for h in HEAD), "parameters", "to include head.weight and head.bias (head_init "
+              f"'{head_init}', kind '{manifest.get('kind')}')", [n for n in names if n.startswith("head")])
+
+
+def _check_classes(manifest: dict) -> None:
+    classes = manifest.get("classes")
+    if manifest.get("kind") != "adapted":
+        _need(classes is None or isinstance(classes, list), "classes", "null or a list", classes)
+        return
+    _need(isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES, "classes",
+          f"a list of 2..{MAX_CLASSES} class names", classes if not isinstance(classes, list) else f"{len(classes)} items")
+    for label in classes:
+        _need(isinstance(label, str) and 0 < len(label) <= MAX_LABEL_CHARS, "classes",
+              f"names of 1..{MAX_LABEL_CHARS} characters", label)
+    seen = set()
+    for label in classes:
+        _need(label not in seen, "classes", "unique names", label)
+        seen.add(label)
+
+
+def _check_free_form(manifest: dict) -> None:
+    """Fields that are mostly free-form but read by info, evaluate or the CLI: the types they rely on."""
+    arch = _optional_dict(manifest, "architecture")
+    if "feature_dim" in arch and arch["feature_dim"] is not None:
+        _need(_is_int(arch["feature_dim"]) and 1 <= arch["feature_dim"] <= MAX_FEATURE_DIM,
+              "architecture.feature_dim", f"a whole number 1..{MAX_FEATURE_DIM}", arch["feature_dim"])
+    provenance = _optional_dict(manifest, "provenance")
+    config = provenance.get("config") if isinstance(provenance.get("config"), dict) else provenance
+    for key in ("seed", "val_classes"):  # evaluate re-creates the training split from them
+        if key in config:
+            _need(_is_int(config[key]) and 0 <= config[key] < 2**32, f"provenance.config.{key}",
+                  "a whole number 0..2**32-1", config[key])
+    evaluation = manifest.get("evaluation")
+    rows = [evaluation] if isinstance(evaluation, dict) else evaluation
+    _need(rows is None or isinstance(rows, list) and all(isinstance(r, dict) for r in rows), "evaluation",
+          "a list of objects", evaluation)
+    for row in rows or ():
+        for key in ("accuracy_pct", "ci95_pct", "adapt_ms_median"):
+            if row.get(key) is not None:
+                _need(_is_number(row[key]), f"evaluation.{key}", "a finite number", row[key])
+    verification = _optional_dict(manifest, "verification")
+    if "max_abs_diff" in verification:
+        _need(_is_number(verification["max_abs_diff"]), "verification.max_abs_diff", "a finite number",
+              verification["max_abs_diff"])
+    adaptation = _optional_dict(manifest, "adaptation")
+    for key in ("from", "shots_per_class"):
+        _need(adaptation.get(key) is None or isinstance(adaptation[key], dict), f"adaptation.{key}",
+              "an object or null", adaptation.get(key))
+    counts = adaptation.get("shots_per_class") or {}
+    _need(all(_is_int(n) and n >= 0 for n in counts.values()), "adaptation.shots_per_class",
+          "whole numbers", list(counts.values())[:3])
+    unknown = _optional_dict(manifest, "unknown")
+    if unknown.get("threshold") is not None:
+        _need(_is_number(unknown["threshold"]), "unknown.threshold", "a finite number", unknown["threshold"])
+
+
+def validate_manifest(manifest, where: str) -> dict:
+    """``manifest`` if every field the runtime uses has the right type and range, else a one-line
+    FastadaptError naming ``where`` (the bundle), the field and the fix."""
+    try:
+        if not isinstance(manifest, dict):
+            raise _Invalid(f"manifest.json must hold an object, got {type(manifest).__name__}")
+        if _depth(manifest, MAX_DEPTH) > MAX_DEPTH:
+            raise _Invalid(f"manifest.json is nested deeper than {MAX_DEPTH} levels")
+        _check_version(manifest)
+        kind = manifest.get("kind", "meta")
+        _need(isinstance(kind, str), "kind", "'meta' or 'adapted'", kind)
+        if kind not in KINDS:
+            raise FastadaptError(f"unknown bundle kind {_show(kind)}; a newer fastadapt may read it "
+                                 f"('pip install -U fastadapt')")
+        _check_free_form(manifest)
+        _check_preprocess(manifest)
+        names = _check_parameters(manifest)
+        _check_inner_loop(manifest, names)
+        _check_classes(manifest)
+    except _Invalid as exc:
+        raise FastadaptError(f"{printable(where)}: {exc}; the bundle is damaged or was not made by "
+                             f"'fastadapt export'/'fastadapt adapt', re-export it") from None
+    except FastadaptError as exc:
+        raise FastadaptError(f"{printable(where)}: {exc}") from None
+    return manifest
