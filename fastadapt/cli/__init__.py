@@ -31,7 +31,7 @@ def check_out(out, flag: str = "--out", example: str = "adapted.fadapt") -> None
         raise FastadaptError(f"{flag} {out}: folder {folder} does not exist; create it first")
 
 
-from . import demo_command, info_command, runtime_commands, train_commands  # noqa: E402,F401  (register commands)
+from . import demo_command, info_command, runtime_commands, sign_command, train_commands  # noqa: E402,F401  (register commands)
 
 
 def main() -> None:
