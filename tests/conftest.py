@@ -3,7 +3,8 @@
 Bundles come from the real exporter (``fastadapt.meta_train.export.export_bundle``) on a random,
 seeded width-16 Conv4 with InnerLoop(steps=3, lr=0.4). Exporting takes ~20 s, so the result is kept
 in pytest's cache (.pytest_cache), keyed by the sources that shape it and the torch version;
-``pytest --cache-clear`` rebuilds it.
+``pytest --cache-clear`` rebuilds it (with the cache plugin off, ``-p no:cacheprovider``, it is
+built once per session in a temporary folder).
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ def bundles(request, tmp_path_factory) -> dict:
     """{"zero": path, "prototype": path} of meta bundles (kind "meta"), shared by the session."""
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    cache = request.config.cache.mkdir("fastadapt-bundles")
-    folder = os.path.join(str(cache), _cache_key())
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider: export once per session
+    root = cache.mkdir("fastadapt-bundles") if cache is not None else tmp_path_factory.mktemp("bundle-cache")
+    folder = os.path.join(str(root), _cache_key())
     if not os.path.exists(os.path.join(folder, "prototype.fadapt")):
         os.makedirs(folder, exist_ok=True)
         _export(folder)

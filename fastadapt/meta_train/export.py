@@ -32,6 +32,20 @@ aten = torch.ops.aten
 VERIFY_TOL = 1e-4
 
 
+def agrees(value, reference, tol: float = VERIFY_TOL) -> bool:
+    """The one float32 agreement rule of export verification and the parity tests.
+
+    |value - reference| <= tol * max(1, max|reference|): float32 rounding errors scale with the size of
+    what is computed (prototype logits are differences of terms ~|features|^2, so an absolute bound fails
+    on some CPUs' kernel choices while a relative one holds); below size 1 the bound is absolute.
+    tol = 1e-4 is ~840 float32 ulps: room for the summation-order differences of correct kernels
+    (measured <= 4e-5 relative between torch and onnxruntime on Intel AVX-512/AMX), while a real error
+    (a wrong gradient term, a dropped tie rule) moves values by far more.
+    """
+    value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
+    return float(np.abs(value - reference).max()) <= tol * max(1.0, float(np.abs(reference).max()))
+
+
 def _conv_backward(grad_out, x, weight, bias_sizes, stride, padding, dilation, transposed,
                    output_padding, groups, output_mask):
     # ONNX has no convolution_backward. Rewrite it as ops ONNX has (stride 1, groups 1: all Conv4 uses),
@@ -266,9 +280,9 @@ def verify(forward_bytes: bytes, step_bytes: bytes, model, recipe: il.InnerLoop,
     """Run ``steps`` SGD steps on a sample 5-way 2-shot task in onnxruntime (head initialised in numpy
     from the "features" output, as the runtime does) and in torch (``inner_loop.adapt``).
 
-    Returns the max abs difference of the adapted parameters. The forward graph's logits on query
-    images are checked too, relative to their size (prototype logits scale with |features|^2, so
-    float32 rounding alone can exceed an absolute 1e-4 there). Raises FastadaptError beyond ``tol``.
+    Returns the max abs difference of the adapted parameters. Each adapted parameter and the forward
+    graph's logits on query images must ``agrees`` with torch (a tolerance relative to their size).
+    Raises FastadaptError beyond ``tol``.
     """
     forward_session, step_session = _sessions(forward_bytes, step_bytes)
     shape = tuple(forward_session.get_inputs()[0].shape[1:])
@@ -309,11 +323,12 @@ def verify(forward_bytes: bytes, step_bytes: bytes, model, recipe: il.InnerLoop,
     param_diff = _max_diff(current, reference)
     logit_diff = float(np.abs(onnx_logits - torch_logits).max())
     logit_scale = max(1.0, float(np.abs(torch_logits).max()))
-    if tol is None or (param_diff <= tol and logit_diff <= tol * logit_scale):
+    if tol is None or (all(agrees(current[k], v.detach().numpy(), tol) for k, v in reference.items())
+                       and agrees(onnx_logits, torch_logits, tol)):
         return param_diff
     raise FastadaptError(f"export verification failed: after {steps} SGD steps onnxruntime and torch differ by "
-                         f"{param_diff:.2e} in the adapted parameters (tolerance {tol:.0e}) and {logit_diff:.2e} "
-                         f"in logits of size {logit_scale:.3g}; nothing was written")
+                         f"{param_diff:.2e} in the adapted parameters and {logit_diff:.2e} "
+                         f"in logits of size {logit_scale:.3g} (tolerance {tol:.0e} x max(1, size)); nothing was written")
 
 
 def _max_diff(a: dict, b: dict) -> float:
