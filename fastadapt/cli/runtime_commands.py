@@ -27,39 +27,59 @@ def adapt(
                                                 "when adaptation succeeds, atomically.", show_default=False),
     model: Optional[Path] = typer.Option(None, "--model", help="The meta-trained bundle to start from "
                                          "(made by 'fastadapt export'). Default: the model shipped with fastadapt."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=0, help="SGD steps on the shots. Default: the "
-                                        "number the model was meta-trained for (see 'fastadapt info')."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="SGD steps on the shots, or 'auto' (choose 0..the "
+                                        "recipe's steps by leave-one-shot-out on the shots; needs >= 2 per class). "
+                                        "Default: the number the model was meta-trained for (see 'fastadapt info')."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Inner-loop learning rate. Default: the meta-trained "
                                        "value. Changing steps or lr leaves the recipe the model was trained for."),
+    safeguard: bool = typer.Option(True, "--safeguard/--no-safeguard", help="Keep only steps that do not raise "
+                                   "the support loss (a rejected step is retried at half the lr, up to 4 times). "
+                                   "--no-safeguard runs the plain recipe; both agree when no step raises the loss."),
 ) -> None:
     """Teach a meta-trained model your classes from a few images each, and save the adapted model.
 
-    Runs exactly the inner loop the model was meta-trained for (head initialisation, then --steps SGD steps at --lr on all the shots) through ONNX Runtime; no torch needed. Prints the classes, the shots per class and the time taken.
+    Runs the inner loop the model was meta-trained for (head initialisation, then --steps SGD steps at --lr on all the shots) through ONNX Runtime; no torch needed. A step that would raise the support loss is retried at a smaller lr or dropped (with a warning). Prints the classes, the shots per class, the steps kept, the support loss before and after, and the time taken.
 
     Example: fastadapt adapt --shots my_shots/ --out mine.fadapt && fastadapt predict --model mine.fadapt photo.png
     """
     from ..runtime import Model, load
 
-    check_out(out)
+    check_out(out, inputs=[shots, model])
     loaded = load(model)
     if not isinstance(loaded, Model):
         loaded.adapt()  # raises the explanation (already adapted; pass the meta model)
     reporter = lazy_reporter("adapting")
     try:
-        adapted = loaded.adapt(shots, steps=steps, lr=lr, progress=reporter)
+        adapted = loaded.adapt(shots, steps=steps, lr=lr, progress=reporter, safeguard=safeguard)
     finally:
         reporter.close()
     adapted.save(str(out))
-    info = adapted.manifest["adaptation"]
+    info = adapted.adaptation
     counts = info["shots_per_class"]
     print(f"adapted {os.path.basename(str(loaded.path))} to {len(counts)} classes "
-          f"({sum(counts.values())} images, {info['steps']} steps at lr {info['lr']:g}) in {info['seconds']:.2f} s")
+          f"({sum(counts.values())} images) in {info['seconds']:.2f} s")
     width = max(len(c) for c in counts)
     for name, n in counts.items():
         print(f"  {name:<{width}}  {n} shot{'s' if n != 1 else ''}")
-    if info["losses"]:
-        print(f"support loss {info['losses'][0]:.4f} -> {info['losses'][-1]:.4f}")
+    print(adaptation_summary(info))
     print(f"wrote {out}")
+
+
+def adaptation_summary(info: dict) -> str:
+    """steps kept (of requested), their learning rates, the auto choice, support loss before -> after."""
+    lrs = info["lrs"]
+    rates = f"lr {lrs[0]:g}" if lrs and len(set(lrs)) == 1 else ("lr " + ", ".join(f"{x:g}" for x in lrs) if lrs else "")
+    kept = f"{info['steps']} of {info['steps_requested']}" if info["steps"] != info["steps_requested"] else info["steps"]
+    line = f"{kept} step{'s' if info['steps_requested'] != 1 else ''}{' at ' + rates if rates else ''}"
+    auto = info.get("auto")
+    if auto:
+        line += (f" (auto: {auto['note']})" if "note" in auto else
+                 f" (auto: chose {auto['chosen']}, leave-one-shot-out accuracy "
+                 + " / ".join(f"{100 * a:.0f}%" for a in auto["accuracy"]) + " after 0.." + str(len(auto["accuracy"]) - 1)
+                 + " steps)")
+    if info.get("rejected"):
+        line += f", {info['rejected']} tried step(s) rejected (they raised the loss)"
+    return f"{line}; support loss {info['loss_before']:.4f} -> {info['loss_after']:.4f}"
 
 
 def _expand(inputs: List[Path]) -> list:
@@ -103,7 +123,7 @@ def predict(
 
     loaded = load(model)
     if sheet is not None:
-        check_out(sheet, "--sheet", "predictions.png")
+        check_out(sheet, "--sheet", "predictions.png", inputs=[*images, model], suffix=".png")
     paths = _expand(images)
     if loaded.kind != "adapted":
         loaded.predict(paths)  # raises: adapt first

@@ -38,8 +38,12 @@ def split_settings(manifest: dict) -> tuple:
 
 def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5, shots: int = 1,
                     query: int = 15, tasks: int = 600, seed: int = 0, progress: Callable[[int], None] | None = None,
-                    steps: int | None = None, lr: float | None = None, transductive: bool = False) -> dict:
+                    steps: int | str | None = None, lr: float | None = None, transductive: bool = False,
+                    safeguard: bool = False) -> dict:
     """Mean accuracy and 95% CI of the meta bundle at ``path`` over ``tasks`` unseen-class tasks.
+
+    ``safeguard`` (off by default, so the numbers compare task by task with the torch evaluation of the
+    same recipe) and ``steps="auto"`` evaluate what ``Model.adapt`` does with them.
 
     ``seed`` is the task seed (as in ``fastadapt evaluate --seed``); ``transductive`` changes nothing
     for exported models (their norm is per sample) and is recorded for comparison with torch results.
@@ -58,17 +62,21 @@ def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5,
     sampler = TaskSampler(splits.test, ways, shots, query, seed, where="test classes")
     classes = [str(i) for i in range(ways)]
     steps = int(model.recipe["steps"]) if steps is None else steps
+    kept = []
 
     adapt_seconds = []
 
     def predict_task(task: Task) -> np.ndarray:
         start = time.perf_counter()
-        adapted = model.adapt_arrays(to_float(task.support_x, spec), task.support_y, classes, steps=steps, lr=lr)
+        adapted = model.adapt_arrays(to_float(task.support_x, spec), task.support_y, classes, steps=steps, lr=lr,
+                                     safeguard=safeguard, quiet=True)
         adapt_seconds.append(time.perf_counter() - start)
+        kept.append(adapted.adaptation["steps"])
         return adapted.probabilities(to_float(task.query_x, spec)).argmax(1)
 
     result = evaluate_tasks(sampler, tasks, predict_task, progress)
-    result.update(steps=steps, transductive=transductive, protocol=protocol, data=data,
+    result.update(steps=steps, safeguard=safeguard, steps_kept_mean=round(float(np.mean(kept)), 3),
+                  transductive=transductive, protocol=protocol, data=data,
                   evaluated_with="onnxruntime", adapt_ms_median=round(1000 * float(np.median(adapt_seconds)), 2))
     return result
 

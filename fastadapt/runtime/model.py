@@ -21,13 +21,58 @@ import numpy as np
 from PIL import Image
 
 from ..bundle import Bundle, save_bundle
-from ..errors import FastadaptError
+from ..errors import FastadaptError, warn
 from ..images import Preprocess, to_float, to_uint8
+from .adaptation import check_finite, choose_steps, run_steps
 from .head import init_head
 from .sessions import Graphs
 from .shots import Shots, load_shots
 
 PREDICT_CHUNK = 16  # images per forward call; results do not depend on it (per-sample normalisation)
+MAX_STEPS = 1000  # far above any meta-trained recipe; a typo such as 10**12 would never end
+LOW_LOO_ACCURACY = 0.5  # steps="auto": below this leave-one-shot-out accuracy, warn that the shots are unusual
+# What the shipped default model is good for (its model card in README.md)
+DEFAULT_GOOD_FOR = ("handwritten characters, symbols, sketches and icons: dark strokes on a plain light "
+                    "background, seen as 28x28 grayscale (model card 'Good for')")
+
+
+def good_for(model) -> str:
+    from .loading import DEFAULT_MODEL
+
+    if model.path and os.path.abspath(model.path) == os.path.abspath(DEFAULT_MODEL):
+        return DEFAULT_GOOD_FOR
+    spec = model.preprocess
+    data = (model.manifest.get("provenance") or {}).get("data")
+    return (f"images like its training data{f' ({data})' if isinstance(data, str) else ''}, seen as "
+            f"{spec.size}x{spec.size} {'grayscale' if spec.channels == 1 else 'colour'} (see 'fastadapt info')")
+
+
+def steps_argument(steps, recipe_steps: int):
+    """``steps`` as given by the API or the CLI (a string there) -> an int in 0..MAX_STEPS, or "auto"."""
+    if steps is None:
+        return recipe_steps
+    if isinstance(steps, str):
+        text = steps.strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit():
+            raise FastadaptError(f"--steps must be a whole number >= 0 or 'auto', got '{steps}'")
+        steps = int(text)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise FastadaptError(f"--steps must be a whole number >= 0 or 'auto', got {steps!r}")
+    if not 0 <= steps <= MAX_STEPS:
+        raise FastadaptError(f"--steps must be between 0 and {MAX_STEPS} (the recipe is {recipe_steps}), got {steps}")
+    return int(steps)
+
+
+def lr_argument(lr, recipe_lr) -> float:
+    """``lr`` as given (any real number type, numpy's included) -> a positive finite float."""
+    value = recipe_lr if lr is None else lr
+    if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(value)) or float(value) <= 0:
+        raise FastadaptError(f"--lr must be a positive number, got {value!r}"
+                             + ("" if lr is not None else " from the model's manifest; re-export it"))
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -72,6 +117,11 @@ class _Loaded:
         self.params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in bundle.params.items()}
 
     @property
+    def adaptation(self) -> dict:
+        """What adaptation did (manifest["adaptation"]): steps kept, their lrs, loss before/after, ..."""
+        return dict(self.manifest.get("adaptation") or {})
+
+    @property
     def kind(self) -> str:
         return self.manifest.get("kind", "meta")
 
@@ -82,59 +132,86 @@ class _Loaded:
 class Model(_Loaded):
     """A meta-trained bundle: ``adapt`` it to your classes, then predict with the result."""
 
-    def adapt(self, shots, steps: int | None = None, lr: float | None = None,
-              progress: Callable[[int, int], None] | None = None) -> "AdaptedModel":
+    def adapt(self, shots, steps: int | str | None = None, lr: float | None = None,
+              progress: Callable[[int, int], None] | None = None, safeguard: bool = True) -> "AdaptedModel":
         """Learn the classes in ``shots`` with the inner loop the model was meta-trained for.
 
         shots     a folder with one subfolder of images per class, or a dict {label: [images]}
                   (paths, PIL images or numpy arrays); >= 2 classes, any number of images each
-        steps, lr override the manifest's inner-loop recipe (the meta-trained values are best)
+        steps, lr override the manifest's inner-loop recipe (the meta-trained values are best);
+                  steps="auto" picks 0..recipe steps by leave-one-shot-out on the shots (>= 2 per class)
         progress  called as progress(done_steps, total_steps) after each SGD step
+        safeguard keep only steps that do not raise the support loss (retried at halved lr); False runs
+                  the plain recipe. Either way the result is the recipe's when no step raises the loss.
         """
         data = load_shots(shots, self.preprocess)
         return self.adapt_arrays(to_float(data.images, self.preprocess), data.labels, data.classes,
-                                 steps=steps, lr=lr, progress=progress, shots=data)
+                                 steps=steps, lr=lr, progress=progress, shots=data, safeguard=safeguard)
 
-    def adapt_arrays(self, images: np.ndarray, labels: np.ndarray, classes: list, steps: int | None = None,
+    def adapt_arrays(self, images: np.ndarray, labels: np.ndarray, classes: list, steps: int | str | None = None,
                      lr: float | None = None, progress: Callable[[int, int], None] | None = None,
-                     shots: Shots | None = None) -> "AdaptedModel":
-        """``adapt`` on already preprocessed float32 images (B, C, H, W) and int labels 0..N-1."""
-        steps = int(self.recipe["steps"]) if steps is None else steps
-        lr = float(self.recipe["lr"]) if lr is None else lr
-        if not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise FastadaptError(f"--steps must be a whole number >= 0, got {steps}")
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise FastadaptError(f"--lr must be a positive number, got {lr}")
+                     shots: Shots | None = None, safeguard: bool = True, quiet: bool = False) -> "AdaptedModel":
+        """``adapt`` on already preprocessed float32 images (B, C, H, W) and int labels 0..N-1.
+
+        ``quiet``: no warning on stderr (it is still stored as adaptation["warning"]), for evaluations."""
+        recipe_steps = int(self.recipe["steps"])
+        steps = steps_argument(steps, recipe_steps)
+        lr = lr_argument(lr, self.recipe["lr"])
         ways = len(classes)
         if ways < 2:
             raise FastadaptError(f"adaptation needs at least 2 classes, got {ways}")
         images = np.ascontiguousarray(images, dtype=np.float32)
         labels = np.ascontiguousarray(labels, dtype=np.int64)
         start = time.perf_counter()
-        params = init_head(self.manifest, self.params, self.graphs, images, labels,
-                           ways, _where(self.bundle))
-        losses = []
-        for i in range(int(steps)):
-            loss, params = self.graphs.step(images, labels, lr, params)
-            losses.append(loss)
-            if progress is not None:
-                progress(i + 1, int(steps))
-        if losses and not math.isfinite(losses[-1]):
-            raise FastadaptError(f"adaptation diverged (loss {losses[-1]}); lower --lr (now {lr}) or --steps")
+        auto = None
+        if steps == "auto":
+            steps, auto = choose_steps(self.graphs, lambda x, y: self._init_head(x, y, ways), images, labels,
+                                       ways, recipe_steps, lr, bool(safeguard))
+        trajectory = run_steps(self.graphs, images, labels, self._init_head(images, labels, ways), steps, lr,
+                               safeguard=bool(safeguard), progress=progress)
+        check_finite(trajectory, lr)
         seconds = time.perf_counter() - start
         counts = shots.counts if shots is not None else np.bincount(labels, minlength=ways).tolist()
-        info = {"steps": int(steps), "lr": float(lr), "classes": len(classes),
-                "shots_per_class": {c: int(n) for c, n in zip(classes, counts)},
-                "losses": [round(x, 6) for x in losses], "seconds": round(seconds, 4),
+        info = {**trajectory.report(steps, safeguard), "lr": float(lr), "classes": len(classes),
+                "shots_per_class": {c: int(n) for c, n in zip(classes, counts)}, "seconds": round(seconds, 4),
                 "from": {"path": os.path.basename(self.path) if self.path else None,
                          "params_sha256": self.manifest.get("members", {}).get("params.npz")},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if auto is not None:
+            info["auto"] = auto
         if shots is not None and shots.skipped:
             info["skipped"] = list(shots.skipped)
+        warning = self._unlike_training_data(info)
+        if warning:
+            info["warning"] = warning
+            if not quiet:
+                warn(warning)
         manifest = dict(self.manifest)
         manifest.update(kind="adapted", classes=[str(c) for c in classes], adaptation=info)
-        bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, params, None)
+        bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, trajectory.params, None)
         return AdaptedModel(bundle, self.graphs)
+
+    def _init_head(self, images: np.ndarray, labels: np.ndarray, ways: int) -> dict:
+        return init_head(self.manifest, self.params, self.graphs, images, labels, ways, _where(self.bundle))
+
+    def _unlike_training_data(self, info: dict) -> str | None:
+        """One warning when the shots look unlike the model's training data, naming what it is good for."""
+        reasons = []
+        if info["rejected"]:
+            kept = f" at lr {', '.join(f'{x:g}' for x in info['lrs'])}" if info["lrs"] else ""
+            reasons.append(f"the support loss rose on {info['rejected']} tried step(s), so {info['steps']} of "
+                           f"{info['steps_requested']} steps were kept{kept}")
+            if info["lr"] != float(self.recipe["lr"]):
+                reasons.append(f"(--lr {info['lr']:g} is not the meta-trained {float(self.recipe['lr']):g}: "
+                               f"try without --lr)")
+        auto = info.get("auto") or {}
+        accuracy = auto.get("best_accuracy")
+        if accuracy is not None and accuracy < LOW_LOO_ACCURACY:
+            reasons.append(f"leave-one-shot-out accuracy on the shots is only {100 * accuracy:.0f}%")
+        if not reasons:
+            return None
+        return (f"{'; '.join(reasons)}: these images look unlike the model's training data. It is good for "
+                f"{good_for(self)}; for other images, meta-train your own model (README: 'Meta-train your own')")
 
     def predict(self, images, top: int = 5):
         raise FastadaptError(f"{self.path or 'this model'}: is a meta model with no classes yet; adapt it first: "
@@ -202,7 +279,7 @@ class AdaptedModel(_Loaded):
         bundle = Bundle(dict(self.manifest), self.bundle.forward_onnx, self.bundle.step_onnx, self.params, None)
         save_bundle(path, bundle)
 
-    def adapt(self, shots=None, steps=None, lr=None, progress=None):
+    def adapt(self, shots=None, steps=None, lr=None, progress=None, safeguard=True):
         source = (self.manifest.get("adaptation") or {}).get("from", {}).get("path") or "the meta model"
         raise FastadaptError(f"{self.path or 'this model'}: is already adapted (classes: {', '.join(self.classes[:5])}"
                              f"{', ...' if len(self.classes) > 5 else ''}); adaptation starts from a meta model, "

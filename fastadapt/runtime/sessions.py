@@ -141,11 +141,12 @@ class Graphs:
         run = lambda part: self._step_once(session, images[part], labels[part], lr, params)  # noqa: E731
         results = list(self._pool.map(run, parts)) if self._pool else [run(part) for part in parts]
         loss, sums = 0.0, {}
-        for part, (part_loss, part_new) in zip(parts, results):  # a fixed order: results do not depend on timing
-            weight = len(part) / n
-            loss += weight * part_loss
-            for name in self.updated:
-                sums[name] = sums.get(name, 0.0) + weight * part_new[name].astype(np.float64)
+        with np.errstate(all="ignore"):  # a diverging step (inf/NaN) is the caller's to judge, not a warning
+            for part, (part_loss, part_new) in zip(parts, results):  # a fixed order: independent of timing
+                weight = len(part) / n
+                loss += weight * part_loss
+                for name in self.updated:
+                    sums[name] = sums.get(name, 0.0) + weight * part_new[name].astype(np.float64)
         return loss, {**params, **{k: v.astype(np.float32) for k, v in sums.items()}}
 
     def _step_once(self, session, images: np.ndarray, labels: np.ndarray, lr: float, params: dict) -> tuple:

@@ -1,0 +1,215 @@
+"""The on-device inner loop: k SGD steps through step.onnx, safeguarded, and ``steps="auto"``.
+
+``run_steps`` is the one definition. Without the safeguard it is the meta-trained recipe exactly:
+k steps p <- p - lr * grad L(p) on the support set's cross-entropy L. With it (the default), a step
+is kept only if it does not raise L:
+
+- step.onnx returns L at its INPUT parameters, so the step from p_t is judged by the next step's
+  call at p_{t+1}, which is needed anyway: in-domain (nothing rejected) the safeguard costs only one
+  forward pass over the support set after the last step, and the result is bit-for-bit the recipe's.
+- A rejected step is retried at half the learning rate, up to HALVINGS times (p_t + 2^-h (p_{t+1} - p_t),
+  judged by a forward pass); the first that does not raise L is kept and its learning rate carries on
+  to the next steps. When none does, adaptation stops there. So the loss after adaptation is never
+  above the loss before (up to float rounding: ``rounding_bound``).
+
+``choose_steps`` picks the number of steps 0..k by leave-one-shot-out on the support set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import FastadaptError
+
+HALVINGS = 4  # retries of a rejected step, at lr/2, lr/4, lr/8, lr/16
+AUTO_FOLDS = 2  # held-out shot positions tried by steps="auto" (each costs about one adaptation)
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(1, keepdims=True)
+
+
+def support_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy (float64) of float32 logits: what step.onnx computes as "loss"."""
+    z = logits.astype(np.float64)
+    z -= z.max(1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(labels)), labels]))
+
+
+def rounding_bound(logits: np.ndarray, features: np.ndarray, params: dict, labels: np.ndarray) -> float:
+    """How far ``support_loss`` of forward.onnx's logits may lie from step.onnx's loss for the same params.
+
+    The two graphs compute the same logits z_ij = w_j . f_i + b_j with different float32 roundings.
+    A D-term float32 dot product errs by about sqrt(D) * eps * (|w_j| |f_i| + |b_j|) (random-walk
+    rounding), and a logit error moves CE_i by at most 2 (1 - p_iy) times it (dCE_i/dz_j = p_ij - [j = y_i]).
+    """
+    w = params["head.weight"].astype(np.float64)
+    b = np.abs(params["head.bias"].astype(np.float64))
+    scale = (np.linalg.norm(features.astype(np.float64), axis=1)[:, None] * np.linalg.norm(w, axis=1)[None, :]
+             + b[None, :]).max(1)
+    miss = 1.0 - softmax(logits)[np.arange(len(labels)), labels]
+    return float(np.mean(2.0 * miss * math.sqrt(w.shape[1]) * EPS32 * scale))
+
+
+def finite(params: dict) -> bool:
+    return all(np.isfinite(v).all() for v in params.values())
+
+
+@dataclass
+class Trajectory:
+    params: dict  # the adapted parameters
+    losses: list  # support loss at the start and after each kept step
+    lrs: list = field(default_factory=list)  # learning rate of each kept step
+    rejected: int = 0  # tries not kept (a step and its halvings)
+    stopped: bool = False  # ended before the requested steps: no smaller step lowered the loss
+    final: tuple = ()  # forward.onnx (logits, features) of the support set at ``params``
+
+    def report(self, steps: int, safeguard: bool) -> dict:
+        return {"steps": len(self.lrs), "steps_requested": int(steps), "lrs": [float(x) for x in self.lrs],
+                "loss_before": round(self.losses[0], 8), "loss_after": round(self.losses[-1], 8),
+                "losses": [round(x, 8) for x in self.losses[1:]], "rejected": self.rejected,
+                "stopped": self.stopped, "safeguard": bool(safeguard)}
+
+
+def _blend(start: dict, end: dict, t: float, names) -> dict:
+    """start + t * (end - start) for the adapted parameters: the step from start at t times its lr."""
+    out = dict(start)
+    for name in names:
+        a = start[name].astype(np.float64)
+        out[name] = (a + t * (end[name].astype(np.float64) - a)).astype(np.float32)
+    return out
+
+
+def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, steps: int, lr: float,
+              safeguard: bool = True, progress: Callable[[int, int], None] | None = None,
+              visit: Callable[[int, dict], None] | None = None) -> Trajectory:
+    """``steps`` SGD steps from ``params`` (see the module docstring). ``visit(kept, params)`` is called at
+    the start and after each kept step; ``progress(kept, steps)`` after each kept step."""
+    if visit is not None:
+        visit(0, params)
+
+    def forward(p):
+        logits, features = graphs.forward(images, p)
+        return support_loss(logits, labels), (logits, features)
+
+    if steps == 0:
+        loss, final = forward(params)
+        return Trajectory(params, [loss], final=final)
+    loss, candidate = graphs.step(images, labels, lr, params)
+    trajectory = Trajectory(params, [loss])
+    if not math.isfinite(loss):
+        return trajectory  # the caller reports a diverged start (non-finite images or parameters)
+    if not safeguard:
+        for i in range(steps):
+            params = candidate
+            if i + 1 < steps:
+                loss, candidate = graphs.step(images, labels, lr, params)
+            else:
+                loss, trajectory.final = forward(params)
+            trajectory.lrs.append(lr)
+            trajectory.losses.append(loss)
+            if visit is not None:
+                visit(i + 1, params)
+            if progress is not None:
+                progress(i + 1, steps)
+        trajectory.params = params
+        return trajectory
+    names = graphs.updated
+    while len(trajectory.lrs) < steps:
+        last = len(trajectory.lrs) + 1 == steps
+        if last:  # judged by one forward pass
+            new_loss, final = forward(candidate)
+            ok = finite(candidate) and new_loss <= loss + rounding_bound(*final, candidate, labels)
+        else:  # judged by the next step's own loss (which is also that step's start)
+            new_loss, after = graphs.step(images, labels, lr, candidate)
+            ok = math.isfinite(new_loss) and new_loss <= loss and finite(candidate)
+        if not ok:
+            trajectory.rejected += 1
+            for h in range(1, HALVINGS + 1):
+                trial = _blend(params, candidate, 0.5 ** h, names)
+                new_loss, final = forward(trial)
+                if finite(trial) and new_loss <= loss + rounding_bound(*final, trial, labels):
+                    break
+                trajectory.rejected += 1
+            else:
+                trajectory.stopped = True
+                break
+            candidate, lr = trial, lr * 0.5 ** h
+            if not last:  # continue from the trial with step.onnx's own loss at it
+                new_loss, after = graphs.step(images, labels, lr, candidate)
+        params, loss = candidate, new_loss
+        trajectory.lrs.append(lr)
+        trajectory.losses.append(loss)
+        if last:
+            trajectory.final = final
+        else:
+            candidate = after
+        if visit is not None:
+            visit(len(trajectory.lrs), params)
+        if progress is not None:
+            progress(len(trajectory.lrs), steps)
+    trajectory.params = params
+    if not trajectory.final:  # stopped early: the support set's outputs at the last kept parameters
+        trajectory.final = graphs.forward(images, params)
+    return trajectory
+
+
+def check_finite(trajectory: Trajectory, lr: float) -> None:
+    """A diverged adaptation is an error, never a saved model."""
+    loss = trajectory.losses[-1]
+    if not (math.isfinite(trajectory.losses[0])):
+        raise FastadaptError("the support loss is not finite before any step: the shots or the model hold "
+                             "NaN/inf values; check the images (and re-export the model)")
+    if not math.isfinite(loss) or not finite(trajectory.params):
+        raise FastadaptError(f"adaptation diverged (support loss {trajectory.losses[-1]}, non-finite weights); "
+                             f"lower --lr (now {lr:g}) or keep the safeguard on; nothing was saved")
+
+
+def held_out_folds(labels: np.ndarray, ways: int, folds: int) -> list:
+    """Boolean masks: fold f holds out the f-th shot of every class (classes keep >= 1 shot)."""
+    position = np.zeros(len(labels), dtype=np.int64)
+    seen = np.zeros(ways, dtype=np.int64)
+    for i, y in enumerate(labels):
+        position[i] = seen[y]
+        seen[y] += 1
+    return [position == f for f in range(folds)]
+
+
+def choose_steps(graphs, init_head: Callable[[np.ndarray, np.ndarray], dict], images: np.ndarray,
+                 labels: np.ndarray, ways: int, recipe_steps: int, lr: float, safeguard: bool) -> tuple:
+    """steps="auto": (steps, report). For each of AUTO_FOLDS held-out shot positions, adapt on the other
+    shots and score the held-out ones after 0, 1, ..., recipe_steps steps; choose the number with the best
+    held-out accuracy, ties broken by the lower held-out loss."""
+    counts = np.bincount(labels, minlength=ways)
+    if counts.min() < 2:
+        return recipe_steps, {"chosen": recipe_steps, "note": f"steps='auto' needs at least 2 shots per class "
+                                                              f"(one class has {counts.min()}); used the recipe's {recipe_steps}"}
+    folds = held_out_folds(labels, ways, min(AUTO_FOLDS, int(counts.min())))
+    correct = np.zeros(recipe_steps + 1)
+    loss = np.zeros(recipe_steps + 1)
+    for held in folds:
+        x, y, hx, hy = images[~held], labels[~held], images[held], labels[held]
+        scores = []
+
+        def visit(kept: int, params: dict) -> None:
+            logits, _ = graphs.forward(hx, params)
+            scores.append(((logits.argmax(1) == hy).sum(), support_loss(logits, hy) * len(hy)))
+
+        run_steps(graphs, x, y, init_head(x, y), recipe_steps, lr, safeguard=safeguard, visit=visit)
+        scores += [scores[-1]] * (recipe_steps + 1 - len(scores))  # stopped early: the last kept parameters
+        correct += [c for c, _ in scores]
+        loss += [l for _, l in scores]
+    held_out = sum(int(h.sum()) for h in folds)
+    accuracy, loss = correct / held_out, loss / held_out
+    chosen = int(min(range(recipe_steps + 1), key=lambda s: (-accuracy[s], loss[s], s)))
+    return chosen, {"chosen": chosen, "folds": len(folds), "held_out": held_out,
+                    "accuracy": [round(float(a), 4) for a in accuracy], "loss": [round(float(v), 6) for v in loss],
+                    "best_accuracy": round(float(accuracy[chosen]), 4)}

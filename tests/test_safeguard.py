@@ -1,0 +1,118 @@
+"""The safeguarded inner loop, steps="auto", and the argument checks of adapt (runtime, no torch needed
+except for the small exported test bundles)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import fastadapt
+from fastadapt.errors import FastadaptError
+from fastadapt.runtime.adaptation import support_loss
+
+from conftest import ROOT, glyph_images
+from test_cli_runtime import run_cli
+
+SHOTS = os.path.join(ROOT, "examples", "shots")
+
+
+def final_loss(adapted, images: dict) -> float:
+    """Support loss of the adapted parameters, recomputed from the forward graph."""
+    x = np.stack([fastadapt.images.to_float(fastadapt.images.to_uint8(im, adapted.preprocess)[None], adapted.preprocess)[0]
+                  for items in images.values() for im in items])
+    y = np.repeat(np.arange(len(images)), [len(v) for v in images.values()])
+    logits, _ = adapted.graphs.forward(x, adapted.params)
+    return support_loss(logits, y)
+
+
+def test_nothing_rejected_is_the_recipe_bit_for_bit():
+    """In-domain (the shipped model on the example drawings) every step lowers the loss: the safeguarded
+    result is exactly the plain recipe's, parameters and report alike."""
+    model = fastadapt.load()
+    plain = model.adapt(SHOTS, safeguard=False)
+    guarded = model.adapt(SHOTS)
+    info = guarded.adaptation
+    assert info["safeguard"] and not plain.adaptation["safeguard"]
+    assert info["rejected"] == 0 and info["steps"] == info["steps_requested"] == model.recipe["steps"]
+    assert info["lrs"] == [model.recipe["lr"]] * info["steps"]
+    assert info["loss_after"] < info["loss_before"]
+    assert set(guarded.params) == set(plain.params)
+    for name in plain.params:
+        assert np.array_equal(guarded.params[name], plain.params[name]), name
+    for key in ("steps", "lrs", "loss_before", "loss_after", "losses", "rejected"):
+        assert info[key] == plain.adaptation[key], key
+
+
+def test_a_step_that_raises_the_loss_is_not_kept(bundles, capsys):
+    """The random test bundle with the prototype head: the recipe's lr 0.4 sends the support loss from
+    ~0.08 to ~5; the safeguard keeps no such step and says so once."""
+    images = glyph_images(4, [3, 1, 2, 4], seed=7)
+    model = fastadapt.load(bundles["prototype"])
+    plain = model.adapt(images, safeguard=False)
+    capsys.readouterr()
+    guarded = model.adapt(images)
+    info = guarded.adaptation
+    assert plain.adaptation["loss_after"] > plain.adaptation["loss_before"]
+    assert info["rejected"] > 0 and info["loss_after"] <= info["loss_before"]
+    assert len(info["lrs"]) == info["steps"] <= info["steps_requested"]
+    assert all(lr < model.recipe["lr"] for lr in info["lrs"])
+    assert final_loss(guarded, images) <= info["loss_before"] * (1 + 1e-5)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "Meta-train your own" in err and "good for" in err
+    assert "warning" in info
+
+
+def test_huge_lr_never_gives_nan(bundles, tmp_path, capsys):
+    images = glyph_images(3, 2, seed=3)
+    model = fastadapt.load(bundles["zero"])
+    with pytest.raises(FastadaptError, match="diverged.*--lr"):
+        model.adapt(images, lr=1e30, safeguard=False)
+    adapted = model.adapt(images, lr=1e30)
+    assert all(np.isfinite(v).all() for v in adapted.params.values())
+    assert adapted.adaptation["loss_after"] <= adapted.adaptation["loss_before"]
+    assert "--lr" in capsys.readouterr().err
+    # the CLI: no bundle written for a diverged adaptation, one error line, no traceback
+    out = tmp_path / "x.fadapt"
+    code, stdout, err = run_cli(capsys, "adapt", "--shots", SHOTS, "--out", out, "--lr", "1e30", "--no-safeguard")
+    assert code != 0 and not out.exists() and "Traceback" not in err and "diverged" in err
+
+
+def test_argument_checks(bundles, glyphs):
+    model = fastadapt.load(bundles["zero"])
+    assert model.adapt(glyphs["shots"], steps="2", lr=np.float32(0.25)).adaptation["steps_requested"] == 2
+    assert model.adapt(glyphs["shots"], steps=np.int64(1)).adaptation["lr"] == model.recipe["lr"]
+    for bad in ("3.5", "three", True, 2.0, -1, 10 ** 12):
+        with pytest.raises(FastadaptError, match="--steps"):
+            model.adapt(glyphs["shots"], steps=bad)
+    for bad in ("0.1", 0, -0.1, float("nan"), float("inf"), True):
+        with pytest.raises(FastadaptError, match="--lr"):
+            model.adapt(glyphs["shots"], lr=bad)
+
+
+def test_auto_steps(bundles, glyphs):
+    model = fastadapt.load(bundles["zero"])
+    adapted = model.adapt(glyphs["shots"], steps="auto")  # 3 shots per class
+    auto = adapted.adaptation["auto"]
+    assert 0 <= auto["chosen"] <= model.recipe["steps"] and len(auto["accuracy"]) == model.recipe["steps"] + 1
+    assert adapted.adaptation["steps_requested"] == auto["chosen"]
+    assert auto["best_accuracy"] == max(auto["accuracy"])
+    # the chosen steps on all shots are what adapt does with that number
+    again = model.adapt(glyphs["shots"], steps=auto["chosen"])
+    for name in again.params:
+        assert np.array_equal(again.params[name], adapted.params[name]), name
+    one_shot = model.adapt(glyph_images(3, 1, seed=2), steps="auto").adaptation
+    assert one_shot["steps_requested"] == model.recipe["steps"] and "2 shots" in one_shot["auto"]["note"]
+
+
+def test_cli_reports_steps_and_loss(tmp_path, capsys):
+    out = tmp_path / "a.fadapt"
+    code, stdout, err = run_cli(capsys, "adapt", "--shots", SHOTS, "--out", out, "--steps", "auto")
+    assert code == 0, err
+    assert "auto: chose" in stdout and "support loss" in stdout and out.exists()
+    manifest_info = fastadapt.load(str(out)).adaptation
+    assert manifest_info["auto"]["chosen"] == manifest_info["steps_requested"]
+    code, stdout, err = run_cli(capsys, "adapt", "--shots", SHOTS, "--out", out, "--steps", "x")
+    assert code != 0 and "--steps" in err and "Traceback" not in err
