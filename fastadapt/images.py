@@ -1,27 +1,56 @@
 """The one preprocessing recipe, shared by the trainer, the exporter and the on-device runtime.
 
 An image goes through two stages:
-  ``to_uint8``  decode -> channels -> resize -> stroke polarity, giving a compact (C, H, W) uint8
-                array (datasets cache this form in memory);
+  ``to_uint8``  decode -> upright (EXIF) -> channels -> fit into the square -> stroke polarity,
+                giving a compact (C, H, W) uint8 array (datasets cache this form in memory);
   ``to_float``  uint8 -> float32 in [0, 1] -> (x - mean) / std, the network's input.
 ``preprocess`` is the two stages in a row. The recipe (``Preprocess``) is written into every run
 directory and every exported bundle, so the device repeats exactly what training saw.
+
+Inputs are untrusted: only regular files are read, the pixel size is checked from the header before
+anything is decoded, and every failure is a one-line ``FastadaptError`` naming the input and the fix.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import stat
+import threading
+import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin
 
 from .errors import FastadaptError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# Decoders we let Pillow try; others (EPS runs Ghostscript, PDF, ...) are never reached by a renamed file.
+# (Phone JPEGs holding several pictures, MPO, come through the JPEG decoder.)
+FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "GIF", "TIFF", "PPM")
+
+# Largest image we decode, from the format's point of view rather than the machine's memory: a 48 MP
+# phone photo (8000x6000) loads; a decoded image stays under ~200 MB (RGBA). Bigger is refused.
+MAX_PIXELS = 50_000_000
+# JPEGs above this are decoded at 1/2..1/8 scale (libjpeg's draft mode), still at least
+# DRAFT_MARGIN x the target side, so a 12 MP photo for a 28-pixel input costs a fraction of the memory.
+# Smaller JPEGs decode in full, exactly as before.
+DRAFT_ABOVE_PIXELS = 4_000_000
+DRAFT_MARGIN = 8
+
+FITS = ("pad", "stretch", "crop")
 
 ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+ACCEPTED = "pass an image file path, a PIL image or a numpy array (HxW, HxWxC or CxHxW)"
+
+# Image.open warns (DecompressionBombWarning) before we can look at the size; we silence it locally,
+# without touching Pillow's global MAX_IMAGE_PIXELS (the host app owns that). catch_warnings is
+# process-wide, so our own threads take turns (opening only parses the header).
+_OPEN_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -33,6 +62,8 @@ class Preprocess:
     invert    True for dark strokes on a light background (Omniglot, sketches): strokes become
               bright on a zero background, which is what the network learns from
     mean, std per-channel normalisation applied after scaling to [0, 1]
+    fit       how a non-square image becomes square: "pad" (fit inside, pad with the background
+              level), "crop" (centre square) or "stretch" (squash; what bundles without the field did)
     """
 
     size: int = 28
@@ -40,12 +71,15 @@ class Preprocess:
     invert: bool = True
     mean: tuple = (0.0,)
     std: tuple = (1.0,)
+    fit: str = "pad"
 
     def __post_init__(self):
         if self.channels not in (1, 3):
             raise FastadaptError(f"channels must be 1 or 3, got {self.channels}")
         if self.size < 8:
             raise FastadaptError(f"image size must be at least 8 pixels, got {self.size}")
+        if self.fit not in FITS:
+            raise FastadaptError(f"preprocess fit must be one of {', '.join(FITS)}, got {self.fit!r}")
         object.__setattr__(self, "mean", _per_channel(self.mean, self.channels, "mean"))
         object.__setattr__(self, "std", _per_channel(self.std, self.channels, "std"))
 
@@ -57,8 +91,9 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
+        # Bundles and runs written before "fit" existed stretched every image: keep them bit-for-bit.
         return cls(size=int(d["size"]), channels=int(d["channels"]), invert=bool(d["invert"]),
-                   mean=tuple(d["mean"]), std=tuple(d["std"]))
+                   mean=tuple(d["mean"]), std=tuple(d["std"]), fit=d.get("fit", "stretch"))
 
 
 def _per_channel(values: Any, channels: int, name: str) -> tuple:
@@ -70,59 +105,228 @@ def _per_channel(values: Any, channels: int, name: str) -> tuple:
     return values
 
 
-def open_image(source: ImageSource) -> Image.Image:
-    """Decode a path, PIL image or numpy array into a PIL image; errors name the file."""
-    if isinstance(source, Image.Image):
-        return source
-    if isinstance(source, np.ndarray):
-        array = source
-        if array.dtype != np.uint8:
-            # floats are taken as [0, 1]
-            array = np.clip(np.asarray(array, dtype=np.float64) * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-        if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[2] not in (1, 3):
-            array = np.transpose(array, (1, 2, 0))  # CHW -> HWC
-        if array.ndim == 3 and array.shape[2] == 1:
-            array = array[:, :, 0]
-        if array.ndim not in (2, 3):
-            raise FastadaptError(f"an image array must be HxW, HxWxC or CxHxW, got shape {source.shape}")
-        return Image.fromarray(array)
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise FastadaptError(f"{path}: no such image file")
+# ----------------------------------------------------------------------------- decoding
+
+def _too_big(name: str, width: int, height: int) -> FastadaptError:
+    return FastadaptError(f"{name}: {width}x{height} pixels ({width * height / 1e6:.0f} MP) is over the limit of "
+                          f"{MAX_PIXELS // 1_000_000} MP; downscale it (a few hundred pixels a side is plenty)")
+
+
+def _check_size(name: str, width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise _too_big(name, width, height)
+    if width <= 0 or height <= 0:
+        raise FastadaptError(f"{name}: the image is empty ({width}x{height} pixels)")
+
+
+def _read_file(path: str, target: int | None) -> Image.Image:
+    # Only regular files: a FIFO or a device named x.png would block or never end.
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise FastadaptError(f"{path}: not a readable image ({exc.__class__.__name__}); use PNG, JPEG, BMP or WebP") from None
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FastadaptError(f"{path}: no such image file") from None
+    except (OSError, ValueError) as exc:
+        raise FastadaptError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise FastadaptError(f"{path}: is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise FastadaptError(f"{path}: not a regular file (a pipe, device or socket); only image files are read")
+    try:
+        # O_NONBLOCK: if the path was swapped for a FIFO since the stat, opening still returns at once
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise FastadaptError(f"{path}: cannot read ({exc.strerror or exc}); check the file's permissions") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise FastadaptError(f"{path}: not a regular file; only image files are read")
+        return _decode(f, path, target)
+
+
+def _decode(fp, name: str, target: int | None) -> Image.Image:
+    """Header, size check, then the pixels (a JPEG drafted down when the target is much smaller)."""
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(fp, formats=_formats())
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "too many pixels"
+        raise FastadaptError(f"{name}: {size} is over the limit of {MAX_PIXELS // 1_000_000} MP; "
+                             f"downscale it (a few hundred pixels a side is plenty)") from None
+    except Exception as exc:  # Pillow raises many types for damaged headers
+        raise FastadaptError(f"{name}: not a readable image ({_reason(exc)}); use PNG, JPEG, BMP or WebP") from None
+    try:
+        _check_size(name, *image.size)
+        if (target and isinstance(image, JpegImagePlugin.JpegImageFile)
+                and image.size[0] * image.size[1] > DRAFT_ABOVE_PIXELS):
+            image.draft(None, (DRAFT_MARGIN * target, DRAFT_MARGIN * target))
+        image.load()
+        return image
+    except FastadaptError:
+        raise
+    except Exception as exc:  # truncated or corrupt pixel data
+        raise FastadaptError(f"{name}: not a readable image ({_reason(exc)}); use PNG, JPEG, BMP or WebP") from None
+
+
+def _formats() -> list:
+    Image.init()
+    return [f for f in FORMATS if f in Image.OPEN]  # a Pillow built without WebP has no "WEBP"
+
+
+def _reason(exc: Exception) -> str:
+    text = " ".join(str(exc).split())[:80]
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 def decode_bytes(data: bytes, name: str) -> Image.Image:
     """Decode image bytes (from a zip member); errors name the member."""
-    import io
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise FastadaptError(f"{name}: expected image bytes, got {type(data).__name__}")
+    return _upright(_decode(io.BytesIO(data), name, None), name)
 
+
+def _upright(image: Image.Image, name: str) -> Image.Image:
+    """Apply the EXIF orientation phones write instead of rotating the pixels."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise FastadaptError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
+        orientation = image.getexif().get(0x0112, 1)
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            return ImageOps.exif_transpose(image)
+    except Exception:  # a damaged EXIF block: the pixels themselves are fine, keep them as stored
+        pass
+    return image
 
 
-def to_uint8(source: ImageSource, spec: Preprocess) -> np.ndarray:
-    """Stage 1: decode, convert channels, resize and fix stroke polarity -> (C, size, size) uint8."""
-    image = open_image(source)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+def _array_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Pixel values -> uint8: uint8 as is, floats as [0, 1] (else 0..255), bool 0/255, 16-bit scaled."""
+    kind = array.dtype.kind
+    if kind not in "biuf":
+        raise FastadaptError(f"an image array of dtype {array.dtype} is not an image; {ACCEPTED} of uint8, "
+                             f"integer, bool or float (0..1) pixels")
+    if array.dtype == np.uint8:
+        return array
+    if kind == "f" and not np.isfinite(array).all():
+        raise FastadaptError("an image array has NaN or infinite pixels; replace them (e.g. np.nan_to_num) "
+                             "before passing the image")
+    if kind in "iu":
+        low, high = int(array.min()), int(array.max())
+        if high > 255:
+            if low < 0 or high > 65535:
+                raise FastadaptError(f"an integer image array holds values {low}..{high}; pass 8-bit (0..255) or "
+                                     f"16-bit (0..65535) pixels")
+            return np.round(array.astype(np.float64) / 257.0).astype(np.uint8)  # 16-bit -> 8-bit
+    # floats are taken as [0, 1] (else 0..255); 8-bit integers and bools come through the same way
+    scaled = np.asarray(array, dtype=np.float64)
+    return np.clip(scaled * (255.0 if scaled.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+
+
+def _from_array(source: np.ndarray) -> Image.Image:
+    array = source
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[2] not in (1, 3):
+        array = np.transpose(array, (1, 2, 0))  # CHW -> HWC
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (2, 3, 4)):
+        raise FastadaptError(f"an image array must be HxW, HxWxC or CxHxW with C = 1 or 3 (2 or 4 with alpha), "
+                             f"got shape {source.shape}")
+    _check_size(f"image array of shape {source.shape}", array.shape[1], array.shape[0])
+    return Image.fromarray(np.ascontiguousarray(_array_to_uint8(array)))
+
+
+def _open(source: ImageSource, target: int | None) -> Image.Image:
+    if isinstance(source, Image.Image):
+        _check_size("PIL image", *source.size)
+        try:
+            source.load()  # a lazily opened image decodes here; a closed one fails here
+        except Exception as exc:
+            raise FastadaptError(f"PIL image: cannot read its pixels ({_reason(exc)}); pass an open, "
+                                 f"loadable image") from None
+        return _upright(source, "PIL image")
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, (str, os.PathLike)) and not isinstance(os.fspath(source), bytes):
+        path = os.fspath(source)
+        if not path:
+            raise FastadaptError(f"an empty path is not an image; {ACCEPTED}")
+        return _upright(_read_file(path, target), path)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        raise FastadaptError(f"got bytes, not an image; for encoded image bytes pass "
+                             f"PIL.Image.open(io.BytesIO(data)), otherwise {ACCEPTED}")
+    raise FastadaptError(f"got {type(source).__name__}, not an image; {ACCEPTED}")
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """Decode a path, PIL image or numpy array into an upright PIL image; errors name the file."""
+    return _open(source, None)
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+def _name(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(os.fspath(source))
+    return "PIL image" if isinstance(source, Image.Image) else "image"
+
+
+def _flatten(image: Image.Image, channels: int) -> Image.Image:
+    """Any Pillow mode -> "L" or "RGB": transparency on white, 16/32-bit and float scaled, not clipped."""
+    mode = image.mode
+    if mode.startswith("I;16"):
+        image = Image.fromarray(np.round(np.asarray(image).astype(np.float64) / 257.0).astype(np.uint8), "L")
+    elif mode in ("I", "F"):
+        image = Image.fromarray(_array_to_uint8(np.asarray(image)), "L")
+    elif mode == "La":  # premultiplied: on white, value + (255 - alpha)
+        lum, alpha = (np.asarray(image.getchannel(i), dtype=np.int32) for i in (0, 1))
+        image = Image.fromarray(np.clip(lum + 255 - alpha, 0, 255).astype(np.uint8), "L")
+    elif mode == "LAB":  # Pillow has no LAB -> L; its L band is the lightness
+        image = image.getchannel("L") if channels == 1 else image.convert("RGB")
+    elif mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
         # transparent pixels become the white background
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    image = image.convert("L" if spec.channels == 1 else "RGB")
-    if image.size != (spec.size, spec.size):
-        image = image.resize((spec.size, spec.size), Image.LANCZOS)
-    if spec.invert:
-        image = ImageOps.invert(image)
-    array = np.asarray(image, dtype=np.uint8)
+    return image.convert("L" if channels == 1 else "RGB")
+
+
+def _border_level(image: Image.Image):
+    """Median of the outermost pixels, per channel: the background a padded image is filled with."""
+    w, h = image.size
+    edges = [image.crop(box) for box in ((0, 0, w, 1), (0, h - 1, w, h), (0, 0, 1, h), (w - 1, 0, w, h))]
+    pixels = np.concatenate([np.asarray(e).reshape(-1, len(image.getbands())) for e in edges])
+    level = tuple(int(round(v)) for v in np.median(pixels, axis=0))
+    return level[0] if len(level) == 1 else level
+
+
+def _fit(image: Image.Image, spec: Preprocess) -> Image.Image:
+    side = spec.size
+    w, h = image.size
+    if (w, h) == (side, side):
+        return image
+    if spec.fit == "stretch" or w == h:  # a square image is the same in every mode
+        return image.resize((side, side), Image.LANCZOS)
+    if spec.fit == "crop":
+        m = min(w, h)
+        left, top = (w - m) // 2, (h - m) // 2
+        return image.resize((side, side), Image.LANCZOS, box=(left, top, left + m, top + m))
+    scale = side / max(w, h)
+    inner = (max(1, round(w * scale)), max(1, round(h * scale)))
+    canvas = Image.new(image.mode, (side, side), _border_level(image))
+    canvas.paste(image.resize(inner, Image.LANCZOS), ((side - inner[0]) // 2, (side - inner[1]) // 2))
+    return canvas
+
+
+def to_uint8(source: ImageSource, spec: Preprocess) -> np.ndarray:
+    """Stage 1: decode, upright, convert channels, fit to the square and fix stroke polarity -> (C, size, size) uint8."""
+    image = _open(source, spec.size)
+    try:
+        image = _fit(_flatten(image, spec.channels), spec)
+        if spec.invert:
+            image = ImageOps.invert(image)
+        array = np.asarray(image, dtype=np.uint8)
+    except FastadaptError:
+        raise
+    except Exception as exc:  # e.g. a closed PIL image, a mode Pillow cannot convert
+        raise FastadaptError(f"{_name(source)}: cannot convert this image ({_reason(exc)}); "
+                             f"pass an open image in a usual mode (L, RGB, RGBA, P)") from None
     if array.ndim == 2:
         array = array[None]
     else:
@@ -143,6 +347,39 @@ def preprocess(sources: Iterable[ImageSource], spec: Preprocess) -> np.ndarray:
     if not arrays:
         return np.zeros((0, spec.channels, spec.size, spec.size), dtype=np.float32)
     return to_float(np.stack(arrays), spec)
+
+
+# ----------------------------------------------------------------------------- stroke polarity
+
+def background_level(array: np.ndarray) -> float:
+    """Median of a preprocessed (C, H, W) uint8 image's border pixels: its background after inversion."""
+    border = np.concatenate([array[:, 0, :], array[:, -1, :], array[:, :, 0], array[:, :, -1]], axis=1)
+    return float(np.median(border))
+
+
+def reversed_polarity(array: np.ndarray, spec: Preprocess) -> bool:
+    """True when a preprocessed image looks like light strokes on a dark background for an inverting model.
+
+    After inversion the model's training images have a dark (near-zero) background; a bright one means
+    the picture had a dark background to begin with.
+    """
+    return bool(spec.invert) and background_level(array) > 127
+
+
+def polarity_warning(arrays: Iterable[np.ndarray], spec: Preprocess,
+                     names: Sequence[str] | None = None) -> str | None:
+    """One message for all images (preprocessed (C, H, W) uint8, e.g. from to_uint8) whose stroke polarity
+    is the opposite of the model's training data, or None. Callers warn once per call with it."""
+    if not spec.invert:
+        return None  # photo models: no stroke polarity to speak of
+    arrays = list(arrays)
+    flagged = [i for i, a in enumerate(arrays) if reversed_polarity(a, spec)]
+    if not flagged:
+        return None
+    first = names[flagged[0]] if names is not None else f"image {flagged[0]}"
+    return (f"{len(flagged)} of {len(arrays)} image(s) look like light strokes on a dark background (first: "
+            f"{first}), but this model expects dark strokes on a light background; invert them "
+            f"(e.g. PIL.ImageOps.invert) or they will be misread")
 
 
 def is_image_name(name: str) -> bool:

@@ -5,8 +5,10 @@
     dog/ c.png ...
 
 Any number of classes >= 2, any number of images per class (unbalanced is fine). A file that is
-not a readable image is skipped with a warning naming it; a class left with no image is an error.
-Hidden files and folders (".DS_Store", ".git") are ignored.
+not a readable image (damaged, not an image, over the pixel limit, not a regular file such as a FIFO)
+is skipped with a warning naming it; a class left with no image is an error. Hidden files and folders
+(".DS_Store", ".git") are ignored. Images whose stroke polarity is the opposite of the model's
+training data are warned about, once per call.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FastadaptError, warn
-from ..images import Preprocess, to_uint8
+from ..images import Preprocess, polarity_warning, to_uint8
 
 
 @dataclass
@@ -40,7 +42,10 @@ def _folder_classes(root: str) -> dict:
                              f"(e.g. {root}/cat/1.png, {root}/dog/1.png)")
     if not os.path.isdir(root):
         raise FastadaptError(f"{root}: is a file, not a shots folder; pass a folder with one subfolder per class")
-    entries = sorted(e for e in os.listdir(root) if _visible(e))
+    try:
+        entries = sorted(e for e in os.listdir(root) if _visible(e))
+    except OSError as exc:
+        raise FastadaptError(f"{root}: cannot read the shots folder ({exc.strerror or exc}); check its permissions") from None
     folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
     if not entries:
         raise FastadaptError(f"{root}: the shots folder is empty; add one subfolder per class with a few images each")
@@ -53,10 +58,15 @@ def _folder_classes(root: str) -> dict:
     classes = {}
     for name in folders:
         folder = os.path.join(root, name)
-        files = []
-        for dirpath, dirnames, filenames in os.walk(folder):
+        files, errors = [], []
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=errors.append):
             dirnames[:] = sorted(d for d in dirnames if _visible(d))
             files += [os.path.join(dirpath, f) for f in sorted(filenames) if _visible(f)]
+        if errors and not files:
+            raise FastadaptError(f"{folder}: cannot read class folder '{name}' ({errors[0].strerror or errors[0]}); "
+                                 f"check its permissions")
+        for error in errors:
+            warn(f"{error.filename}: cannot read this folder ({error.strerror or error}), skipped")
         if not files:
             raise FastadaptError(f"{folder}: class folder '{name}' has no images; add at least one image "
                                  f"or remove the folder")
@@ -78,9 +88,13 @@ def load_shots(shots, spec: Preprocess) -> Shots:
         folder_of = {name: os.path.join(source, name) for name in classes}
     elif isinstance(shots, dict):
         source = "shots dict"
-        classes = {}
+        classes, given = {}, {}
         for label, items in shots.items():
-            if isinstance(items, (str, os.PathLike)) or not hasattr(items, "__iter__") or (
+            if str(label) in given:  # e.g. 1 and "1": one would silently replace the other
+                raise FastadaptError(f"shots dict: labels {given[str(label)]!r} and {label!r} are both named "
+                                     f"'{label}'; give every class a distinct label")
+            given[str(label)] = label
+            if isinstance(items, (str, bytes, os.PathLike)) or not hasattr(items, "__iter__") or (
                     isinstance(items, np.ndarray) and items.ndim < 4):
                 items = [items]  # one image given on its own
             classes[str(label)] = list(items)
@@ -93,23 +107,29 @@ def load_shots(shots, spec: Preprocess) -> Shots:
         only = next(iter(classes), None)
         raise FastadaptError(f"{source}: found {len(classes)} class{'' if only is None else f' ({only})'}; "
                              f"adaptation needs at least 2 classes, add another class subfolder")
-    arrays, labels, counts, skipped = [], [], [], []
+    arrays, names, labels, counts, skipped = [], [], [], [], []
     for label_index, (name, items) in enumerate(classes.items()):
         count = 0
-        bad = []
+        bad, reasons = [], []
         for index, item in enumerate(items):
+            described = _describe(item, name, index)
             try:
                 arrays.append(to_uint8(item, spec))
-            except FastadaptError:
-                bad.append(_describe(item, name, index))
+            except FastadaptError as exc:  # one bad shot never aborts the adaptation
+                bad.append(described)
+                reasons.append(str(exc) if str(exc).startswith(described) else f"{described}: {exc}")
                 continue
+            names.append(described)
             count += 1
         if count == 0:
             raise FastadaptError(f"{folder_of[name]}: class '{name}' has no readable images "
-                                 f"({len(bad)} unreadable, first: {bad[0]}); use PNG, JPEG, BMP or WebP files")
-        for b in bad:
-            warn(f"{b}: not a readable image, skipped (class '{name}' keeps {count})")
+                                 f"({len(bad)} unreadable, first: {reasons[0]})")
+        for reason in reasons:
+            warn(f"{reason}; skipped (class '{name}' keeps {count})")
         skipped += bad
         labels += [label_index] * count
         counts.append(count)
+    message = polarity_warning(arrays, spec, names)
+    if message:
+        warn(f"{source}: {message}")
     return Shots(list(classes), np.stack(arrays), np.asarray(labels, dtype=np.int64), counts, skipped, source)
