@@ -76,7 +76,7 @@ def _folder_classes(root: str) -> dict:
 
 def _describe(item, label, index) -> str:
     if isinstance(item, (str, os.PathLike)):
-        return os.fspath(item)
+        return str(os.fspath(item))
     return f"image {index} of class '{label}'"
 
 
