@@ -37,7 +37,7 @@ def demo(
     from ..runtime import load
 
     if sheet is not None:
-        check_out(sheet, "--sheet", "demo.png")
+        check_out(sheet, "--sheet", "demo.png", inputs=[model, EXAMPLES], suffix=".png")
     shot_root, query_root = EXAMPLES / "shots", EXAMPLES / "queries"
     if not shot_root.is_dir():
         raise FastadaptError(f"{EXAMPLES}: the example drawings are missing from this install; reinstall fastadapt")

@@ -1,20 +1,42 @@
-"""The contact sheet of ``fastadapt predict --sheet``: each image with its predicted label (PIL only)."""
+"""The contact sheet of ``fastadapt predict --sheet``: each image with its predicted label (PIL only).
+
+Limits, so a sheet stays cheap to make and possible to open: at most MAX_IMAGES images (the first
+ones; a footer line and a warning say how many were left out), and thumbnails are reduced while
+decoding (JPEG draft mode), never held at full size all at once. Captions are drawn with a system
+font covering many scripts when there is one (DejaVu Sans), else Pillow's own (ASCII only);
+characters the font cannot draw, and control characters such as a newline in a file name, are shown
+as escapes (\\u4e2d, \\n). The exact labels are in predict's text and --json output.
+"""
 
 from __future__ import annotations
 
+import functools
 import io
+import os
+import stat
+import unicodedata
+import warnings
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import FastadaptError, warn
 from ..outputs import write_atomic
-from ..images import open_image
 
 THUMB = 112
 CAPTION = 34
 COLUMNS = 8
+MAX_IMAGES = 400  # 8 x 50 thumbnails: a 896 x 7300 PNG of a few MB
+FOOTER = 24
+UNICODE_FONTS = ("DejaVuSans.ttf", "NotoSans-Regular.ttf")  # found in the system font folders by Pillow
 
 
+@functools.lru_cache(maxsize=None)
 def _font(size: int):
+    for name in UNICODE_FONTS:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: one fixed bitmap size
@@ -23,27 +45,73 @@ def _font(size: int):
 
 def contact_sheet(paths: list, predictions: list, out: str) -> None:
     """A grid of thumbnails captioned 'label  93%' (and the file name), written atomically as PNG."""
-    columns = min(COLUMNS, len(paths))
-    rows = (len(paths) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * THUMB, rows * (THUMB + CAPTION)), "white")
+    if not str(out).lower().endswith(".png"):
+        raise FastadaptError(f"{out}: a contact sheet is written as PNG; name it with .png")
+    total = len(paths)
+    shown = min(total, MAX_IMAGES)
+    columns = min(COLUMNS, shown)
+    rows = (shown + columns - 1) // columns
+    footer = FOOTER if shown < total else 0
+    sheet = Image.new("RGB", (columns * THUMB, rows * (THUMB + CAPTION) + footer), "white")
     draw = ImageDraw.Draw(sheet)
     big, small = _font(13), _font(10)
-    for i, (path, prediction) in enumerate(zip(paths, predictions)):
+    for i, (path, prediction) in enumerate(zip(paths[:shown], predictions[:shown])):
         x, y = (i % columns) * THUMB, (i // columns) * (THUMB + CAPTION)
-        image = open_image(path).convert("RGB")
-        image.thumbnail((THUMB - 8, THUMB - 8))
-        sheet.paste(image, (x + (THUMB - image.width) // 2, y + (THUMB - image.height) // 2))
+        image = _thumbnail(path)
+        if image is None:
+            draw.rectangle([x + 4, y + 4, x + THUMB - 5, y + THUMB - 5], fill=(230, 230, 230))
+        else:
+            sheet.paste(image, (x + (THUMB - image.width) // 2, y + (THUMB - image.height) // 2))
         draw.rectangle([x, y, x + THUMB - 1, y + THUMB + CAPTION - 1], outline=(200, 200, 200))
-        label = f"{prediction.label}  {100 * prediction.probability:.0f}%"
+        label = f"{printable(prediction.label, big)}  {100 * prediction.probability:.0f}%"
         draw.text((x + 4, y + THUMB), _clip(draw, label, big), fill=(0, 0, 0), font=big)
-        name = str(path).replace("\\", "/").rsplit("/", 1)[-1]
+        name = printable(str(path).replace("\\", "/").rsplit("/", 1)[-1], small)
         draw.text((x + 4, y + THUMB + 17), _clip(draw, name, small), fill=(110, 110, 110), font=small)
+    if footer:
+        note = f"first {shown} of {total} images; {total - shown} not shown"
+        draw.text((4, rows * (THUMB + CAPTION) + 5), note, fill=(160, 0, 0), font=big)
+        warn(f"{out}: the contact sheet shows the first {shown} of {total} images (at most {MAX_IMAGES} per "
+             f"sheet); predict the others separately for a sheet of them")
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     write_atomic(out, buffer.getvalue())
 
 
+def _thumbnail(path):
+    """The image reduced to fit a cell, decoded at reduced scale where the format allows; None if unreadable."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the read
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # predict already read it
+            with Image.open(path) as image:
+                image.thumbnail((THUMB - 8, THUMB - 8))  # calls draft(): JPEG decodes at 1/2..1/8 size
+                return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def printable(text: str, font) -> str:
+    """``text`` with control characters and characters ``font`` has no glyph for written as escapes."""
+    return "".join(ch if _drawable(ch, font) else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def _drawable(ch: str, font) -> bool:
+    if unicodedata.category(ch)[0] == "C":  # control, format, unassigned: a newline breaks text()
+        return False
+    return ch.isascii() or _glyph(font, ch) != _glyph(font, "\U000F0000")  # a private-use code point: no glyph
+
+
+@functools.lru_cache(maxsize=4096)
+def _glyph(font, ch: str):
+    try:
+        mask = font.getmask(ch)
+    except (OSError, UnicodeError, ValueError):  # a bitmap font outside Latin-1
+        return None
+    return mask.size, bytes(mask)
+
+
 def _clip(draw, text: str, font) -> str:
-    while len(text) > 1 and draw.textlength(text, font=font) > THUMB - 8:
-        text = text[:-2] + "…"
+    while len(text) > 4 and draw.textlength(text, font=font) > THUMB - 8:
+        text = text[:-4] + "..."  # ASCII: every font can draw it
     return text
