@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from . import app, check_out
+from ..outputs import check_inputs
 from ..errors import FastadaptError
 
 SERVER_PANEL = "On the server (pip install 'fastadapt\\[train]')"
@@ -89,7 +90,7 @@ def train(
     given = {k: v for k, v in locals().items() if k not in ("out", "resume", "quiet", "dist_timeout") and v is not None}
     _need_torch("train")
     from ..meta_train.distributed import env_rank
-    from ..meta_train.run import TrainConfig
+    from ..meta_train.run import TrainConfig, check_flag
     from ..meta_train.trainer import train as run_training
 
     values = dict(SINUSOID_DEFAULTS) if data == "sinusoid" else {}
@@ -97,7 +98,9 @@ def train(
         values["meta_lr"] = 1.0
     values.update(given)
     values["command"] = ["fastadapt"] + sys.argv[1:]
-    config = TrainConfig.from_dict({**TrainConfig().to_dict(), **values})
+    config = TrainConfig.from_dict({**TrainConfig().to_dict(), **values})  # every flag's type and range
+    check_flag("--dist-timeout", dist_timeout, 1.0, 7 * 24 * 3600.0)
+    check_run_out(out, [config.data if config.data not in ("synthetic", "sinusoid") else None, config.init_from or None])
     summary = run_training(config, out, resume=resume, quiet=quiet, given=set(given) | {"command"},
                            dist_timeout=dist_timeout)
     if env_rank() != 0:
@@ -134,6 +137,7 @@ def evaluate(
     Works on a run folder (torch) and on an exported bundle (runtime only, no torch needed); with the same
     --data/--ways/--shots/--seed both see exactly the same tasks.
     """
+    _check_evaluate_flags(ways=ways, shots=shots, query=query, tasks=tasks, seed=seed, steps=steps, lr=lr)
     if os.path.isfile(model):
         from ..runtime import evaluate_bundle
 
@@ -154,6 +158,26 @@ def evaluate(
                               seed=seed, steps=steps, lr=lr, transductive=transductive, checkpoint=checkpoint,
                               progress=None if as_json else _task_progress(tasks))
     _print_result(result, as_json)
+
+
+def check_run_out(out: str, inputs: list) -> None:
+    """--out of train is a folder: not a file, not a link, and not inside (or equal to) what the run reads."""
+    if os.path.islink(out):
+        raise FastadaptError(f"--out {out}: is a symbolic link; give the run folder's real path")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FastadaptError(f"--out {out} is a file; pass a folder for the run")
+    check_inputs(out, inputs, "--out")
+
+
+def _check_evaluate_flags(**flags) -> None:
+    """evaluate's numbers, within the same limits as the train flags they mirror (meta_train.run.LIMITS)."""
+    from ..meta_train.run import LIMITS, POSITIVE, check_flag
+
+    mirrors = {"ways": "ways", "shots": "shots", "query": "query", "tasks": "val_tasks", "seed": "seed",
+               "steps": "eval_inner_steps", "lr": "inner_lr"}
+    for name, value in flags.items():
+        if value is not None:
+            check_flag(f"--{name}", value, *LIMITS[mirrors[name]], positive=mirrors[name] in POSITIVE)
 
 
 def _task_progress(total: int):
@@ -189,7 +213,7 @@ def export(
     preprocessing, provenance, evaluation results). Export checks itself: it adapts a sample task in
     onnxruntime and in torch and refuses to write if the parameters differ by more than 1e-4.
     """
-    check_out(out, "--out", "model.fadapt")
+    check_out(out, "--out", "model.fadapt", inputs=[rundir])  # never over the run's own files
     _need_torch("export")
     from ..meta_train.exporting import export_run
 

@@ -6,14 +6,19 @@ RUNDIR/
   best.npz         the checkpoint with the best validation score
   metrics.jsonl    one JSON object per logged iteration / validation
   curves.png       training and validation curves
-Checkpoints are written to a temp file and renamed, so a kill never leaves a half-written one.
+  train.lock       held (flock) by the one trainer writing the folder; holds its pid
+Checkpoints are written to a temp file and renamed, so a kill never leaves a half-written one; a
+temp file left by ``kill -9`` is removed by the next trainer of the folder (under the lock).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import socket
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -61,8 +66,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """A config from flags or config.json: every value type- and range-checked (check_limits)."""
+        if not isinstance(d, dict):
+            raise FastadaptError(f"a run config must be a JSON object, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        config = cls(**{k: v for k, v in d.items() if k in names})
+        check_limits(config)
+        return config
 
     @property
     def test_steps(self) -> int:
@@ -71,6 +81,52 @@ class TrainConfig:
     @property
     def regression(self) -> bool:
         return self.data == "sinusoid"
+
+
+# Every numeric flag of train (and, by name, of evaluate): its (low, high). The high ends keep a typo
+# from hanging the machine or exhausting its memory; they lie far above any published few-shot setting.
+# image_size: the Conv4 halves the image four times, so 16 is the least that leaves a feature map.
+LIMITS = {
+    "ways": (1, 1000), "shots": (1, 1000), "query": (1, 1000), "inner_steps": (1, 1000),
+    "eval_inner_steps": (0, 1000), "meta_batch": (1, 1024), "iterations": (0, 10**8), "seed": (0, 2**32 - 1),
+    "width": (1, 1024), "image_size": (16, 512), "channels": (1, 3), "val_every": (1, 10**8),
+    "val_tasks": (1, 100_000), "val_classes": (0, 100_000), "checkpoint_every": (1, 10**8),
+    "pretrain_epochs": (0, 10_000), "inner_lr": (0.0, 1e6), "meta_lr": (0.0, 1e6), "pretrain_lr": (0.0, 1e6),
+    "stop_at": (0.0, 1e9), "max_minutes": (0.0, 1e7),
+}
+POSITIVE = {"inner_lr", "meta_lr", "pretrain_lr"}  # learning rates: above their low end, not equal to it
+MAX_TASK_IMAGES = 20_000  # ways * (shots + query): one task is held in memory at once
+
+
+def check_flag(flag: str, value, low, high, positive: bool = False) -> None:
+    """One numeric flag: an int where ``low`` is an int (else a finite number), within [low, high]."""
+    integer = isinstance(low, int)
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise FastadaptError(f"{flag} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise FastadaptError(f"{flag} must be a finite number, got {value}")
+    if value < low or value > high or (positive and value == low):
+        lowest = f"above {low:g} and at most" if positive else f"from {low} to"
+        raise FastadaptError(f"{flag} must be {lowest} {high:g}, got {value}")
+
+
+def check_limits(c: TrainConfig) -> None:
+    """Types and ranges of every field, before any work: a bad value fails in one line naming its flag.
+
+    Combinations (an algorithm that needs classes, ways >= 2 for classification ...) are checked by
+    parts.check_config.
+    """
+    for f in fields(c):
+        value, flag = getattr(c, f.name), "--" + f.name.replace("_", "-")
+        if f.name in LIMITS:
+            check_flag(flag, value, *LIMITS[f.name], positive=f.name in POSITIVE)
+        elif f.type in ("str", "bool") and type(value).__name__ != f.type:
+            raise FastadaptError(f"{flag} must be a {'string' if f.type == 'str' else 'boolean'}, got {value!r}")
+        elif f.name == "command" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise FastadaptError(f"command must be a list of strings, got {value!r}")
+    if c.ways * (c.shots + c.query) > MAX_TASK_IMAGES:
+        raise FastadaptError(f"--ways x (--shots + --query) is {c.ways * (c.shots + c.query)} images per task; "
+                             f"at most {MAX_TASK_IMAGES}: lower --ways, --shots or --query")
 
 
 # Flags that may differ when resuming (they do not change what is being trained).
@@ -88,10 +144,13 @@ def read_config(rundir: str) -> TrainConfig:
     if not os.path.exists(path):
         raise FastadaptError(f"{rundir}: not a training run (no config.json)")
     try:
-        with open(path) as f:
-            return TrainConfig.from_dict(json.load(f))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise FastadaptError(f"{path}: unreadable run config ({exc})") from None
+        with open(path, "rb") as f:
+            saved = json.loads(f.read(1 << 20))  # a config is a few hundred bytes
+        return TrainConfig.from_dict(saved)
+    except (OSError, ValueError, TypeError, RecursionError, FastadaptError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else exc
+        raise FastadaptError(f"{path}: damaged run config ({reason}); restore it from a backup or train "
+                             f"again into a new --out") from None
 
 
 def write_json(path: str, obj) -> None:
@@ -120,7 +179,11 @@ class Checkpoint:
     progress: dict
 
 
-def load_checkpoint(path: str) -> Checkpoint:
+DAMAGED_FIX = "restore it from a backup, or use the run's other checkpoint (best.npz / last.npz)"
+
+
+def load_checkpoint(path: str, fix: str = DAMAGED_FIX) -> Checkpoint:
+    """Read a checkpoint (never unpickling); a damaged one is a FastadaptError naming it and ``fix``."""
     if not os.path.exists(path):
         raise FastadaptError(f"{path}: no checkpoint yet; the run has not saved one (train longer)")
     try:
@@ -132,10 +195,79 @@ def load_checkpoint(path: str) -> Checkpoint:
                 if key.startswith("opt/"):
                     _, index, name = key.split("/", 2)
                     state.setdefault(int(index), {})[name] = npz[key]
-    except (OSError, ValueError, KeyError) as exc:
-        raise FastadaptError(f"{path}: unreadable checkpoint ({exc}); use the other checkpoint of the run") from None
-    optimizer = {"state": state, "param_groups": meta["optimizer_groups"]} if "optimizer_groups" in meta else None
-    return Checkpoint(params, optimizer, meta["progress"])
+            progress = meta["progress"]
+            optimizer = {"state": state, "param_groups": meta["optimizer_groups"]} if "optimizer_groups" in meta else None
+        iteration = progress["iteration"]
+        if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+            raise ValueError(f"iteration {iteration!r}")
+        if not all(a.dtype.kind == "f" for a in params.values()):
+            raise ValueError("parameters that are not floating point")
+    # np.load raises EOFError on an empty file, BadZipFile on a damaged zip, and returns an array
+    # (no context manager: AttributeError/TypeError) for a .npy file; a wrong layout gives Key/TypeError
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise FastadaptError(f"{path}: damaged checkpoint ({reason}); {fix}") from None
+    return Checkpoint(params, optimizer, progress)
+
+
+def has_checkpoint(rundir: str) -> bool:
+    """Whether a run folder holds any trained state (a folder without one can be reused)."""
+    return any(os.path.exists(os.path.join(rundir, n)) for n in ("last.npz", "best.npz", "pretrain.npz"))
+
+
+LOCK_NAME = "train.lock"
+
+
+class RunLock:
+    """One writer per run folder: an exclusive, non-blocking flock on RUNDIR/train.lock.
+
+    The kernel releases it when the process dies (even by kill -9), so a stale lock file never blocks.
+    The file holds the holder's pid and host, for the message the second trainer prints.
+    """
+
+    def __init__(self, rundir: str):
+        self.rundir, self.file = rundir, None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; one writer per folder is then up to the user
+            return
+        path = os.path.join(self.rundir, LOCK_NAME)
+        try:
+            os.makedirs(self.rundir, exist_ok=True)
+            f = open(path, "a+")
+        except OSError as exc:
+            raise FastadaptError(f"--out {self.rundir}: cannot create the run folder ({exc.strerror}); "
+                                 f"choose a writable --out") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read(200).strip() or "another process"
+            f.close()
+            raise FastadaptError(f"--out {self.rundir}: another trainer is writing this run folder ({holder}); "
+                                 f"wait for it to end, or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self.file = f
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing drops the flock
+            self.file = None
+
+
+def remove_temp_files(rundir: str) -> None:
+    """Temp files of writes cut short by kill -9 (the holder of the lock is the only writer)."""
+    for name in os.listdir(rundir):
+        if name.endswith(".tmp") or name == "curves.tmp.png":
+            try:
+                os.unlink(os.path.join(rundir, name))
+            except OSError:
+                pass  # not ours to fight over; it is ignored anyway
 
 
 def read_metrics(rundir: str) -> list:

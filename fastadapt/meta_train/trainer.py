@@ -7,6 +7,7 @@ each process computes its share of those tasks (see distributed.py); rank 0 alon
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -24,8 +25,9 @@ from .algorithms import meta_gradient
 from .evaluate import evaluate_classification, evaluate_regression
 from .parts import (check_config, describe_data, init_meta_params, make_samplers, model_spec_of, recipe_of,
                     resolve_device, to_batch)
-from .run import (RESUMABLE, load_optimizer_state, optimizer_state_to_numpy, TrainConfig, config_path, load_checkpoint, read_config, read_metrics,
-                  save_checkpoint, truncate_metrics, write_json)
+from .run import (RESUMABLE, RunLock, TrainConfig, check_limits, config_path, has_checkpoint, load_checkpoint,
+                  load_optimizer_state, optimizer_state_to_numpy, read_config, read_metrics, remove_temp_files,
+                  save_checkpoint, truncate_metrics, write_atomic, write_json)
 
 
 class Diverged(FastadaptError):
@@ -60,8 +62,9 @@ def resolve_config(c: TrainConfig, rundir: str, resume: bool, given: set | None 
             # keep the command that started the run (the model card's); append how it was resumed
             saved["command"] = list(saved.get("command") or []) + ["&&"] + list(mine["command"])
         return TrainConfig.from_dict(saved)
-    if exists:
+    if exists and has_checkpoint(rundir):
         raise FastadaptError(f"--out {rundir} already holds a run; add --resume to continue it or choose another --out")
+    # a folder whose run saved nothing (it diverged or failed at once) is reused: nothing trained is lost
     if os.path.exists(rundir) and not os.path.isdir(rundir):
         raise FastadaptError(f"--out {rundir} is a file; pass a folder for the run")
     return c
@@ -72,12 +75,16 @@ def load_initialisation(params: dict, source: str) -> None:
     path = os.path.join(source, "best.npz") if os.path.isdir(source) else source
     if not os.path.exists(path):
         raise FastadaptError(f"--init-from {source}: no checkpoint there (expected a run folder with best.npz)")
-    saved = load_checkpoint(path).params
+    copy_params(params, load_checkpoint(path).params, f"--init-from {source}",
+                "use the same --width/--channels/--norm as that run")
+
+
+def copy_params(params: dict, saved: dict, source: str, fix: str) -> None:
+    """Copy checkpoint arrays into the model's parameters; a missing or wrong-shape one is a user error."""
     for k, v in params.items():
         if k not in saved or tuple(saved[k].shape) != tuple(v.shape):
             got = tuple(saved[k].shape) if k in saved else "missing"
-            raise FastadaptError(f"--init-from {source}: parameter {k} is {got} there but {tuple(v.shape)} here; "
-                                 f"use the same --width/--channels/--norm as that run")
+            raise FastadaptError(f"{source}: parameter {k} is {got} there but {tuple(v.shape)} here; {fix}")
     with torch.no_grad():
         for k, v in params.items():
             v.copy_(torch.from_numpy(saved[k]))
@@ -91,21 +98,31 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
     waits for the other processes before the run stops.
     """
     job = distributed.setup(c.device, dist_timeout)
+    lock = RunLock(rundir)
     try:
-        summary = _train(job, c, rundir, resume, quiet, given)
+        summary = _train(job, c, rundir, resume, quiet, given, lock)
+    except OSError as exc:  # a full disk, a read-only folder, a name too long: one line, the run resumable
+        job.teardown(clean=False)
+        raise FastadaptError(f"{exc.filename or rundir}: {exc.strerror or exc} (training into {rundir}); "
+                             f"free space or fix permissions, then add --resume to continue") from None
     except BaseException:
         job.teardown(clean=False)
         raise
+    finally:
+        lock.release()
     job.teardown(clean=True)
     return summary
 
 
-def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quiet: bool, given: set | None) -> dict:
+def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quiet: bool, given: set | None,
+           lock: RunLock) -> dict:
     quiet = quiet or not job.is_main
     log = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     last_path, best_path = os.path.join(rundir, "last.npz"), os.path.join(rundir, "best.npz")
     start, best, error, elapsed_before = 0, None, None, 0.0
     try:  # everything that reads files or data, before RUNDIR is touched; every rank must succeed
+        asked = c
+        check_limits(c)
         c = resolve_config(c, rundir, resume, given)
         check_config(c)
         job.check_config(c.meta_batch, c.pretrain_epochs)
@@ -121,21 +138,32 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
             load_initialisation(params, c.init_from)
             log(f"meta-parameters initialised from {c.init_from}")
         if resume and os.path.exists(last_path):
-            ckpt = load_checkpoint(last_path)
-            with torch.no_grad():
-                for k in names:
-                    params[k].copy_(torch.from_numpy(ckpt.params[k]))
+            fix = (f"copy {best_path} over it to resume from the best checkpoint (the optimiser state restarts), "
+                   f"or train again into a new --out")
+            ckpt = load_checkpoint(last_path, fix)
+            copy_params(params, ckpt.params, last_path, fix)
             if ckpt.optimizer_state is not None:
                 load_optimizer_state(optimizer, ckpt.optimizer_state, device)
             start, best = ckpt.progress["iteration"], ckpt.progress.get("best")
             elapsed_before = ckpt.progress.get("elapsed_seconds", 0.0)
+            if c.iterations < start:  # else the summary and config would claim fewer iterations than were run
+                raise FastadaptError(f"--iterations {c.iterations}: the run in {rundir} is already at iteration "
+                                     f"{start}; --iterations is the run's total, so give {start} or more")
+        if job.is_main:
+            # the one writer of RUNDIR from here on; then look again, under the lock, at what it holds
+            lock.acquire()
+            c = resolve_config(asked, rundir, resume, given)
+            remove_temp_files(rundir)
+            if not resume:  # reusing a folder whose run saved nothing: drop its logs
+                for name in ("metrics.jsonl", "summary.json", "curves.png"):
+                    if os.path.exists(os.path.join(rundir, name)):
+                        os.unlink(os.path.join(rundir, name))
     except Exception as exc:
         error = exc
     job.check(error, "start-up")
     job.same(start, "the iteration to resume from")
     job.broadcast(params)
     if job.is_main:
-        os.makedirs(rundir, exist_ok=True)
         write_json(config_path(rundir), c.to_dict())
         if c.pretrain_epochs and not (resume and os.path.exists(last_path)):
             from .pretrain import pretrain_body
@@ -153,10 +181,15 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
     def snapshot(it: int) -> dict:
         return {k: v.detach().cpu().numpy() for k, v in params.items()}
 
+    def last_good() -> str:
+        if os.path.exists(last_path):
+            return f"the last good checkpoint is {last_path} (--resume continues from it)"
+        return f"no checkpoint was saved, so {rundir} can be reused as --out"
+
     def checkpoint(it: int) -> None:
         arrays = snapshot(it)
         if not all(np.isfinite(a).all() for a in arrays.values()):
-            raise Diverged(f"parameters became non-finite at iteration {it}; the last good checkpoint is {last_path}")
+            raise Diverged(f"parameters became non-finite at iteration {it}; {last_good()}")
         save_checkpoint(last_path, arrays, optimizer_state_to_numpy(optimizer),
                         {"iteration": it, "best": best, "elapsed_seconds": round(elapsed(), 1)})
 
@@ -213,8 +246,8 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                     grads, loss, acc, error = None, 0.0, 0.0, exc
                 grads, loss, acc = job.average(grads, loss, acc, len(share), error, params, f"iteration {it + 1}")
                 if not math.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads.values()):
-                    raise Diverged(f"training diverged at iteration {it + 1} (loss {loss}); the last good checkpoint "
-                                   f"is {last_path}: lower --meta-lr or --inner-lr and train again, or --resume")
+                    raise Diverged(f"training diverged at iteration {it + 1} (loss {loss}): lower --meta-lr or "
+                                   f"--inner-lr and train again; {last_good()}")
                 optimizer.zero_grad(set_to_none=True)
                 for k in names:
                     params[k].grad = grads[k]
@@ -327,7 +360,7 @@ def plot_curves(rundir: str) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    tmp = os.path.join(rundir, "curves.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, os.path.join(rundir, "curves.png"))
+    write_atomic(os.path.join(rundir, "curves.png"), buffer.getvalue())
