@@ -249,3 +249,59 @@ def test_export_refuses_to_write_inside_the_run_folder(tmp_path, capsys):
     long_out = tmp_path / ("z" * 300 + ".fadapt")
     code, out, err = run_cli(capsys, "export", run, "--out", long_out)
     one_error(code, out, err, "File name too long")
+
+
+# ----------------------------------------------------------------------------- contact sheet
+
+class Prediction:
+    def __init__(self, label, probability=0.5):
+        self.label, self.probability = label, probability
+
+
+def test_sheet_captions_with_newlines_and_other_scripts_are_drawn(tmp_path, glyphs):
+    from fastadapt.cli.sheet import _font, contact_sheet, printable
+
+    odd = tmp_path / "two\nlines.png"
+    shutil.copyfile(os.path.join(glyphs["queries"], "class00", "0.png"), odd)
+    out = tmp_path / "sheet.png"
+    contact_sheet([str(odd)], [Prediction("star\r\n\x1b[31mred")], str(out))
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[0] > 0
+    font = _font(13)
+    assert printable("a\nb", font) == "a\\nb"
+    assert printable("\x1b[31m", font) == "\\x1b[31m"
+    assert printable("\U000F0001", font) == "\\U000f0001"  # a private-use character: no font has a glyph
+    assert printable("star 42", font) == "star 42"
+
+
+def test_a_sheet_of_many_images_is_capped_and_says_so(tmp_path, glyphs, capsys):
+    from fastadapt.cli import sheet as sheet_module
+
+    image = os.path.join(glyphs["queries"], "class00", "0.png")
+    total = sheet_module.MAX_IMAGES + 5
+    out = tmp_path / "sheet.png"
+    sheet_module.contact_sheet([image] * total, [Prediction("a")] * total, str(out))
+    rows = sheet_module.MAX_IMAGES // sheet_module.COLUMNS
+    with Image.open(out) as drawn:
+        assert drawn.size == (sheet_module.COLUMNS * sheet_module.THUMB,
+                              rows * (sheet_module.THUMB + sheet_module.CAPTION) + sheet_module.FOOTER)
+    assert f"first {sheet_module.MAX_IMAGES} of {total} images" in capsys.readouterr().err
+
+
+def test_sheet_thumbnails_are_decoded_at_reduced_scale(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    from fastadapt.cli.sheet import contact_sheet
+
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (4000, 3000), (200, 100, 50)).save(big, quality=80)
+    decoded = []
+    load = JpegImagePlugin.JpegImageFile.load
+
+    def spy(self):
+        decoded.append(self.size)
+        return load(self)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", spy)
+    contact_sheet([str(big)], [Prediction("a")], str(tmp_path / "sheet.png"))
+    assert decoded and max(w * h for w, h in decoded) <= 4000 * 3000 // 4  # libjpeg draft: 1/2..1/8 a side

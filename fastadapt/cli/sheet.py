@@ -1,8 +1,8 @@
 """The contact sheet of ``fastadapt predict --sheet``: each image with its predicted label (PIL only).
 
 Limits, so a sheet stays cheap to make and possible to open: at most MAX_IMAGES images (the first
-ones; a footer line and a warning say how many were left out), and thumbnails are reduced while
-decoding (JPEG draft mode), never held at full size all at once. Captions are drawn with a system
+ones; a footer line and a warning say how many were left out), and each thumbnail is made on its own,
+a large JPEG decoded at reduced scale (draft mode), so one image at a time is in memory. Captions are drawn with a system
 font covering many scripts when there is one (DejaVu Sans), else Pillow's own (ASCII only);
 characters the font cannot draw, and control characters such as a newline in a file name, are shown
 as escapes (\\u4e2d, \\n). The exact labels are in predict's text and --json output.
@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import functools
 import io
-import os
-import stat
 import unicodedata
-import warnings
 
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import FastadaptError, warn
+from ..images import _open as open_reduced
 from ..outputs import write_atomic
 
 THUMB = 112
@@ -78,16 +76,13 @@ def contact_sheet(paths: list, predictions: list, out: str) -> None:
 
 
 def _thumbnail(path):
-    """The image reduced to fit a cell, decoded at reduced scale where the format allows; None if unreadable."""
+    """The image reduced to fit a cell (a large JPEG decoded at reduced scale); None if unreadable."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the read
-            return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # predict already read it
-            with Image.open(path) as image:
-                image.thumbnail((THUMB - 8, THUMB - 8))  # calls draft(): JPEG decodes at 1/2..1/8 size
-                return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError):
+        # the loader of predict: regular files only, a pixel limit, EXIF orientation, JPEG draft for a target size
+        image = open_reduced(path, THUMB)
+        image.thumbnail((THUMB - 8, THUMB - 8))
+        return image.convert("RGB")
+    except (FastadaptError, OSError, ValueError):
         return None
 
 

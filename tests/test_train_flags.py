@@ -1,0 +1,82 @@
+"""Every numeric flag of train and evaluate: type, finiteness and range, one line naming the flag."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastadapt.errors import FastadaptError
+from fastadapt.meta_train.run import LIMITS, TrainConfig
+
+from test_outputs import one_error, run_cli
+
+BASE = ["train", "--iterations", "1", "--width", "8", "--meta-batch", "1", "--quiet"]
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--seed", "-1"), ("--seed", str(2**32)), ("--width", "100000000"), ("--inner-lr", "inf"),
+    ("--inner-lr", "0"), ("--meta-lr", "nan"), ("--pretrain-lr", "-inf"), ("--max-minutes", "nan"),
+    ("--stop-at", "nan"), ("--image-size", "100000"), ("--meta-batch", "1000000000"),
+    ("--iterations", "100000000000000000000"), ("--inner-steps", "1000000"), ("--val-tasks", "10000000"),
+    ("--checkpoint-every", "0"), ("--pretrain-epochs", "-1"), ("--dist-timeout", "nan"), ("--query", "100000"),
+])
+def test_bad_train_flags_are_one_line_naming_the_flag(tmp_path, capsys, flag, value):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, *BASE, flag, value, "--out", out)
+    line = one_error(code, stdout, err, flag)
+    assert value in line or "finite" in line or "positive" in line or "above" in line
+    assert not out.exists()
+
+
+def test_images_per_task_are_bounded(tmp_path, capsys):
+    code, stdout, err = run_cli(capsys, *BASE, "--ways", "100", "--shots", "100", "--query", "150",
+                                "--out", tmp_path / "run")
+    one_error(code, stdout, err, "--ways x (--shots + --query)", "25000")
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--steps", "100000000000000000000"), ("--steps", "-1"), ("--lr", "inf"), ("--lr", "nan"), ("--lr", "0"),
+    ("--seed", "-1"), ("--tasks", "0"), ("--tasks", "1000000000"), ("--query", "0"), ("--ways", "5000"),
+])
+def test_bad_evaluate_flags_fail_before_any_work(tmp_path, capsys, flag, value):
+    # the model need not exist: flags are checked first
+    code, stdout, err = run_cli(capsys, "evaluate", tmp_path / "nothing", flag, value)
+    one_error(code, stdout, err, flag)
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"ways": "5"}, "--ways must be an integer"), ({"ways": 5.0}, "--ways must be an integer"),
+    ({"seed": True}, "--seed must be an integer"), ({"inner_lr": "0.4"}, "--inner-lr must be a number"),
+    ({"rotations": "yes"}, "--rotations must be a boolean"), ({"data": 3}, "--data must be a string"),
+    ({"command": "fastadapt train"}, "command must be a list"),
+])
+def test_config_values_are_type_checked(change, needle):
+    with pytest.raises(FastadaptError, match=needle.replace("(", "\\(")):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), **change})
+    with pytest.raises(FastadaptError, match="JSON object"):
+        TrainConfig.from_dict([1, 2])
+
+
+def test_the_ends_of_every_range_are_accepted():
+    for name, (low, high) in LIMITS.items():
+        for value in (low, high):
+            if name in ("inner_lr", "meta_lr", "pretrain_lr") and value == low:
+                continue  # learning rates must be above 0
+            TrainConfig.from_dict({**TrainConfig().to_dict(), name: value})
+    TrainConfig.from_dict({**TrainConfig().to_dict(), "ways": 1000, "shots": 5, "query": 15})  # 20,000 images
+    TrainConfig.from_dict({**TrainConfig().to_dict(), "inner_lr": 7})  # an int where a float is expected
+
+
+def test_train_out_may_not_be_or_lie_inside_what_the_run_reads(tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "cls").mkdir(parents=True)
+    code, stdout, err = run_cli(capsys, *BASE, "--data", data, "--out", data / "run")
+    one_error(code, stdout, err, f"--out {data / 'run'}", "inside the input folder")
+    assert not (data / "run").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    code, stdout, err = run_cli(capsys, *BASE, "--init-from", other, "--out", other)
+    one_error(code, stdout, err, "also an input")
+    link = tmp_path / "link"
+    link.symlink_to(other)
+    code, stdout, err = run_cli(capsys, *BASE, "--out", link)
+    one_error(code, stdout, err, "symbolic link")
