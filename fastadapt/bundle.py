@@ -58,6 +58,9 @@ MEMBER_LIMITS = {"manifest.json": MAX_MANIFEST_BYTES, MANIFEST_CHECKSUM: 1024, s
                  "forward.onnx": 256 * MiB, "step.onnx": 256 * MiB, "params.npz": 256 * MiB}
 READ_PIECE = 1 << 20  # bytes decompressed at a time
 MAX_MEMBERS = 64  # zip entries; a bundle has 5 or 6
+# Only these: zipfile decompresses bzip2 and LZMA without an output bound, so a member declaring a few
+# bytes could still inflate to gigabytes in one read. The exporter (and np.savez) use these two.
+COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 MAX_DIMS = 4  # a parameter's dimensions (conv weights have 4)
 # What a damaged or crafted zip can raise from the zipfile/zlib/struct internals
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, struct.error, NotImplementedError,
@@ -123,7 +126,7 @@ def params_from_bytes(data: bytes, where: str) -> dict:
             params = {}
             for info in infos:
                 name = info.filename[:-4] if info.filename.endswith(".npy") else ""
-                if not name or name in params:
+                if not name or name in params or info.compress_type not in COMPRESSIONS:
                     raise ValueError(f"unexpected member '{printable(info.filename)[:80]}'")
                 with npz.open(info) as f:
                     params[name] = _read_array(f, info.file_size, printable(name)[:80])
@@ -187,6 +190,9 @@ def _read_member(archive: zipfile.ZipFile, infos: dict, name: str, where: str) -
     if info is None:
         raise FastadaptError(f"{where}: member {name} is missing; the bundle is truncated, re-export it")
     limit = MEMBER_LIMITS[name]
+    if info.compress_type not in COMPRESSIONS:
+        raise FastadaptError(f"{where}: member {name} uses zip compression method {info.compress_type}; bundles use "
+                             f"deflate, re-export it")
     if info.file_size > limit:
         raise FastadaptError(f"{where}: member {name} declares {info.file_size:,} bytes, more than a bundle may "
                              f"hold ({limit:,}); refused as damaged or crafted (a zip bomb), re-export it")

@@ -450,3 +450,28 @@ def test_malformed_signature_member_is_refused_when_required(bundles, tmp_path, 
     write_zip(path, members)
     fastadapt.load(path)
     refused(lambda: fastadapt.load(path, trusted_keys=[keys["ours"][1]]), "malformed")
+
+
+def test_members_compressed_without_an_output_bound_are_refused(bundles, tmp_path):
+    members = members_of(bundles["zero"])
+    path = tmp_path / "bz2.fadapt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():  # bzip2 would inflate a few KB to gigabytes in one read
+            archive.writestr(name, data, zipfile.ZIP_BZIP2 if name == "forward.onnx" else zipfile.ZIP_DEFLATED)
+    refused(lambda: read_bundle(str(path)), "compression method 12")
+
+
+def test_info_json_is_valid_json_with_non_finite_free_form_values(bundles, tmp_path, capsys):
+    path = tmp_path / "nan.fadapt"
+    rewrite_manifest(bundles["zero"], path, provenance={"score": float("nan"), "inf": [float("inf")]})
+    code, out, err = run_cli(capsys, "info", path, "--json")
+    assert code == 0, err
+    assert json.loads(out, parse_constant=lambda c: pytest.fail(c))["provenance"]["score"] is None
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 2, 2], [0, 1, 1, 5], [[0], [1], [0], [1]]])
+def test_support_labels_must_cover_the_classes(bundles, labels):
+    model = fastadapt.load(bundles["prototype"])
+    images = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    with pytest.raises(FastadaptError, match="support labels"):
+        model.adapt_arrays(images, np.array(labels), ["a", "b", "c"], steps=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -29,6 +30,17 @@ def _fmt(value, depth: int = 0) -> str:
     else:
         text = printable(value)
     return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
+
+
+def _finite(value):
+    """``value`` with NaN and infinities (which JSON cannot hold) as null, so --json prints valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 def _number(value, spec: str) -> str:
@@ -78,7 +90,7 @@ def info(
     bundle = read_bundle(str(model))
     m = bundle.manifest
     if as_json:
-        print(json.dumps(m, indent=2))  # JSON escapes control characters itself
+        print(json.dumps(_finite(m), indent=2))  # JSON escapes control characters itself
         return
     size = os.path.getsize(model)
     count = sum(int(v.size) for v in bundle.params.values())

@@ -34,6 +34,11 @@ def feature_dim(params: dict, graphs, manifest: dict) -> int:
 def init_head(manifest: dict, meta_params: dict, graphs, images: np.ndarray, labels: np.ndarray,
               ways: int, where: str) -> dict:
     """Meta-parameters with a head for ``ways`` classes. ``images`` are the preprocessed support set."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(images) or labels.dtype.kind not in "iu" \
+            or not np.array_equal(np.unique(labels), np.arange(ways)):
+        raise FastadaptError(f"{where}: the support labels must be whole numbers 0..{ways - 1}, one per image, "
+                             f"with every class present")
     head_init = manifest["inner_loop"].get("head_init", "zero")
     if head_init == "learned":
         rows = meta_params["head.weight"].shape[0]
