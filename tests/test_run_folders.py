@@ -1,0 +1,222 @@
+"""Run folders: one trainer at a time, damaged checkpoints and configs, leftovers, --resume limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastadapt.errors import FastadaptError
+from fastadapt.meta_train.run import RunLock, TrainConfig, load_checkpoint
+from fastadapt.meta_train.trainer import Diverged, train
+
+from sample_data import REPO
+from test_outputs import one_error, run_cli
+
+TINY = dict(data="synthetic", algorithm="fomaml", width=8, meta_batch=2, query=2, val_tasks=4, val_every=3,
+            inner_steps=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished 2-iteration run (last.npz and best.npz at iteration 2)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: threads only add synchronisation on shared cores
+    run = tmp_path_factory.mktemp("runs") / "run"
+    try:
+        train(TrainConfig(iterations=2, **TINY), str(run), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+@pytest.fixture
+def run(trained, tmp_path, one_thread):
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def resume(run, iterations=3):
+    return train(TrainConfig(iterations=iterations, **TINY), str(run), resume=True, quiet=True, given={"iterations"})
+
+
+def files(run) -> dict:
+    """Every file of the run folder but its lock file (which holds the pid of its last trainer)."""
+    return {name: (run / name).read_bytes() for name in sorted(os.listdir(run))
+            if (run / name).is_file() and name != "train.lock"}
+
+
+# ----------------------------------------------------------------------------- one writer
+
+def hold_lock(folder) -> subprocess.Popen:
+    """Another process holding the run folder's lock, as a running trainer does."""
+    code = ("import sys, time; from fastadapt.meta_train.run import RunLock; lock = RunLock(sys.argv[1]); "
+            "lock.acquire(); print('locked', flush=True); time.sleep(300)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_trainer_fails_naming_the_first_and_the_lock_dies_with_it(run, tmp_path):
+    before = files(run)
+    holder = hold_lock(run)
+    try:
+        with pytest.raises(FastadaptError, match=f"another trainer is writing this run folder \\(pid {holder.pid} "):
+            resume(run)
+        assert files(run) == before
+        fresh = tmp_path / "dup"
+        second = hold_lock(fresh)  # the first of two trainers started on a new --out at once
+        try:
+            with pytest.raises(FastadaptError, match=f"pid {second.pid}"):
+                train(TrainConfig(iterations=1, **TINY), str(fresh), quiet=True)
+            assert os.listdir(fresh) == ["train.lock"]
+        finally:
+            second.kill()
+            second.wait()
+    finally:
+        holder.kill()  # kill -9: the kernel drops the flock with the process
+        holder.wait()
+    lock = RunLock(str(run))
+    lock.acquire()
+    lock.release()
+
+
+def test_the_cli_reports_the_other_trainer_in_one_line(run, capsys):
+    holder = hold_lock(run)
+    try:
+        code, out, err = run_cli(capsys, "train", "--out", run, "--resume", "--iterations", "3", "--quiet")
+    finally:
+        holder.kill()
+        holder.wait()
+    one_error(code, out, err, f"--out {run}", f"pid {holder.pid}")
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+def flip(path, where):
+    data = bytearray(path.read_bytes())
+    data[where(len(data))] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGES = {
+    "flipped-data": lambda p: flip(p, lambda n: n // 2),
+    "flipped-directory": lambda p: flip(p, lambda n: n - 30),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+    "empty": lambda p: p.write_bytes(b""),
+    "npy-not-npz": lambda p: np.save(open(p, "wb"), np.zeros(3)),
+    "pickled-object": lambda p: np.savez(open(p, "wb"), meta=np.array([{"x": 1}], dtype=object)),
+    "meta-not-json": lambda p: np.savez(open(p, "wb"), meta=np.array("{nope")),
+    "iteration-not-int": lambda p: np.savez(open(p, "wb"), meta=np.array(json.dumps(
+        {"progress": {"iteration": "25"}, "param_names": []}))),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_last_checkpoint_is_one_line_with_the_fix_on_resume(run, damage):
+    DAMAGES[damage](run / "last.npz")
+    before = files(run)
+    with pytest.raises(FastadaptError) as info:
+        resume(run)
+    message = str(info.value)
+    assert message.startswith(f"{run / 'last.npz'}: damaged checkpoint") and "\n" not in message
+    assert "copy" in message and "best.npz" in message
+    assert files(run) == before  # nothing rewritten
+
+
+def test_a_wrong_shape_checkpoint_is_refused_on_resume(run):
+    saved = load_checkpoint(str(run / "last.npz"))
+    from fastadapt.meta_train.run import save_checkpoint
+
+    params = {k: np.zeros((1,), np.float32) for k in saved.params}
+    save_checkpoint(str(run / "last.npz"), params, None, saved.progress)
+    with pytest.raises(FastadaptError, match="last.npz: parameter .* is \\(1,\\) there"):
+        resume(run)
+
+
+def test_cli_empty_checkpoint_is_an_error_not_aborted(run, tmp_path, capsys):
+    (run / "last.npz").write_bytes(b"")
+    code, out, err = run_cli(capsys, "train", "--out", run, "--resume", "--iterations", "3", "--quiet")
+    one_error(code, out, err, "last.npz: damaged checkpoint")
+    assert "Aborted" not in err
+    DAMAGES["truncated"](run / "best.npz")
+    code, out, err = run_cli(capsys, "export", run, "--out", tmp_path / "m.fadapt")
+    one_error(code, out, err, "best.npz: damaged checkpoint")
+    assert not (tmp_path / "m.fadapt").exists()
+    code, out, err = run_cli(capsys, "evaluate", run, "--tasks", "2")
+    one_error(code, out, err, "best.npz: damaged checkpoint")
+
+
+@pytest.mark.parametrize("config", ["[1, 2]", "null", "{\"ways\": \"5\"}", "{\"width\": 1e12}", "\xff\xfe", "{"])
+def test_a_damaged_config_is_one_line(run, tmp_path, capsys, config):
+    (run / "config.json").write_bytes(config.encode("latin-1"))
+    with pytest.raises(FastadaptError, match="config.json: damaged run config .*new --out"):
+        resume(run)
+    code, out, err = run_cli(capsys, "export", run, "--out", tmp_path / "m.fadapt")
+    one_error(code, out, err, "config.json: damaged run config")
+
+
+# ----------------------------------------------------------------------------- leftovers and resume limits
+
+def test_resume_refuses_fewer_iterations_than_the_run_has_done(run):
+    before = files(run)
+    with pytest.raises(FastadaptError, match="--iterations 1: the run .* already at iteration 2; .*give 2 or more"):
+        resume(run, iterations=1)
+    assert files(run) == before
+    assert json.loads((run / "summary.json").read_text())["iterations"] == 2
+
+
+def test_temp_files_of_a_killed_write_are_removed_on_resume(run):
+    for name in (".last.npz.k3j2.tmp", "config.json.x.tmp", "curves.tmp.png"):
+        (run / name).write_bytes(b"half")
+    summary = resume(run, iterations=3)
+    assert summary["iterations"] == 3
+    assert not [n for n in os.listdir(run) if n.endswith(".tmp") or n == "curves.tmp.png"]
+
+
+def test_a_diverged_run_without_checkpoint_says_so_and_its_folder_is_reused(tmp_path, monkeypatch, one_thread):
+    import fastadapt.meta_train.trainer as trainer
+
+    real = trainer.meta_gradient
+
+    def nan_loss(*args, **kwargs):
+        grads, loss, acc = real(*args, **kwargs)
+        return grads, float("nan"), acc
+
+    out = tmp_path / "diverged"
+    monkeypatch.setattr(trainer, "meta_gradient", nan_loss)
+    with pytest.raises(Diverged) as info:
+        train(TrainConfig(iterations=5, **TINY), str(out), quiet=True)
+    assert "no checkpoint was saved" in str(info.value) and "last.npz" not in str(info.value)
+    assert (out / "config.json").exists() and not (out / "last.npz").exists()
+    monkeypatch.undo()
+    summary = train(TrainConfig(iterations=1, **TINY), str(out), quiet=True)  # no --resume needed
+    assert summary["iterations"] == 1
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if "loss" in r] == [1]  # the diverged run's rows are gone
+
+
+def test_a_run_with_checkpoints_is_never_reused(run):
+    with pytest.raises(FastadaptError, match="already holds a run"):
+        train(TrainConfig(iterations=1, **TINY), str(run), quiet=True)
+
+
+def test_write_errors_during_training_are_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "metrics.jsonl").mkdir(parents=True)  # the trainer cannot open its log
+    with pytest.raises(FastadaptError) as info:
+        train(TrainConfig(iterations=1, **TINY), str(out), quiet=True)
+    assert "metrics.jsonl" in str(info.value) and "directory" in str(info.value) and "\n" not in str(info.value)
+    long_out = tmp_path / ("r" * 300)
+    code, stdout, err = run_cli(capsys, "train", "--out", long_out, "--iterations", "1", "--width", "8",
+                                "--meta-batch", "2", "--query", "2", "--val-tasks", "4", "--quiet")
+    one_error(code, stdout, err, "File name too long")
