@@ -58,6 +58,7 @@ MEMBER_LIMITS = {"manifest.json": MAX_MANIFEST_BYTES, MANIFEST_CHECKSUM: 1024, s
                  "forward.onnx": 256 * MiB, "step.onnx": 256 * MiB, "params.npz": 256 * MiB}
 READ_PIECE = 1 << 20  # bytes decompressed at a time
 MAX_MEMBERS = 64  # zip entries; a bundle has 5 or 6
+MAX_DIRECTORY_BYTES = 1 << 20  # the zip's central directory: 46 bytes and a name per entry
 # Only these: zipfile decompresses bzip2 and LZMA without an output bound, so a member declaring a few
 # bytes could still inflate to gigabytes in one read. The exporter (and np.savez) use these two.
 COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
@@ -183,6 +184,25 @@ def _open_regular(path) -> tuple:
     return path, os.fdopen(fd, "rb")
 
 
+def _check_directory(file, where: str) -> None:
+    """Bound the zip's central directory before zipfile parses it into one object per entry (a crafted
+    directory of millions of entries would otherwise cost gigabytes): at most MAX_DIRECTORY_BYTES, and
+    no zip64, which a bundle never needs. Reads the end-of-central-directory record as zipfile will."""
+    size = os.fstat(file.fileno()).st_size
+    tail = min(size, 20 + 22 + 65535)  # a zip64 locator (20 bytes), the record (22) and the longest comment
+    file.seek(size - tail)
+    data = file.read(tail)
+    file.seek(0)
+    # as zipfile: a record without comment at the very end, else the last signature before it
+    at = len(data) - 22 if data[-22:-18] == b"PK\x05\x06" and data[-2:] == b"\0\0" else data.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(data):
+        return  # not a zip at all: zipfile says so
+    directory = struct.unpack_from("<I", data, at + 12)[0]
+    if directory > MAX_DIRECTORY_BYTES or data[max(0, at - 20):at - 16] == b"PK\x06\x07":
+        raise FastadaptError(f"{where}: its zip directory is too large or zip64 ({directory:,} bytes); refused as "
+                             f"damaged or crafted, re-export it")
+
+
 def _read_member(archive: zipfile.ZipFile, infos: dict, name: str, where: str) -> bytes:
     """A member's bytes, refusing before reading when it declares more than its limit, and stopping
     once the limit is passed (zipfile also stops at the declared size, whose CRC then fails)."""
@@ -230,31 +250,33 @@ def read_bundle(path, trusted_keys=None, check_trust: bool = True) -> Bundle:
     where = printable(path)
     keys = signing.trusted_keys(trusted_keys) if check_trust else set()
     try:
-        with file, zipfile.ZipFile(file) as archive:
-            infos = {}
-            for info in archive.infolist()[:MAX_MEMBERS + 1]:
-                if info.filename in infos:
-                    raise FastadaptError(f"{where}: member {printable(info.filename)[:80]} appears twice; refused as "
-                                         f"crafted, re-export the bundle")
-                infos[info.filename] = info
-            if len(infos) > MAX_MEMBERS:
-                raise FastadaptError(f"{where}: more than {MAX_MEMBERS} members; not a fastadapt bundle")
-            if "manifest.json" not in infos:
-                raise FastadaptError(f"{where}: not a fastadapt bundle (no manifest.json)")
-            manifest_bytes = _read_member(archive, infos, "manifest.json", where)
-            if MANIFEST_CHECKSUM not in infos or \
-                    _read_member(archive, infos, MANIFEST_CHECKSUM, where).strip() != sha256(manifest_bytes).encode():
-                raise FastadaptError(f"{where}: checksum mismatch in manifest.json; the bundle is corrupt or was "
-                                     f"modified, re-export or re-download it")
-            signatures = _read_member(archive, infos, signing.SIGNATURES, where) if signing.SIGNATURES in infos else None
-            signed_by = signing.check(manifest_bytes, signatures, keys, where) if keys else None
-            manifest = validate_manifest(_parse_manifest(manifest_bytes, where), where)
-            data = {}
-            for name in MEMBERS:
-                data[name] = _read_member(archive, infos, name, where)
-                if sha256(data[name]) != manifest["members"][name]:
-                    raise FastadaptError(f"{where}: checksum mismatch in {name}; the bundle is corrupt or was "
+        with file:
+            _check_directory(file, where)
+            with zipfile.ZipFile(file) as archive:
+                infos = {}
+                for info in archive.infolist()[:MAX_MEMBERS + 1]:
+                    if info.filename in infos:
+                        raise FastadaptError(f"{where}: member {printable(info.filename)[:80]} appears twice; refused as "
+                                             f"crafted, re-export the bundle")
+                    infos[info.filename] = info
+                if len(infos) > MAX_MEMBERS:
+                    raise FastadaptError(f"{where}: more than {MAX_MEMBERS} members; not a fastadapt bundle")
+                if "manifest.json" not in infos:
+                    raise FastadaptError(f"{where}: not a fastadapt bundle (no manifest.json)")
+                manifest_bytes = _read_member(archive, infos, "manifest.json", where)
+                if MANIFEST_CHECKSUM not in infos or \
+                        _read_member(archive, infos, MANIFEST_CHECKSUM, where).strip() != sha256(manifest_bytes).encode():
+                    raise FastadaptError(f"{where}: checksum mismatch in manifest.json; the bundle is corrupt or was "
                                          f"modified, re-export or re-download it")
+                signatures = _read_member(archive, infos, signing.SIGNATURES, where) if signing.SIGNATURES in infos else None
+                signed_by = signing.check(manifest_bytes, signatures, keys, where) if keys else None
+                manifest = validate_manifest(_parse_manifest(manifest_bytes, where), where)
+                data = {}
+                for name in MEMBERS:
+                    data[name] = _read_member(archive, infos, name, where)
+                    if sha256(data[name]) != manifest["members"][name]:
+                        raise FastadaptError(f"{where}: checksum mismatch in {name}; the bundle is corrupt or was "
+                                             f"modified, re-export or re-download it")
     except ZIP_ERRORS as exc:
         raise FastadaptError(f"{where}: not a readable bundle ({exc.__class__.__name__}: truncated, damaged or "
                              f"not a zip); re-export it") from None

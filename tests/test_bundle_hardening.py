@@ -475,3 +475,16 @@ def test_support_labels_must_cover_the_classes(bundles, labels):
     images = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
     with pytest.raises(FastadaptError, match="support labels"):
         model.adapt_arrays(images, np.array(labels), ["a", "b", "c"], steps=0)
+
+
+def test_huge_zip_directory_is_refused_before_parsing(bundles, tmp_path):
+    data = bytearray(open(bundles["zero"], "rb").read())
+    struct.pack_into("<I", data, len(data) - 22 + 12, 3_000_000_000)  # the directory's declared size
+    path = tmp_path / "directory.fadapt"
+    path.write_bytes(bytes(data))
+    refused(lambda: read_bundle(str(path)), "zip directory is too large")
+    many = tmp_path / "many.fadapt"
+    with zipfile.ZipFile(many, "w") as archive:
+        for i in range(30_000):  # empty entries: a 2 MB directory
+            archive.writestr(f"{i}", b"")
+    refused(lambda: read_bundle(str(many)), "zip directory is too large")
