@@ -198,9 +198,12 @@ def _check_directory(file, where: str) -> None:
     if at < 0 or at + 22 > len(data):
         return  # not a zip at all: zipfile says so
     directory = struct.unpack_from("<I", data, at + 12)[0]
-    if directory > MAX_DIRECTORY_BYTES or data[max(0, at - 20):at - 16] == b"PK\x06\x07":
-        raise FastadaptError(f"{where}: its zip directory is too large or zip64 ({directory:,} bytes); refused as "
+    if data[max(0, at - 20):at - 16] == b"PK\x06\x07":
+        raise FastadaptError(f"{where}: is a zip64 archive, which a bundle (far below 4 GB) never is; refused as "
                              f"damaged or crafted, re-export it")
+    if directory > MAX_DIRECTORY_BYTES:
+        raise FastadaptError(f"{where}: its zip directory is too large ({directory:,} bytes, a bundle's is under "
+                             f"1 KB); refused as damaged or crafted, re-export it")
 
 
 def _read_member(archive: zipfile.ZipFile, infos: dict, name: str, where: str) -> bytes:

@@ -488,3 +488,19 @@ def test_huge_zip_directory_is_refused_before_parsing(bundles, tmp_path):
         for i in range(30_000):  # empty entries: a 2 MB directory
             archive.writestr(f"{i}", b"")
     refused(lambda: read_bundle(str(many)), "zip directory is too large")
+
+
+def test_zip64_is_refused(bundles, tmp_path):
+    path = tmp_path / "zip64.fadapt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members_of(bundles["zero"]).items():
+            with archive.open(zipfile.ZipInfo(name), "w", force_zip64=True) as f:
+                f.write(data)
+        archive.writestr("pad", b"")
+    data = bytearray(path.read_bytes())
+    # a zip64 end record and locator before the classic one, as zipfile writes them for > 65,535 entries
+    end = len(data) - 22
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, 6, 6, *struct.unpack_from("<LL", data, end + 12))
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, end, 1)
+    path.write_bytes(bytes(data[:end]) + record + locator + bytes(data[end:]))
+    refused(lambda: read_bundle(str(path)), "zip64")
