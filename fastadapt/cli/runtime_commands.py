@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import FastadaptError, warn
+from ..manifest import printable
 from ..progress import lazy_reporter, stderr_console
 from . import app, check_out
 
@@ -60,7 +61,7 @@ def adapt(
           f"({sum(counts.values())} images) in {info['seconds']:.2f} s")
     width = max(len(c) for c in counts)
     for name, n in counts.items():
-        print(f"  {name:<{width}}  {n} shot{'s' if n != 1 else ''}")
+        print(f"  {printable(name):<{width}}  {n} shot{'s' if n != 1 else ''}")
     print(adaptation_summary(info))
     print(f"wrote {out}")
 
@@ -108,13 +109,20 @@ def predict(
                                show_default=False),
     top: int = typer.Option(1, "--top", min=1, help="Show the N most likely classes for each image."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line: "
-                                 '{"path", "label", "probability", "top": [{"label", "probability"}]}.'),
+                                 '{"path", "label", "probability", "top": [{"label", "probability"}], "unknown", '
+                                 '"score"} (strict JSON).'),
+    unknown: bool = typer.Option(False, "--unknown", help="Answer 'unknown' for images that look like none of "
+                                 "the classes: score below the threshold calibrated when the model was adapted "
+                                 "(see 'fastadapt info'). The closest class is still shown."),
+    unknown_threshold: Optional[float] = typer.Option(None, "--unknown-threshold", help="Like --unknown, with "
+                                                      "this threshold on the score (higher rejects more; the "
+                                                      "calibrated one is about -0.5 for prototype-head models)."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Also draw a contact sheet PNG: every image with "
                                          "its predicted label and probability."),
 ) -> None:
     """Classify images with an adapted model.
 
-    Each image is predicted on its own (the answer never depends on the other images given). Unreadable files are skipped with a warning.
+    Each image is predicted on its own (the answer never depends on the other images given). Unreadable files are skipped with a warning. With --unknown, an image that looks like none of the classes is answered "unknown (closest: LABEL P%)".
 
     Example: fastadapt predict --model mine.fadapt photos/ --top 3 --json > predictions.jsonl
     """
@@ -138,15 +146,19 @@ def predict(
         raise FastadaptError(f"{paths[0]}{' and the others' if len(paths) > 1 else ''}: no readable image to predict")
     import numpy as np
 
-    probabilities = loaded.probabilities(to_float(np.stack(arrays), loaded.preprocess))
-    results = loaded.predictions(probabilities, top)
+    threshold = loaded.threshold(unknown_threshold if unknown_threshold is not None else unknown)
+    probabilities, scores = loaded.scores(to_float(np.stack(arrays), loaded.preprocess))
+    results = loaded.predictions(probabilities, top, scores, threshold)
     for path, result in zip(kept, results):
         if as_json:
-            print(json.dumps({"path": path, **result.to_dict()}))
+            print(json.dumps({"path": path, **result.to_dict()}, allow_nan=False))
         else:
-            line = f"{path}\t{result.label}\t{100 * result.probability:.1f}%"
+            answer = f"{printable(result.label)}\t{100 * result.probability:.1f}%"
+            if result.unknown:
+                answer = f"unknown (closest: {printable(result.label)} {100 * result.probability:.0f}%)"
+            line = f"{printable(path)}\t{answer}"
             if len(result.top) > 1:
-                line += "\t(" + ", ".join(f"{lab} {100 * p:.1f}%" for lab, p in result.top[1:]) + ")"
+                line += "\t(" + ", ".join(f"{printable(lab)} {100 * p:.1f}%" for lab, p in result.top[1:]) + ")"
             print(line)
     if sheet is not None:
         from .sheet import contact_sheet

@@ -19,9 +19,10 @@ from ..data.sampler import Task, TaskSampler
 from ..data.sources import load_splits
 from ..errors import FastadaptError
 from ..images import to_float
-from ..evaluation import evaluate_tasks
+from ..evaluation import evaluate_tasks, mean_ci95
 from .loading import load
 from .model import Model
+from .unknown import auroc
 
 # TrainConfig's defaults, for bundles whose provenance does not record the run's split settings
 DEFAULT_SPLIT_SEED, DEFAULT_VAL_CLASSES = 0, 100
@@ -88,3 +89,67 @@ def record_evaluation(path: str, result: dict) -> None:
     row["data"] = os.path.basename(os.path.normpath(str(row.get("data", ""))))  # no local paths in a shipped file
     bundle.manifest["evaluation"] = list(bundle.manifest.get("evaluation") or []) + [row]
     save_bundle(path, bundle)
+
+
+def evaluate_unknown(path: str, data: str, protocol: str = "auto", ways: int = 5, shots: int = 5, query: int = 15,
+                     tasks: int = 200, seed: int = 0, false_accept: float = 0.05, steps: int | str | None = None,
+                     progress: Callable[[int], None] | None = None) -> dict:
+    """Unknown detection of the meta bundle at ``path`` on unseen-class tasks.
+
+    Each task samples 2 * ``ways`` test classes: the model adapts (default: safeguarded) to the first
+    ``ways`` and predicts ``query`` images of all of them; the other classes' images are the unknowns.
+    Per task: AUROC of the in-set score (in-set vs unknown images), the share of in-set images that are
+    accepted and correctly classified when the threshold lets ``false_accept`` of the unknowns through
+    (chosen with the unknowns, an upper bound), and the in-set acceptance and false-accept rates of the
+    threshold calibrated at adaptation. Means and 95% CIs over tasks.
+    """
+    model = load(path)
+    if not isinstance(model, Model):
+        raise FastadaptError(f"{path}: is an adapted model; pass the meta bundle it came from")
+    if tasks < 2:
+        raise FastadaptError(f"--tasks must be at least 2 for a confidence interval, got {tasks}")
+    spec = model.preprocess
+    split_seed, val_classes = split_settings(model.manifest)
+    splits = load_splits(data, protocol, split_seed, val_classes, False, spec, need_train=False)
+    sampler = TaskSampler(splits.test, 2 * ways, shots, query, seed, where="test classes")
+    classes = [str(i) for i in range(ways)]
+    rows = {"auroc": [], "accuracy_at_far": [], "accuracy_closed_set": [], "calibrated_accepted_in_set": [],
+            "calibrated_false_accept": []}
+    for i in range(tasks):
+        task = sampler.task(i)
+        known = task.support_y < ways
+        adapted = model.adapt_arrays(to_float(task.support_x[known], spec), task.support_y[known], classes,
+                                     steps=steps, quiet=True)
+        probabilities, scores = adapted.scores(to_float(task.query_x, spec))
+        in_set = task.query_y < ways
+        correct = probabilities.argmax(1) == task.query_y
+        rows["auroc"].append(auroc(scores[in_set], scores[~in_set]))
+        at_far = np.quantile(scores[~in_set], 1 - false_accept)
+        rows["accuracy_at_far"].append(float(np.mean(correct[in_set] & (scores[in_set] > at_far))))
+        rows["accuracy_closed_set"].append(float(np.mean(correct[in_set])))
+        if adapted.unknown_threshold is not None:
+            rows["calibrated_accepted_in_set"].append(float(np.mean(scores[in_set] >= adapted.unknown_threshold)))
+            rows["calibrated_false_accept"].append(float(np.mean(scores[~in_set] >= adapted.unknown_threshold)))
+        if progress is not None:
+            progress(i + 1)
+    result = {"ways": ways, "shots": shots, "query": query, "tasks": tasks, "seed": seed, "unknown_classes": ways,
+              "false_accept": false_accept, "score": adapted.unknown_score, "threshold": adapted.unknown_threshold,
+              "evaluated_with": "onnxruntime", "data": data, "protocol": protocol}
+    for name, values in rows.items():
+        if values:
+            mean, ci = mean_ci95(values)
+            result[name] = round(mean, 4)
+            result[name + "_ci95"] = round(ci, 4)
+    return result
+
+
+if __name__ == "__main__":  # python -m fastadapt.runtime.evaluate MODEL DATA [WAYS SHOTS TASKS]
+    import json
+    import sys
+
+    args = sys.argv[1:]
+    if len(args) < 2:
+        raise SystemExit("usage: python -m fastadapt.runtime.evaluate MODEL.fadapt DATA [WAYS SHOTS TASKS]")
+    numbers = [int(a) for a in args[2:5]]
+    print(json.dumps(evaluate_unknown(args[0], args[1], **dict(zip(("ways", "shots", "tasks"), numbers))),
+                     allow_nan=False))

@@ -23,12 +23,16 @@ from PIL import Image
 from ..bundle import Bundle, save_bundle
 from ..errors import FastadaptError, warn
 from ..images import Preprocess, to_float, to_uint8
-from .adaptation import check_finite, choose_steps, run_steps
+from .adaptation import check_finite, choose_steps, run_steps, softmax
 from .head import init_head
 from .sessions import Graphs
 from .shots import Shots, load_shots
+from . import unknown as unknown_detection
 
-PREDICT_CHUNK = 16  # images per forward call; results do not depend on it (per-sample normalisation)
+# Images per forward call when predicting: one, so that an image's answer is bit-for-bit the same whatever
+# else is predicted with it (onnxruntime picks kernels by batch size: batches of 2..64 moved logits by up
+# to 1.8e-4 against one image alone). Batching did not make prediction faster per image on 2 cores.
+PREDICT_CHUNK = 1
 MAX_STEPS = 1000  # far above any meta-trained recipe; a typo such as 10**12 would never end
 LOW_LOO_ACCURACY = 0.5  # steps="auto": below this leave-one-shot-out accuracy, warn that the shots are unusual
 # What the shipped default model is good for (its model card in README.md)
@@ -77,15 +81,19 @@ def lr_argument(lr, recipe_lr) -> float:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The answer for one image: best label, its probability and the ``top`` most likely labels."""
+    """The answer for one image: the closest class, its probability, the ``top`` most likely classes,
+    whether the image was rejected as none of the classes (``unknown``) and its in-set ``score``."""
 
-    label: str
+    label: str  # the closest class, also when unknown
     probability: float
     top: list = field(default_factory=list)  # [(label, probability), ...], most likely first
+    unknown: bool = False  # rejected as none of the classes (only when predict(..., unknown=...) asks)
+    score: float | None = None  # in-set score, higher = more likely one of the classes (see runtime/unknown.py)
 
     def to_dict(self) -> dict:
         return {"label": self.label, "probability": self.probability,
-                "top": [{"label": label, "probability": p} for label, p in self.top]}
+                "top": [{"label": label, "probability": p} for label, p in self.top],
+                "unknown": self.unknown, "score": self.score}
 
     def __getitem__(self, key):  # dict-style access: prediction["label"]
         return self.to_dict()[key]
@@ -95,12 +103,19 @@ def _where(bundle: Bundle) -> str:
     return bundle.path or "model"
 
 
+IMAGE_TYPES = (str, os.PathLike, Image.Image, np.ndarray)
+
+
 def _is_batch(images) -> bool:
+    """One image (path, PIL image, HxW[xC] array) or a batch (a list/tuple of them, an NxCxHxW array)."""
     if isinstance(images, (str, os.PathLike, Image.Image)):
         return False
     if isinstance(images, np.ndarray):
         return images.ndim == 4
-    return True
+    if isinstance(images, (list, tuple)):
+        return True
+    raise FastadaptError(f"predict takes an image (a path, a PIL image or a numpy array) or a list of them, "
+                         f"got {type(images).__name__}")
 
 
 class _Loaded:
@@ -187,7 +202,8 @@ class Model(_Loaded):
             if not quiet:
                 warn(warning)
         manifest = dict(self.manifest)
-        manifest.update(kind="adapted", classes=[str(c) for c in classes], adaptation=info)
+        manifest.update(kind="adapted", classes=[str(c) for c in classes], adaptation=info,
+                        unknown=unknown_detection.describe(self.manifest, trajectory.params))
         bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, trajectory.params, None)
         return AdaptedModel(bundle, self.graphs)
 
@@ -213,13 +229,15 @@ class Model(_Loaded):
         return (f"{'; '.join(reasons)}: these images look unlike the model's training data. It is good for "
                 f"{good_for(self)}; for other images, meta-train your own model (README: 'Meta-train your own')")
 
-    def predict(self, images, top: int = 5):
+    def predict(self, images, top: int = 5, unknown=None):
         raise FastadaptError(f"{self.path or 'this model'}: is a meta model with no classes yet; adapt it first: "
                              f"'fastadapt adapt --model {self.path or 'MODEL.fadapt'} --shots DIR --out adapted.fadapt' "
                              f"(Python: model.adapt('DIR'))")
 
     def save(self, path: str) -> None:
         """Write the meta bundle (unchanged) to ``path`` atomically."""
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise FastadaptError(f"save needs a file name such as 'model.fadapt', got {path!r}")
         save_bundle(path, Bundle(dict(self.manifest), self.bundle.forward_onnx, self.bundle.step_onnx,
                                  self.params, None))
 
@@ -234,45 +252,91 @@ class AdaptedModel(_Loaded):
         if len(self.classes) < 2 or rows != len(self.classes):
             raise FastadaptError(f"{_where(bundle)}: adapted bundle has {len(self.classes)} class names for "
                                  f"{rows} head rows; re-run 'fastadapt adapt'")
+        if not all(np.isfinite(v).all() for v in self.params.values()):
+            raise FastadaptError(f"{_where(bundle)}: the adapted weights hold NaN/inf values (a diverged "
+                                 f"adaptation); re-run 'fastadapt adapt' without --lr")
+        stored = self.manifest.get("unknown") if isinstance(self.manifest.get("unknown"), dict) else {}
+        described = unknown_detection.describe(self.manifest, self.params)
+        self.unknown_score = described["score"]
+        self.unknown_threshold = stored.get("threshold", described["threshold"])
+        self._scale = unknown_detection.prototype_scale(self.params) \
+            if self.unknown_score == unknown_detection.NEAREST_PROTOTYPE else 1.0
+
+    def scores(self, images: np.ndarray) -> tuple:
+        """(probabilities (B, N), in-set scores (B,)) for preprocessed float32 images (B, C, H, W).
+
+        Each image runs through the forward graph on its own (PREDICT_CHUNK), so its numbers never depend
+        on the other images. Score: higher = more likely one of the classes (runtime/unknown.py)."""
+        probabilities, scores = [], []
+        for i in range(0, len(images), PREDICT_CHUNK):
+            logits, features = self.graphs.forward(images[i:i + PREDICT_CHUNK], self.params)
+            p = softmax(logits)
+            probabilities.append(p)
+            scores.append(unknown_detection.scores(self.unknown_score, self._scale, logits, features, p))
+        if not probabilities:
+            return np.zeros((0, len(self.classes))), np.zeros((0,))
+        return np.concatenate(probabilities), np.concatenate(scores)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities (B, N) for preprocessed float32 images (B, C, H, W)."""
-        out = []
-        for i in range(0, len(images), PREDICT_CHUNK):
-            logits, _ = self.graphs.forward(images[i:i + PREDICT_CHUNK], self.params)
-            logits = logits.astype(np.float64)
-            logits -= logits.max(1, keepdims=True)
-            p = np.exp(logits)
-            out.append(p / p.sum(1, keepdims=True))
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+        return self.scores(images)[0]
 
-    def predict(self, images, top: int = 5):
+    def predict(self, images, top: int = 5, unknown=None):
         """Predict one image (path, PIL image or HxW[xC] array) -> ``Prediction``; a list of them -> list.
 
         Each image's answer depends on that image alone, never on the others in the list.
+        unknown   None/False: always answer a class; True: mark images below the threshold calibrated at
+                  adaptation (manifest["unknown"]["threshold"]) as ``unknown``; a number: that threshold
         """
+        threshold = self.threshold(unknown)
         batch = _is_batch(images)
         items = list(images) if batch else [images]
         if not items:
             return []
+        for item in items:
+            if not isinstance(item, IMAGE_TYPES):
+                raise FastadaptError(f"predict: an image must be a path, a PIL image or a numpy array, "
+                                     f"got {type(item).__name__}")
         x = to_float(np.stack([to_uint8(item, self.preprocess) for item in items]), self.preprocess)
-        results = self.predictions(self.probabilities(x), top)
+        probabilities, scores = self.scores(x)
+        results = self.predictions(probabilities, top, scores, threshold)
         return results if batch else results[0]
 
-    def predictions(self, probabilities: np.ndarray, top: int = 5) -> list:
-        """Turn a (B, N) probability matrix into ``Prediction`` objects."""
-        if top < 1:
-            raise FastadaptError(f"--top must be at least 1, got {top}")
+    def threshold(self, unknown) -> float | None:
+        """predict's ``unknown`` argument -> the score threshold to reject below, or None."""
+        if unknown is None or unknown is False:
+            return None
+        if unknown is True:
+            if self.unknown_threshold is None:
+                raise FastadaptError(f"{self.path or 'this model'}: has no calibrated unknown threshold (its head is "
+                                     f"not a prototype head; the score is the top probability): pass a number, "
+                                     f"e.g. --unknown-threshold 0.9 (Python: unknown=0.9)")
+            return float(self.unknown_threshold)
+        if isinstance(unknown, (int, float, np.integer, np.floating)) and math.isfinite(float(unknown)):
+            return float(unknown)
+        raise FastadaptError(f"--unknown-threshold must be a finite number (or unknown=True for the calibrated "
+                             f"{self.unknown_threshold}), got {unknown!r}")
+
+    def predictions(self, probabilities: np.ndarray, top: int = 5, scores: np.ndarray | None = None,
+                    threshold: float | None = None) -> list:
+        """Turn (B, N) probabilities (and (B,) scores) into ``Prediction`` objects; with a ``threshold``,
+        images scoring below it are ``unknown``."""
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+            raise FastadaptError(f"--top must be a whole number >= 1, got {top!r}")
         k = min(int(top), len(self.classes))
         results = []
-        for row in probabilities:
+        for i, row in enumerate(probabilities):
             order = np.argsort(-row, kind="stable")[:k]
             ranked = [(self.classes[j], float(row[j])) for j in order]
-            results.append(Prediction(ranked[0][0], ranked[0][1], ranked))
+            score = None if scores is None else float(scores[i])
+            rejected = threshold is not None and score is not None and not score >= threshold
+            results.append(Prediction(ranked[0][0], ranked[0][1], ranked, rejected, score))
         return results
 
     def save(self, path: str) -> None:
         """Write an adapted bundle (kind "adapted", adapted parameters, class names) atomically."""
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise FastadaptError(f"save needs a file name such as 'adapted.fadapt', got {path!r}")
         path = os.fspath(path)
         if os.path.isdir(path):
             raise FastadaptError(f"{path}: is a folder; give a file name such as {os.path.join(path, 'adapted.fadapt')}")

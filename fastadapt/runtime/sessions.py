@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import FastadaptError
+from ..errors import FastadaptError, warn
 
 # Most support images per step-graph call. Small chunks keep memory low (20-way 5-shot `fastadapt adapt`,
 # 2 threads: peak RSS 190-210 MB with 8, 260-340 MB with 32; 160 MB with 32 on one thread) and were as
@@ -25,18 +25,34 @@ from ..errors import FastadaptError
 STEP_CHUNK = 8
 
 
-def configured_threads() -> int:
-    """FASTADAPT_THREADS, else the CPU cores this process may use."""
-    value = os.environ.get("FASTADAPT_THREADS", "").strip()
-    if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            raise FastadaptError(f"FASTADAPT_THREADS must be a whole number, got '{value}'") from None
+def available_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+_warned_threads = set()
+
+
+def configured_threads() -> int:
+    """FASTADAPT_THREADS (at most the CPU cores this process may use), else those cores."""
+    cores = available_cores()
+    value = os.environ.get("FASTADAPT_THREADS", "").strip()
+    if not value:
+        return cores
+    try:
+        threads = int(value)
+    except ValueError:
+        raise FastadaptError(f"FASTADAPT_THREADS must be a whole number >= 1, got '{value}'") from None
+    if threads < 1:
+        raise FastadaptError(f"FASTADAPT_THREADS must be a whole number >= 1, got '{value}'")
+    if threads > cores:  # more threads than cores only adds contention (100000 hung thread creation)
+        if value not in _warned_threads:
+            _warned_threads.add(value)
+            warn(f"FASTADAPT_THREADS={value} is more than the {cores} CPU core(s) available; using {cores}")
+        return cores
+    return threads
 
 
 def session_options(threads: int | None = None):

@@ -1,0 +1,123 @@
+"""predict(..., unknown=...): the in-set score, the calibrated threshold, strict JSON, and answers that
+never depend on the other images of a call."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastadapt
+from fastadapt.errors import FastadaptError
+from fastadapt.runtime import sessions
+from fastadapt.runtime.unknown import THRESHOLD, auroc
+
+from conftest import ROOT
+from test_cli_runtime import run_cli
+
+SHOTS = os.path.join(ROOT, "examples", "shots")
+QUERIES = sorted(glob.glob(os.path.join(ROOT, "examples", "queries", "*", "*.png")))
+KNOWN = ("arrow", "circle", "cross", "star")
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    """The shipped model adapted to 4 of the 8 example shapes, one drawing each."""
+    return fastadapt.load().adapt({k: [os.path.join(SHOTS, k, f"{k}_1.png")] for k in KNOWN})
+
+
+def split_queries():
+    known = [q for q in QUERIES if os.path.basename(os.path.dirname(q)) in KNOWN]
+    return known, [q for q in QUERIES if q not in known]
+
+
+def test_unknown_shapes_are_rejected_and_known_ones_kept(shapes):
+    assert shapes.manifest["unknown"]["threshold"] == THRESHOLD == shapes.unknown_threshold
+    known, others = split_queries()
+    accepted = shapes.predict(known, unknown=True)
+    rejected = shapes.predict(others, unknown=True)
+    assert not any(p.unknown for p in accepted)
+    assert sum(p.unknown for p in rejected) > len(rejected) / 2
+    # the closest class and the score are kept for an unknown image
+    p = next(p for p in rejected if p.unknown)
+    assert p.label in KNOWN and p.score < THRESHOLD and p.probability == p.top[0][1]
+    # off by default; a number is a threshold of its own
+    assert not any(p.unknown for p in shapes.predict(others))
+    assert all(p.unknown for p in shapes.predict(others, unknown=1.0))
+    assert not any(p.unknown for p in shapes.predict(others, unknown=-1e9))
+    assert auroc([s.score for s in accepted], [s.score for s in rejected]) > 0.9
+
+
+def test_single_image_equals_batch_exactly(shapes):
+    x = np.stack([fastadapt.images.to_float(fastadapt.images.to_uint8(q, shapes.preprocess)[None],
+                                            shapes.preprocess)[0] for q in QUERIES])
+    probabilities, scores = shapes.scores(x)
+    assert np.isfinite(scores).all() and np.allclose(probabilities.sum(1), 1)
+    for i in (0, 7, len(x) - 1):
+        alone_p, alone_s = shapes.scores(x[i:i + 1])
+        assert np.array_equal(alone_p[0], probabilities[i]) and alone_s[0] == scores[i]
+    assert np.array_equal(shapes.scores(x[::-1])[0][::-1], probabilities)
+
+
+def test_auroc():
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 5, 30), rng.integers(0, 5, 20)
+    brute = np.mean([(x > y) + 0.5 * (x == y) for x in a for y in b])
+    assert auroc(a, b) == pytest.approx(brute, abs=1e-12)
+
+
+def test_bad_calls(shapes, bundles, glyphs):
+    for bad in (None, 42, [42], {"a": 1}):
+        with pytest.raises(FastadaptError, match="predict"):
+            shapes.predict(bad)
+    for bad in ("yes", float("nan"), [0.5]):
+        with pytest.raises(FastadaptError, match="unknown"):
+            shapes.predict(QUERIES[0], unknown=bad)
+    for bad in ("", None, 3):
+        with pytest.raises(FastadaptError, match="save"):
+            shapes.save(bad)
+    # a zero head has no prototypes: the score is the top probability and there is no calibrated threshold
+    zero = fastadapt.load(bundles["zero"]).adapt(glyphs["shots"])
+    assert zero.manifest["unknown"]["threshold"] is None
+    with pytest.raises(FastadaptError, match="--unknown-threshold"):
+        zero.predict(QUERIES[0], unknown=True)
+    p = zero.predict(QUERIES[0], unknown=0.999999)
+    assert p.score == p.probability and p.unknown
+
+
+def test_cli_unknown_and_strict_json(tmp_path, capsys):
+    model = tmp_path / "shapes.fadapt"
+    shots = tmp_path / "shots"
+    for k in KNOWN:
+        os.makedirs(shots / k)
+        Image.open(os.path.join(SHOTS, k, f"{k}_1.png")).save(shots / k / "1.png")
+    code, out, err = run_cli(capsys, "adapt", "--shots", shots, "--out", model)
+    assert code == 0, err
+    blank = tmp_path / "blank.png"
+    Image.new("L", (40, 40), 255).save(blank)
+    code, out, err = run_cli(capsys, "predict", "--model", model, blank, QUERIES[0], "--unknown")
+    assert code == 0, err
+    assert "unknown (closest: " in out.splitlines()[0] and "unknown" not in out.splitlines()[1]
+
+    def strict(text):
+        raise ValueError(f"not strict JSON: {text}")
+
+    code, out, err = run_cli(capsys, "predict", "--model", model, blank, "--json", "--unknown-threshold", "-0.1")
+    row = json.loads(out.splitlines()[0], parse_constant=strict)
+    assert row["unknown"] is True and isinstance(row["score"], float) and row["label"] in KNOWN
+    code, out, err = run_cli(capsys, "predict", "--model", model, blank, "--unknown-threshold", "nan")
+    assert code != 0 and "--unknown-threshold" in err and "Traceback" not in err
+
+
+def test_threads_capped_at_the_cores(monkeypatch, capsys):
+    monkeypatch.setenv("FASTADAPT_THREADS", "100000")
+    assert sessions.configured_threads() == sessions.available_cores()
+    assert "FASTADAPT_THREADS" in capsys.readouterr().err
+    for bad in ("0", "-3", "many"):
+        monkeypatch.setenv("FASTADAPT_THREADS", bad)
+        with pytest.raises(FastadaptError, match="FASTADAPT_THREADS"):
+            sessions.configured_threads()
