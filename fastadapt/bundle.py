@@ -143,8 +143,14 @@ def save_bundle(path: str, bundle: Bundle) -> None:
     manifest["format"], manifest["format_version"] = FORMAT, FORMAT_VERSION
     manifest["parameters"] = list(bundle.params)
     manifest["members"] = {name: sha256(data) for name, data in members.items()}
-    buffer = io.BytesIO()
+    # never write a bundle that read_bundle would refuse (e.g. a 300-character class name)
+    unreadable = "this fastadapt could not read such a bundle back, so nothing was written"
+    validate_manifest(manifest, os.fspath(path), unreadable)
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=False).encode()
+    if len(manifest_bytes) > MAX_MANIFEST_BYTES:
+        raise FastadaptError(f"{printable(os.fspath(path))}: the manifest would take {len(manifest_bytes):,} bytes "
+                             f"(at most {MAX_MANIFEST_BYTES:,}: fewer or shorter class names); {unreadable}")
+    buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("manifest.json", manifest_bytes)
         archive.writestr(MANIFEST_CHECKSUM, sha256(manifest_bytes))

@@ -243,9 +243,12 @@ def _check_free_form(manifest: dict) -> None:
         _need(_is_number(unknown["threshold"]), "unknown.threshold", "a finite number", unknown["threshold"])
 
 
-def validate_manifest(manifest, where: str) -> dict:
+REEXPORT = "the bundle is damaged or was not made by 'fastadapt export'/'fastadapt adapt', re-export it"
+
+
+def validate_manifest(manifest, where: str, fix: str = REEXPORT) -> dict:
     """``manifest`` if every field the runtime uses has the right type and range, else a one-line
-    FastadaptError naming ``where`` (the bundle), the field and the fix."""
+    FastadaptError naming ``where`` (the bundle), the field and ``fix``."""
     try:
         if not isinstance(manifest, dict):
             raise _Invalid(f"manifest.json must hold an object, got {type(manifest).__name__}")
@@ -263,8 +266,7 @@ def validate_manifest(manifest, where: str) -> dict:
         _check_inner_loop(manifest, names)
         _check_classes(manifest)
     except _Invalid as exc:
-        raise FastadaptError(f"{printable(where)}: {exc}; the bundle is damaged or was not made by "
-                             f"'fastadapt export'/'fastadapt adapt', re-export it") from None
+        raise FastadaptError(f"{printable(where)}: {exc}; {fix}") from None
     except FastadaptError as exc:
         raise FastadaptError(f"{printable(where)}: {exc}") from None
     return manifest

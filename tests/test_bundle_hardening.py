@@ -504,3 +504,13 @@ def test_zip64_is_refused(bundles, tmp_path):
     locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, end, 1)
     path.write_bytes(bytes(data[:end]) + record + locator + bytes(data[end:]))
     refused(lambda: read_bundle(str(path)), "zip64")
+
+
+def test_a_bundle_that_could_not_be_read_back_is_never_written(bundles, tmp_path):
+    model = fastadapt.load(bundles["zero"])
+    images = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    adapted = model.adapt_arrays(images, np.array([0, 0, 1, 1]), ["a", "b" * 300], steps=0)
+    out = tmp_path / "long.fadapt"
+    with pytest.raises(FastadaptError, match="classes must be names of 1..256 characters.*nothing was written"):
+        adapted.save(str(out))
+    assert not out.exists()
