@@ -260,6 +260,16 @@ class RunLock:
             self.file = None
 
 
+def remove_empty_run(rundir: str) -> None:
+    """Remove a run folder this process created if it holds nothing but the lock file."""
+    try:
+        if os.listdir(rundir) == [LOCK_NAME]:
+            os.unlink(os.path.join(rundir, LOCK_NAME))
+            os.rmdir(rundir)
+    except OSError:
+        pass  # someone else's now; leaving an empty folder is harmless (it can be reused)
+
+
 def remove_temp_files(rundir: str) -> None:
     """Temp files of writes cut short by kill -9 (the holder of the lock is the only writer)."""
     for name in os.listdir(rundir):

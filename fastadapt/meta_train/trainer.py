@@ -26,8 +26,8 @@ from .evaluate import evaluate_classification, evaluate_regression
 from .parts import (check_config, describe_data, init_meta_params, make_samplers, model_spec_of, recipe_of,
                     resolve_device, to_batch)
 from .run import (RESUMABLE, RunLock, TrainConfig, check_limits, config_path, has_checkpoint, load_checkpoint,
-                  load_optimizer_state, optimizer_state_to_numpy, read_config, read_metrics, remove_temp_files,
-                  save_checkpoint, truncate_metrics, write_atomic, write_json)
+                  load_optimizer_state, optimizer_state_to_numpy, read_config, read_metrics, remove_empty_run,
+                  remove_temp_files, save_checkpoint, truncate_metrics, write_atomic, write_json)
 
 
 class Diverged(FastadaptError):
@@ -119,13 +119,20 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
     quiet = quiet or not job.is_main
     log = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     last_path, best_path = os.path.join(rundir, "last.npz"), os.path.join(rundir, "best.npz")
-    start, best, error, elapsed_before = 0, None, None, 0.0
-    try:  # everything that reads files or data, before RUNDIR is touched; every rank must succeed
+    start, best, error, elapsed_before, created = 0, None, None, 0.0, False
+    try:  # everything that reads files or data, before RUNDIR is written; every rank must succeed
         asked = c
         check_limits(c)
-        c = resolve_config(c, rundir, resume, given)
+        c = resolve_config(c, rundir, resume, given)  # reads only: bad flags create no folder
         check_config(c)
         job.check_config(c.meta_batch, c.pretrain_epochs)
+        if job.is_main:
+            # one writer per run folder: a second trainer stops here at once, naming the first; then
+            # look again, under the lock, at what the folder holds
+            created = not os.path.isdir(rundir)
+            lock.acquire()
+            c = resolve_config(asked, rundir, resume, given)
+            remove_temp_files(rundir)
         device = job.device if job.active else resolve_device(c.device)
         log(f"loading {describe_data(c)} ...")
         samplers = make_samplers(c)  # bad data fails here
@@ -149,21 +156,19 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
             if c.iterations < start:  # else the summary and config would claim fewer iterations than were run
                 raise FastadaptError(f"--iterations {c.iterations}: the run in {rundir} is already at iteration "
                                      f"{start}; --iterations is the run's total, so give {start} or more")
-        if job.is_main:
-            # the one writer of RUNDIR from here on; then look again, under the lock, at what it holds
-            lock.acquire()
-            c = resolve_config(asked, rundir, resume, given)
-            remove_temp_files(rundir)
-            if not resume:  # reusing a folder whose run saved nothing: drop its logs
-                for name in ("metrics.jsonl", "summary.json", "curves.png"):
-                    if os.path.exists(os.path.join(rundir, name)):
-                        os.unlink(os.path.join(rundir, name))
     except Exception as exc:
         error = exc
+        if created and lock.file is not None:  # leave no empty folder behind for a run that never started
+            remove_empty_run(rundir)
+            lock.release()
     job.check(error, "start-up")
     job.same(start, "the iteration to resume from")
     job.broadcast(params)
     if job.is_main:
+        if not resume:  # reusing a folder whose run saved nothing: drop its logs
+            for name in ("metrics.jsonl", "summary.json", "curves.png"):
+                if os.path.exists(os.path.join(rundir, name)):
+                    os.unlink(os.path.join(rundir, name))
         write_json(config_path(rundir), c.to_dict())
         if c.pretrain_epochs and not (resume and os.path.exists(last_path)):
             from .pretrain import pretrain_body
