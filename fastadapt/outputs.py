@@ -5,7 +5,7 @@ The rules, shared by every command and by ``save()``:
     because replacing it with a file breaks the system (as root) or hangs;
   * a symbolic link is refused rather than replaced (replacing it would silently cut the link, and
     writing through it would silently change a file elsewhere): give the link's target instead;
-  * an existing file keeps its permission bits (a 0600 file stays 0600);
+  * an existing file keeps its permission bits (a 0600 file stays 0600), and its owner when root writes;
   * an output must not be, or lie inside, an input of the same command (``check_inputs``);
   * the data goes to a hidden temp file in the same folder and is renamed over the output, so a
     crash, a full disk or SIGTERM leaves either the old file or the new one, never half of one;
@@ -93,6 +93,8 @@ def write_atomic(path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
+        if st is not None and hasattr(os, "geteuid") and os.geteuid() == 0:
+            os.chown(tmp, st.st_uid, st.st_gid)  # root replacing a user's file leaves it theirs
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:

@@ -104,6 +104,15 @@ def test_permission_bits_of_an_existing_file_are_kept(tmp_path):
     assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o644  # not mkstemp's 0600
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root can give files away")
+def test_root_replacing_a_users_file_keeps_its_owner(tmp_path):
+    owned = tmp_path / "owned.fadapt"
+    owned.write_bytes(b"old")
+    os.chown(owned, 1234, 5678)
+    write_atomic(owned, b"new")
+    assert (os.stat(owned).st_uid, os.stat(owned).st_gid) == (1234, 5678)
+
+
 def test_os_errors_become_one_line_naming_the_path_and_the_reason(tmp_path, monkeypatch):
     long_name = tmp_path / ("x" * 300 + ".fadapt")
     with pytest.raises(FastadaptError, match="File name too long"):
