@@ -216,9 +216,11 @@ def unknown(r: dict) -> str:
         f"model adapted with the default call, then `adapted.predict(images, unknown=True)` on {r['query']} new "
         f"drawings of each task character (known) and one drawing each of {r['unknowns']} characters outside the "
         "task (unknown). Per task, then mean ± 95% CI over tasks: AUROC of the score (known vs unknown), and the "
-        f"accuracy on known queries (accepted and right) at a {100 * r['far']:.0f}% false-accept rate, the "
-        f"threshold chosen per task with hindsight. Closed-set accuracy on the known queries: "
-        f"{fmt('closed_set', True)}%.",
+        f"accuracy on known queries (accepted and right) at a {100 * r['far']:.0f}% false-accept rate (the "
+        f"threshold chosen per task with hindsight, so that at most {100 * r['far']:.0f}% of the unknowns score above it). Closed-set accuracy on the known queries: "
+        f"{fmt('closed_set', True)}%"
+        + (f"; the adaptation warned that the shots look unlike the training data in {r['warned_tasks']} of "
+           f"{r['tasks']} tasks." if "warned_tasks" in r else "."),
         "",
         table(["score", "AUROC (target ≥ 0.90)", f"accuracy % at {100 * r['far']:.0f}% false accepts"], [
             ["`Prediction.score`", fmt("auroc_score"), fmt("acc_at_far_score", True)],
