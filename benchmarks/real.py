@@ -157,9 +157,34 @@ def run(episodes: int = 10, seed: int = 0) -> dict:
         for reference, other in pairs:
             comparisons.append([evaluate_set(model, s, episodes, seed, PHONE_VARIANTS) for s in (reference, other)])
             print(f"real: {reference.name} / {other.name} done", file=sys.stderr)
+        fits = []  # the 16:9 frames again with the shipped model's preprocessing set to each other fit
+        for fit in ("stretch", "pad", "crop"):
+            refit = with_fit(model, fit)
+            if refit is not None:
+                fits.append({"fit": fit, **evaluate_set(refit, pairs[1][1], episodes, seed, PHONE_VARIANTS)})
+        print("real: 16:9 frames under each fit done", file=sys.stderr)
     preprocess = model.manifest.get("preprocess", {})
     return {"model": "shipped default (fastadapt.load())", "preprocess": preprocess,
-            "fastadapt_commit": _commit(), "seed": seed, "sets": results, "comparisons": comparisons}
+            "fastadapt_commit": _commit(), "seed": seed, "sets": results, "comparisons": comparisons, "fits": fits}
+
+
+def with_fit(model, fit: str):
+    """The same model with its manifest's preprocess "fit" set to ``fit``; None where it already is, or where
+    this fastadapt has no such option."""
+    import copy
+
+    from fastadapt import FastadaptError
+    from fastadapt.bundle import Bundle
+    from fastadapt.runtime.model import Model
+
+    if getattr(model.preprocess, "fit", fit) == fit:
+        return None
+    manifest = copy.deepcopy(model.manifest)
+    manifest["preprocess"]["fit"] = fit
+    try:
+        return Model(Bundle(manifest, model.bundle.forward_onnx, model.bundle.step_onnx, model.bundle.params))
+    except (TypeError, FastadaptError):
+        return None
 
 
 def _commit() -> str:

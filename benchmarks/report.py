@@ -184,6 +184,17 @@ def real_images(r: dict) -> str:
         "",
         table(["pictures", "adaptation", "reference", "as phones store them", "difference (points)"], phone),
     ]
+    if r.get("fits"):
+        square = r["comparisons"][1][0]["variants"]
+        own = r.get("preprocess", {}).get("fit", "stretch")  # bundles without "fit" stretch
+        rows = [[f"`{x['fit']}`", *[f"{_cell(x['variants'][n])} ({x['variants'][n]['accuracy_pct'] - square[n]['accuracy_pct']:+.1f})"
+                                    if "n/a" not in x["variants"][n] and "n/a" not in square[n] else "n/a"
+                                    for n in ("0 steps", "safeguarded")]] for x in r["fits"]]
+        lines += ["", f"The 16:9 frames with the model's preprocessing set to each other way of making a picture square "
+                      f"(the shipped model's own, `{own}`, is above; in brackets: points against the square frames): "
+                      "`stretch` squashes the frame, `pad` fits it inside the square and pads with the background, "
+                      "`crop` keeps the centre square.", "",
+                  table(["fit", "0 steps", "safeguarded"], rows)]
     if notes:
         lines += ["", *[f"n/a ({', '.join(names)}): the installed fastadapt refused the call: `{error}`"
                         for error, names in notes.items()]]
