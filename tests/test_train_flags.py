@@ -80,3 +80,20 @@ def test_train_out_may_not_be_or_lie_inside_what_the_run_reads(tmp_path, capsys)
     link.symlink_to(other)
     code, stdout, err = run_cli(capsys, *BASE, "--out", link)
     one_error(code, stdout, err, "symbolic link")
+
+
+def test_fit_is_recorded_new_runs_pad_and_old_run_folders_stretch(tmp_path, capsys):
+    """New runs keep the aspect ratio ("pad"); a config.json from before the field resized by stretching."""
+    import json
+
+    from fastadapt.meta_train.parts import preprocess_of
+    from fastadapt.meta_train.run import read_config
+
+    assert preprocess_of(TrainConfig()).fit == "pad"
+    old = TrainConfig().to_dict()
+    del old["fit"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    assert preprocess_of(read_config(str(tmp_path / "old"))).fit == "stretch"
+    code, stdout, err = run_cli(capsys, *BASE, "--fit", "squash", "--out", tmp_path / "run")
+    one_error(code, stdout, err, "--fit", "squash")

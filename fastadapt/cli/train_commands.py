@@ -71,6 +71,9 @@ def train(
     invert: Optional[bool] = typer.Option(None, "--invert/--no-invert", help="Invert gray levels so dark strokes "
                                           "on a light background become bright on zero (drawings); --no-invert for "
                                           "photos. Recorded in the bundle, so the device does the same. [default: on]"),
+    fit: Optional[str] = typer.Option(None, help="Non-square images: 'pad' (fit inside the square, pad with the "
+                                      "border's colour), 'crop' (centre square) or 'stretch'. Recorded in the bundle, "
+                                      "so the device does the same. [default: pad]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or log lines."),
     dist_timeout: float = typer.Option(300.0, help="Under torchrun: seconds a process waits for the others "

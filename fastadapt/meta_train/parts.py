@@ -16,33 +16,20 @@ from ..models import ModelSpec, build_model
 from ..models.networks import NORMS
 from .algorithms import ALGORITHMS, Batch
 from .inner_loop import HEAD_INITS, InnerLoop
-from .run import TrainConfig
+from .run import TrainConfig, check_limits
 
 
 def check_config(c: TrainConfig) -> None:
     """Reject contradictory or impossible flag combinations before any work starts."""
     if c.algorithm not in ALGORITHMS:
         raise FastadaptError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got '{c.algorithm}'")
-    # --iterations 0 with pre-training gives the plain transfer-learning baseline
-    for flag, value, low in (("--iterations", c.iterations, 0 if c.pretrain_epochs else 1), ("--meta-batch", c.meta_batch, 1),
-                             ("--inner-steps", c.inner_steps, 1), ("--shots", c.shots, 1), ("--query", c.query, 1),
-                             ("--val-every", c.val_every, 1), ("--checkpoint-every", c.checkpoint_every, 1),
-                             ("--val-tasks", c.val_tasks, 1), ("--val-classes", c.val_classes, 0),
-                             ("--width", c.width, 1), ("--image-size", c.image_size, 16)):
-        if value < low:
-            raise FastadaptError(f"{flag} must be at least {low}, got {value}")
-    if c.stop_at < 0 or c.max_minutes < 0:
-        raise FastadaptError("--stop-at and --max-minutes must be 0 (off) or positive")
+    check_limits(c)  # every field's type and range (run.LIMITS); what follows are combinations
+    if c.iterations == 0 and not c.pretrain_epochs:  # 0 with pre-training: the transfer-learning baseline
+        raise FastadaptError("--iterations must be at least 1 (0 only with --pretrain-epochs)")
     if not c.regression and c.stop_at > 100:
         raise FastadaptError(f"--stop-at is a validation accuracy in percent (0-100), got {c.stop_at}")
-    if c.pretrain_epochs < 0:
-        raise FastadaptError(f"--pretrain-epochs must be 0 or more, got {c.pretrain_epochs}")
     if c.pretrain_epochs and c.regression:
         raise FastadaptError("--pretrain-epochs needs classes to pre-train on; it does not apply to --data sinusoid")
-    if c.eval_inner_steps < 0:
-        raise FastadaptError(f"--eval-inner-steps must be 0 (same as --inner-steps) or more, got {c.eval_inner_steps}")
-    if not c.inner_lr > 0 or not c.meta_lr > 0 or not c.pretrain_lr > 0:
-        raise FastadaptError("--inner-lr, --meta-lr and --pretrain-lr must be positive")
     if c.norm not in NORMS:
         raise FastadaptError(f"--norm must be one of {', '.join(NORMS)}, got '{c.norm}'")
     if c.head_init not in HEAD_INITS:
@@ -94,7 +81,7 @@ def model_spec_of(c: TrainConfig) -> ModelSpec:
 def preprocess_of(c: TrainConfig) -> Preprocess | None:
     if c.regression:
         return None
-    return Preprocess(size=c.image_size, channels=c.channels, invert=c.invert)
+    return Preprocess(size=c.image_size, channels=c.channels, invert=c.invert, fit=c.fit)
 
 
 def init_meta_params(model, c: TrainConfig, device) -> dict:

@@ -54,6 +54,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     rotations: bool = True
     invert: bool = True  # dark strokes on a light background (Omniglot, sketches); False for photos
+    fit: str = "pad"  # non-square images: images.FITS (run folders from before this field: "stretch")
     pretrain_epochs: int = 0
     pretrain_lr: float = 1e-3
     stop_at: float = 0.0  # stop once validation accuracy (%) reaches it (regression: MSE falls to it); 0 = never
@@ -116,6 +117,10 @@ def check_limits(c: TrainConfig) -> None:
     Combinations (an algorithm that needs classes, ways >= 2 for classification ...) are checked by
     parts.check_config.
     """
+    from ..images import FITS
+
+    if c.fit not in FITS:
+        raise FastadaptError(f"--fit must be one of {', '.join(FITS)}, got {c.fit!r}")
     for f in fields(c):
         value, flag = getattr(c, f.name), "--" + f.name.replace("_", "-")
         if f.name in LIMITS:
@@ -146,6 +151,8 @@ def read_config(rundir: str) -> TrainConfig:
     try:
         with open(path, "rb") as f:
             saved = json.loads(f.read(1 << 20))  # a config is a few hundred bytes
+        if isinstance(saved, dict):
+            saved.setdefault("fit", "stretch")  # runs from before the field resized by stretching
         return TrainConfig.from_dict(saved)
     except (OSError, ValueError, TypeError, RecursionError, FastadaptError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else exc
