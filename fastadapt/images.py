@@ -232,7 +232,7 @@ def _from_array(source: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(_array_to_uint8(array)))
 
 
-def _open(source: ImageSource, target: int | None) -> Image.Image:
+def open_reduced(source: ImageSource, target: int | None) -> Image.Image:
     if isinstance(source, Image.Image):
         _check_size("PIL image", *source.size)
         try:
@@ -256,7 +256,7 @@ def _open(source: ImageSource, target: int | None) -> Image.Image:
 
 def open_image(source: ImageSource) -> Image.Image:
     """Decode a path, PIL image or numpy array into an upright PIL image; errors name the file."""
-    return _open(source, None)
+    return open_reduced(source, None)
 
 
 # ----------------------------------------------------------------------------- stage 1
@@ -316,7 +316,7 @@ def _fit(image: Image.Image, spec: Preprocess) -> Image.Image:
 
 def to_uint8(source: ImageSource, spec: Preprocess) -> np.ndarray:
     """Stage 1: decode, upright, convert channels, fit to the square and fix stroke polarity -> (C, size, size) uint8."""
-    image = _open(source, spec.size)
+    image = open_reduced(source, spec.size)
     try:
         image = _fit(_flatten(image, spec.channels), spec)
         if spec.invert:

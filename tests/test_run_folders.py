@@ -143,6 +143,18 @@ def test_a_wrong_shape_checkpoint_is_refused_on_resume(run):
         resume(run)
 
 
+def test_a_wrong_shape_best_checkpoint_is_one_line_in_export_and_evaluate(run, tmp_path, capsys):
+    from fastadapt.meta_train.run import save_checkpoint
+
+    saved = load_checkpoint(str(run / "best.npz"))
+    save_checkpoint(str(run / "best.npz"), {k: np.zeros((1,), np.float32) for k in saved.params}, None, saved.progress)
+    code, out, err = run_cli(capsys, "export", run, "--out", tmp_path / "m.fadapt")
+    one_error(code, out, err, "best.npz: parameter", "another run")
+    assert not (tmp_path / "m.fadapt").exists()
+    code, out, err = run_cli(capsys, "evaluate", run, "--tasks", "2")
+    one_error(code, out, err, "best.npz: parameter", "another run")
+
+
 def test_cli_empty_checkpoint_is_an_error_not_aborted(run, tmp_path, capsys):
     (run / "last.npz").write_bytes(b"")
     code, out, err = run_cli(capsys, "train", "--out", run, "--resume", "--iterations", "3", "--quiet")

@@ -17,7 +17,7 @@ import unicodedata
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import FastadaptError, warn
-from ..images import _open as open_reduced
+from ..images import open_reduced
 from ..outputs import write_atomic
 
 THUMB = 112

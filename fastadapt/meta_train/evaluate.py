@@ -92,6 +92,12 @@ def load_meta_params(rundir: str, checkpoint: str, device) -> tuple:
     ckpt = load_checkpoint(os.path.join(rundir, f"{checkpoint}.npz"))
     spec, recipe = model_spec_of(config), recipe_of(config)
     model = build_model(spec).to(device)
+    for name, param in model.named_parameters():  # a wrong-shape checkpoint: one line, not a torch traceback
+        saved = ckpt.params.get(name)
+        if saved is None or tuple(saved.shape) != tuple(param.shape):
+            got = "missing" if saved is None else tuple(saved.shape)
+            raise FastadaptError(f"{rundir}/{checkpoint}.npz: parameter {name} is {got} there but {tuple(param.shape)} "
+                                 f"for the model of config.json; the checkpoint belongs to another run")
     params = {k: torch.from_numpy(v).to(device) for k, v in ckpt.params.items()}
     return config, spec, recipe, model, params, ckpt.progress
 
