@@ -232,3 +232,17 @@ def test_write_errors_during_training_are_one_line(tmp_path, capsys):
     code, stdout, err = run_cli(capsys, "train", "--out", long_out, "--iterations", "1", "--width", "8",
                                 "--meta-batch", "2", "--query", "2", "--val-tasks", "4", "--quiet")
     one_error(code, stdout, err, "File name too long")
+
+
+def test_export_sign_writes_a_bundle_that_a_device_requiring_the_key_accepts(run, tmp_path, capsys):
+    import fastadapt
+    from fastadapt.signing import write_private_key
+
+    public = write_private_key(str(tmp_path / "signing.key")).hex()
+    code, out, err = run_cli(capsys, "export", run, "--out", tmp_path / "m.fadapt", "--sign", tmp_path / "signing.key")
+    assert code == 0, err
+    assert f"with key {public}" in out
+    assert fastadapt.load(str(tmp_path / "m.fadapt"), trusted_keys=[public]).kind == "meta"
+    code, out, err = run_cli(capsys, "export", run, "--out", tmp_path / "n.fadapt", "--sign", tmp_path / "missing.key")
+    one_error(code, out, err, "missing.key")
+    assert not (tmp_path / "n.fadapt").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -209,14 +210,21 @@ def export(
     rundir: str = typer.Argument(..., help="A run folder made by 'fastadapt train'."),
     out: str = typer.Option(..., "--out", help="Where to write the .fadapt bundle (atomically)."),
     checkpoint: str = typer.Option("best", help="best | last."),
+    sign: Optional[Path] = typer.Option(None, "--sign", help="Also sign the bundle with this private key (made by "
+                                        "'fastadapt keygen'), for devices that require a trusted key."),
 ):
     """Export a run as one self-contained .fadapt bundle for the torch-free runtime.
 
     The bundle holds the forward graph, the SGD-step graph, the meta-parameters and a manifest (recipe,
     preprocessing, provenance, evaluation results). Export checks itself: it adapts a sample task in
-    onnxruntime and in torch and refuses to write if the parameters differ by more than 1e-4.
+    onnxruntime and in torch and refuses to write if they differ by more than 1e-4 (relative to the values' size).
     """
-    check_out(out, "--out", "model.fadapt", inputs=[rundir])  # never over the run's own files
+    check_out(out, "--out", "model.fadapt", inputs=[rundir, sign])  # never over the run's own files or the key
+    secret = None
+    if sign is not None:  # read the key before the minutes of export, so a wrong path fails at once
+        from ..signing import read_private_key
+
+        secret = read_private_key(str(sign))
     _need_torch("export")
     from ..meta_train.exporting import export_run
 
@@ -224,3 +232,7 @@ def export(
     size = os.path.getsize(out) / 1e6
     typer.echo(f"wrote {out} ({size:.2f} MB); runtime vs torch after {manifest['verification']['steps']} steps: "
                f"max abs diff {manifest['verification']['max_abs_diff']:.2e}")
+    if secret is not None:
+        from ..signing import sign_bundle
+
+        typer.echo(f"signed {out} with key {sign_bundle(out, secret)}")
