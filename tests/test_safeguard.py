@@ -116,3 +116,45 @@ def test_cli_reports_steps_and_loss(tmp_path, capsys):
     assert manifest_info["auto"]["chosen"] == manifest_info["steps_requested"]
     code, stdout, err = run_cli(capsys, "adapt", "--shots", SHOTS, "--out", out, "--steps", "x")
     assert code != 0 and "--steps" in err and "Traceback" not in err
+
+
+def test_unbalanced_shots_use_the_class_balanced_loss(bundles):
+    """With the safeguard, each class weighs the same in the support loss whatever its number of shots
+    (the recipe's plain mean lets one shot be out-voted by many images of another class): so showing a
+    class's images twice changes nothing, up to float32 rounding of the chunked sums."""
+    model = fastadapt.load(bundles["zero"])
+    images = glyph_images(3, [1, 2, 3], seed=4)
+    doubled = {**images, "class02": images["class02"] * 2}
+    once = model.adapt(images, lr=0.05)
+    twice = model.adapt(doubled, lr=0.05)
+    plain = model.adapt(doubled, lr=0.05, safeguard=False)
+    assert once.adaptation["class_balanced"] and twice.adaptation["class_balanced"]
+    assert not plain.adaptation["class_balanced"]
+    assert not model.adapt(glyph_images(3, 2, seed=4), lr=0.05).adaptation["class_balanced"]  # balanced shots
+    assert once.adaptation["rejected"] == twice.adaptation["rejected"] == 0
+    eps = np.finfo(np.float32).eps
+    for name in once.params:
+        p = once.params[name]
+        # 3 steps, each a float32 mean over <= 8 images: a few dozen roundings of the parameters' size
+        np.testing.assert_allclose(twice.params[name], p, rtol=0, atol=64 * eps * max(1.0, np.abs(p).max()),
+                                   err_msg=name)
+    diff = max(np.abs(plain.params[n] - twice.params[n]).max() for n in plain.params)
+    assert diff > 1e3 * 64 * eps  # the plain mean is a different step
+
+
+def test_step_loss_is_the_forward_loss(bundles, glyphs):
+    """Graphs.step's loss (plain or class-balanced) is support_loss of forward.onnx's logits, within the
+    rounding bound the safeguard uses to compare them."""
+    from fastadapt.runtime.adaptation import rounding_bound
+
+    model = fastadapt.load(bundles["prototype"])
+    images = glyph_images(3, [1, 2, 4], seed=5)
+    x = np.stack([fastadapt.images.to_float(fastadapt.images.to_uint8(im, model.preprocess)[None], model.preprocess)[0]
+                  for items in images.values() for im in items])
+    y = np.repeat(np.arange(3), [1, 2, 4])
+    params = model._init_head(x, y, 3)
+    logits, features = model.graphs.forward(x, params)
+    for balanced in (False, True):
+        loss, _ = model.graphs.step(x, y, 0.1, params, class_balanced=balanced)
+        assert abs(loss - support_loss(logits, y, balanced)) <= rounding_bound(logits, features, params, y, balanced)
+    assert support_loss(logits, y, True) != pytest.approx(support_loss(logits, y, False), rel=1e-3)

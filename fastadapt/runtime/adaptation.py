@@ -10,7 +10,9 @@ is kept only if it does not raise L:
 - A rejected step is retried at half the learning rate, up to HALVINGS times (p_t + 2^-h (p_{t+1} - p_t),
   judged by a forward pass); the first that does not raise L is kept and its learning rate carries on
   to the next steps. When none does, adaptation stops there. So the loss after adaptation is never
-  above the loss before (up to float rounding: ``rounding_bound``).
+  above the loss before, up to float rounding: a change smaller than the loss's float32 precision
+  (``loss_resolution``, ``rounding_bound``) is not a rise, so in-domain 1-shot tasks, whose loss is
+  already ~1e-7, keep all their steps as the recipe does.
 
 ``choose_steps`` picks the number of steps 0..k by leave-one-shot-out on the support set.
 """
@@ -37,26 +39,50 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return p / p.sum(1, keepdims=True)
 
 
-def support_loss(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean cross-entropy (float64) of float32 logits: what step.onnx computes as "loss"."""
+def sample_weights(labels: np.ndarray, class_balanced: bool) -> np.ndarray:
+    """Each image's weight in the support loss: 1/B (the mean), or 1/(classes * images of its class)."""
+    if not class_balanced:
+        return np.full(len(labels), 1.0 / len(labels))
+    classes, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return 1.0 / (len(classes) * counts[index])
+
+
+def is_unbalanced(labels: np.ndarray) -> bool:
+    return len(set(np.bincount(labels)[np.unique(labels)].tolist())) > 1
+
+
+def support_loss(logits: np.ndarray, labels: np.ndarray, class_balanced: bool = False) -> float:
+    """Cross-entropy (float64) of float32 logits, averaged as Graphs.step does: what it returns as loss."""
     z = logits.astype(np.float64)
     z -= z.max(1, keepdims=True)
-    return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(labels)), labels]))
+    per_image = np.log(np.exp(z).sum(1)) - z[np.arange(len(labels)), labels]
+    return float(np.sum(sample_weights(labels, class_balanced) * per_image))
 
 
-def rounding_bound(logits: np.ndarray, features: np.ndarray, params: dict, labels: np.ndarray) -> float:
+def loss_resolution(ways: int) -> float:
+    """The precision of step.onnx's float32 loss: CE_i = log(sum_j exp(z_ij - m_i)) + m_i - z_iy sums
+    ``ways`` terms >= 1 in float32 (relative error <= (ways - 1) eps), so its log is off by up to
+    ways * eps absolutely (a confident sample's 1 + 1e-8 is 1: its loss is 0). Loss changes below this
+    cannot be told from rounding: such a step is not "raising the loss"."""
+    return ways * EPS32
+
+
+def rounding_bound(logits: np.ndarray, features: np.ndarray, params: dict, labels: np.ndarray,
+                   class_balanced: bool = False) -> float:
     """How far ``support_loss`` of forward.onnx's logits may lie from step.onnx's loss for the same params.
 
     The two graphs compute the same logits z_ij = w_j . f_i + b_j with different float32 roundings.
     A D-term float32 dot product errs by about sqrt(D) * eps * (|w_j| |f_i| + |b_j|) (random-walk
-    rounding), and a logit error moves CE_i by at most 2 (1 - p_iy) times it (dCE_i/dz_j = p_ij - [j = y_i]).
+    rounding), and a logit error moves CE_i by at most 2 (1 - p_iy) times it (dCE_i/dz_j = p_ij - [j = y_i]);
+    plus step.onnx's own ``loss_resolution``.
     """
     w = params["head.weight"].astype(np.float64)
     b = np.abs(params["head.bias"].astype(np.float64))
     scale = (np.linalg.norm(features.astype(np.float64), axis=1)[:, None] * np.linalg.norm(w, axis=1)[None, :]
              + b[None, :]).max(1)
     miss = 1.0 - softmax(logits)[np.arange(len(labels)), labels]
-    return float(np.mean(2.0 * miss * math.sqrt(w.shape[1]) * EPS32 * scale))
+    per_image = 2.0 * miss * math.sqrt(w.shape[1]) * EPS32 * scale
+    return float(np.sum(sample_weights(labels, class_balanced) * per_image)) + loss_resolution(len(w))
 
 
 def finite(params: dict) -> bool:
@@ -71,12 +97,13 @@ class Trajectory:
     rejected: int = 0  # tries not kept (a step and its halvings)
     stopped: bool = False  # ended before the requested steps: no smaller step lowered the loss
     final: tuple = ()  # forward.onnx (logits, features) of the support set at ``params``
+    class_balanced: bool = False  # the loss was the class-balanced one (unbalanced shots, safeguard on)
 
     def report(self, steps: int, safeguard: bool) -> dict:
         return {"steps": len(self.lrs), "steps_requested": int(steps), "lrs": [float(x) for x in self.lrs],
                 "loss_before": round(self.losses[0], 8), "loss_after": round(self.losses[-1], 8),
                 "losses": [round(x, 8) for x in self.losses[1:]], "rejected": self.rejected,
-                "stopped": self.stopped, "safeguard": bool(safeguard)}
+                "stopped": self.stopped, "safeguard": bool(safeguard), "class_balanced": self.class_balanced}
 
 
 def _blend(start: dict, end: dict, t: float, names) -> dict:
@@ -92,26 +119,38 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
               safeguard: bool = True, progress: Callable[[int, int], None] | None = None,
               visit: Callable[[int, dict], None] | None = None) -> Trajectory:
     """``steps`` SGD steps from ``params`` (see the module docstring). ``visit(kept, params)`` is called at
-    the start and after each kept step; ``progress(kept, steps)`` after each kept step."""
+    the start and after each kept step; ``progress(kept, steps)`` after each kept step.
+
+    With the safeguard, an unbalanced support set (classes with different numbers of shots) is
+    adapted on the class-balanced loss (Graphs.step), as meta-training's balanced tasks were: with the
+    plain mean, one shot against 200 images of another class is out-voted (1/19 of its queries right
+    after 3 steps, 19/19 before). Balanced sets are unaffected (the two losses are the same)."""
+    balanced = bool(safeguard) and is_unbalanced(labels)
     if visit is not None:
         visit(0, params)
 
     def forward(p):
         logits, features = graphs.forward(images, p)
-        return support_loss(logits, labels), (logits, features)
+        return support_loss(logits, labels, balanced), (logits, features)
+
+    def step(p, rate):
+        return graphs.step(images, labels, rate, p, class_balanced=balanced)
+
+    def bound(final, p):
+        return rounding_bound(*final, p, labels, balanced)
 
     if steps == 0:
         loss, final = forward(params)
-        return Trajectory(params, [loss], final=final)
-    loss, candidate = graphs.step(images, labels, lr, params)
-    trajectory = Trajectory(params, [loss])
+        return Trajectory(params, [loss], final=final, class_balanced=balanced)
+    loss, candidate = step(params, lr)
+    trajectory = Trajectory(params, [loss], class_balanced=balanced)
     if not math.isfinite(loss):
         return trajectory  # the caller reports a diverged start (non-finite images or parameters)
     if not safeguard:
         for i in range(steps):
             params = candidate
             if i + 1 < steps:
-                loss, candidate = graphs.step(images, labels, lr, params)
+                loss, candidate = step(params, lr)
             else:
                 loss, trajectory.final = forward(params)
             trajectory.lrs.append(lr)
@@ -123,20 +162,21 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
         trajectory.params = params
         return trajectory
     names = graphs.updated
+    resolution = loss_resolution(int(labels.max()) + 1)
     while len(trajectory.lrs) < steps:
         last = len(trajectory.lrs) + 1 == steps
         if last:  # judged by one forward pass
             new_loss, final = forward(candidate)
-            ok = finite(candidate) and new_loss <= loss + rounding_bound(*final, candidate, labels)
+            ok = finite(candidate) and new_loss <= loss + bound(final, candidate)
         else:  # judged by the next step's own loss (which is also that step's start)
-            new_loss, after = graphs.step(images, labels, lr, candidate)
-            ok = math.isfinite(new_loss) and new_loss <= loss and finite(candidate)
+            new_loss, after = step(candidate, lr)
+            ok = math.isfinite(new_loss) and new_loss <= loss + resolution and finite(candidate)
         if not ok:
             trajectory.rejected += 1
             for h in range(1, HALVINGS + 1):
                 trial = _blend(params, candidate, 0.5 ** h, names)
                 new_loss, final = forward(trial)
-                if finite(trial) and new_loss <= loss + rounding_bound(*final, trial, labels):
+                if finite(trial) and new_loss <= loss + bound(final, trial):
                     break
                 trajectory.rejected += 1
             else:
@@ -144,7 +184,7 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
                 break
             candidate, lr = trial, lr * 0.5 ** h
             if not last:  # continue from the trial with step.onnx's own loss at it
-                new_loss, after = graphs.step(images, labels, lr, candidate)
+                new_loss, after = step(candidate, lr)
         params, loss = candidate, new_loss
         trajectory.lrs.append(lr)
         trajectory.losses.append(loss)

@@ -136,7 +136,8 @@ class Graphs:
                 self.updated = [name[4:] for name in self.step_outputs if name.startswith("new.")]
             return self._step
 
-    def step(self, images: np.ndarray, labels: np.ndarray, lr: float, params: dict) -> tuple:
+    def step(self, images: np.ndarray, labels: np.ndarray, lr: float, params: dict,
+             class_balanced: bool = False) -> tuple:
         """One SGD step -> (loss, updated parameter dict). ``params`` is not modified.
 
         The support set runs in balanced chunks, several at once on ``self.workers`` threads, and
@@ -145,21 +146,37 @@ class Graphs:
         each image's computation depends on that image alone (per-sample norm, the only kind export
         allows), so the gradient is the size-weighted mean of the chunks' gradients and
         p - lr * sum_c w_c g_c = sum_c w_c (p - lr * g_c), with w_c = n_c / B.
+
+        ``class_balanced``: the loss is the mean over classes of each class's mean cross-entropy (equal to
+        the plain mean when every class has as many images): chunks hold one class each and a chunk of
+        n_c images of a class with n_k images weighs n_c / (n_k * classes).
         """
         session = self.step_session  # made (with the thread pool) on first use
         n = len(images)
+        if class_balanced:
+            classes = np.unique(labels)
+            parts, weights = [], []
+            for k in classes:
+                members = np.flatnonzero(labels == k)
+                for part in np.array_split(members, -(-len(members) // STEP_CHUNK)):
+                    parts.append(part)
+                    weights.append(len(part) / (len(members) * len(classes)))
+            return self._combine(session, images, labels, lr, params, parts, weights)
         chunks = -(-n // STEP_CHUNK)
         if self.workers > 1:  # a multiple of the threads, so none of them waits for a last odd chunk
             chunks = min(n, -(-chunks // self.workers) * self.workers)
         if chunks <= 1:
             return self._step_once(session, images, labels, lr, params)
         parts = np.array_split(np.arange(n), chunks)
+        return self._combine(session, images, labels, lr, params, parts, [len(part) / n for part in parts])
+
+    def _combine(self, session, images, labels, lr, params, parts: list, weights: list) -> tuple:
+        """Run the step on each part (side by side) -> (sum_c w_c loss_c, sum_c w_c new_c)."""
         run = lambda part: self._step_once(session, images[part], labels[part], lr, params)  # noqa: E731
         results = list(self._pool.map(run, parts)) if self._pool else [run(part) for part in parts]
         loss, sums = 0.0, {}
         with np.errstate(all="ignore"):  # a diverging step (inf/NaN) is the caller's to judge, not a warning
-            for part, (part_loss, part_new) in zip(parts, results):  # a fixed order: independent of timing
-                weight = len(part) / n
+            for weight, (part_loss, part_new) in zip(weights, results):  # a fixed order: independent of timing
                 loss += weight * part_loss
                 for name in self.updated:
                     sums[name] = sums.get(name, 0.0) + weight * part_new[name].astype(np.float64)
