@@ -89,20 +89,20 @@ def run(tasks: int = 200, seed: int = 0, ways: int = 5, shots: int = 5, query: i
                 has_unknown = False
         if not has_unknown:
             answers = adapted.predict(known + unknown)
-        k, u = answers[:len(known)], answers[len(known):]
-        correct = np.asarray([p.label for p in k]) == labels
+        n = len(known)  # answers: the known queries first, then the unknowns
+        correct = np.asarray([p.label for p in answers[:n]]) == labels
         probability = np.asarray([p.probability for p in answers])
         per_task["closed_set"].append(float(correct.mean()))
-        per_task["auroc_probability"].append(auroc(probability[:len(k)], probability[len(k):]))
-        per_task["acc_at_far_probability"].append(accuracy_at_far(probability[:len(k)], correct, probability[len(k):]))
+        per_task["auroc_probability"].append(auroc(probability[:n], probability[n:]))
+        per_task["acc_at_far_probability"].append(accuracy_at_far(probability[:n], correct, probability[n:]))
         if has_unknown:
             score = np.asarray([p.score for p in answers], np.float64)
             flagged = np.asarray([bool(p.unknown) for p in answers])
-            per_task["auroc_score"].append(auroc(score[:len(k)], score[len(k):]))
-            per_task["acc_at_far_score"].append(accuracy_at_far(score[:len(k)], correct, score[len(k):]))
-            per_task["calibrated_false_accept"].append(float((~flagged[len(k):]).mean()))
-            per_task["calibrated_false_reject"].append(float(flagged[:len(k)].mean()))
-            per_task["calibrated_accuracy"].append(float((correct & ~flagged[:len(k)]).mean()))
+            per_task["auroc_score"].append(auroc(score[:n], score[n:]))
+            per_task["acc_at_far_score"].append(accuracy_at_far(score[:n], correct, score[n:]))
+            per_task["calibrated_false_accept"].append(float((~flagged[n:]).mean()))
+            per_task["calibrated_false_reject"].append(float(flagged[:n].mean()))
+            per_task["calibrated_accuracy"].append(float((correct & ~flagged[:n]).mean()))
         done += 1
         if done % 25 == 0:
             print(f"unknown: {done} tasks, {time.perf_counter() - start:.0f} s", file=sys.stderr)
