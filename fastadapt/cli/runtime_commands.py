@@ -79,7 +79,7 @@ def adaptation_summary(info: dict) -> str:
                  + " / ".join(f"{100 * a:.0f}%" for a in auto["accuracy"]) + " after 0.." + str(len(auto["accuracy"]) - 1)
                  + " steps)")
     if info.get("rejected"):
-        line += f", {info['rejected']} tried step(s) rejected (they raised the loss)"
+        line += f", step {info['rejected_step']['step']} rejected (it raised the loss: back to the start)"
     return f"{line}; support loss {info['loss_before']:.4f} -> {info['loss_after']:.4f}"
 
 

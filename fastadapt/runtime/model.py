@@ -51,6 +51,10 @@ def good_for(model) -> str:
             f"{spec.size}x{spec.size} {'grayscale' if spec.channels == 1 else 'colour'} (see 'fastadapt info')")
 
 
+def _loss(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
 def steps_argument(steps, recipe_steps: int):
     """``steps`` as given by the API or the CLI (a string there) -> an int in 0..MAX_STEPS, or "auto"."""
     if steps is None:
@@ -214,9 +218,10 @@ class Model(_Loaded):
         """One warning when the shots look unlike the model's training data, naming what it is good for."""
         reasons = []
         if info["rejected"]:
-            kept = f" at lr {', '.join(f'{x:g}' for x in info['lrs'])}" if info["lrs"] else ""
-            reasons.append(f"the support loss rose on {info['rejected']} tried step(s), so {info['steps']} of "
-                           f"{info['steps_requested']} steps were kept{kept}")
+            r = info["rejected_step"]
+            reasons.append(f"SGD step {r['step']} of {info['steps_requested']} raised the support loss "
+                           f"({_loss(r['loss_before'])} -> {_loss(r['loss_after'])}), so the model keeps its start "
+                           f"(no step: the head initialised from the shots)")
             if info["lr"] != float(self.recipe["lr"]):
                 reasons.append(f"(--lr {info['lr']:g} is not the meta-trained {float(self.recipe['lr']):g}: "
                                f"try without --lr)")
@@ -226,8 +231,9 @@ class Model(_Loaded):
             reasons.append(f"leave-one-shot-out accuracy on the shots is only {100 * accuracy:.0f}%")
         if not reasons:
             return None
-        return (f"{'; '.join(reasons)}: these images look unlike the model's training data. It is good for "
-                f"{good_for(self)}; for other images, meta-train your own model (README: 'Meta-train your own')")
+        return (f"{'; '.join(reasons)}: the shots may be unlike the images this model was trained for. It is "
+                f"good for {good_for(self)}; for other images, meta-train your own model (README: 'Meta-train "
+                f"your own')")
 
     def predict(self, images, top: int = 5, unknown=None):
         raise FastadaptError(f"{self.path or 'this model'}: is a meta model with no classes yet; adapt it first: "
