@@ -47,6 +47,9 @@ def train(
     iterations: Optional[int] = typer.Option(None, help="Meta-updates. [default: 1000]"),
     seed: Optional[int] = typer.Option(None, help="Seeds the model init, the class splits and the task stream. [default: 0]"),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present) | cpu | cuda. [default: auto]"),
+    batched: Optional[bool] = typer.Option(None, "--batched/--no-batched", help="Compute each meta-batch as one "
+                                           "batched (vmap) computation, or task by task. [default: batched on "
+                                           "CUDA, task by task on a CPU, where that is faster]"),
     head_init: Optional[str] = typer.Option(None, help="How the per-task head starts: zero | prototype (class-mean "
                                             "features). Both work for any number of classes. [default: zero]"),
     norm: Optional[str] = typer.Option(None, help="instance | layer (both per-sample, non-transductive) | batch (batch statistics, transductive) | none. [default: instance]"),
@@ -131,6 +134,9 @@ def evaluate(
     transductive: bool = typer.Option(False, "--transductive", help="Predict each task's queries as one batch "
                                       "(matters only for --norm batch models; per-sample norm is never transductive)."),
     checkpoint: str = typer.Option("best", help="best | last (run folders only)."),
+    batched: Optional[bool] = typer.Option(None, "--batched/--no-batched", help="Run folders: adapt to several "
+                                           "tasks as one batched computation, or one task at a time. [default: "
+                                           "batched on CUDA]"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a sentence."),
     record: bool = typer.Option(False, "--record", help="Bundles: also store the result in the bundle's manifest "
                                 "(its model card; the file is rewritten atomically). Run folders always record "
@@ -147,6 +153,9 @@ def evaluate(
 
         if data is None:
             raise FastadaptError("--data is required to evaluate a bundle (e.g. an Omniglot folder)")
+        if batched is not None:
+            raise FastadaptError("--batched/--no-batched apply to run folders (torch); a bundle is evaluated by "
+                                 "the runtime one task at a time: drop the flag")
         result = evaluate_bundle(model, data=data, protocol=protocol, ways=ways, shots=1 if shots is None else shots, query=query,
                                  tasks=tasks, seed=seed, steps=steps, lr=lr, transductive=transductive,
                                  progress=None if as_json else _task_progress(tasks))
@@ -160,7 +169,7 @@ def evaluate(
 
         result = evaluate_run(model, data=data, protocol=protocol, ways=ways, shots=shots, query=query, tasks=tasks,
                               seed=seed, steps=steps, lr=lr, transductive=transductive, checkpoint=checkpoint,
-                              progress=None if as_json else _task_progress(tasks))
+                              progress=None if as_json else _task_progress(tasks), batched=batched)
     _print_result(result, as_json)
 
 

@@ -43,16 +43,23 @@ class TaskSampler:
                 f" ({len(small)} such classes); lower --shots/--query or remove those classes")
         self.data, self.ways, self.shots, self.query, self.seed = data, ways, shots, query, seed
 
-    def task(self, index: int) -> Task:
+    def choose(self, index: int) -> tuple:
+        """Task ``index``'s (classes, picks): ``ways`` dataset class indices, and per class the indices of
+        its shots + query images within that class, support first ((ways, shots + query) int64).
+
+        The whole task is this choice; ``task`` gathers the images on the host, the trainer gathers the
+        same ones from a copy held on its device."""
         rng = np.random.default_rng([self.seed, index])
         classes = rng.choice(len(self.data), size=self.ways, replace=False)
-        sx, sy, qx, qy = [], [], [], []
-        for label, c in enumerate(classes):
-            images = self.data.images[c]
-            pick = rng.choice(len(images), size=self.shots + self.query, replace=False)
-            sx.append(images[pick[: self.shots]])
-            qx.append(images[pick[self.shots:]])
-            sy += [label] * self.shots
-            qy += [label] * self.query
-        return Task(np.concatenate(sx), np.asarray(sy, np.int64), np.concatenate(qx),
-                    np.asarray(qy, np.int64), classes)
+        picks = np.stack([rng.choice(len(self.data.images[c]), size=self.shots + self.query, replace=False)
+                          for c in classes])
+        return classes, picks
+
+    def task(self, index: int) -> Task:
+        classes, picks = self.choose(index)
+        k = self.shots
+        images = [self.data.images[c] for c in classes]
+        labels = np.arange(self.ways, dtype=np.int64)
+        return Task(np.concatenate([x[p[:k]] for x, p in zip(images, picks)]), np.repeat(labels, k),
+                    np.concatenate([x[p[k:]] for x, p in zip(images, picks)]), np.repeat(labels, self.query),
+                    classes)

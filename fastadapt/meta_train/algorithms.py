@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.func import vmap
 
+from ..errors import FastadaptError
 from ..models.networks import BatchStatsNorm
 from .inner_loop import InnerLoop, adapt, forward, output_loss
 
@@ -45,8 +46,16 @@ def query_metrics(model, params, task: Batch, recipe: InnerLoop) -> tuple:
     return loss, (out.detach().argmax(1) == task.query_y).float().mean().item()
 
 
+@dataclass
+class Chunks:
+    """How many tasks one vectorised computation takes (None: the whole batch). Kept by the caller for a
+    whole run: after a CUDA out-of-memory error the size is halved and stays so."""
+
+    size: int | None = None
+
+
 def meta_gradient(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop,
-                  vectorize: bool = False, workers: int = 1) -> tuple:
+                  vectorize: bool = False, workers: int = 1, chunks: Chunks | None = None) -> tuple:
     """Average meta-gradient over ``tasks`` -> (grads dict, mean query loss, mean query accuracy).
 
     ``workers`` > 1: the per-task loop runs on that many threads, each with its share of torch's
@@ -61,7 +70,11 @@ def meta_gradient(algorithm: str, model, meta_params: dict, tasks: list, recipe:
     each task is already a large, memory-bound computation, and vmap's B-times larger activations,
     grouped convolutions (per-task weights after the first step) and unfused batched GroupNorm affine
     cost more than the loop's per-task overhead saves. Expected to pay on a GPU, where the loop is
-    kernel-launch bound, at B times the activation memory; measure before turning it on there.
+    kernel-launch bound, at B times the activation memory (the trainer turns it on there by default).
+
+    ``chunks``: the vectorised path computes at most ``chunks.size`` tasks at once and combines the
+    chunks' means weighted by their sizes (the same gradient up to summation order); a CUDA
+    out-of-memory error halves the size (kept in ``chunks``) and the batch is computed again.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm '{algorithm}', choose one of {ALGORITHMS}")
@@ -69,8 +82,8 @@ def meta_gradient(algorithm: str, model, meta_params: dict, tasks: list, recipe:
         raise ValueError(f"anil adapts only the head: its recipe needs adapt='head', got '{recipe.adapt}'")
     if not tasks:
         raise ValueError("meta_gradient needs at least one task")
-    if vectorize and _stackable(tasks) and not (algorithm == "maml" and _has_batch_stats_norm(model)):
-        return _meta_gradient_vmap(algorithm, model, meta_params, tasks, recipe)
+    if vectorize and _stackable(tasks) and can_vectorize(algorithm, model):
+        return _meta_gradient_chunked(algorithm, model, meta_params, tasks, recipe, chunks or Chunks())
     if workers > 1 and len(tasks) > 1:
         return _meta_gradient_threads(algorithm, model, meta_params, tasks, recipe, workers)
     return _meta_gradient_loop(algorithm, model, meta_params, tasks, recipe)
@@ -100,11 +113,43 @@ def _meta_gradient_threads(algorithm: str, model, meta_params: dict, tasks: list
             results = list(pool.map(work, modules, chunks))
     finally:
         torch.set_num_threads(threads)
-    n = len(tasks)
-    grads = {k: sum(r[0][k] * len(c) for r, c in zip(results, chunks)) / n for k in meta_params}
-    loss = sum(r[1] * len(c) for r, c in zip(results, chunks)) / n
-    acc = sum(r[2] * len(c) for r, c in zip(results, chunks)) / n
+    return _weighted_mean(results, [len(c) for c in chunks], meta_params)
+
+
+def _weighted_mean(results: list, sizes: list, names) -> tuple:
+    """(grads, loss, acc) of a batch from its parts' means, each weighted by its number of tasks."""
+    n = sum(sizes)
+    grads = {k: sum(r[0][k] * m for r, m in zip(results, sizes)) / n for k in names}
+    loss = sum(r[1] * m for r, m in zip(results, sizes)) / n
+    acc = sum(r[2] * m for r, m in zip(results, sizes)) / n
     return grads, loss, acc
+
+
+def _meta_gradient_chunked(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop,
+                           chunks: Chunks) -> tuple:
+    """The vectorised path over consecutive chunks of at most ``chunks.size`` tasks.
+
+    A CUDA out-of-memory error frees what the failed attempt held, halves the size and starts the batch
+    again; one task that does not fit is a one-line error. Never a traceback in the middle of a run.
+    """
+    while True:
+        size = min(chunks.size or len(tasks), len(tasks))
+        try:
+            parts = [tasks[i:i + size] for i in range(0, len(tasks), size)]
+            results = [_meta_gradient_vmap(algorithm, model, meta_params, part, recipe) for part in parts]
+            return results[0] if len(parts) == 1 else _weighted_mean(results, [len(p) for p in parts], meta_params)
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise FastadaptError("out of GPU memory with a single task: lower --ways, --shots, --query or "
+                                     "--width (or --image-size), or train with --device cpu") from None
+        chunks.size = (size + 1) // 2
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the failed attempt's blocks, so the smaller chunks can use them
+
+
+def can_vectorize(algorithm: str, model) -> bool:
+    """Whether the vectorised path computes ``algorithm``'s meta-gradient correctly for ``model``."""
+    return not (algorithm == "maml" and _has_batch_stats_norm(model))
 
 
 def _has_batch_stats_norm(model) -> bool:

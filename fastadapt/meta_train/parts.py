@@ -57,6 +57,27 @@ def check_config(c: TrainConfig) -> None:
         raise FastadaptError(f"--device must be auto, cpu or cuda, got '{c.device}'")
     if c.device == "cuda" and not torch.cuda.is_available():
         raise FastadaptError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu or auto")
+    if c.batched and c.algorithm == "maml" and c.norm == "batch" and not c.regression:
+        raise FastadaptError("--batched: full MAML with --norm batch must run task by task (vmap's second-order "
+                             "gradient through batch statistics is wrong); drop --batched or use --norm instance")
+
+
+def batched_path(c: TrainConfig, device) -> tuple:
+    """(batched, why): whether each meta-batch is one vectorised computation (``meta_gradient(vectorize=
+    True)``) or a per-task loop, and the reason, for the log line at the start of a run.
+
+    Automatic (``c.batched`` None): batched on CUDA, where the per-task loop leaves the GPU waiting on
+    kernel launches; the loop on a CPU, where it is faster (algorithms.meta_gradient). Never batched for
+    full MAML with batch-statistics norm, whose vectorised second-order gradient is wrong.
+    """
+    if c.algorithm == "maml" and c.norm == "batch" and not c.regression:
+        return False, "per-task loop: full MAML with --norm batch cannot be batched"
+    if c.batched is not None:
+        return c.batched, "batched tasks (--batched)" if c.batched else "per-task loop (--no-batched)"
+    if torch.device(device).type == "cuda":
+        return True, "batched tasks (automatic on CUDA: one computation per meta-batch; --no-batched for the loop)"
+    return False, (f"per-task loop on {torch.get_num_threads()} threads (automatic on a CPU, where it is faster "
+                   f"than batching; --batched forces batching)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,6 +145,54 @@ def to_batch(task, preprocess: Preprocess | None, device, ways: int) -> Batch:
     x = lambda a: torch.from_numpy(to_float(a, preprocess)).to(device)  # noqa: E731
     y = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     return Batch(x(task.support_x), y(task.support_y), x(task.query_x), y(task.query_y), ways)
+
+
+class DeviceTasks:
+    """A TaskSampler's tasks assembled on the training device: the sampler's images held there once as
+    uint8 (on the host instead when they would take over a quarter of the GPU's free memory), a batch of
+    tasks gathered with one index and normalised there.
+
+    Task ``i`` is ``sampler.choose(i)``'s images, exactly the images and labels of ``sampler.task(i)``
+    and normalised with the same float32 operations as ``to_batch``, so the task stream stays a pure
+    function of (seed, task index) whichever way it is built.
+    """
+
+    def __init__(self, sampler: TaskSampler, preprocess: Preprocess, device):
+        self.sampler, self.device = sampler, torch.device(device)
+        images = sampler.data.images
+        self.first = np.cumsum([0] + [len(x) for x in images[:-1]])  # each class's first row in the copy
+        flat = torch.from_numpy(np.concatenate(images))
+        store = self.device if self.device.type == "cpu" or _fits(flat, self.device) else torch.device("cpu")
+        self.images = flat.to(store)
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.float32, device=self.device).view(-1, 1, 1)  # noqa: E731
+        self.mean, self.std = as_tensor(preprocess.mean), as_tensor(preprocess.std)
+        labels = torch.arange(sampler.ways, device=self.device)
+        self.support_y = labels.repeat_interleave(sampler.shots)
+        self.query_y = labels.repeat_interleave(sampler.query)
+
+    def tasks(self, indices) -> list:
+        """Tasks ``indices`` of the sampler as Batches on the device (views of one gathered tensor)."""
+        s = self.sampler
+        chosen = [s.choose(i) for i in indices]
+        rows = np.stack([self.first[classes][:, None] + picks for classes, picks in chosen])
+        x = self.images.index_select(0, torch.from_numpy(rows.reshape(-1)).to(self.images.device))
+        x = ((x.to(self.device, non_blocking=True).float() / 255.0) - self.mean) / self.std
+        x = x.view(len(chosen), s.ways, s.shots + s.query, *x.shape[1:])
+        support = x[:, :, :s.shots].flatten(1, 2)
+        query = x[:, :, s.shots:].flatten(1, 2)
+        return [Batch(support[b], self.support_y, query[b], self.query_y, s.ways) for b in range(len(chosen))]
+
+
+def _fits(images: torch.Tensor, device) -> bool:
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.numel() * images.element_size() <= free // 4
+
+
+def task_stream(c: TrainConfig, samplers: Samplers, device):
+    """The training tasks: a function from task indices to a list of Batches on ``device``."""
+    if c.regression:
+        return lambda indices: [to_batch(samplers.train.task(i), None, device, 1) for i in indices]
+    return DeviceTasks(samplers.train, samplers.preprocess, device).tasks
 
 
 def describe_data(c: TrainConfig) -> str:

@@ -60,6 +60,7 @@ class TrainConfig:
     stop_at: float = 0.0  # stop once validation accuracy (%) reaches it (regression: MSE falls to it); 0 = never
     max_minutes: float = 0.0  # stop after this much meta-training wall time; 0 = no limit
     init_from: str = ""  # a run folder (its best.npz) or a checkpoint .npz to start the meta-parameters from
+    batched: bool | None = None  # a meta-batch as one vmap computation; None: auto (on CUDA; parts.batched_path)
     command: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -127,6 +128,8 @@ def check_limits(c: TrainConfig) -> None:
             check_flag(flag, value, *LIMITS[f.name], positive=f.name in POSITIVE)
         elif f.type in ("str", "bool") and type(value).__name__ != f.type:
             raise FastadaptError(f"{flag} must be a {'string' if f.type == 'str' else 'boolean'}, got {value!r}")
+        elif f.name == "batched" and value is not None and not isinstance(value, bool):
+            raise FastadaptError(f"--batched must be a boolean (or null: automatic), got {value!r}")
         elif f.name == "command" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise FastadaptError(f"command must be a list of strings, got {value!r}")
     if c.ways * (c.shots + c.query) > MAX_TASK_IMAGES:
@@ -134,8 +137,9 @@ def check_limits(c: TrainConfig) -> None:
                              f"at most {MAX_TASK_IMAGES}: lower --ways, --shots or --query")
 
 
-# Flags that may differ when resuming (they do not change what is being trained).
-RESUMABLE = {"iterations", "device", "val_every", "val_tasks", "checkpoint_every", "command", "stop_at", "max_minutes"}
+# Flags that may differ when resuming (they do not change what is being trained; batched: only the
+# floating-point summation order).
+RESUMABLE = {"iterations", "device", "batched", "val_every", "val_tasks", "checkpoint_every", "command", "stop_at", "max_minutes"}
 
 
 def config_path(rundir: str) -> str:

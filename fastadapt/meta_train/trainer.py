@@ -21,10 +21,10 @@ from ..errors import FastadaptError, warn
 from ..progress import progress_bar
 from ..models import build_model
 from . import distributed
-from .algorithms import meta_gradient
+from .algorithms import Chunks, meta_gradient
 from .evaluate import evaluate_classification, evaluate_regression
-from .parts import (check_config, describe_data, init_meta_params, make_samplers, model_spec_of, recipe_of,
-                    resolve_device, to_batch)
+from .parts import (batched_path, check_config, describe_data, init_meta_params, make_samplers, model_spec_of,
+                    recipe_of, resolve_device, task_stream)
 from .run import (RESUMABLE, RunLock, TrainConfig, check_limits, config_path, has_checkpoint, load_checkpoint,
                   load_optimizer_state, optimizer_state_to_numpy, read_config, read_metrics, remove_empty_run,
                   remove_temp_files, save_checkpoint, truncate_metrics, write_atomic, write_json)
@@ -136,6 +136,7 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
         device = job.device if job.active else resolve_device(c.device)
         log(f"loading {describe_data(c)} ...")
         samplers = make_samplers(c)  # bad data fails here
+        sample_tasks = task_stream(c, samplers, device)
         spec, recipe = model_spec_of(c), recipe_of(c)
         model = build_model(spec).to(device)
         params = init_meta_params(model, c, device)
@@ -182,6 +183,8 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
     log(f"{c.algorithm} on {describe_data(c)}: {c.ways}-way {c.shots}-shot, {c.meta_batch} tasks/iteration, "
         f"{c.inner_steps} inner steps (lr {c.inner_lr}), device {device}, {sum(p.numel() for p in params.values())} parameters"
         + (f", {job.world_size} processes x {c.meta_batch // job.world_size} tasks" if job.active else ""))
+    batched, why = batched_path(c, device)
+    log(f"meta-batch: {why}")
 
     def snapshot(it: int) -> dict:
         return {k: v.detach().cpu().numpy() for k, v in params.items()}
@@ -207,7 +210,7 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
             r = evaluate_regression(model, params, recipe, samplers.val, device, c.val_tasks, c.test_steps)
             return {"iteration": it, "val_mse": r["mse"], "val_ci95": r["ci95"], "elapsed_s": round(elapsed(), 1)}
         r = evaluate_classification(model, params, recipe, samplers.val, samplers.preprocess, device, c.val_tasks,
-                                    c.test_steps, norm=spec.norm)
+                                    c.test_steps, norm=spec.norm, batched=batched)
         return {"iteration": it, "val_accuracy": r["accuracy_pct"], "val_ci95": r["ci95_pct"],
                 "elapsed_s": round(elapsed(), 1)}
 
@@ -225,6 +228,7 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
     share = job.share(c.meta_batch)
     # on CPU, tasks run in parallel threads (one per torch thread): faster than threads inside operators
     workers = torch.get_num_threads() if getattr(device, "type", str(device)) == "cpu" else 1
+    chunks = Chunks()  # batched: tasks per vectorised computation, halved for the run on out-of-memory
     progress = progress_bar(quiet)
     t0, done_tasks, train_seconds = time.time(), 0, 0.0
     stop_reason, done = None, start
@@ -243,10 +247,19 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                         group["lr"] = c.meta_lr * c.inner_lr * (1 - it / c.iterations)
                 step_start = time.time()
                 try:  # this rank's share of the iteration's tasks; every rank stops if one fails
-                    tasks = [to_batch(samplers.train.task(it * c.meta_batch + j), samplers.preprocess, device, c.ways)
-                             for j in share]
-                    grads, loss, acc = meta_gradient(c.algorithm, model, params, tasks, recipe, workers=workers)
+                    tasks = sample_tasks([it * c.meta_batch + j for j in share])
+                    chunk_before = chunks.size
+                    grads, loss, acc = meta_gradient(c.algorithm, model, params, tasks, recipe, vectorize=batched,
+                                                     workers=workers, chunks=chunks)
+                    if chunks.size != chunk_before:
+                        log(f"out of GPU memory at iteration {it + 1}: each meta-batch now runs in chunks of "
+                            f"{chunks.size} tasks (the same gradient; a smaller --meta-batch avoids the retry)")
                     error = None
+                except torch.cuda.OutOfMemoryError:  # the per-task loop: one task does not fit
+                    grads, loss, acc = None, 0.0, 0.0
+                    error = FastadaptError(f"out of GPU memory at iteration {it + 1} with one task at a time: lower "
+                                           f"--ways, --shots, --query or --width, or train with --device cpu; "
+                                           f"{last_good()}")
                 except Exception as exc:
                     grads, loss, acc, error = None, 0.0, 0.0, exc
                 grads, loss, acc = job.average(grads, loss, acc, len(share), error, params, f"iteration {it + 1}")

@@ -1,0 +1,316 @@
+"""Batched tasks (one vmap computation per meta-batch) against the per-task loop, on every device torch sees.
+
+The trainer batches on CUDA by default, so each combination the trainer accepts (algorithm x head
+initialisation x adapt mode, classification and regression, per-sample and batch-statistics norm) is
+checked here: on CPU in CI, and on CUDA where there is one (scripts/gpu_check.sh runs this file there).
+
+Tolerances are derived from the computation, not tuned: both float32 paths are compared with the same
+computation in float64, and the batched path may be off from it by at most a few times what the
+per-task loop is off (its own float32 rounding of this very computation), plus a few float32 ulps of
+the values' size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fastadapt.meta_train.algorithms as alg
+from fastadapt.data.classes import ImageClasses
+from fastadapt.data.sampler import Task, TaskSampler
+from fastadapt.errors import FastadaptError
+from fastadapt.images import Preprocess, to_float
+from fastadapt.meta_train.algorithms import Batch, Chunks, meta_gradient
+from fastadapt.meta_train.parts import DeviceTasks, batched_path, check_config, model_spec_of, recipe_of, to_batch
+from fastadapt.meta_train.run import TrainConfig
+from fastadapt.models import build_model
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+EPS32 = torch.finfo(torch.float32).eps
+
+
+# --------------------------------------------------------------------------- helpers
+
+def setup(c: TrainConfig, device, dtype, tasks: int = 3, seed: int = 0):
+    """The trainer's model, meta-parameters and recipe for config ``c``, and random tasks, in ``dtype``."""
+    torch.manual_seed(seed)
+    model = build_model(model_spec_of(c))
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # non-trivial norm affine parameters
+        for k, v in params.items():
+            if v.dim() == 1:
+                v.add_(0.3 * torch.randn(v.shape, generator=g))
+    if c.regression:
+        params["head.weight"] = 0.5 * torch.randn(1, model.feature_dim, generator=g)
+        params["head.bias"] = 0.1 * torch.randn(1, generator=g)
+    model = model.to(device=device, dtype=dtype)
+    params = {k: v.to(device=device, dtype=dtype).requires_grad_() for k, v in params.items()}
+    batches = []
+    for _ in range(tasks):
+        if c.regression:
+            xs, xq = torch.rand(c.shots, 1, generator=g) * 10 - 5, torch.rand(c.query, 1, generator=g) * 10 - 5
+            amp, phase = torch.rand(2, generator=g) * 3
+            ys, yq = amp * torch.sin(xs - phase), amp * torch.sin(xq - phase)
+            ways = 1
+        else:
+            side, ways = c.image_size, c.ways
+            ys, yq = torch.arange(ways).repeat_interleave(c.shots), torch.arange(ways).repeat_interleave(c.query)
+            xs = torch.rand(len(ys), c.channels, side, side, generator=g)
+            xq = torch.rand(len(yq), c.channels, side, side, generator=g)
+        cast = lambda t: t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)  # noqa: E731
+        batches.append(Batch(cast(xs), cast(ys), cast(xq), cast(yq), ways))
+    return model, params, recipe_of(c), batches
+
+
+def deviation(got: tuple, exact: tuple) -> dict:
+    """Largest |got - exact| per gradient tensor, and for the loss."""
+    out = {k: (got[0][k].double() - exact[0][k]).abs().max().item() for k in exact[0]}
+    out["loss"] = abs(got[1] - exact[1])
+    return out
+
+
+def assert_as_close_as_the_loop(batched: tuple, loop: tuple, exact: tuple, factor: float = 4.0) -> None:
+    """``batched`` is within ``factor`` times the loop's own float32 error (plus a few ulps of the values'
+    size) of the float64 result, tensor by tensor; accuracies agree up to near-tied predictions."""
+    err_b, err_l = deviation(batched, exact), deviation(loop, exact)
+    # rounding in any tensor is relative to the largest values flowing through the computation (a
+    # gradient that is 0 in exact arithmetic, such as a conv bias before a norm, still gets that noise)
+    size = max(v.abs().max().item() for v in exact[0].values())
+    sizes = {k: size for k in exact[0]}
+    sizes["loss"] = abs(exact[1])
+    for k in err_b:
+        bound = factor * err_l[k] + 8 * EPS32 * sizes[k]
+        assert err_b[k] <= bound, f"{k}: batched off by {err_b[k]:.3g}, loop by {err_l[k]:.3g}, size {sizes[k]:.3g}"
+    if not math.isnan(exact[2]):
+        assert abs(batched[2] - exact[2]) <= 1e-6  # the same predictions (a flipped near tie would show here)
+    assert size > 1e-3  # a gradient worth comparing
+
+
+def run_all(algorithm, c, device, tasks=3, chunks=None, monkeypatch=None):
+    """(batched float32, loop float32, float64) results of the same meta-gradient."""
+    model, params, recipe, batch = setup(c, device, torch.float32, tasks)
+    loop = meta_gradient(algorithm, model, params, batch, recipe, vectorize=False)
+    model64, params64, _, batch64 = setup(c, device, torch.float64, tasks)
+    exact = meta_gradient(algorithm, model64, params64, batch64, recipe, vectorize=False)
+    if monkeypatch is not None:
+        monkeypatch.setattr(alg, "_meta_gradient_loop", None)  # the vectorised path really runs
+    vec = meta_gradient(algorithm, model, params, batch, recipe, vectorize=True, chunks=chunks)
+    return vec, loop, exact
+
+
+CLASSIFICATION = dict(width=4, image_size=16, ways=3, shots=2, query=2, inner_steps=2, inner_lr=0.4)
+
+
+# --------------------------------------------------------------------------- batched == loop
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("head_init", ["zero", "prototype"])
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile", "anil"])
+def test_batched_equals_loop_for_classification(one_thread, monkeypatch, device, algorithm, head_init):
+    """Every algorithm (anil: head-only adaptation) x head initialisation the trainer accepts."""
+    c = TrainConfig(algorithm=algorithm, head_init=head_init, **CLASSIFICATION)
+    assert recipe_of(c).adapt == ("head" if algorithm == "anil" else "all")
+    vec, loop, exact = run_all(algorithm, c, device, monkeypatch=monkeypatch)
+    assert_as_close_as_the_loop(vec, loop, exact)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("head_init", ["zero", "prototype"])
+@pytest.mark.parametrize("algorithm", ["fomaml", "reptile", "anil"])
+def test_batched_equals_loop_with_batch_statistics_norm(one_thread, monkeypatch, device, algorithm, head_init):
+    c = TrainConfig(algorithm=algorithm, head_init=head_init, norm="batch", **CLASSIFICATION)
+    vec, loop, exact = run_all(algorithm, c, device, monkeypatch=monkeypatch)
+    assert_as_close_as_the_loop(vec, loop, exact)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile"])
+def test_batched_equals_loop_for_sinusoid_regression(one_thread, monkeypatch, device, algorithm):
+    c = TrainConfig(data="sinusoid", algorithm=algorithm, head_init="learned", ways=1, shots=10, query=10,
+                    inner_steps=2, inner_lr=0.01)
+    vec, loop, exact = run_all(algorithm, c, device, tasks=4, monkeypatch=monkeypatch)
+    assert_as_close_as_the_loop(vec, loop, exact)
+    assert math.isnan(vec[2])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_maml_with_batch_statistics_norm_takes_the_loop(one_thread, monkeypatch, device):
+    c = TrainConfig(algorithm="maml", norm="batch", **CLASSIFICATION)
+    assert batched_path(c, device) == (False, "per-task loop: full MAML with --norm batch cannot be batched")
+    model, params, recipe, batch = setup(c, device, torch.float32)
+    expected = meta_gradient("maml", model, params, batch, recipe, vectorize=False)
+    monkeypatch.setattr(alg, "_meta_gradient_vmap", None)
+    got = meta_gradient("maml", model, params, batch, recipe, vectorize=True)
+    assert all(torch.equal(got[0][k], expected[0][k]) for k in expected[0]) and got[1:] == expected[1:]
+
+
+# --------------------------------------------------------------------------- chunks and out of memory
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_chunked_equals_unchunked(one_thread, device, algorithm):
+    """5 tasks in chunks of 2 (2 + 2 + 1): the same gradient as one computation over all 5."""
+    c = TrainConfig(algorithm=algorithm, head_init="prototype", **CLASSIFICATION)
+    chunks = Chunks(size=2)
+    vec, loop, exact = run_all(algorithm, c, device, tasks=5, chunks=chunks)
+    assert chunks.size == 2
+    assert_as_close_as_the_loop(vec, loop, exact)
+
+
+def test_out_of_memory_halves_the_chunks_and_keeps_the_gradient(one_thread, monkeypatch):
+    """A CUDA out-of-memory error (simulated: more than 2 tasks at once) is retried in smaller chunks;
+    the size is kept for the rest of the run; a single task that does not fit is one line."""
+    c = TrainConfig(algorithm="fomaml", **CLASSIFICATION)
+    model, params, recipe, batch = setup(c, "cpu", torch.float32, tasks=5)
+    expected = meta_gradient("fomaml", model, params, batch, recipe, vectorize=True, chunks=Chunks(size=2))
+    real, calls = alg._meta_gradient_vmap, []
+
+    def tight_memory(algorithm, model, meta_params, tasks, recipe):
+        calls.append(len(tasks))
+        if len(tasks) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(algorithm, model, meta_params, tasks, recipe)
+
+    monkeypatch.setattr(alg, "_meta_gradient_vmap", tight_memory)
+    chunks = Chunks()
+    got = meta_gradient("fomaml", model, params, batch, recipe, vectorize=True, chunks=chunks)
+    assert chunks.size == 2 and calls == [5, 3, 2, 2, 1]  # 5 -> 3 -> 2 tasks at once
+    for k in expected[0]:
+        assert torch.equal(got[0][k], expected[0][k]), k
+    assert got[1:] == expected[1:]
+    calls.clear()
+    meta_gradient("fomaml", model, params, batch, recipe, vectorize=True, chunks=chunks)
+    assert calls == [2, 2, 1]  # learned once, not retried every iteration
+
+    def no_memory(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(alg, "_meta_gradient_vmap", no_memory)
+    with pytest.raises(FastadaptError, match="single task: lower --ways"):
+        meta_gradient("fomaml", model, params, batch, recipe, vectorize=True, chunks=Chunks())
+
+
+# --------------------------------------------------------------------------- which path, and the flag
+
+def test_which_path_runs_and_why():
+    c = TrainConfig(algorithm="fomaml")
+    assert batched_path(c, "cuda")[0] is True and "automatic on CUDA" in batched_path(c, "cuda")[1]
+    assert batched_path(c, "cpu")[0] is False and "automatic on a CPU" in batched_path(c, "cpu")[1]
+    assert batched_path(TrainConfig(batched=True), "cpu") == (True, "batched tasks (--batched)")
+    assert batched_path(TrainConfig(batched=False), "cuda") == (False, "per-task loop (--no-batched)")
+    assert batched_path(TrainConfig(algorithm="maml", norm="batch"), "cuda")[0] is False
+    assert batched_path(TrainConfig(data="sinusoid", algorithm="maml", norm="batch", head_init="learned"),
+                        "cuda")[0] is True  # the sinusoid MLP has no norm at all
+    with pytest.raises(FastadaptError, match="--batched: full MAML with --norm batch"):
+        check_config(TrainConfig(algorithm="maml", norm="batch", batched=True))
+    with pytest.raises(FastadaptError, match="--batched must be a boolean"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), "batched": "yes"})
+    old = TrainConfig().to_dict()
+    del old["batched"]  # a run folder from before the field: automatic
+    assert TrainConfig.from_dict(old).batched is None
+
+
+def test_trainer_logs_the_path_and_batched_training_runs(tmp_path, capsys, one_thread):
+    from fastadapt.meta_train.trainer import train
+
+    tiny = dict(data="synthetic", width=8, meta_batch=2, query=2, val_tasks=4, val_every=2, inner_steps=2,
+                algorithm="fomaml", device="cpu")
+    train(TrainConfig(iterations=2, batched=True, **tiny), str(tmp_path / "run"), quiet=False)
+    assert "meta-batch: batched tasks (--batched)" in capsys.readouterr().err
+    # --batched may change on --resume (only the summation order differs)
+    train(TrainConfig(iterations=3, batched=False, **tiny), str(tmp_path / "run"), resume=True, quiet=False,
+          given={"iterations", "batched"})
+    assert "meta-batch: per-task loop (--no-batched)" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- tasks assembled on the device
+
+def old_task(sampler: TaskSampler, index: int) -> Task:
+    """TaskSampler.task as it was before ``choose`` (the reference the task stream must keep)."""
+    rng = np.random.default_rng([sampler.seed, index])
+    classes = rng.choice(len(sampler.data), size=sampler.ways, replace=False)
+    sx, sy, qx, qy = [], [], [], []
+    for label, c in enumerate(classes):
+        images = sampler.data.images[c]
+        pick = rng.choice(len(images), size=sampler.shots + sampler.query, replace=False)
+        sx.append(images[pick[: sampler.shots]])
+        qx.append(images[pick[sampler.shots:]])
+        sy += [label] * sampler.shots
+        qy += [label] * sampler.query
+    return Task(np.concatenate(sx), np.asarray(sy, np.int64), np.concatenate(qx), np.asarray(qy, np.int64), classes)
+
+
+def random_classes(channels: int, seed: int = 0, side: int = 8) -> ImageClasses:
+    rng = np.random.default_rng(seed)
+    counts = [5, 7, 6, 9, 5, 8]  # unbalanced: each class's offset in the device copy matters
+    images = [rng.integers(0, 256, (n, channels, side, side), dtype=np.uint8) for n in counts]
+    spec = Preprocess(size=side, channels=channels, mean=(0.2, 0.5, 0.1)[:channels], std=(0.7, 0.3, 1.1)[:channels])
+    return ImageClasses([f"c{i}" for i in range(len(counts))], images, spec)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_device_tasks_are_the_samplers_tasks(device, channels):
+    data = random_classes(channels)
+    sampler = TaskSampler(data, ways=4, shots=2, query=3, seed=7)
+    preprocess = data.spec
+    indices = [0, 1, 5, 1234, 99]
+    tasks = DeviceTasks(sampler, preprocess, device).tasks(indices)
+    for i, got in zip(indices, tasks):
+        before = old_task(sampler, i)
+        now = sampler.task(i)
+        for f in ("support_x", "support_y", "query_x", "query_y", "classes"):
+            assert np.array_equal(getattr(now, f), getattr(before, f)), f  # the same task stream as before
+        expected = to_batch(before, preprocess, "cpu", sampler.ways)
+        assert got.ways == expected.ways and got.support_x.device.type == torch.device(device).type
+        for f in ("support_y", "query_y"):
+            assert torch.equal(getattr(got, f).cpu(), getattr(expected, f)), f
+        for f in ("support_x", "query_x"):  # the same float32 operations: equal to rounding at most
+            a, b = getattr(got, f).cpu(), getattr(expected, f)
+            assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
+            assert (a - b).abs().max().item() <= 2 * EPS32 * b.abs().max().item(), f
+    assert np.array_equal(to_float(old_task(sampler, 3).query_x, preprocess),
+                          DeviceTasks(sampler, preprocess, "cpu").tasks([3])[0].query_x.numpy())
+
+
+# --------------------------------------------------------------------------- batched evaluation
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("norm,transductive", [("instance", False), ("layer", False), ("batch", True)])
+def test_batched_evaluation_equals_the_loop(one_thread, device, norm, transductive):
+    from fastadapt.meta_train.evaluate import adapt_and_predict, adapt_and_predict_tasks
+
+    c = TrainConfig(algorithm="fomaml", head_init="prototype", norm=norm, **CLASSIFICATION)
+    outs = {}
+    for dtype in (torch.float32, torch.float64):
+        model, params, recipe, batches = setup(c, device, dtype, tasks=4)
+        loop = torch.stack([adapt_and_predict(model, params, recipe, b, 3, None, norm, transductive) for b in batches])
+        outs[dtype] = (loop, adapt_and_predict_tasks(model, params, recipe, batches, 3, None))
+    exact = outs[torch.float64][0]
+    assert torch.allclose(outs[torch.float64][1], exact, rtol=0, atol=1e3 * torch.finfo(torch.float64).eps
+                          * exact.abs().max().item())
+    loop, vec = outs[torch.float32]
+    err_l, err_b = (loop.double() - exact).abs().max().item(), (vec.double() - exact).abs().max().item()
+    assert err_b <= 4 * err_l + 8 * EPS32 * exact.abs().max().item(), (err_b, err_l)
+
+
+def test_evaluate_classification_batched_gives_the_loops_predictions(one_thread):
+    from fastadapt.meta_train.evaluate import evaluate_classification
+
+    """Tasks from the sampler (through DeviceTasks), chunks of EVAL_CHUNK with a short last one: the same
+    predictions (the test above bounds the outputs' difference; a flip would need a tie within it)."""
+    data = random_classes(1, side=16)
+    sampler = TaskSampler(data, ways=3, shots=2, query=3, seed=3)
+    c = TrainConfig(algorithm="fomaml", head_init="prototype", width=4, image_size=16, ways=3, shots=2, query=3)
+    model, params, recipe, _ = setup(c, "cpu", torch.float32, tasks=0)
+    kw = dict(tasks=20, steps=2, norm="instance")
+    loop = evaluate_classification(model, params, recipe, sampler, data.spec, "cpu", **kw)
+    vec = evaluate_classification(model, params, recipe, sampler, data.spec, "cpu", batched=True, **kw)
+    assert vec["per_task_accuracy"] == loop["per_task_accuracy"]
+    assert len(set(loop["per_task_accuracy"])) > 1  # not a degenerate constant answer
+    assert {k: v for k, v in vec.items() if k != "per_task_accuracy"} == \
+        {k: v for k, v in loop.items() if k != "per_task_accuracy"}
