@@ -25,6 +25,7 @@ from .common import REPO, machine
 from .report import render
 
 SECTIONS = ("training", "adaptation", "footprint", "time", "before", "real", "unknown")
+ON_REQUEST = ("gpu",)  # not in the default run: meta-training on a CUDA GPU vs higher (--only gpu; gpu.py)
 OUT = REPO / "benchmarks"
 
 
@@ -38,9 +39,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=200, help="tasks of the unknown section (at most 4 minutes)")
     args = parser.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(chosen) - set(SECTIONS)
+    unknown = set(chosen) - set(SECTIONS) - set(ON_REQUEST)
     if unknown:
-        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS + ON_REQUEST)}")
+    if "gpu" in chosen:
+        from .gpu import require_cuda
+        require_cuda()  # before any section runs
 
     results_path = OUT / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -71,6 +75,9 @@ def main() -> None:
         elif section == "real":
             from . import real
             data = real.run(episodes=args.episodes)
+        elif section == "gpu":
+            from . import gpu
+            data = gpu.run()
         else:
             from . import unknown
             data = unknown.run(tasks=args.tasks)

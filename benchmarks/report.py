@@ -254,7 +254,8 @@ SECTIONS = (("training", "1. Meta-training throughput vs higher", training),
             ("time", "4. Time to 95% validation accuracy", time_to_accuracy),
             ("before", "5. Before and after the optimisations", before_after),
             ("real", "6. Real images: does adaptation help on pictures nobody on the project made?", real_images),
-            ("unknown", "7. Unknown detection: characters outside the task", unknown))
+            ("unknown", "7. Unknown detection: characters outside the task", unknown),
+            ("gpu", "8. Meta-training on a CUDA GPU vs higher", None))
 
 
 def render(results: dict) -> str:
@@ -264,7 +265,10 @@ def render(results: dict) -> str:
              "times drift with the machine's load.", ""]
     for key, title, fn in SECTIONS:
         parts += [f"## {title}", ""]
-        if key in results:
+        if key == "gpu":  # rendered by benchmarks/gpu.py; "not measured" rows until a GPU run exists
+            from .gpu import render as gpu
+            parts += [gpu(results.get(key))] + (["", _measured(results[key])] if key in results else [])
+        elif key in results:
             text = before_after(results[key], results) if fn is before_after else fn(results[key])
             parts += [text, "", _measured(results[key])]
         else:
