@@ -31,6 +31,7 @@ import time
 from .common import data_source
 
 # torch is imported inside the functions: report.py renders this section (as "not measured") without it
+DEVICE = "cuda"  # what is measured; a dry run of the code on CPU may set "cpu" (the figures then mean nothing)
 
 FIVE_WAY = dict(ways=5, shots=1, query=15, meta_batch=32, inner_lr=0.4, head_init="zero")
 DEFAULT_RECIPE = dict(ways=20, shots=1, query=5, meta_batch=16, inner_lr=0.1, head_init="prototype", inner_steps=3)
@@ -56,7 +57,7 @@ def config(algorithm: str, settings: dict, iterations: int, data: str, **extra):
     from fastadapt.meta_train.run import TrainConfig
 
     fields = dict(data=data, algorithm=algorithm, iterations=iterations, val_every=10 ** 6, val_tasks=5,
-                  checkpoint_every=10 ** 6, device="cuda")
+                  checkpoint_every=10 ** 6, device=DEVICE)
     return TrainConfig(**{**fields, **settings, **extra})
 
 
@@ -96,7 +97,7 @@ def higher_rate(c, samplers) -> float:
     from fastadapt.meta_train.parts import model_spec_of, to_batch
     from fastadapt.models import build_model
 
-    device = torch.device("cuda")
+    device = torch.device(DEVICE)
     torch.manual_seed(0)
     body = build_model(model_spec_of(c))
     net = nn.Sequential(body, nn.Linear(body.feature_dim, c.ways)).to(device)
@@ -122,7 +123,7 @@ def higher_rate(c, samplers) -> float:
                     for p, g in zip(net.parameters(), grads):
                         p.grad = g if p.grad is None else p.grad + g
         meta_opt.step()
-        torch.cuda.synchronize()
+        _sync()
         times.append(time.perf_counter() - start)
     return (len(times) - 1) * c.meta_batch / sum(times[1:])
 
@@ -135,9 +136,9 @@ def flops_per_task(c, samplers) -> float:
     from fastadapt.meta_train.parts import init_meta_params, model_spec_of, recipe_of, to_batch
     from fastadapt.models import build_model
 
-    model = build_model(model_spec_of(c)).cuda()
-    params = init_meta_params(model, c, "cuda")
-    task = to_batch(samplers.train.task(0), samplers.preprocess, "cuda", c.ways)
+    model = build_model(model_spec_of(c)).to(DEVICE)
+    params = init_meta_params(model, c, DEVICE)
+    task = to_batch(samplers.train.task(0), samplers.preprocess, DEVICE, c.ways)
     with FlopCounterMode(display=False) as counter:
         meta_gradient(c.algorithm, model, params, [task], recipe_of(c))
     return counter.get_total_flops()
@@ -150,17 +151,24 @@ def matmul_peak_tflops(tf32: bool, n: int = 8192, repeats: int = 20) -> float:
     before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+        a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
         for _ in range(3):
             a @ b
-        torch.cuda.synchronize()
+        _sync()
         start = time.perf_counter()
         for _ in range(repeats):
             a @ b
-        torch.cuda.synchronize()
+        _sync()
         return repeats * 2 * n ** 3 / (time.perf_counter() - start) / 1e12
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.device(DEVICE).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def time_to_95(data: str, minutes: float) -> dict:
@@ -176,8 +184,9 @@ def time_to_95(data: str, minutes: float) -> dict:
             "iterations": s["iterations"], "best_val_accuracy": s["best"], "budget_minutes": minutes}
 
 
-def run(iterations: int = 8, minutes: float = 3.0) -> dict:
-    require_cuda()
+def run(iterations: int = 8, minutes: float = 3.0, peak_size: int = 8192) -> dict:
+    if DEVICE == "cuda":
+        require_cuda()
     import torch
 
     from fastadapt.meta_train.parts import make_samplers
@@ -186,10 +195,10 @@ def run(iterations: int = 8, minutes: float = 3.0) -> dict:
     if data == "synthetic":
         raise SystemExit("python -m benchmarks --only gpu: needs real Omniglot (FASTADAPT_OMNIGLOT=folder of "
                          "images_background.zip and images_evaluation.zip)")
-    result = {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+    result = {"gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE, "cuda": torch.version.cuda,
               "conv_tf32": torch.backends.cudnn.allow_tf32, "iterations": iterations, "rows": []}
-    result["fp32_peak_tflops"] = matmul_peak_tflops(tf32=False)
-    result["tf32_peak_tflops"] = matmul_peak_tflops(tf32=True)
+    result["fp32_peak_tflops"] = matmul_peak_tflops(tf32=False, n=peak_size)
+    result["tf32_peak_tflops"] = matmul_peak_tflops(tf32=True, n=peak_size)
     peak = result["tf32_peak_tflops"] if result["conv_tf32"] else result["fp32_peak_tflops"]
     with shared_data():
         for name, algorithm, settings, target in ROWS:

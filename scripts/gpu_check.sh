@@ -11,7 +11,7 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl higher==0.2.1          # pure Python
 # then, with the device tool: run(command="bash scripts/gpu_check.sh data/omniglot",
-#                                  carry=["data/omniglot", ".whl"], timeout_s=540)
+#                                  carry=["data/omniglot", ".whl"], timeout_s=600)
 # The machine's python3 must have torch (2.4+, CUDA), numpy, onnxruntime, pillow, typer, rich, pytest.
 # Afterwards copy the "gpu" object of $OUT/gpu_results.json into benchmarks/results.json here and
 # re-render benchmarks/RESULTS.md (python -c "from benchmarks.report import render; ...").

@@ -227,6 +227,37 @@ def test_trainer_logs_the_path_and_batched_training_runs(tmp_path, capsys, one_t
     assert "meta-batch: per-task loop (--no-batched)" in capsys.readouterr().err
 
 
+def test_pretraining_then_batched_meta_training(tmp_path, one_thread):
+    """--pretrain-epochs then meta-training (the default's recipe, which the GPU benchmark times): the run
+    reads its pretrain.npz (progress in epochs) back for the summary."""
+    from fastadapt.meta_train.trainer import train
+
+    c = TrainConfig(data="synthetic", width=8, meta_batch=2, query=2, val_tasks=2, val_every=2, inner_steps=1,
+                    algorithm="fomaml", head_init="prototype", pretrain_epochs=1, iterations=2, batched=True,
+                    device="cpu")
+    summary = train(c, str(tmp_path / "run"), quiet=True)
+    assert summary["pretrain_seconds"] >= 0 and summary["iterations"] == 2
+
+
+def test_cli_flags(tmp_path, capsys):
+    import json
+
+    from test_outputs import one_error, run_cli
+
+    base = ["train", "--iterations", "1", "--width", "8", "--meta-batch", "2", "--query", "2", "--val-tasks", "2",
+            "--algorithm", "fomaml", "--device", "cpu", "--quiet"]
+    code, _, err = run_cli(capsys, *base, "--batched", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["batched"] is True
+    code, out, err = run_cli(capsys, *base, "--algorithm", "maml", "--norm", "batch", "--batched",
+                             "--out", tmp_path / "bad")
+    one_error(code, out, err, "--batched", "--norm batch")
+    bundle = tmp_path / "m.fadapt"
+    bundle.write_bytes(b"not read: the flag is refused first")
+    code, out, err = run_cli(capsys, "evaluate", bundle, "--data", "synthetic", "--no-batched")
+    one_error(code, out, err, "--batched/--no-batched apply to run folders")
+
+
 # --------------------------------------------------------------------------- tasks assembled on the device
 
 def old_task(sampler: TaskSampler, index: int) -> Task:

@@ -148,9 +148,12 @@ def to_batch(task, preprocess: Preprocess | None, device, ways: int) -> Batch:
 
 
 class DeviceTasks:
-    """A TaskSampler's tasks assembled on the training device: the sampler's images held there once as
-    uint8 (on the host instead when they would take over a quarter of the GPU's free memory), a batch of
-    tasks gathered with one index and normalised there.
+    """A TaskSampler's tasks, a batch of them at a time, assembled where the training runs.
+
+    On a GPU the sampler's images are held there once as uint8 and a batch of tasks is gathered with
+    one index and normalised there. On a CPU (or when the images would take over a quarter of the GPU's
+    free memory) they stay on the host, gathered and normalised with numpy (``to_float``, single-threaded:
+    torch's threads only slow this small element-wise work down on a busy CPU) and copied over in one go.
 
     Task ``i`` is ``sampler.choose(i)``'s images, exactly the images and labels of ``sampler.task(i)``
     and normalised with the same float32 operations as ``to_batch``, so the task stream stays a pure
@@ -158,12 +161,12 @@ class DeviceTasks:
     """
 
     def __init__(self, sampler: TaskSampler, preprocess: Preprocess, device):
-        self.sampler, self.device = sampler, torch.device(device)
+        self.sampler, self.preprocess, self.device = sampler, preprocess, torch.device(device)
         images = sampler.data.images
         self.first = np.cumsum([0] + [len(x) for x in images[:-1]])  # each class's first row in the copy
-        flat = torch.from_numpy(np.concatenate(images))
-        store = self.device if self.device.type == "cpu" or _fits(flat, self.device) else torch.device("cpu")
-        self.images = flat.to(store)
+        flat = np.concatenate(images)
+        self.on_device = self.device.type != "cpu" and _fits(flat.nbytes, self.device)
+        self.images = torch.from_numpy(flat).to(self.device) if self.on_device else flat
         as_tensor = lambda v: torch.tensor(v, dtype=torch.float32, device=self.device).view(-1, 1, 1)  # noqa: E731
         self.mean, self.std = as_tensor(preprocess.mean), as_tensor(preprocess.std)
         labels = torch.arange(sampler.ways, device=self.device)
@@ -172,20 +175,24 @@ class DeviceTasks:
 
     def tasks(self, indices) -> list:
         """Tasks ``indices`` of the sampler as Batches on the device (views of one gathered tensor)."""
-        s = self.sampler
-        chosen = [s.choose(i) for i in indices]
-        rows = np.stack([self.first[classes][:, None] + picks for classes, picks in chosen])
-        x = self.images.index_select(0, torch.from_numpy(rows.reshape(-1)).to(self.images.device))
-        x = ((x.to(self.device, non_blocking=True).float() / 255.0) - self.mean) / self.std
-        x = x.view(len(chosen), s.ways, s.shots + s.query, *x.shape[1:])
-        support = x[:, :, :s.shots].flatten(1, 2)
-        query = x[:, :, s.shots:].flatten(1, 2)
-        return [Batch(support[b], self.support_y, query[b], self.query_y, s.ways) for b in range(len(chosen))]
+        s, n = self.sampler, len(indices)
+        rows = np.stack([self.first[classes][:, None] + picks for classes, picks in map(s.choose, indices)])
+        # every task's support rows (class by class), then every task's query rows: both halves are views
+        rows = np.concatenate([rows[:, :, :s.shots].reshape(-1), rows[:, :, s.shots:].reshape(-1)])
+        if self.on_device:
+            x = self.images.index_select(0, torch.from_numpy(rows).to(self.device))
+            x = ((x.float() / 255.0) - self.mean) / self.std
+        else:
+            x = torch.from_numpy(to_float(self.images[rows], self.preprocess)).to(self.device)
+        split = n * s.ways * s.shots
+        support = x[:split].view(n, s.ways * s.shots, *x.shape[1:])
+        query = x[split:].view(n, s.ways * s.query, *x.shape[1:])
+        return [Batch(support[b], self.support_y, query[b], self.query_y, s.ways) for b in range(n)]
 
 
-def _fits(images: torch.Tensor, device) -> bool:
+def _fits(nbytes: int, device) -> bool:
     free, _ = torch.cuda.mem_get_info(device)
-    return images.numel() * images.element_size() <= free // 4
+    return nbytes <= free // 4
 
 
 def task_stream(c: TrainConfig, samplers: Samplers, device):

@@ -208,9 +208,10 @@ def load_checkpoint(path: str, fix: str = DAMAGED_FIX) -> Checkpoint:
                     state.setdefault(int(index), {})[name] = npz[key]
             progress = meta["progress"]
             optimizer = {"state": state, "param_groups": meta["optimizer_groups"]} if "optimizer_groups" in meta else None
-        iteration = progress["iteration"]
+        key = "epoch" if "epoch" in progress else "iteration"  # pretrain.npz counts epochs
+        iteration = progress[key]
         if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
-            raise ValueError(f"iteration {iteration!r}")
+            raise ValueError(f"{key} {iteration!r}")
         if not all(a.dtype.kind == "f" for a in params.values()):
             raise ValueError("parameters that are not floating point")
     # np.load raises EOFError on an empty file, BadZipFile on a damaged zip, and returns an array
