@@ -9,7 +9,8 @@ Sections: training (vs higher), adaptation (runtime vs torch, end to end, predic
 time (time to 95% validation accuracy), before (training and adaptation on the code before the
 performance work, for the before/after table), real (adaptation variants on image sets built from
 scikit-learn, scikit-image and matplotlib pictures and PIL drawings; needs the bench extra), unknown
-(unknown detection on Omniglot). Sections not run keep their previous results from results.json, so
+(unknown detection on Omniglot); gpu, only when named (meta-training on a CUDA GPU vs higher).
+Sections not run keep their previous results from results.json, so
 the table is always complete. The speed sections need the training extra and `pip install higher`.
 Speed is never asserted: these are measurements, not tests.
 """
