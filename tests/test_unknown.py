@@ -121,3 +121,12 @@ def test_threads_capped_at_the_cores(monkeypatch, capsys):
         monkeypatch.setenv("FASTADAPT_THREADS", bad)
         with pytest.raises(FastadaptError, match="FASTADAPT_THREADS"):
             sessions.configured_threads()
+
+
+def test_evaluate_unknown_runs_on_any_data(bundles):
+    from fastadapt.runtime import evaluate_unknown
+
+    result = evaluate_unknown(bundles["prototype"], "synthetic", ways=2, shots=2, query=2, tasks=2)
+    assert 0 <= result["auroc"] <= 1 and 0 <= result["calibrated_false_accept"] <= 1
+    assert result["threshold"] == THRESHOLD and result["tasks"] == 2
+    json.dumps(result, allow_nan=False)

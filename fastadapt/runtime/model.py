@@ -160,8 +160,9 @@ class Model(_Loaded):
         steps, lr override the manifest's inner-loop recipe (the meta-trained values are best);
                   steps="auto" picks 0..recipe steps by leave-one-shot-out on the shots (>= 2 per class)
         progress  called as progress(done_steps, total_steps) after each SGD step
-        safeguard keep only steps that do not raise the support loss (retried at halved lr); False runs
-                  the plain recipe. Either way the result is the recipe's when no step raises the loss.
+        safeguard when a step raises the support loss, keep the start (0 steps) and warn; unbalanced shots
+                  use the class-balanced loss. False runs the plain recipe. Both give the recipe's
+                  result, bit for bit, when the shots are balanced and no step raises the loss.
         """
         data = load_shots(shots, self.preprocess)
         return self.adapt_arrays(to_float(data.images, self.preprocess), data.labels, data.classes,
@@ -173,6 +174,8 @@ class Model(_Loaded):
         """``adapt`` on already preprocessed float32 images (B, C, H, W) and int labels 0..N-1.
 
         ``quiet``: no warning on stderr (it is still stored as adaptation["warning"]), for evaluations."""
+        if not isinstance(safeguard, (bool, np.bool_)):
+            raise FastadaptError(f"safeguard must be True or False, got {safeguard!r}")
         recipe_steps = int(self.recipe["steps"])
         steps = steps_argument(steps, recipe_steps)
         lr = lr_argument(lr, self.recipe["lr"])
