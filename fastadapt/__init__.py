@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 from .errors import FastadaptError  # noqa: E402
 
-_RUNTIME = ("load", "adapt", "Model", "AdaptedModel", "Prediction", "evaluate_bundle")
+_RUNTIME = ("load", "adapt", "Model", "AdaptedModel", "Prediction", "evaluate_bundle", "evaluate_unknown")
 
 __all__ = ["FastadaptError", "__version__", *_RUNTIME]
 
