@@ -72,7 +72,7 @@ def test_predict_text_json_top_and_sheet(adapted_bundle, glyphs, tmp_path, capsy
     rows = [json.loads(line) for line in stdout.splitlines()]
     assert len(rows) == 10  # the folder is searched recursively: 5 classes x 2 images
     for row in rows:
-        assert set(row) == {"path", "label", "probability", "top"}
+        assert set(row) == {"path", "label", "probability", "top", "unknown", "score"}
         assert len(row["top"]) == 3 and row["top"][0]["label"] == row["label"]
         assert os.path.exists(row["path"])
     assert {row["label"] for row in rows} <= {f"class{c:02d}" for c in range(5)}  # (random-init body: no accuracy claim)

@@ -151,3 +151,8 @@ def test_step_loss_is_the_forward_loss(bundles, glyphs):
         loss, _ = model.graphs.step(x, y, 0.1, params, class_balanced=balanced)
         assert abs(loss - support_loss(logits, y, balanced)) <= rounding_bound(logits, features, params, y, balanced)
     assert support_loss(logits, y, True) != pytest.approx(support_loss(logits, y, False), rel=1e-3)
+
+
+def test_one_call_adapt_passes_the_safeguard_through(bundles, glyphs):
+    assert fastadapt.adapt(glyphs["shots"], model=bundles["zero"], safeguard=False).adaptation["safeguard"] is False
+    assert fastadapt.adapt(glyphs["shots"], model=bundles["zero"]).adaptation["safeguard"] is True

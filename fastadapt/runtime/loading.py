@@ -50,8 +50,8 @@ def check_parameter_shapes(model) -> None:
                                  f"expects {shown}; the bundle's members do not belong together, re-export it")
 
 
-def adapt(shots, model: str | os.PathLike | None = None, steps: int | None = None, lr: float | None = None,
-          progress=None, trusted_keys=None) -> AdaptedModel:
-    """One call: load a meta model (default: the shipped one) and adapt it to ``shots``."""
+def adapt(shots, model: str | os.PathLike | None = None, steps: int | str | None = None, lr: float | None = None,
+          progress=None, trusted_keys=None, safeguard: bool = True) -> AdaptedModel:
+    """One call: load a meta model (default: the shipped one) and adapt it to ``shots`` (see ``Model.adapt``)."""
     loaded = load(model, trusted_keys)
-    return loaded.adapt(shots, steps=steps, lr=lr, progress=progress)
+    return loaded.adapt(shots, steps=steps, lr=lr, progress=progress, safeguard=safeguard)
