@@ -251,3 +251,16 @@ def test_evaluate_bundle_rejects_bad_shots_and_tasks(bundles, capsys):
     assert_user_error(code, stdout, err, "--shots")
     code, stdout, err = run_cli(capsys, "evaluate", bundles["zero"], "--data", "synthetic", "--tasks", "1")
     assert_user_error(code, stdout, err, "--tasks must be at least 2")  # as for a run folder: a CI needs 2
+
+
+def test_evaluate_bundle_is_safeguarded_by_default_and_run_folders_refuse_the_flag(bundles, capsys, tmp_path):
+    code, stdout, err = run_cli(capsys, "evaluate", bundles["zero"], "--data", "synthetic", "--tasks", "2",
+                                "--query", "2", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["safeguard"] is True
+    code, stdout, err = run_cli(capsys, "evaluate", bundles["zero"], "--data", "synthetic", "--tasks", "2",
+                                "--query", "2", "--json", "--no-safeguard")
+    assert json.loads(stdout)["safeguard"] is False
+    (tmp_path / "run").mkdir()
+    code, stdout, err = run_cli(capsys, "evaluate", tmp_path / "run", "--safeguard")
+    assert_user_error(code, stdout, err, "--safeguard")

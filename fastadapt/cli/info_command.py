@@ -142,6 +142,8 @@ def info(
                              if k in e and e[k] is not None)
             if "evaluated_with" in e:
                 what += f", with {_fmt(e['evaluated_with'])}"
+            if e.get("safeguard") is True:
+                what += ", safeguarded"
             if "adapt_ms_median" in e:
                 what += f", adaptation {_fmt(e['adapt_ms_median'])} ms/task"
             print(f"    {_number(e['accuracy_pct'], '.2f')}% ± {_number(e.get('ci95_pct'), '.2f')}  ({what})")

@@ -137,6 +137,11 @@ def evaluate(
     batched: Optional[bool] = typer.Option(None, "--batched/--no-batched", help="Run folders: adapt to several "
                                            "tasks as one batched computation, or one task at a time. [default: "
                                            "batched on CUDA]"),
+    safeguard: Optional[bool] = typer.Option(None, "--safeguard/--no-safeguard", help="Bundles: adapt as 'fastadapt "
+                                             "adapt' does (safeguarded: steps that raise the support loss are not kept) "
+                                             "or run the plain meta-trained recipe (the same numbers as the run "
+                                             "folder's torch evaluation, task by task). Run folders: always the plain "
+                                             "recipe. [default: safeguarded]"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a sentence."),
     record: bool = typer.Option(False, "--record", help="Bundles: also store the result in the bundle's manifest "
                                 "(its model card; the file is rewritten atomically). Run folders always record "
@@ -158,12 +163,15 @@ def evaluate(
                                  "the runtime one task at a time: drop the flag")
         result = evaluate_bundle(model, data=data, protocol=protocol, ways=ways, shots=1 if shots is None else shots, query=query,
                                  tasks=tasks, seed=seed, steps=steps, lr=lr, transductive=transductive,
-                                 progress=None if as_json else _task_progress(tasks))
+                                 safeguard=safeguard is not False, progress=None if as_json else _task_progress(tasks))
         if record:
             from ..runtime.evaluate import record_evaluation
 
             record_evaluation(model, result)
     else:
+        if safeguard:
+            raise FastadaptError("--safeguard applies to bundles (the runtime's adaptation); a run folder is evaluated "
+                                 "with the plain meta-trained recipe: drop the flag")
         _need_torch("evaluate RUNDIR")
         from ..meta_train.evaluate import evaluate_run
 
@@ -211,6 +219,7 @@ def _print_result(result: dict, as_json: bool) -> None:
         typer.echo(f"{result['ways']}-way {result['shots']}-shot: {result['accuracy_pct']:.2f}% ± "
                    f"{result['ci95_pct']:.2f}% (95% CI) over {result['tasks']} tasks, {result['steps']} steps, "
                    f"{'transductive' if result['transductive'] else 'non-transductive'}"
+                   + (", safeguarded" if result.get("safeguard") else "")
                    + (f", adaptation {result['adapt_ms_median']:.1f} ms per task (median)" if "adapt_ms_median" in result else ""))
 
 
