@@ -514,3 +514,24 @@ def test_a_bundle_that_could_not_be_read_back_is_never_written(bundles, tmp_path
     with pytest.raises(FastadaptError, match="classes must be names of 1..256 characters.*nothing was written"):
         adapted.save(str(out))
     assert not out.exists()
+
+
+def test_adapt_and_predict_trusted_key_flags(bundles, glyphs, tmp_path, capsys):
+    """--trusted-key: a signed meta model adapts; an unsigned adapted model is refused by predict."""
+    key = tmp_path / "signing.key"
+    assert run_cli(capsys, "keygen", "--out", key)[0] == 0
+    public = (tmp_path / "signing.key.pub").read_text().strip()
+    signed = tmp_path / "signed.fadapt"
+    assert run_cli(capsys, "sign", bundles["zero"], "--key", key, "--out", signed)[0] == 0
+    adapted = tmp_path / "adapted.fadapt"
+    code, out, err = run_cli(capsys, "adapt", "--shots", glyphs["shots"], "--model", signed, "--out", adapted,
+                             "--trusted-key", public)
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "adapt", "--shots", glyphs["shots"], "--model", bundles["zero"],
+                             "--out", tmp_path / "no.fadapt", "--trusted-key", public)
+    assert code == 2 and "not signed" in err and not (tmp_path / "no.fadapt").exists()
+    code, out, err = run_cli(capsys, "predict", glyphs["queries"], "--model", adapted, "--trusted-key", public)
+    assert code == 2 and "not signed" in err
+    assert run_cli(capsys, "sign", adapted, "--key", key)[0] == 0
+    code, out, err = run_cli(capsys, "predict", glyphs["queries"], "--model", adapted, "--trusted-key", public)
+    assert code == 0, err

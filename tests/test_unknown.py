@@ -130,3 +130,16 @@ def test_evaluate_unknown_runs_on_any_data(bundles):
     assert 0 <= result["auroc"] <= 1 and 0 <= result["calibrated_false_accept"] <= 1
     assert result["threshold"] == THRESHOLD and result["tasks"] == 2
     json.dumps(result, allow_nan=False)
+
+
+def test_predict_warns_once_about_light_strokes_on_dark(bundles, glyphs, capsys):
+    from PIL import ImageOps
+
+    adapted = fastadapt.load(bundles["prototype"]).adapt(glyphs["shots"])
+    capsys.readouterr()
+    queries = [im for items in glyphs["images"].values() for im in items[3:]]
+    adapted.predict([ImageOps.invert(im.convert("L")) for im in queries[:3]] + queries[3:])
+    err = capsys.readouterr().err
+    assert err.count("light strokes on a dark background") == 1 and "3 of 10" in err
+    adapted.predict(queries)
+    assert "light strokes" not in capsys.readouterr().err

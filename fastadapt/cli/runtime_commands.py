@@ -33,20 +33,23 @@ def adapt(
                                         "Default: the number the model was meta-trained for (see 'fastadapt info')."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Inner-loop learning rate. Default: the meta-trained "
                                        "value. Changing steps or lr leaves the recipe the model was trained for."),
+    trusted_key: Optional[List[str]] = typer.Option(None, "--trusted-key", help="Accept only bundles signed by this "
+                                                    "Ed25519 public key (hex, from 'fastadapt keygen'); repeat for several. "
+                                                    "FASTADAPT_TRUSTED_KEYS adds to them."),
     safeguard: bool = typer.Option(True, "--safeguard/--no-safeguard", help="Keep only steps that do not raise "
-                                   "the support loss (a rejected step is retried at half the lr, up to 4 times). "
+                                   "the support loss (when a step raises it, adaptation keeps its start: 0 steps, with a warning). "
                                    "--no-safeguard runs the plain recipe; both agree when no step raises the loss."),
 ) -> None:
     """Teach a meta-trained model your classes from a few images each, and save the adapted model.
 
-    Runs the inner loop the model was meta-trained for (head initialisation, then --steps SGD steps at --lr on all the shots) through ONNX Runtime; no torch needed. A step that would raise the support loss is retried at a smaller lr or dropped (with a warning). Prints the classes, the shots per class, the steps kept, the support loss before and after, and the time taken.
+    Runs the inner loop the model was meta-trained for (head initialisation, then --steps SGD steps at --lr on all the shots) through ONNX Runtime; no torch needed. If a step would raise the support loss, adaptation keeps the model as it was before any step (with a warning): steps that make the shots fit worse are a sign they would make answers worse too. Prints the classes, the shots per class, the steps kept, the support loss before and after, and the time taken.
 
     Example: fastadapt adapt --shots my_shots/ --out mine.fadapt && fastadapt predict --model mine.fadapt photo.png
     """
     from ..runtime import Model, load
 
     check_out(out, inputs=[shots, model])
-    loaded = load(model)
+    loaded = load(model, trusted_key)
     if not isinstance(loaded, Model):
         loaded.adapt()  # raises the explanation (already adapted; pass the meta model)
     reporter = lazy_reporter("adapting")
@@ -117,6 +120,9 @@ def predict(
     unknown_threshold: Optional[float] = typer.Option(None, "--unknown-threshold", help="Like --unknown, with "
                                                       "this threshold on the score (higher rejects more; the "
                                                       "calibrated one is about -0.5 for prototype-head models)."),
+    trusted_key: Optional[List[str]] = typer.Option(None, "--trusted-key", help="Accept only bundles signed by this "
+                                                    "Ed25519 public key (hex, from 'fastadapt keygen'); repeat for several. "
+                                                    "FASTADAPT_TRUSTED_KEYS adds to them."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Also draw a contact sheet PNG: every image with "
                                          "its predicted label and probability."),
 ) -> None:
@@ -126,10 +132,10 @@ def predict(
 
     Example: fastadapt predict --model mine.fadapt photos/ --top 3 --json > predictions.jsonl
     """
-    from ..images import to_float, to_uint8
+    from ..images import polarity_warning, to_float, to_uint8
     from ..runtime import load
 
-    loaded = load(model)
+    loaded = load(model, trusted_key)
     if sheet is not None:
         check_out(sheet, "--sheet", "predictions.png", inputs=[*images, model], suffix=".png")
     paths = _expand(images)
@@ -146,6 +152,9 @@ def predict(
         raise FastadaptError(f"{paths[0]}{' and the others' if len(paths) > 1 else ''}: no readable image to predict")
     import numpy as np
 
+    message = polarity_warning(arrays, loaded.preprocess, kept)
+    if message:
+        warn(message)
     threshold = loaded.threshold(unknown_threshold if unknown_threshold is not None else unknown)
     probabilities, scores = loaded.scores(to_float(np.stack(arrays), loaded.preprocess))
     results = loaded.predictions(probabilities, top, scores, threshold)

@@ -62,6 +62,8 @@ def contact_sheet(paths: list, predictions: list, out: str) -> None:
             sheet.paste(image, (x + (THUMB - image.width) // 2, y + (THUMB - image.height) // 2))
         draw.rectangle([x, y, x + THUMB - 1, y + THUMB + CAPTION - 1], outline=(200, 200, 200))
         label = f"{printable(prediction.label, big)}  {100 * prediction.probability:.0f}%"
+        if getattr(prediction, "unknown", False):
+            label = f"unknown? {label}"  # closest class still shown, as on the command line
         draw.text((x + 4, y + THUMB), _clip(draw, label, big), fill=(0, 0, 0), font=big)
         name = printable(str(path).replace("\\", "/").rsplit("/", 1)[-1], small)
         draw.text((x + 4, y + THUMB + 17), _clip(draw, name, small), fill=(110, 110, 110), font=small)

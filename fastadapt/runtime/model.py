@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..bundle import Bundle, save_bundle
 from ..errors import FastadaptError, warn
-from ..images import Preprocess, to_float, to_uint8
+from ..images import Preprocess, polarity_warning, to_float, to_uint8
 from .adaptation import check_finite, choose_steps, run_steps, softmax
 from .head import init_head
 from .sessions import Graphs
@@ -306,8 +306,12 @@ class AdaptedModel(_Loaded):
             if not isinstance(item, IMAGE_TYPES):
                 raise FastadaptError(f"predict: an image must be a path, a PIL image or a numpy array, "
                                      f"got {type(item).__name__}")
-        x = to_float(np.stack([to_uint8(item, self.preprocess) for item in items]), self.preprocess)
-        probabilities, scores = self.scores(x)
+        arrays = [to_uint8(item, self.preprocess) for item in items]
+        names = [os.fspath(i) if isinstance(i, (str, os.PathLike)) else f"image {n}" for n, i in enumerate(items)]
+        message = polarity_warning(arrays, self.preprocess, names)
+        if message:
+            warn(f"predict: {message}")
+        probabilities, scores = self.scores(to_float(np.stack(arrays), self.preprocess))
         results = self.predictions(probabilities, top, scores, threshold)
         return results if batch else results[0]
 
