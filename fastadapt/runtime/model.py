@@ -23,6 +23,7 @@ from PIL import Image
 from ..bundle import Bundle, save_bundle
 from ..errors import FastadaptError, warn
 from ..images import Preprocess, polarity_warning, to_float, to_uint8
+from ..manifest import MAX_STEPS  # the same bound as a bundle's recipe: a typo such as 10**12 would never end
 from .adaptation import check_finite, choose_steps, run_steps, softmax
 from .head import init_head
 from .sessions import Graphs
@@ -33,7 +34,6 @@ from . import unknown as unknown_detection
 # else is predicted with it (onnxruntime picks kernels by batch size: batches of 2..64 moved logits by up
 # to 1.8e-4 against one image alone). Batching did not make prediction faster per image on 2 cores.
 PREDICT_CHUNK = 1
-MAX_STEPS = 1000  # far above any meta-trained recipe; a typo such as 10**12 would never end
 LOW_LOO_ACCURACY = 0.5  # steps="auto": below this leave-one-shot-out accuracy, warn that the shots are unusual
 # What the shipped default model is good for (its model card in README.md)
 DEFAULT_GOOD_FOR = ("handwritten characters, symbols, sketches and icons: dark strokes on a plain light "
