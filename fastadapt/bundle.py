@@ -12,6 +12,10 @@ Members
                           manifest["inner_loop"]["adapted"]
   params.npz     the parameters (allow_pickle=False): meta-initialisation, or adapted weights with
                  the head filled in (kind "adapted")
+  meta_params.npz  adapted bundles (optional, with shots.npz): the meta-initialisation they were adapted from,
+                 float32 as params.npz, so classes can be added or removed (re-adapting from it)
+  shots.npz      adapted bundles (optional, with meta_params.npz): the support set, as preprocessed at model
+                 resolution: "images" uint8 (n, C, H, W), "labels" int64 (n,) (head rows, class by class)
   manifest.sha256  hex SHA-256 of manifest.json (the manifest holds the SHA-256 of the other members)
   signature.ed25519  optional (``fastadapt sign``): Ed25519 signatures over that SHA-256, see signing.py
 
@@ -19,11 +23,16 @@ Manifest keys
   format ("fastadapt-bundle"), format_version, kind ("meta" | "adapted"), architecture,
   preprocess (images.Preprocess.to_dict), parameters (ordered names), inner_loop (steps, lr, adapt,
   loss, head_init, adapted), classes (adapted bundles: label names in head-row order), provenance,
-  evaluation (list of results), members ({name: sha256}). manifest.validate_manifest checks them.
+  evaluation (list of results), model_card ({section: text}), members ({name: sha256}).
+  manifest.validate_manifest checks them.
+
+Bundles are byte-reproducible: members in a fixed order, with a fixed timestamp (1980-01-01) and mode
+0644, and nothing in the manifest depends on the clock, so the same inputs give the same file.
 
 Reading is bounded by the format, not by the machine: each member's size is checked against
 MEMBER_LIMITS before it is read and again while reading, and every .npy header in params.npz is
-checked (dtype, shape, size) before its array is allocated.
+checked (dtype, shape, size) before its array is allocated. The optional members are read only
+when the manifest lists them (with their SHA-256), under the same checks.
 """
 
 from __future__ import annotations
@@ -43,8 +52,8 @@ import numpy as np
 
 from . import signing
 from .errors import FastadaptError
-from .manifest import FORMAT, FORMAT_VERSION, MAX_MANIFEST_BYTES, MAX_PARAMETERS, MEMBERS, printable, \
-    validate_manifest
+from .manifest import FORMAT, FORMAT_VERSION, HEAD, MAX_MANIFEST_BYTES, MAX_PARAMETERS, MEMBERS, \
+    OPTIONAL_MEMBERS, printable, validate_manifest
 from .outputs import write_atomic  # noqa: F401  (re-exported: older imports use fastadapt.bundle.write_atomic)
 
 __all__ = ["Bundle", "read_bundle", "save_bundle", "FORMAT", "FORMAT_VERSION", "MEMBERS", "MEMBER_LIMITS"]
@@ -55,7 +64,11 @@ MiB = 1 << 20
 # (step.onnx) and 452 KB (params.npz): 256 MiB leaves room for models several hundred times larger,
 # while a crafted bundle (a "zip bomb" declaring gigabytes) is refused before anything is allocated.
 MEMBER_LIMITS = {"manifest.json": MAX_MANIFEST_BYTES, MANIFEST_CHECKSUM: 1024, signing.SIGNATURES: 64 * 1024,
-                 "forward.onnx": 256 * MiB, "step.onnx": 256 * MiB, "params.npz": 256 * MiB}
+                 "forward.onnx": 256 * MiB, "step.onnx": 256 * MiB, "params.npz": 256 * MiB,
+                 # the stored support set: 20-way 5-shot at 28x28 is 79 KB, 1,000 shots at 84x84 RGB 21 MB
+                 "meta_params.npz": 256 * MiB, "shots.npz": 64 * MiB}
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold: bundles never depend on the clock
+ZIP_MODE = 0o100644 << 16  # a regular file, -rw-r--r-- when unzipped (external attributes, Unix)
 READ_PIECE = 1 << 20  # bytes decompressed at a time
 MAX_MEMBERS = 64  # zip entries; a bundle has 5 or 6
 MAX_DIRECTORY_BYTES = 1 << 20  # the zip's central directory: 46 bytes and a name per entry
@@ -76,19 +89,43 @@ class Bundle:
     params: dict  # name -> np.ndarray (float32)
     path: str | None = None
     signed_by: str | None = None  # hex public key whose signature was verified (when trusted keys were required)
+    meta_params: dict | None = None  # adapted bundles: the meta-initialisation (meta_params.npz)
+    shots: dict | None = None  # adapted bundles: {"images": uint8 (n, C, H, W), "labels": int64 (n,)} (shots.npz)
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def params_to_bytes(params: dict) -> bytes:
+def zip_bytes(members: dict, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """{name: bytes} -> a zip whose bytes depend on nothing else (fixed time and mode, the given order)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()})
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
+            info.compress_type, info.external_attr, info.create_system = compression, ZIP_MODE, 3  # 3: Unix
+            archive.writestr(info, data)
     return buffer.getvalue()
 
 
-def _read_array(f, size: int, name: str) -> np.ndarray:
+def arrays_to_bytes(arrays: dict) -> bytes:
+    """{name: array} -> .npz bytes as np.savez writes them (stored .npy members), reproducibly."""
+    members = {}
+    for name, array in arrays.items():
+        npy = io.BytesIO()
+        np.lib.format.write_array(npy, np.ascontiguousarray(array), allow_pickle=False)
+        members[f"{name}.npy"] = npy.getvalue()
+    return zip_bytes(members, zipfile.ZIP_STORED)
+
+
+def params_to_bytes(params: dict) -> bytes:
+    return arrays_to_bytes({k: np.asarray(v, dtype=np.float32) for k, v in params.items()})
+
+
+FLOAT32 = np.dtype(np.float32)
+
+
+def _read_array(f, size: int, name: str, want: np.dtype = FLOAT32) -> np.ndarray:
     """One .npy member: header first (dtype, shape, size checked), then exactly its bytes."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
@@ -97,48 +134,58 @@ def _read_array(f, size: int, name: str) -> np.ndarray:
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
     else:
         raise ValueError(f"{name}: unsupported .npy version {version}")
-    if dtype.kind != "f" or dtype.itemsize != 4 or dtype.fields is not None or dtype.subdtype is not None:
-        raise ValueError(f"{name} has dtype {dtype}, not float32")
+    if dtype.kind != want.kind or dtype.itemsize != want.itemsize or dtype.fields is not None \
+            or dtype.subdtype is not None:
+        raise ValueError(f"{name} has dtype {dtype}, not {want}")
     if len(shape) > MAX_DIMS:
         raise ValueError(f"{name} has {len(shape)} dimensions (at most {MAX_DIMS})")
-    nbytes = math.prod(shape) * 4
+    nbytes = math.prod(shape) * want.itemsize
     if nbytes != size - f.tell():  # also bounds it: size was checked against the member limit
         raise ValueError(f"{name} declares shape {shape} ({nbytes:,} bytes) but holds {size - f.tell():,}")
     data = f.read(nbytes)
     if len(data) != nbytes:
         raise ValueError(f"{name} is truncated")
     array = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
-    array = np.array(array, dtype=np.float32, order="C")  # a writable, native-order copy, as np.load gives
-    if not np.isfinite(array).all():
+    array = np.array(array, dtype=want, order="C")  # a writable, native-order copy, as np.load gives
+    if want.kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"{name} holds NaN or infinite values")
     return array
 
 
-def params_from_bytes(data: bytes, where: str) -> dict:
-    """params.npz -> {name: float32 array}, without pickle and without trusting any declared size."""
+def params_from_bytes(data: bytes, where: str, member: str = "params.npz", dtypes: dict | None = None) -> dict:
+    """An .npz member -> {name: array}, without pickle and without trusting any declared size. Every
+    array is float32, or with ``dtypes`` ({name: dtype}) exactly those arrays with those dtypes."""
     where = printable(where)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as npz:
             infos = npz.infolist()
             if len(infos) > MAX_PARAMETERS:
                 raise ValueError(f"{len(infos)} arrays (at most {MAX_PARAMETERS})")
-            if sum(i.file_size for i in infos) > MEMBER_LIMITS["params.npz"]:
-                raise ValueError(f"its arrays declare more than {MEMBER_LIMITS['params.npz']:,} bytes")
+            if sum(i.file_size for i in infos) > MEMBER_LIMITS[member]:
+                raise ValueError(f"its arrays declare more than {MEMBER_LIMITS[member]:,} bytes")
             params = {}
             for info in infos:
                 name = info.filename[:-4] if info.filename.endswith(".npy") else ""
-                if not name or name in params or info.compress_type not in COMPRESSIONS:
+                if not name or name in params or info.compress_type not in COMPRESSIONS or \
+                        (dtypes is not None and name not in dtypes):
                     raise ValueError(f"unexpected member '{printable(info.filename)[:80]}'")
                 with npz.open(info) as f:
-                    params[name] = _read_array(f, info.file_size, printable(name)[:80])
+                    want = FLOAT32 if dtypes is None else np.dtype(dtypes[name])
+                    params[name] = _read_array(f, info.file_size, printable(name)[:80], want)
+            if dtypes is not None and set(params) != set(dtypes):
+                raise ValueError(f"it lacks {', '.join(sorted(set(dtypes) - set(params)))}")
             return params
     except ZIP_ERRORS + (TypeError,) as exc:
-        raise FastadaptError(f"{where}: params.npz is corrupt ({printable(exc)[:200]}); re-export the bundle") from None
+        raise FastadaptError(f"{where}: {member} is corrupt ({printable(exc)[:200]}); re-export the bundle") from None
 
 
 def save_bundle(path: str, bundle: Bundle) -> None:
     members = {"forward.onnx": bundle.forward_onnx, "step.onnx": bundle.step_onnx,
                "params.npz": params_to_bytes(bundle.params)}
+    if bundle.meta_params is not None and bundle.shots is not None:
+        members["meta_params.npz"] = params_to_bytes(bundle.meta_params)
+        members["shots.npz"] = arrays_to_bytes({"images": np.asarray(bundle.shots["images"], np.uint8),
+                                                "labels": np.asarray(bundle.shots["labels"], "<i8")})
     manifest = dict(bundle.manifest)
     manifest["format"], manifest["format_version"] = FORMAT, FORMAT_VERSION
     manifest["parameters"] = list(bundle.params)
@@ -150,13 +197,12 @@ def save_bundle(path: str, bundle: Bundle) -> None:
     if len(manifest_bytes) > MAX_MANIFEST_BYTES:
         raise FastadaptError(f"{printable(os.fspath(path))}: the manifest would take {len(manifest_bytes):,} bytes "
                              f"(at most {MAX_MANIFEST_BYTES:,}: fewer or shorter class names); {unreadable}")
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("manifest.json", manifest_bytes)
-        archive.writestr(MANIFEST_CHECKSUM, sha256(manifest_bytes))
-        for name, data in members.items():
-            archive.writestr(name, data)
-    write_atomic(path, buffer.getvalue())
+    optional = {name: data for name, data in members.items() if name in OPTIONAL_MEMBERS}
+    if optional:
+        _check_optional(manifest, bundle.params, bundle.meta_params, bundle.shots, f"{printable(os.fspath(path))}",
+                        unreadable)
+    write_atomic(path, zip_bytes({"manifest.json": manifest_bytes,
+                                  MANIFEST_CHECKSUM: sha256(manifest_bytes).encode(), **members}))
     bundle.manifest = manifest
 
 
@@ -281,7 +327,7 @@ def read_bundle(path, trusted_keys=None, check_trust: bool = True) -> Bundle:
                 signed_by = signing.check(manifest_bytes, signatures, keys, where) if keys else None
                 manifest = validate_manifest(_parse_manifest(manifest_bytes, where), where)
                 data = {}
-                for name in MEMBERS:
+                for name in MEMBERS + tuple(n for n in OPTIONAL_MEMBERS if n in manifest["members"]):
                     data[name] = _read_member(archive, infos, name, where)
                     if sha256(data[name]) != manifest["members"][name]:
                         raise FastadaptError(f"{where}: checksum mismatch in {name}; the bundle is corrupt or was "
@@ -291,7 +337,40 @@ def read_bundle(path, trusted_keys=None, check_trust: bool = True) -> Bundle:
                              f"not a zip); re-export it") from None
     params = params_from_bytes(data["params.npz"], path)
     _check_params(params, manifest, where)
-    return Bundle(manifest, data["forward.onnx"], data["step.onnx"], params, path, signed_by)
+    meta_params = shots = None
+    if "shots.npz" in data:  # validate_manifest saw to it that both optional members are listed, or neither
+        meta_params = params_from_bytes(data["meta_params.npz"], path, "meta_params.npz")
+        shots = params_from_bytes(data["shots.npz"], path, "shots.npz", SHOTS_DTYPES)
+        _check_optional(manifest, params, meta_params, shots, where, "re-adapt it from the meta model")
+    return Bundle(manifest, data["forward.onnx"], data["step.onnx"], params, path, signed_by, meta_params, shots)
+
+
+SHOTS_DTYPES = {"images": np.uint8, "labels": np.int64}
+
+
+def _check_optional(manifest: dict, params: dict, meta_params: dict, shots: dict, where: str, fix: str) -> None:
+    """An adapted bundle's meta-initialisation and support set agree with its parameters, classes and
+    preprocessing, so re-adapting from them (``AdaptedModel.add_classes``) cannot fail half-way."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise FastadaptError(f"{where}: {what}; {fix}")
+
+    need(manifest.get("kind") == "adapted", "only adapted bundles hold meta_params.npz and shots.npz")
+    learned = manifest["inner_loop"].get("head_init", "zero") == "learned"
+    expected = [name for name in params if learned or name not in HEAD]
+    need(list(meta_params) == expected, "meta_params.npz does not hold the parameters params.npz has")
+    for name, value in meta_params.items():
+        same = value.shape == params[name].shape if name not in HEAD else \
+            value.ndim == params[name].ndim and value.shape[1:] == params[name].shape[1:]
+        need(same, f"meta_params.npz's {printable(name)[:80]} has shape {value.shape}, not that of params.npz")
+    images, labels = np.asarray(shots["images"]), np.asarray(shots["labels"])
+    pre, classes = manifest["preprocess"], manifest["classes"]
+    need(images.ndim == 4 and images.shape[1:] == (pre["channels"], pre["size"], pre["size"]),
+         f"shots.npz's images have shape {images.shape}, not (n, {pre['channels']}, {pre['size']}, {pre['size']})")
+    need(labels.shape == images.shape[:1], f"shots.npz has {len(labels)} labels for {len(images)} images")
+    need(len(labels) > 0 and labels.min() >= 0 and labels.max() < len(classes) and
+         (np.bincount(labels, minlength=len(classes)) > 0).all() and (np.diff(labels) >= 0).all(),
+         f"shots.npz's labels are not class by class with every one of the {len(classes)} classes")
 
 
 def _check_params(params: dict, manifest: dict, where: str) -> None:

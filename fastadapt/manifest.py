@@ -22,6 +22,8 @@ from .errors import FastadaptError
 FORMAT = "fastadapt-bundle"
 FORMAT_VERSION = 1
 MEMBERS = ("forward.onnx", "step.onnx", "params.npz")
+# adapted bundles that can add or remove classes: both, or neither (see bundle.py)
+OPTIONAL_MEMBERS = ("meta_params.npz", "shots.npz")
 HEAD = ("head.weight", "head.bias")
 
 # Limits. Each is far above what a real bundle needs and low enough that a crafted one stays cheap.
@@ -39,6 +41,11 @@ MAX_FEATURE_DIM = 1 << 20  # architecture.feature_dim (Conv4: 64 at 28x28, 1600 
 FITS = ("pad", "stretch", "crop")  # preprocess.fit (images.Preprocess), when present
 HEAD_INITS = ("zero", "prototype", "learned")
 KINDS = ("meta", "adapted")
+# model_card: {section: text}. The shipped default's sections, in the order 'fastadapt info' prints them
+# first; others are allowed (and printed after them).
+CARD_SECTIONS = ("intended_use", "not_for", "data", "training", "evaluation", "limitations")
+MAX_CARD_SECTIONS = 32
+MAX_CARD_CHARS = 8000  # one section's text
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -160,9 +167,13 @@ def _check_parameters(manifest: dict) -> list:
         seen.add(name)
     members = manifest.get("members")
     _need(isinstance(members, dict), "members", "an object {member: sha256}", members)
-    for name in MEMBERS:
+    optional = [name for name in OPTIONAL_MEMBERS if name in members]
+    for name in MEMBERS + tuple(optional):
         _need(isinstance(members.get(name), str) and _HEX64.fullmatch(members[name]) is not None,
               f"members.{name}", "a SHA-256 in hex", members.get(name))
+    if optional:
+        _need(len(optional) == len(OPTIONAL_MEMBERS) and manifest.get("kind") == "adapted", "members",
+              f"to list {' and '.join(OPTIONAL_MEMBERS)} together, in adapted bundles only", sorted(members))
     return names
 
 
@@ -238,6 +249,12 @@ def _check_free_form(manifest: dict) -> None:
     counts = adaptation.get("shots_per_class") or {}
     _need(all(_is_int(n) and n >= 0 for n in counts.values()), "adaptation.shots_per_class",
           "whole numbers", list(counts.values())[:3])
+    card = _optional_dict(manifest, "model_card")
+    _need(len(card) <= MAX_CARD_SECTIONS, "model_card", f"at most {MAX_CARD_SECTIONS} sections", f"{len(card)} sections")
+    for key, text in card.items():
+        _need(0 < len(key) <= 64, "model_card", "section names of 1..64 characters", key)
+        _need(isinstance(text, str) and len(text) <= MAX_CARD_CHARS, f"model_card.{printable(key)}",
+              f"a text of at most {MAX_CARD_CHARS} characters", text)
     unknown = _optional_dict(manifest, "unknown")
     if unknown.get("threshold") is not None:
         _need(_is_number(unknown["threshold"]), "unknown.threshold", "a finite number", unknown["threshold"])

@@ -232,19 +232,18 @@ def write_private_key(path) -> bytes:
 def sign_bundle(path, secret: bytes, out=None) -> str:
     """Verify the bundle at ``path``, add (or replace) this key's signature and write it atomically to
     ``out`` (default: ``path``). Returns the public key (hex)."""
-    import io
     import json
     import zipfile
 
-    from .bundle import MANIFEST_CHECKSUM, read_bundle, sha256
+    from .bundle import MANIFEST_CHECKSUM, read_bundle, sha256, zip_bytes
     from .outputs import write_atomic
 
     bundle_path = os.fspath(path)
     bundle = read_bundle(bundle_path, check_trust=False)  # never sign something damaged
     public = public_key(secret).hex()
     with zipfile.ZipFile(bundle_path) as archive:
-        members = {name: archive.read(name) for name in ("manifest.json", MANIFEST_CHECKSUM, "forward.onnx",
-                                                         "step.onnx", "params.npz")}
+        members = {name: archive.read(name) for name in ("manifest.json", MANIFEST_CHECKSUM,
+                                                         *bundle.manifest["members"])}
         old = archive.read(SIGNATURES) if SIGNATURES in archive.namelist() else b""
     # what is signed is exactly what was verified (the file could have changed in between)
     if json.loads(members["manifest.json"]) != bundle.manifest or \
@@ -254,9 +253,5 @@ def sign_bundle(path, secret: bytes, out=None) -> str:
     kept = [(k, s) for k, s in parse_signatures(old, bundle_path) if k != public] if old else []
     kept.append((public, sign(secret, bundle_message(members["manifest.json"]))))
     members[SIGNATURES] = "".join(f"ed25519 {k} {s.hex()}\n" for k, s in kept[-MAX_SIGNATURES:]).encode()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    write_atomic(os.fspath(out) if out is not None else bundle_path, buffer.getvalue())
+    write_atomic(os.fspath(out) if out is not None else bundle_path, zip_bytes(members))  # reproducible
     return public

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +17,19 @@ from . import app
 
 
 MAX_SHOWN = 2000  # characters of one free-form value (provenance, evaluation) on one line
+CARD_WIDTH = 100  # model card text is wrapped to this many columns
+
+
+def _card(card: dict) -> list:
+    """The model card's lines: its known sections first (manifest.CARD_SECTIONS), each wrapped and indented."""
+    from ..manifest import CARD_SECTIONS
+
+    lines = ["  model card"]
+    for key in sorted(card, key=lambda k: (CARD_SECTIONS.index(k) if k in CARD_SECTIONS else len(CARD_SECTIONS))):
+        title = printable(key).replace("_", " ")
+        lines += textwrap.wrap(printable(card[key]), CARD_WIDTH, initial_indent=f"    {title}: ",
+                               subsequent_indent="      ") or [f"    {title}:"]
+    return lines
 
 
 def _fmt(value, depth: int = 0) -> str:
@@ -112,7 +126,9 @@ def info(
         if a:
             rows.append(("adapted", f"{_fmt(a.get('steps'))} steps at lr {_fmt(a.get('lr'))} on "
                                     f"{sum((a.get('shots_per_class') or {}).values())} images from "
-                                    f"{_fmt((a.get('from') or {}).get('path'))} ({_fmt(a.get('created'))})"))
+                                    f"{_fmt((a.get('from') or {}).get('path'))}"
+                                    + ("" if "shots.npz" in (m.get("members") or {}) else
+                                       " (keeps no shots: classes cannot be added or removed)")))
     for key, value in (m.get("provenance") or {}).items():
         rows.append((f"provenance.{key}", value))
     check = m.get("verification")
@@ -124,13 +140,16 @@ def info(
         rows.append(("signature", signature))
     for name, value in m.items():
         if name not in {"format", "format_version", "kind", "architecture", "preprocess", "inner_loop", "classes",
-                        "adaptation", "provenance", "evaluation", "parameters", "members", "verification"} \
+                        "adaptation", "provenance", "evaluation", "parameters", "members", "verification",
+                        "model_card"} \
                 and value is not None:
             rows.append((name, value))
     rows = [(printable(key)[:60], value) for key, value in rows]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key:<{width}}  {_fmt(value)}")
+    if m.get("model_card"):
+        print("\n".join(_card(m["model_card"])))
     evaluations = m.get("evaluation") or []
     if isinstance(evaluations, dict):
         evaluations = [evaluations]

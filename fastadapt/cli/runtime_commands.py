@@ -23,11 +23,20 @@ SHOTS_HELP = ("Folder with one subfolder per class, holding that class's example
 
 @app.command(rich_help_panel="On the device")
 def adapt(
-    shots: Path = typer.Option(..., "--shots", help=SHOTS_HELP, show_default=False),
+    shots: Optional[Path] = typer.Option(None, "--shots", help=SHOTS_HELP + " Needed unless --add or --remove "
+                                         "changes an adapted model.", show_default=False),
     out: Path = typer.Option(..., "--out", help="Where to write the adapted model (.fadapt). Written only "
                                                 "when adaptation succeeds, atomically.", show_default=False),
     model: Optional[Path] = typer.Option(None, "--model", help="The meta-trained bundle to start from "
-                                         "(made by 'fastadapt export'). Default: the model shipped with fastadapt."),
+                                         "(made by 'fastadapt export'), or with --add/--remove an adapted one. "
+                                         "Default: the model shipped with fastadapt."),
+    add: Optional[Path] = typer.Option(None, "--add", help="With an adapted --model: a folder of class folders to "
+                                       "add (one class is enough; an existing class gets the images added). "
+                                       "Re-adapts from the meta model on the shots kept in the bundle and these: "
+                                       "the same model as adapting on all the images at once.", show_default=False),
+    remove: Optional[List[str]] = typer.Option(None, "--remove", help="With an adapted --model: a class to remove "
+                                               "(repeat for several); re-adapts on the kept shots of the others.",
+                                               show_default=False),
     steps: Optional[str] = typer.Option(None, "--steps", help="SGD steps on the shots, or 'auto' (choose 0..the "
                                         "recipe's steps by leave-one-shot-out on the shots; needs >= 2 per class). "
                                         "Default: the number the model was meta-trained for (see 'fastadapt info')."),
@@ -45,23 +54,38 @@ def adapt(
     Runs the inner loop the model was meta-trained for (head initialisation, then --steps SGD steps at --lr on all the shots) through ONNX Runtime; no torch needed. If a step would raise the support loss, adaptation keeps the model as it was before any step (with a warning): steps that make the shots fit worse are a sign they would make answers worse too. Prints the classes, the shots per class, the steps kept, the support loss before and after, and the time taken.
 
     Example: fastadapt adapt --shots my_shots/ --out mine.fadapt && fastadapt predict --model mine.fadapt photo.png
+
+    Later: fastadapt adapt --model mine.fadapt --add new_shots/ --remove dog --out mine2.fadapt
     """
     from ..runtime import Model, load
 
-    check_out(out, inputs=[shots, model])
+    changing = add is not None or bool(remove)
+    if changing and shots is not None:
+        raise FastadaptError("--shots adapts a meta model, --add/--remove change an adapted one: give one or the other")
+    if not changing and shots is None:
+        raise FastadaptError("missing --shots DIR (a folder with one subfolder of images per class); or, with an "
+                             "adapted --model, --add DIR / --remove LABEL")
+    check_out(out, inputs=[shots, add, model])
     loaded = load(model, trusted_key)
-    if not isinstance(loaded, Model):
+    if changing and isinstance(loaded, Model):
+        raise FastadaptError(f"--add/--remove change an adapted model, but --model {loaded.path} is a meta model; "
+                             f"adapt it with --shots DIR")
+    if not changing and not isinstance(loaded, Model):
         loaded.adapt()  # raises the explanation (already adapted; pass the meta model)
     reporter = lazy_reporter("adapting")
     try:
-        adapted = loaded.adapt(shots, steps=steps, lr=lr, progress=reporter, safeguard=safeguard)
+        if changing:
+            adapted = loaded.update_classes(add=add, remove=remove or (), steps=steps, lr=lr, progress=reporter,
+                                            safeguard=safeguard)
+        else:
+            adapted = loaded.adapt(shots, steps=steps, lr=lr, progress=reporter, safeguard=safeguard)
     finally:
         reporter.close()
     adapted.save(str(out))
     info = adapted.adaptation
     counts = info["shots_per_class"]
     print(f"adapted {os.path.basename(str(loaded.path))} to {len(counts)} classes "
-          f"({sum(counts.values())} images) in {info['seconds']:.2f} s")
+          f"({sum(counts.values())} images) in {adapted.seconds:.2f} s")
     width = max(len(c) for c in counts)
     for name, n in counts.items():
         print(f"  {printable(name):<{width}}  {n} shot{'s' if n != 1 else ''}")

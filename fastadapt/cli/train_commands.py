@@ -230,13 +230,23 @@ def export(
     checkpoint: str = typer.Option("best", help="best | last."),
     sign: Optional[Path] = typer.Option(None, "--sign", help="Also sign the bundle with this private key (made by "
                                         "'fastadapt keygen'), for devices that require a trusted key."),
+    fmt: str = typer.Option("fadapt", "--format", help="fadapt: a run folder -> a .fadapt bundle. onnx: an adapted "
+                            ".fadapt (from 'fastadapt adapt') -> one standalone ONNX file for any onnxruntime, and "
+                            "its preprocessing recipe beside it (OUT without .onnx + .preprocess.json)."),
 ):
     """Export a run as one self-contained .fadapt bundle for the torch-free runtime.
 
     The bundle holds the forward graph, the SGD-step graph, the meta-parameters and a manifest (recipe,
     preprocessing, provenance, evaluation results). Export checks itself: it adapts a sample task in
     onnxruntime and in torch and refuses to write if they differ by more than 1e-4 (relative to the values' size).
+
+    With --format onnx: fastadapt export ADAPTED.fadapt --format onnx --out model.onnx (see README "Deploy
+    without fastadapt"); checked against fastadapt's own predictions before writing.
     """
+    if fmt != "fadapt" or os.path.isfile(rundir):
+        from ..standalone import export_command
+
+        return export_command(rundir, out, fmt, sign)
     check_out(out, "--out", "model.fadapt", inputs=[rundir, sign])  # never over the run's own files or the key
     secret = None
     if sign is not None:  # read the key before the minutes of export, so a wrong path fails at once

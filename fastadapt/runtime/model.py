@@ -4,6 +4,8 @@
     adapted = model.adapt("shots/")                    # k SGD steps through step.onnx
     adapted.predict("query.png").label                 # -> "cat"
     adapted.save("cats-vs-dogs.fadapt")                # kind "adapted", reload with fastadapt.load
+    adapted.add_classes({"bird": ["b1.png"]})          # re-adapts on the kept shots and the new ones
+    adapted.export_onnx("model.onnx")                  # one ONNX file for any onnxruntime (standalone.py)
 
 Both are immutable after construction, so one ``AdaptedModel`` may serve ``predict`` from many
 threads at once (onnxruntime sessions are thread-safe).
@@ -23,11 +25,11 @@ from PIL import Image
 from ..bundle import Bundle, save_bundle
 from ..errors import FastadaptError, warn
 from ..images import Preprocess, polarity_warning, to_float, to_uint8
-from ..manifest import MAX_STEPS  # the same bound as a bundle's recipe: a typo such as 10**12 would never end
+from ..manifest import MAX_STEPS, printable  # the same bound as a bundle's recipe: a typo such as 10**12 would never end
 from .adaptation import check_finite, choose_steps, run_steps, softmax
 from .head import init_head
 from .sessions import Graphs
-from .shots import Shots, load_shots
+from .shots import Shots, _folder_classes, load_shots
 from . import unknown as unknown_detection
 
 # Images per forward call when predicting: one, so that an image's answer is bit-for-bit the same whatever
@@ -45,6 +47,9 @@ def good_for(model) -> str:
 
     if model.path and os.path.abspath(model.path) == os.path.abspath(DEFAULT_MODEL):
         return DEFAULT_GOOD_FOR
+    intended = (model.manifest.get("model_card") or {}).get("intended_use")
+    if intended:  # e.g. the meta model an adapted bundle keeps (AdaptedModel.add_classes)
+        return f"{intended.rstrip('.')} (its model card: 'fastadapt info')"
     spec = model.preprocess
     data = (model.manifest.get("provenance") or {}).get("data")
     return (f"images like its training data{f' ({data})' if isinstance(data, str) else ''}, seen as "
@@ -194,11 +199,12 @@ class Model(_Loaded):
         check_finite(trajectory, lr)
         seconds = time.perf_counter() - start
         counts = shots.counts if shots is not None else np.bincount(labels, minlength=ways).tolist()
+        # nothing from the clock: the same shots give the same bundle, byte for byte (the time taken is
+        # AdaptedModel.seconds, in memory only)
         info = {**trajectory.report(steps, safeguard), "lr": float(lr), "classes": len(classes),
-                "shots_per_class": {c: int(n) for c, n in zip(classes, counts)}, "seconds": round(seconds, 4),
+                "shots_per_class": {c: int(n) for c, n in zip(classes, counts)},
                 "from": {"path": os.path.basename(self.path) if self.path else None,
-                         "params_sha256": self.manifest.get("members", {}).get("params.npz")},
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                         "params_sha256": self.manifest.get("members", {}).get("params.npz")}}
         if auto is not None:
             info["auto"] = auto
         if shots is not None and shots.skipped:
@@ -211,8 +217,12 @@ class Model(_Loaded):
         manifest = dict(self.manifest)
         manifest.update(kind="adapted", classes=[str(c) for c in classes], adaptation=info,
                         unknown=unknown_detection.describe(self.manifest, trajectory.params))
-        bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, trajectory.params, None)
-        return AdaptedModel(bundle, self.graphs)
+        # the shots (uint8, as preprocessed) and this meta-initialisation travel with the adapted bundle, so
+        # classes can later be added or removed without the user's images (AdaptedModel.update_classes)
+        kept = {"images": shots.images, "labels": shots.labels} if shots is not None else None
+        bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, trajectory.params, None,
+                        meta_params=self.params if kept else None, shots=kept)
+        return AdaptedModel(bundle, self.graphs, seconds=round(seconds, 4))
 
     def _init_head(self, images: np.ndarray, labels: np.ndarray, ways: int) -> dict:
         return init_head(self.manifest, self.params, self.graphs, images, labels, ways, _where(self.bundle))
@@ -254,8 +264,9 @@ class Model(_Loaded):
 class AdaptedModel(_Loaded):
     """A model that knows its classes: ``predict`` images, ``save`` it as an adapted bundle."""
 
-    def __init__(self, bundle: Bundle, graphs: Graphs | None = None):
+    def __init__(self, bundle: Bundle, graphs: Graphs | None = None, seconds: float | None = None):
         super().__init__(bundle, graphs)
+        self.seconds = seconds  # how long adaptation took (None for a loaded bundle: not stored, see adapt_arrays)
         self.classes = [str(c) for c in self.manifest.get("classes") or []]
         rows = self.params.get("head.weight", np.zeros((0, 0))).shape[0]
         if len(self.classes) < 2 or rows != len(self.classes):
@@ -353,11 +364,90 @@ class AdaptedModel(_Loaded):
         path = os.fspath(path)
         if os.path.isdir(path):
             raise FastadaptError(f"{path}: is a folder; give a file name such as {os.path.join(path, 'adapted.fadapt')}")
-        bundle = Bundle(dict(self.manifest), self.bundle.forward_onnx, self.bundle.step_onnx, self.params, None)
+        bundle = Bundle(dict(self.manifest), self.bundle.forward_onnx, self.bundle.step_onnx, self.params, None,
+                        meta_params=self.bundle.meta_params, shots=self.bundle.shots)
         save_bundle(path, bundle)
+
+    def export_onnx(self, path: str, recipe: str | None = None) -> dict:
+        """Write one self-contained ONNX file (these weights inside; input "images", preprocessed float32
+        (B, C, H, W); outputs "probabilities" (B, N) and "features" (B, D)) and its preprocessing recipe as
+        JSON beside it (default: model.onnx -> model.preprocess.json). Verified against ``probabilities``
+        before anything is written. Needs the ``onnx`` package. Returns the recipe. See standalone.py."""
+        from ..standalone import export_onnx
+
+        return export_onnx(self, path, recipe)
+
+    def add_classes(self, shots, steps=None, lr=None, progress=None, safeguard=None) -> "AdaptedModel":
+        """A new model that also knows the classes in ``shots`` (a folder of class folders or a dict
+        {label: [images]}, one class is enough; an existing label gets the images added to its shots).
+
+        It re-adapts from the meta-initialisation on the shots kept in this model and the new ones: the
+        same model, bit for bit, as adapting the meta model on all the images at once. steps, lr,
+        safeguard: default to what this model was adapted with (see ``Model.adapt``)."""
+        return self.update_classes(add=shots, steps=steps, lr=lr, progress=progress, safeguard=safeguard)
+
+    def remove_classes(self, labels, steps=None, lr=None, progress=None, safeguard=None) -> "AdaptedModel":
+        """A new model without the classes ``labels`` (at least 2 classes must remain), re-adapted from the
+        meta-initialisation on the kept shots of the others; see ``add_classes``."""
+        return self.update_classes(remove=labels, steps=steps, lr=lr, progress=progress, safeguard=safeguard)
+
+    def update_classes(self, add=None, remove=(), steps=None, lr=None, progress=None,
+                       safeguard=None) -> "AdaptedModel":
+        """``remove_classes(remove)`` and ``add_classes(add)`` in one re-adaptation."""
+        meta = self._meta_model()
+        remove = [remove] if isinstance(remove, str) else [str(label) for label in remove or ()]
+        missing = [label for label in remove if label not in self.classes]
+        if missing:
+            raise FastadaptError(f"cannot remove class '{printable(missing[0])}': {self.path or 'this model'} has no "
+                                 f"such class (it has {', '.join(map(printable, self.classes[:10]))}"
+                                 f"{', ...' if len(self.classes) > 10 else ''})")
+        stored = self.bundle.shots
+        # the kept shots, class by class, as load_shots gives them; images in the form to_uint8 reads back
+        # unchanged (same size, so no resize; un-inverted, so its inversion restores them bit for bit)
+        classes = {}
+        for index, label in enumerate(self.classes):
+            if label not in remove:
+                images = stored["images"][stored["labels"] == index]
+                classes[label] = [255 - image if self.preprocess.invert else image for image in images]
+        if add is not None:
+            new = _folder_classes(os.fspath(add)) if isinstance(add, (str, os.PathLike)) else add
+            if not isinstance(new, dict) or not new:
+                raise FastadaptError(f"add_classes takes a folder of class folders or a dict {{label: [images]}}, "
+                                     f"got {type(add).__name__ if not isinstance(add, dict) else 'an empty dict'}")
+            for label, items in new.items():
+                several = isinstance(items, (list, tuple)) or (isinstance(items, np.ndarray) and items.ndim == 4)
+                items = list(items) if several else [items]  # else one image on its own
+                classes[str(label)] = classes.get(str(label), []) + items
+        if len(classes) < 2:
+            raise FastadaptError(f"removing {', '.join(map(printable, remove))} would leave {len(classes)} class; "
+                                 f"a model needs at least 2")
+        data = load_shots(classes, self.preprocess)
+        info = self.adaptation
+        adapted = meta.adapt_arrays(
+            to_float(data.images, self.preprocess), data.labels, data.classes, shots=data, progress=progress,
+            steps=steps if steps is not None else ("auto" if "auto" in info else info.get("steps_requested")),
+            lr=lr if lr is not None else info.get("lr"),
+            safeguard=safeguard if safeguard is not None else info.get("safeguard", True))
+        adapted.manifest["adaptation"]["from"] = info.get("from")  # the meta bundle, not the in-memory copy
+        return adapted
+
+    def _meta_model(self) -> Model:
+        """The meta model this one was adapted from, rebuilt from the bundle's meta_params.npz."""
+        if self.bundle.meta_params is None or self.bundle.shots is None:
+            source = (self.adaptation.get("from") or {}).get("path") or "META.fadapt"
+            raise FastadaptError(f"{self.path or 'this model'}: keeps no shots to add or remove classes with (adapted "
+                                 f"by an older fastadapt, or with adapt_arrays); adapt the meta model again with all "
+                                 f"the images: fastadapt adapt --model {printable(source)} --shots DIR --out ... "
+                                 f"(Python: fastadapt.load('{printable(source)}').adapt(...))")
+        manifest = {k: v for k, v in self.manifest.items() if k not in ("adaptation", "unknown")}
+        manifest.update(kind="meta", classes=None, parameters=list(self.bundle.meta_params),
+                        members={"params.npz": (self.adaptation.get("from") or {}).get("params_sha256")})
+        bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, self.bundle.meta_params, None)
+        return Model(bundle, self.graphs)
 
     def adapt(self, shots=None, steps=None, lr=None, progress=None, safeguard=True):
         source = (self.manifest.get("adaptation") or {}).get("from", {}).get("path") or "the meta model"
         raise FastadaptError(f"{self.path or 'this model'}: is already adapted (classes: {', '.join(self.classes[:5])}"
                              f"{', ...' if len(self.classes) > 5 else ''}); adaptation starts from a meta model, "
-                             f"so pass the meta bundle it came from ({source}) instead")
+                             f"so pass the meta bundle it came from ({source}) instead; to add or remove classes "
+                             f"use add_classes / remove_classes (CLI: fastadapt adapt --model ADAPTED --add DIR)")

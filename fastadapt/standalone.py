@@ -1,0 +1,161 @@
+"""A standalone ONNX model from an adapted bundle, for onnxruntime anywhere (web, mobile, C++), no fastadapt.
+
+    adapted.export_onnx("model.onnx")      # or: fastadapt export ADAPTED.fadapt --format onnx --out model.onnx
+
+writes two files:
+  model.onnx             the bundle's forward graph with the adapted weights inside (initializers):
+                         input  "images" float32 (B, C, H, W), preprocessed as the recipe says
+                         outputs "probabilities" float32 (B, N), softmax over the classes in recipe order,
+                                 "features" float32 (B, D)
+                         (the class names and the recipe are also in the model's metadata_props)
+  model.preprocess.json  the preprocessing recipe (RECIPE_FORMAT) and the class names
+
+Before writing, the file runs in onnxruntime on the bundle's stored shots and on fixed random images,
+and its probabilities must agree with ``AdaptedModel.probabilities`` (the rule of ``agrees``: relative
+to the values' size); otherwise nothing is written. Building the graph needs the ``onnx`` package
+(fastadapt[train]); it is imported only here, so the runtime stays onnx-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .errors import FastadaptError
+from .images import to_float
+from .outputs import check_inputs, refuse_unwritable, write_atomic
+
+RECIPE_FORMAT = "fastadapt-onnx-preprocess"
+VERIFY_TOL = 1e-4  # as fastadapt.meta_train.export.VERIFY_TOL (not imported: that module needs torch)
+VERIFY_RANDOM = 8  # fixed random images checked besides the stored shots
+VERIFY_SHOTS = 64  # at most this many stored shots checked
+
+
+def agrees(value, reference, tol: float = VERIFY_TOL) -> bool:
+    """|value - reference| <= tol * max(1, max|reference|), as meta_train.export.agrees."""
+    value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
+    return float(np.abs(value - reference).max()) <= tol * max(1.0, float(np.abs(reference).max()))
+
+
+def recipe_path(onnx_path: str) -> str:
+    """model.onnx -> model.preprocess.json (beside it)."""
+    root, ext = os.path.splitext(onnx_path)
+    return (root if ext.lower() == ".onnx" else onnx_path) + ".preprocess.json"
+
+
+def recipe(adapted, onnx_name: str) -> dict:
+    """How to turn an image into the model's input, and what its outputs mean."""
+    spec = adapted.preprocess
+    return {
+        "format": RECIPE_FORMAT, "version": 1, "model": onnx_name,
+        "input": {"name": "images", "dtype": "float32", "layout": "NCHW",
+                  "shape": ["batch", spec.channels, spec.size, spec.size]},
+        "outputs": {"probabilities": "float32 (batch, classes): softmax, in the order of 'classes'",
+                    "features": "float32 (batch, feature_dim): the embedding the head classifies"},
+        "classes": list(adapted.classes),
+        "steps": ["decode; apply the EXIF orientation",
+                  "transparent pixels onto white; convert to 'L' (channels 1) or 'RGB' (channels 3)",
+                  "fit into size x size (Lanczos): 'pad' = scale the longer side to size and centre on the "
+                  "median colour of the image's outermost pixels; 'crop' = the centre square; 'stretch' = squash",
+                  "if invert: 255 - pixel", "pixel / 255, then (x - mean[c]) / std[c], float32, channels first"],
+        "size": spec.size, "channels": spec.channels, "color": "L" if spec.channels == 1 else "RGB",
+        "fit": spec.fit, "resize": "lanczos", "invert": spec.invert, "mean": list(spec.mean), "std": list(spec.std),
+    }
+
+
+def build_onnx(adapted, described: dict) -> bytes:
+    """The forward graph with the adapted parameters as initializers and a softmax on the logits."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise FastadaptError('the ONNX export needs the onnx package: pip install "fastadapt[train]" '
+                             '(or pip install onnx)') from None
+    model = onnx.load_from_string(adapted.bundle.forward_onnx)
+    graph = model.graph
+    weights = [i for i in graph.input if i.name != "images"]
+    for given in weights:
+        graph.initializer.append(numpy_helper.from_array(adapted.params[given.name], given.name))
+        graph.input.remove(given)
+    graph.node.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1, name="probabilities"))
+    features = next(o for o in graph.output if o.name == "features")
+    del graph.output[:]
+    graph.output.extend([helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
+                                                       ["B", len(adapted.classes)]), features])
+    for key, value in (("classes", json.dumps(adapted.classes)),
+                       ("preprocess", json.dumps(described)), ("producer", "fastadapt")):
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001  (onnx raises ValidationError and others)
+        raise FastadaptError(f"{adapted.path or 'model'}: the standalone ONNX graph does not check "
+                             f"({str(exc).splitlines()[0][:200]}); re-export the bundle") from None
+    return model.SerializeToString()
+
+
+def _check(adapted, data: bytes) -> dict:
+    """The standalone graph's probabilities agree with AdaptedModel's, on stored shots and random images:
+    -> {"images": how many were compared, "max_abs_diff": the largest difference}."""
+    from .runtime.sessions import make_session
+
+    spec = adapted.preprocess
+    images = np.random.default_rng(0).integers(0, 256, (VERIFY_RANDOM, spec.channels, spec.size, spec.size),
+                                               dtype=np.uint8)
+    if adapted.bundle.shots is not None:
+        images = np.concatenate([adapted.bundle.shots["images"][:VERIFY_SHOTS], images])
+    x = to_float(images, spec)
+    session = make_session(data, "standalone model.onnx")
+    got = session.run(["probabilities"], {"images": x})[0]
+    expected = adapted.probabilities(x)
+    if got.shape != expected.shape or not agrees(got, expected):
+        difference = float(np.abs(got - expected).max()) if got.shape == expected.shape else got.shape
+        raise FastadaptError(f"{adapted.path or 'model'}: the standalone ONNX model disagrees with fastadapt's "
+                             f"predictions (max |difference| {difference}); nothing was written, please report it")
+    return {"images": len(x), "max_abs_diff": float(np.abs(got - expected).max())}
+
+
+def export_onnx(adapted, path, recipe_file=None) -> dict:
+    """Write ``path`` (the ONNX model) and ``recipe_file`` (default: beside it, .preprocess.json)."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise FastadaptError(f"export_onnx needs a file name such as 'model.onnx', got {path!r}")
+    path = os.fspath(path)
+    recipe_file = recipe_path(path) if recipe_file is None else os.fspath(recipe_file)
+    for out in (path, recipe_file):
+        refuse_unwritable(out, example="model.onnx")
+        check_inputs(out, [adapted.path])
+    if os.path.realpath(path) == os.path.realpath(recipe_file):
+        raise FastadaptError(f"{path}: the model and its preprocessing recipe need two different files")
+    described = recipe(adapted, os.path.basename(path))
+    data = build_onnx(adapted, described)
+    described["verification"] = _check(adapted, data)
+    write_atomic(path, data)
+    write_atomic(recipe_file, (json.dumps(described, indent=2) + "\n").encode())
+    return described
+
+
+def export_command(source: str, out: str, fmt: str, sign=None) -> None:
+    """``fastadapt export ADAPTED.fadapt --format onnx --out model.onnx``."""
+    from .cli import check_out
+    from .manifest import printable
+    from .runtime import load
+
+    if fmt not in ("fadapt", "onnx"):
+        raise FastadaptError(f"--format must be fadapt or onnx, got '{printable(fmt)}'")
+    if fmt == "fadapt":
+        raise FastadaptError(f"{printable(source)}: is a file; 'fastadapt export' makes a bundle from a run folder, or "
+                             f"with --format onnx a standalone ONNX model from an adapted bundle")
+    if sign is not None:
+        raise FastadaptError("--sign signs .fadapt bundles; an ONNX file carries no fastadapt signature (drop --sign)")
+    check_out(out, "--out", "model.onnx", inputs=[source], suffix=".onnx")
+    model = load(source)
+    if model.kind != "adapted":
+        raise FastadaptError(f"{printable(source)}: is a meta model with no classes; adapt it first "
+                             f"('fastadapt adapt --model {printable(source)} --shots DIR --out adapted.fadapt'), "
+                             f"then export the adapted bundle")
+    described = export_onnx(model, out)
+    check = described["verification"]
+    print(f"wrote {out} ({os.path.getsize(out) / 1e6:.2f} MB, {len(model.classes)} classes) and "
+          f"{recipe_path(out)}; probabilities agree with 'fastadapt predict' on {check['images']} images "
+          f"(max |difference| {check['max_abs_diff']:.1e})")

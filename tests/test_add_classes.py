@@ -1,0 +1,156 @@
+"""Adding and removing classes of an adapted model: re-adaptation from the meta-initialisation on the shots
+the bundle keeps, equal bit for bit to adapting on all the images at once; reproducible bundles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastadapt
+from conftest import glyph_images, save_folder
+from fastadapt.bundle import arrays_to_bytes, read_bundle
+from fastadapt.errors import FastadaptError
+from test_cli_runtime import assert_user_error, run_cli
+
+IMAGES = glyph_images(5, 3, seed=11)
+FIRST = {k: IMAGES[k] for k in list(IMAGES)[:3]}
+LATER = {k: IMAGES[k] for k in list(IMAGES)[3:]}
+
+
+@pytest.fixture(scope="module")
+def meta():
+    return fastadapt.load()
+
+
+@pytest.fixture(scope="module")
+def saved(meta, tmp_path_factory):
+    """The default model adapted to the first 3 classes, saved and loaded back."""
+    path = tmp_path_factory.mktemp("add") / "three.fadapt"
+    meta.adapt(FIRST).save(str(path))
+    return fastadapt.load(str(path))
+
+
+def same_params(a, b) -> bool:
+    return list(a.params) == list(b.params) and all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+
+
+def test_adding_classes_equals_adapting_on_all_at_once(meta, saved, tmp_path):
+    grown = saved.add_classes(LATER)
+    at_once = meta.adapt(IMAGES)
+    assert grown.classes == at_once.classes == list(IMAGES)
+    assert same_params(grown, at_once)
+    grown.save(str(tmp_path / "grown.fadapt"))
+    at_once.save(str(tmp_path / "at_once.fadapt"))
+    assert (tmp_path / "grown.fadapt").read_bytes() == (tmp_path / "at_once.fadapt").read_bytes()
+
+
+def test_removing_a_class_and_adding_to_one(meta, saved):
+    smaller = saved.add_classes(LATER).remove_classes(["class03", "class04"])
+    assert same_params(smaller, saved) and smaller.classes == saved.classes
+    more = {"class01": IMAGES["class04"][:1]}  # an existing label: its shots grow
+    grown = saved.add_classes(more)
+    expected = meta.adapt({**FIRST, "class01": FIRST["class01"] + more["class01"]})
+    assert grown.classes == saved.classes and same_params(grown, expected)
+    assert grown.adaptation["shots_per_class"]["class01"] == 4
+
+
+def test_recipe_overrides_and_bundles_without_shots(meta, saved, tmp_path):
+    assert saved.add_classes(LATER, steps=0).adaptation["steps_requested"] == 0
+    with pytest.raises(FastadaptError, match="cannot remove class 'nope'"):
+        saved.remove_classes(["nope"])
+    with pytest.raises(FastadaptError, match="would leave 1 class"):
+        saved.remove_classes(["class00", "class01"])
+    data = fastadapt.runtime.shots.load_shots(FIRST, meta.preprocess)
+    old = meta.adapt_arrays(fastadapt.images.to_float(data.images, meta.preprocess), data.labels, data.classes)
+    old.save(str(tmp_path / "old.fadapt"))
+    assert set(zipfile.ZipFile(tmp_path / "old.fadapt").namelist()) == \
+        {"manifest.json", "manifest.sha256", "forward.onnx", "step.onnx", "params.npz"}
+    with pytest.raises(FastadaptError, match="keeps no shots") as error:
+        fastadapt.load(str(tmp_path / "old.fadapt")).add_classes(LATER)
+    assert "fastadapt adapt --model default.fadapt --shots" in str(error.value)
+
+
+def test_cli_add_and_remove(saved, tmp_path, capsys):
+    folder = save_folder(LATER, tmp_path / "later")
+    code, out, err = run_cli(capsys, "adapt", "--model", saved.path, "--add", folder, "--remove", "class00",
+                             "--out", tmp_path / "changed.fadapt")
+    assert code == 0, err
+    changed = fastadapt.load(str(tmp_path / "changed.fadapt"))
+    assert changed.classes == ["class01", "class02", "class03", "class04"]
+    assert "to 4 classes" in out
+    assert_user_error(*run_cli(capsys, "adapt", "--model", fastadapt.load().path, "--add", folder, "--out",
+                               tmp_path / "x.fadapt"), "is a meta model")
+    assert_user_error(*run_cli(capsys, "adapt", "--model", saved.path, "--out", tmp_path / "x.fadapt"), "--shots")
+    assert_user_error(*run_cli(capsys, "adapt", "--model", saved.path, "--remove", "zebra", "--out",
+                               tmp_path / "x.fadapt"), "zebra")
+    assert not (tmp_path / "x.fadapt").exists()
+
+
+def test_two_identical_adapt_runs_write_identical_bytes(tmp_path, capsys):
+    folder = save_folder(FIRST, tmp_path / "shots")
+    for name in ("a.fadapt", "b.fadapt"):
+        code, out, err = run_cli(capsys, "adapt", "--shots", folder, "--out", tmp_path / name)
+        assert code == 0, err
+    assert (tmp_path / "a.fadapt").read_bytes() == (tmp_path / "b.fadapt").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.fadapt") as archive:
+        for info in archive.infolist():
+            assert info.date_time == (1980, 1, 1, 0, 0, 0) and (info.external_attr >> 16) & 0o777 == 0o644
+        manifest = json.loads(archive.read("manifest.json"))
+    assert "seconds" not in manifest["adaptation"] and "created" not in manifest["adaptation"]
+
+
+def _rewrite(src, dst, **members) -> None:
+    """Copy a bundle with members replaced and the manifest's checksums updated to match."""
+    with zipfile.ZipFile(src) as archive:
+        data = {name: archive.read(name) for name in archive.namelist()}
+    data.update(members)
+    manifest = json.loads(data["manifest.json"])
+    for name in members:
+        manifest["members"][name] = hashlib.sha256(data[name]).hexdigest()
+    data["manifest.json"] = json.dumps(manifest).encode()
+    data["manifest.sha256"] = hashlib.sha256(data["manifest.json"]).hexdigest().encode()
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, value in data.items():
+            archive.writestr(name, value)
+
+
+@pytest.mark.parametrize("shots, match", [
+    ({"images": np.zeros((9, 1, 28, 28), np.float32), "labels": np.zeros(9, np.int64)}, "not uint8"),
+    ({"images": np.zeros((9, 1, 28, 28), np.uint8), "labels": np.full(9, 7, np.int64)}, "class by class"),
+    ({"images": np.zeros((9, 1, 14, 14), np.uint8), "labels": np.repeat(np.arange(3), 3)}, "shape"),
+    ({"images": np.zeros((9, 1, 28, 28), np.uint8)}, "lacks labels"),
+])
+def test_damaged_stored_shots_are_refused_on_load(saved, tmp_path, shots, match):
+    path = tmp_path / "bad.fadapt"
+    _rewrite(saved.path, path, **{"shots.npz": arrays_to_bytes(shots)})
+    with pytest.raises(FastadaptError, match=match) as error:
+        read_bundle(str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_stored_shots_member_is_size_limited(saved, tmp_path, monkeypatch):
+    from fastadapt import bundle
+
+    monkeypatch.setitem(bundle.MEMBER_LIMITS, "shots.npz", 1000)
+    with pytest.raises(FastadaptError, match="shots.npz declares"):
+        read_bundle(saved.path)
+
+
+def test_one_optional_member_without_the_other_is_refused(saved, tmp_path):
+    with zipfile.ZipFile(saved.path) as archive:
+        data = {name: archive.read(name) for name in archive.namelist()}
+    manifest = json.loads(data["manifest.json"])
+    del manifest["members"]["meta_params.npz"]
+    data["manifest.json"] = json.dumps(manifest).encode()
+    data["manifest.sha256"] = hashlib.sha256(data["manifest.json"]).hexdigest().encode()
+    with zipfile.ZipFile(tmp_path / "half.fadapt", "w") as archive:
+        for name, value in data.items():
+            archive.writestr(name, value)
+    with pytest.raises(FastadaptError, match="together"):
+        read_bundle(str(tmp_path / "half.fadapt"))
+    assert os.path.getsize(saved.path) < 1_000_000

@@ -1,0 +1,111 @@
+"""fastadapt export ADAPTED.fadapt --format onnx: one self-contained ONNX model and its preprocessing recipe,
+equal to fastadapt's own predictions, run with plain onnxruntime by the README's example."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastadapt
+from conftest import glyph_images
+from fastadapt.errors import FastadaptError
+from sample_data import REPO
+from test_cli_runtime import assert_user_error, run_cli
+
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory):
+    """The shipped default model adapted to 4 glyph classes, saved."""
+    images = glyph_images(4, 3, seed=7)
+    path = tmp_path_factory.mktemp("standalone") / "glyphs.fadapt"
+    fastadapt.load().adapt(images).save(str(path))
+    return fastadapt.load(str(path))
+
+
+def readme_example() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Deploy without fastadapt", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[0]
+
+
+def test_export_writes_a_self_contained_model_and_its_recipe(adapted, tmp_path):
+    import onnx
+
+    recipe = adapted.export_onnx(str(tmp_path / "m.onnx"))
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    assert [i.name for i in model.graph.input] == ["images"]  # every weight is inside
+    assert [o.name for o in model.graph.output] == ["probabilities", "features"]
+    written = json.loads((tmp_path / "m.preprocess.json").read_text())
+    assert written == json.loads(json.dumps(recipe))
+    assert written["classes"] == adapted.classes and written["size"] == 28 and written["invert"] is True
+    assert written["verification"]["max_abs_diff"] <= 1e-4
+    assert json.loads({p.key: p.value for p in model.metadata_props}["classes"]) == adapted.classes
+
+
+def test_readme_example_gives_fastadapts_probabilities(adapted, tmp_path, monkeypatch):
+    """The README's plain-onnxruntime code, run as written, on square, non-square and transparent pictures."""
+    code = readme_example()
+    assert "fastadapt" not in code
+    adapted.export_onnx(str(tmp_path / "mine.onnx"))
+    paths = []
+    for i, (image,) in enumerate(glyph_images(4, 1, seed=8).values()):
+        paths.append(str(tmp_path / f"square{i}.png"))
+        image.save(paths[-1])
+    wide = Image.new("L", (60, 25), 255)
+    wide.paste(glyph_images(1, 1, seed=9)["class00"][0].convert("L").resize((25, 25)), (17, 0))
+    wide.save(tmp_path / "wide.png")
+    tall = Image.new("RGBA", (21, 50), (0, 0, 0, 0))
+    tall.paste(Image.new("RGBA", (5, 30), (0, 0, 0, 255)), (8, 10))
+    tall.save(tmp_path / "tall.png")
+    paths += [str(tmp_path / "wide.png"), str(tmp_path / "tall.png")]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["example.py", *paths])
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    expected = np.array([[p for _, p in sorted(r.top, key=lambda t: adapted.classes.index(t[0]))]
+                         for r in adapted.predict(paths, top=len(adapted.classes))])
+    got = namespace["probabilities"]
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-4
+    assert [adapted.classes[i] for i in got.argmax(1)] == [r.label for r in adapted.predict(paths)]
+
+
+def test_cli_export_onnx(adapted, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "export", adapted.path, "--format", "onnx", "--out", tmp_path / "cli.onnx")
+    assert code == 0, err
+    assert "wrote" in out and "cli.preprocess.json" in out
+    assert (tmp_path / "cli.onnx").exists() and (tmp_path / "cli.preprocess.json").exists()
+
+
+def test_cli_export_onnx_mistakes_are_one_line(adapted, tmp_path, capsys):
+    meta = fastadapt.load().path
+    assert_user_error(*run_cli(capsys, "export", meta, "--format", "onnx", "--out", tmp_path / "m.onnx"), "adapt it first")
+    assert_user_error(*run_cli(capsys, "export", adapted.path, "--format", "tflite", "--out", tmp_path / "m.onnx"),
+                      "--format")
+    assert_user_error(*run_cli(capsys, "export", adapted.path, "--out", tmp_path / "m.fadapt"), "--format onnx")
+    assert_user_error(*run_cli(capsys, "export", adapted.path, "--format", "onnx", "--out", tmp_path / "m.bin"),
+                      "--out")
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_onnx_package_says_how_to_install(adapted, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    with pytest.raises(FastadaptError, match=r'pip install "fastadapt\[train\]"') as error:
+        adapted.export_onnx(str(tmp_path / "m.onnx"))
+    assert "\n" not in str(error.value) and not list(tmp_path.iterdir())
+
+
+def test_a_disagreeing_model_is_not_written(adapted, tmp_path, monkeypatch):
+    from fastadapt import standalone
+
+    monkeypatch.setattr(standalone.agrees, "__defaults__", (-1.0,))  # a tolerance nothing meets
+    with pytest.raises(FastadaptError, match="disagrees"):
+        adapted.export_onnx(str(tmp_path / "m.onnx"))
+    assert not list(tmp_path.iterdir())
