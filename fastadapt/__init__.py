@@ -6,16 +6,18 @@
     print(adapted.predict("query.png").label)
     adapted.save("mine.fadapt")                    # fastadapt.load("mine.fadapt") predicts right away
 
+Images may be paths, encoded bytes, binary file objects, PIL images or numpy arrays. Mistakes raise
+``FastadaptError``; warnings are ``FastadaptWarning`` (Python's ``warnings`` module: filter or record them).
 The runtime (and onnxruntime) is imported on first use, so ``import fastadapt`` stays fast.
 """
 
 __version__ = "0.1.0"
 
-from .errors import FastadaptError  # noqa: E402
+from .errors import FastadaptError, FastadaptWarning  # noqa: E402
 
 _RUNTIME = ("load", "adapt", "Model", "AdaptedModel", "Prediction", "evaluate_bundle", "evaluate_unknown")
 
-__all__ = ["FastadaptError", "__version__", *_RUNTIME]
+__all__ = ["FastadaptError", "FastadaptWarning", "__version__", *_RUNTIME]
 
 
 def __getattr__(name):

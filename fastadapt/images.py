@@ -20,7 +20,7 @@ import stat
 import threading
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, BinaryIO, Iterable, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin
@@ -43,9 +43,14 @@ DRAFT_MARGIN = 8
 
 FITS = ("pad", "stretch", "crop")
 
-ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
 
-ACCEPTED = "pass an image file path, a PIL image or a numpy array (HxW, HxWxC or CxHxW)"
+ACCEPTED = ("pass an image file path, encoded image bytes, a binary file object, a PIL image or a numpy array "
+            "(HxW, HxWxC or CxHxW)")
+
+# Most bytes read from a file object that cannot seek (a pipe, a socket stream): an uncompressed image of
+# MAX_PIXELS RGBA pixels, plus headers. Seekable ones (files, BytesIO, uploads) are read only as far as needed.
+MAX_STREAM_BYTES = 4 * MAX_PIXELS + (1 << 20)
 
 # Image.open warns (DecompressionBombWarning) before we can look at the size; we silence it locally,
 # without touching Pillow's global MAX_IMAGE_PIXELS (the host app owns that). catch_warnings is
@@ -153,6 +158,9 @@ def _decode(fp, name: str, target: int | None) -> Image.Image:
         size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "too many pixels"
         raise FastadaptError(f"{name}: {size} is over the limit of {MAX_PIXELS // 1_000_000} MP; "
                              f"downscale it (a few hundred pixels a side is plenty)") from None
+    except Image.UnidentifiedImageError:  # its message names the stream object, which says nothing to a user
+        raise FastadaptError(f"{name}: not a readable image (no known image format); use PNG, JPEG, BMP or "
+                             f"WebP") from None
     except Exception as exc:  # Pillow raises many types for damaged headers
         raise FastadaptError(f"{name}: not a readable image ({_reason(exc)}); use PNG, JPEG, BMP or WebP") from None
     try:
@@ -183,6 +191,57 @@ def decode_bytes(data: bytes, name: str) -> Image.Image:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FastadaptError(f"{name}: expected image bytes, got {type(data).__name__}")
     return _upright(_decode(io.BytesIO(data), name, None), name)
+
+
+def is_file_object(source: Any) -> bool:
+    """A readable file-like object (open(..., "rb"), io.BytesIO, a web framework's upload)."""
+    return callable(getattr(source, "read", None)) and not isinstance(source, (str, bytes, os.PathLike, Image.Image))
+
+
+def is_image_source(source: Any) -> bool:
+    """One image in any accepted form (rather than a list of them)."""
+    return isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)) \
+        or is_file_object(source)
+
+
+def _stream_name(stream) -> str:
+    name = getattr(stream, "name", None)
+    return f"file object {name}" if isinstance(name, str) and name else "file object"
+
+
+def _read_stream(stream, target: int | None) -> Image.Image:
+    """A binary file object: regular files and in-memory streams only, then the same checks as a path."""
+    name = _stream_name(stream)
+    try:
+        fileno = stream.fileno()
+    except Exception:  # io.BytesIO, SpooledTemporaryFile in memory, wrappers: no descriptor
+        fileno = None
+    if fileno is not None:
+        try:
+            regular = stat.S_ISREG(os.fstat(fileno).st_mode)
+        except OSError as exc:
+            raise FastadaptError(f"{name}: cannot read ({exc.strerror or exc})") from None
+        if not regular:
+            raise FastadaptError(f"{name}: not a regular file (a pipe, device or socket); pass the image's bytes "
+                                 f"(data = stream.read()) or a file opened from disk")
+    try:
+        seekable = bool(stream.seekable()) if callable(getattr(stream, "seekable", None)) else False
+        if seekable:
+            first = stream.read(0)
+        else:
+            first = stream.read(MAX_STREAM_BYTES + 1)
+    except Exception as exc:
+        raise FastadaptError(f"{name}: cannot read ({_reason(exc)}); pass an open binary file object") from None
+    if isinstance(first, str):
+        raise FastadaptError(f"{name}: is opened in text mode; open the image with open(path, 'rb')")
+    if not isinstance(first, (bytes, bytearray, memoryview)):
+        raise FastadaptError(f"{name}: read() returned {type(first).__name__}, not bytes; pass a binary file object")
+    if seekable:
+        return _decode(stream, name, target)
+    if len(first) > MAX_STREAM_BYTES:
+        raise FastadaptError(f"{name}: more than {MAX_STREAM_BYTES // 2**20} MB; this is not an image of at most "
+                             f"{MAX_PIXELS // 1_000_000} MP, downscale it")
+    return _decode(io.BytesIO(first), name, target)
 
 
 def _upright(image: Image.Image, name: str) -> Image.Image:
@@ -248,14 +307,19 @@ def open_reduced(source: ImageSource, target: int | None) -> Image.Image:
         if not path:
             raise FastadaptError(f"an empty path is not an image; {ACCEPTED}")
         return _upright(_read_file(path, target), path)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        raise FastadaptError(f"got bytes, not an image; for encoded image bytes pass "
-                             f"PIL.Image.open(io.BytesIO(data)), otherwise {ACCEPTED}")
+    if isinstance(source, (bytes, bytearray, memoryview)):  # encoded image bytes (a web upload)
+        if not len(source):
+            raise FastadaptError(f"empty image bytes; {ACCEPTED}")
+        return _upright(_decode(io.BytesIO(source), "image bytes", target), "image bytes")
+    if is_file_object(source):
+        name = _stream_name(source)
+        return _upright(_read_stream(source, target), name)
     raise FastadaptError(f"got {type(source).__name__}, not an image; {ACCEPTED}")
 
 
 def open_image(source: ImageSource) -> Image.Image:
-    """Decode a path, PIL image or numpy array into an upright PIL image; errors name the file."""
+    """Decode a path, image bytes, binary file object, PIL image or numpy array into an upright PIL image;
+    errors name the file."""
     return open_reduced(source, None)
 
 
@@ -264,6 +328,10 @@ def open_image(source: ImageSource) -> Image.Image:
 def _name(source) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(os.fspath(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "image bytes"
+    if is_file_object(source):
+        return _stream_name(source)
     return "PIL image" if isinstance(source, Image.Image) else "image"
 
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+
+# Width for stderr when it is not a terminal (a log file, CI, a pipe) and COLUMNS is unset: rich would
+# assume 80 and cut the status text; progress lines are only as wide as their content anyway.
+LOG_WIDTH = 240
 
 
 def stderr_console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    interactive = sys.stderr.isatty() if hasattr(sys.stderr, "isatty") else False
+    width = None if interactive or os.environ.get("COLUMNS") else LOG_WIDTH
+    return Console(stderr=True, width=width)
 
 
 def progress_bar(quiet: bool = False):

@@ -1,4 +1,6 @@
-"""Regenerate the example images shipped in fastadapt/assets/examples (the demo's and examples/).
+"""Regenerate the example drawings: examples/ (the README's commands) and fastadapt/assets/examples (the copy
+the package ships, which ``fastadapt demo`` uses). Both hold the same files; they are real folders, not a
+symlink, so checkouts without symlinks (Git for Windows' default) work too. Git stores each image once.
 
     python scripts/make_examples.py
 
@@ -13,7 +15,9 @@ import numpy as np
 
 from fastadapt.data.shapes import SHAPES, draw_shape
 
-ROOT = Path(__file__).resolve().parent.parent / "fastadapt" / "assets" / "examples"
+REPO = Path(__file__).resolve().parent.parent
+ROOT = REPO / "examples"
+PACKAGED = REPO / "fastadapt" / "assets" / "examples"
 
 
 def main(per_split: int = 5, seed: int = 2026) -> None:
@@ -25,7 +29,9 @@ def main(per_split: int = 5, seed: int = 2026) -> None:
             folder.mkdir(parents=True)
             for i in range(per_split):
                 draw_shape(name, rng).save(folder / f"{name}_{i + 1}.png", optimize=True)
-    print(f"wrote {len(SHAPES) * 2 * per_split} images under {ROOT}")
+    shutil.rmtree(PACKAGED, ignore_errors=True)
+    shutil.copytree(ROOT, PACKAGED)
+    print(f"wrote {len(SHAPES) * 2 * per_split} images under {ROOT} and the same under {PACKAGED}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,16 @@ BUNDLE_SOURCES = ("fastadapt/meta_train/export.py", "fastadapt/meta_train/inner_
 WIDTH, STEPS, LR = 16, 3, 0.4
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """Inside each test, fastadapt's warnings (FastadaptWarning) print as the CLI prints them, one line
+    "warning: ..." on stderr, so tests read them with capsys; pytest.warns still records them."""
+    from fastadapt.errors import cli_warnings
+
+    with cli_warnings():
+        yield
+
+
 def _cache_key() -> str:
     import torch
 

@@ -177,7 +177,7 @@ def _closed_image():
 
 
 @pytest.mark.parametrize("bad, words", [
-    (None, "got NoneType"), (42, "got int"), (b"\x89PNG", "got bytes"), ("", "empty path"),
+    (None, "got NoneType"), (42, "got int"), (b"\x89PNG", "image bytes: not a readable image"), ("", "empty path"),
     (np.zeros((10, 10, 5), np.uint8), "shape (10, 10, 5)"), (np.zeros((2, 3, 4, 5)), "shape"),
     (np.zeros(7), "shape"), (np.array([[1, None]], dtype=object), "dtype object"),
     (np.array([["a", "b"]]), "dtype <U1"), (np.zeros((4, 4), np.complex64), "complex64"),

@@ -9,18 +9,34 @@ import threading
 
 import typer
 
-from ..errors import FastadaptError
+from .. import __version__
+from ..errors import FastadaptError, cli_warnings
 from ..outputs import check_inputs, refuse_unwritable
 
 app = typer.Typer(
     name="fastadapt",
     help="Few-shot adaptation on the edge: meta-train a model once (train, evaluate, export), then teach "
-         "it new classes from a handful of images on the device (adapt, predict), without torch.",
+         "it new classes from a handful of images on the device (adapt, predict), without torch. Results go to "
+         "stdout; progress, warnings and errors to stderr.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"fastadapt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Options of fastadapt itself (the app's help text is the one given to typer.Typer above)."""
 
 
 def check_out(out, flag: str = "--out", example: str = "adapted.fadapt", inputs=(), suffix: str | None = None) -> None:
@@ -52,7 +68,8 @@ def main() -> None:
     main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be set there
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        app()
+        with cli_warnings():  # library warnings (FastadaptWarning) print as one line "warning: ..." on stderr
+            app()
     except FastadaptError as exc:
         rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""  # under torchrun
         print(f"error: {rank}{exc}", file=sys.stderr)

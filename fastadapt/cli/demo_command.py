@@ -27,9 +27,11 @@ def demo(
 ) -> None:
     """Teach the default model 8 hand-drawn shapes from --shots drawings each, then classify 40 new drawings.
 
-    Uses only the installed package: the example drawings ship inside it (fastadapt/assets/examples, also
-    examples/ in a checkout), made by this project's own drawing code. Prints each prediction, the accuracy
-    and the adaptation time.
+    Uses only the installed package: the example drawings ship inside it (fastadapt/assets/examples, the
+    same as examples/ in a checkout), made by this project's own drawing code. Prints each prediction, the
+    accuracy and the adaptation time.
+
+    Example: fastadapt demo --shots 5 --sheet demo.png
     """
     from rich.console import Console
     from rich.table import Table
@@ -71,4 +73,4 @@ def demo(
         from .sheet import contact_sheet
 
         contact_sheet([str(p) for p in queries], predictions, str(sheet))
-        console.print(f"wrote {sheet}")
+        Console(stderr=True).print(f"wrote {sheet}")  # stdout holds only the results

@@ -16,6 +16,8 @@ from ..manifest import printable
 from ..progress import lazy_reporter, stderr_console
 from . import app, check_out
 
+TOP = 3  # predict's default number of classes shown, on the CLI and in the Python API (runtime/model.py)
+
 SHOTS_HELP = ("Folder with one subfolder per class, holding that class's example images (the folder name "
               "is the label): SHOTS/cat/1.png, SHOTS/dog/1.jpg ... At least 2 classes; any number of images "
               "per class, unbalanced is fine.")
@@ -134,10 +136,13 @@ def predict(
                                         show_default=False),
     model: Path = typer.Option(..., "--model", help="An adapted model made by 'fastadapt adapt'.",
                                show_default=False),
-    top: int = typer.Option(1, "--top", min=1, help="Show the N most likely classes for each image."),
+    top: int = typer.Option(TOP, "--top", min=1, help="Show the N most likely classes for each image (the "
+                            "Python API's predict(top=...) has the same default)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line: "
                                  '{"path", "label", "probability", "top": [{"label", "probability"}], "unknown", '
                                  '"score"} (strict JSON).'),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV with a header row: path, label, probability, unknown, "
+                                "score, then top1_label, top1_probability ... up to --top."),
     unknown: bool = typer.Option(False, "--unknown", help="Answer 'unknown' for images that look like none of "
                                  "the classes: score below the threshold calibrated when the model was adapted "
                                  "(see 'fastadapt info'). The closest class is still shown."),
@@ -159,6 +164,8 @@ def predict(
     from ..images import polarity_warning, to_float, to_uint8
     from ..runtime import load
 
+    if as_json and as_csv:
+        raise FastadaptError("--json and --csv: choose one output format")
     loaded = load(model, trusted_key)
     if sheet is not None:
         check_out(sheet, "--sheet", "predictions.png", inputs=[*images, model], suffix=".png")
@@ -182,7 +189,9 @@ def predict(
     threshold = loaded.threshold(unknown_threshold if unknown_threshold is not None else unknown)
     probabilities, scores = loaded.scores(to_float(np.stack(arrays), loaded.preprocess))
     results = loaded.predictions(probabilities, top, scores, threshold)
-    for path, result in zip(kept, results):
+    if as_csv:
+        _write_csv(kept, results, top)
+    for path, result in zip(kept, [] if as_csv else results):
         if as_json:
             print(json.dumps({"path": path, **result.to_dict()}, allow_nan=False))
         else:
@@ -197,4 +206,25 @@ def predict(
         from .sheet import contact_sheet
 
         contact_sheet(kept, results, str(sheet))
-        print(f"wrote {sheet}", file=sys.stderr if as_json else sys.stdout)
+        print(f"wrote {sheet}", file=sys.stderr)  # stdout holds only the results
+
+
+def _write_csv(paths: list, results: list, top: int) -> None:
+    """predict --csv: one row per image; top columns up to --top (empty where the model has fewer classes)."""
+    import csv
+
+    columns = ["path", "label", "probability", "unknown", "score"]
+    for rank in range(1, top + 1):
+        columns += [f"top{rank}_label", f"top{rank}_probability"]
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    for path, result in zip(paths, results):
+        row = [path, result.label, repr(result.probability), str(result.unknown).lower(),
+               "" if result.score is None else repr(result.score)]  # full precision, as --json
+        for rank in range(top):
+            if rank < len(result.top):
+                label, probability = result.top[rank]
+                row += [label, repr(probability)]
+            else:
+                row += ["", ""]
+        writer.writerow(row)

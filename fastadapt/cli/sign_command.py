@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -30,9 +31,9 @@ def keygen(
 
     public = write_private_key(str(out)).hex()
     write_atomic(f"{out}.pub", (public + "\n").encode())
-    print(f"wrote private key {out} (keep it secret) and public key {out}.pub")
+    print(f"wrote private key {out} (keep it secret) and public key {out}.pub", file=sys.stderr)
     print(f"public key: {public}")
-    print(f"devices trust it with FASTADAPT_TRUSTED_KEYS={public}")
+    print(f"devices trust it with FASTADAPT_TRUSTED_KEYS={public}", file=sys.stderr)
 
 
 @app.command(rich_help_panel=PANEL)
@@ -58,4 +59,4 @@ def sign(
     public = sign_bundle(str(model), read_private_key(str(key)), None if out is None else str(out))
     print(f"signed {out if out is not None else model} with key {public}")
     if out is not None and os.path.abspath(str(out)) != os.path.abspath(str(model)):
-        print(f"(the original {model} is unchanged and unsigned)")
+        print(f"(the original {model} is unchanged and unsigned)", file=sys.stderr)

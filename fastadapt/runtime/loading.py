@@ -19,7 +19,7 @@ def default_model_path() -> str:
     return DEFAULT_MODEL
 
 
-def load(path: str | os.PathLike | None = None, trusted_keys=None):
+def load(path: str | os.PathLike | None = None, trusted_keys=None) -> Model | AdaptedModel:
     """Read and verify a bundle. No path: the shipped default meta-initialisation.
 
     trusted_keys  hex Ed25519 public keys (``fastadapt keygen``); with those in FASTADAPT_TRUSTED_KEYS,

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from ..bundle import Bundle, save_bundle
 from ..errors import FastadaptError, warn
-from ..images import Preprocess, polarity_warning, to_float, to_uint8
+from ..images import Preprocess, is_image_source, polarity_warning, to_float, to_uint8
 from ..manifest import MAX_STEPS, printable  # the same bound as a bundle's recipe: a typo such as 10**12 would never end
 from .adaptation import check_finite, choose_steps, run_steps, softmax
 from .head import init_head
@@ -112,18 +111,17 @@ def _where(bundle: Bundle) -> str:
     return bundle.path or "model"
 
 
-IMAGE_TYPES = (str, os.PathLike, Image.Image, np.ndarray)
-
-
 def _is_batch(images) -> bool:
-    """One image (path, PIL image, HxW[xC] array) or a batch (a list/tuple of them, an NxCxHxW array)."""
-    if isinstance(images, (str, os.PathLike, Image.Image)):
-        return False
+    """One image (path, bytes, binary file object, PIL image, HxW[xC] array) or a batch (a list/tuple of
+    them, an NxCxHxW array)."""
     if isinstance(images, np.ndarray):
         return images.ndim == 4
+    if is_image_source(images):
+        return False
     if isinstance(images, (list, tuple)):
         return True
-    raise FastadaptError(f"predict takes an image (a path, a PIL image or a numpy array) or a list of them, "
+    raise FastadaptError(f"predict takes an image (a path, image bytes, a binary file object, a PIL image or a "
+                         f"numpy array) or a list of them, "
                          f"got {type(images).__name__}")
 
 
@@ -248,7 +246,7 @@ class Model(_Loaded):
                 f"good for {good_for(self)}; for other images, meta-train your own model (README: 'Meta-train "
                 f"your own')")
 
-    def predict(self, images, top: int = 5, unknown=None):
+    def predict(self, images, top: int = 3, unknown=None) -> Prediction | list[Prediction]:
         raise FastadaptError(f"{self.path or 'this model'}: is a meta model with no classes yet; adapt it first: "
                              f"'fastadapt adapt --model {self.path or 'MODEL.fadapt'} --shots DIR --out adapted.fadapt' "
                              f"(Python: model.adapt('DIR'))")
@@ -301,8 +299,10 @@ class AdaptedModel(_Loaded):
         """Softmax probabilities (B, N) for preprocessed float32 images (B, C, H, W)."""
         return self.scores(images)[0]
 
-    def predict(self, images, top: int = 5, unknown=None):
-        """Predict one image (path, PIL image or HxW[xC] array) -> ``Prediction``; a list of them -> list.
+    def predict(self, images, top: int = 3, unknown=None) -> Prediction | list[Prediction]:
+        """Predict one image (path, image bytes, binary file object, PIL image or HxW[xC] array) -> ``Prediction``;
+        a list of them -> list. ``top``: how many of the most likely classes ``Prediction.top`` lists (the CLI's
+        ``predict --top`` has the same default).
 
         Each image's answer depends on that image alone, never on the others in the list.
         unknown   None/False: always answer a class; True: mark images below the threshold calibrated at
@@ -314,8 +314,9 @@ class AdaptedModel(_Loaded):
         if not items:
             return []
         for item in items:
-            if not isinstance(item, IMAGE_TYPES):
-                raise FastadaptError(f"predict: an image must be a path, a PIL image or a numpy array, "
+            if not is_image_source(item):
+                raise FastadaptError(f"predict: an image must be a path, image bytes, a binary file object, a PIL "
+                                     f"image or a numpy array, "
                                      f"got {type(item).__name__}")
         arrays = [to_uint8(item, self.preprocess) for item in items]
         names = [os.fspath(i) if isinstance(i, (str, os.PathLike)) else f"image {n}" for n, i in enumerate(items)]
@@ -341,7 +342,7 @@ class AdaptedModel(_Loaded):
         raise FastadaptError(f"--unknown-threshold must be a finite number (or unknown=True for the calibrated "
                              f"{self.unknown_threshold}), got {unknown!r}")
 
-    def predictions(self, probabilities: np.ndarray, top: int = 5, scores: np.ndarray | None = None,
+    def predictions(self, probabilities: np.ndarray, top: int = 3, scores: np.ndarray | None = None,
                     threshold: float | None = None) -> list:
         """Turn (B, N) probabilities (and (B,) scores) into ``Prediction`` objects; with a ``threshold``,
         images scoring below it are ``unknown``."""
