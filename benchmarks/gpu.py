@@ -189,8 +189,9 @@ def run(iterations: int = 8, minutes: float = 3.0, peak_size: int = 8192) -> dic
         require_cuda()
     import torch
 
-    from fastadapt.meta_train.parts import make_samplers
+    from fastadapt.meta_train.parts import make_samplers, resolve_device
 
+    resolve_device(DEVICE)  # the trainer's numerics (on CUDA: no TF32), so the peak below is the right one
     data = data_source()
     if data == "synthetic":
         raise SystemExit("python -m benchmarks --only gpu: needs real Omniglot (FASTADAPT_OMNIGLOT=folder of "

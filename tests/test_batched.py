@@ -24,7 +24,8 @@ from fastadapt.data.sampler import Task, TaskSampler
 from fastadapt.errors import FastadaptError
 from fastadapt.images import Preprocess, to_float
 from fastadapt.meta_train.algorithms import Batch, Chunks, meta_gradient
-from fastadapt.meta_train.parts import DeviceTasks, batched_path, check_config, model_spec_of, recipe_of, to_batch
+from fastadapt.meta_train.parts import (DeviceTasks, batched_path, check_config, model_spec_of, recipe_of,
+                                       resolve_device, to_batch)
 from fastadapt.meta_train.run import TrainConfig
 from fastadapt.models import build_model
 
@@ -36,6 +37,7 @@ EPS32 = torch.finfo(torch.float32).eps
 
 def setup(c: TrainConfig, device, dtype, tasks: int = 3, seed: int = 0):
     """The trainer's model, meta-parameters and recipe for config ``c``, and random tasks, in ``dtype``."""
+    resolve_device(str(device))  # on CUDA: true float32, as the trainer runs (no TF32)
     torch.manual_seed(seed)
     model = build_model(model_spec_of(c))
     params = {k: v.detach().clone() for k, v in model.named_parameters()}

@@ -133,7 +133,7 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
             lock.acquire()
             c = resolve_config(asked, rundir, resume, given)
             remove_temp_files(rundir)
-        device = job.device if job.active else resolve_device(c.device)
+        device = resolve_device(str(job.device)) if job.active else resolve_device(c.device)  # (no TF32 on CUDA)
         log(f"loading {describe_data(c)} ...")
         samplers = make_samplers(c)  # bad data fails here
         sample_tasks = task_stream(c, samplers, device)
