@@ -14,8 +14,6 @@ accepted with the right label). The maximum softmax probability is scored the sa
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 import time
 
@@ -24,6 +22,7 @@ import numpy as np
 from fastadapt.evaluation import mean_ci95
 
 from .common import omniglot_root
+from .real import quietly
 
 FAR = 0.05
 
@@ -78,7 +77,7 @@ def run(tasks: int = 200, seed: int = 0, ways: int = 5, shots: int = 5, query: i
     done = 0
     while done < tasks and time.perf_counter() - start < 60 * minutes:
         support, known, labels, unknown = sample(test, done, seed, ways, shots, query, unknowns)
-        with contextlib.redirect_stderr(io.StringIO()):  # counted below, not printed
+        with quietly():  # counted below, not printed
             adapted = model.adapt(support)
         info = getattr(adapted, "adaptation", None) or adapted.manifest.get("adaptation") or {}
         warned += bool(info.get("warning"))
