@@ -12,8 +12,8 @@ Adam step; validation excluded), and the same trainer forced to the per-task loo
 what it ran on CUDA before). higher: the ``innerloop_ctx`` loop of its maml-omniglot example on the
 same GPU, same Conv4 plus a linear head, same sampled tasks (moved to the GPU task by task, as that
 example does), synchronised each iteration. GFLOP/s: torch's FLOP counter on one task's meta-gradient
-times tasks/s, as a share of the GPU's measured peak for the precision the convolutions use (TF32 when
-``torch.backends.cudnn.allow_tf32``, torch's default, else float32). Time to 95%: the default's recipe
+times tasks/s, as a share of the GPU's measured peak for the precision the convolutions use (float32:
+the trainer turns off the TF32 that torch allows cuDNN by default; TF32 with ``--tf32``). Time to 95%: the default's recipe
 end to end (3 pre-training epochs, then FOMAML), ``--stop-at 95`` within a budget of minutes.
 
 Omniglot is decoded once and shared by all runs (loading is not part of any figure).
@@ -246,7 +246,8 @@ def render(r: dict | None) -> str:
                f"iterations)")
     return "\n".join([
         f"{r['gpu']} (CUDA {r['cuda']}); Omniglot lake protocol, the same sampled tasks for every column; tasks/s "
-        f"over iterations 2..N (the first is warm-up). Convolutions in {precision} (torch's default); share of "
+        f"over iterations 2..N (the first is warm-up). Convolutions in {precision} (the trainer's setting for every "
+        f"column); share of "
         f"peak: achieved FLOP/s (torch's FLOP counter) over the measured {precision} matrix-product peak "
         f"({peak:.0f} TFLOP/s; float32 {r['fp32_peak_tflops']:.0f}).", "",
         table(header, rows), "",

@@ -347,3 +347,19 @@ def test_evaluate_classification_batched_gives_the_loops_predictions(one_thread)
     assert len(set(loop["per_task_accuracy"])) > 1  # not a degenerate constant answer
     assert {k: v for k, v in vec.items() if k != "per_task_accuracy"} == \
         {k: v for k, v in loop.items() if k != "per_task_accuracy"}
+
+
+def test_tf32_is_opt_in_and_recorded(tmp_path):
+    """CUDA precision follows --tf32 (default off: true float32); on a CPU the flag changes nothing."""
+    c = TrainConfig.from_dict({**TrainConfig().to_dict(), "tf32": True})
+    assert c.tf32 is True and TrainConfig().tf32 is False
+    before = torch.backends.cudnn.allow_tf32
+    try:
+        from fastadapt.meta_train.parts import cuda_precision
+
+        cuda_precision(True)
+        assert torch.backends.cudnn.allow_tf32 is True
+        cuda_precision(False)
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.allow_tf32 = before

@@ -61,6 +61,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop after this much meta-training wall time; 0 = no limit
     init_from: str = ""  # a run folder (its best.npz) or a checkpoint .npz to start the meta-parameters from
     batched: bool | None = None  # a meta-batch as one vmap computation; None: auto (on CUDA; parts.batched_path)
+    tf32: bool = False  # CUDA: let cuDNN convolutions use TF32 (faster, 10-bit mantissa); off = true float32
     command: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -139,7 +140,7 @@ def check_limits(c: TrainConfig) -> None:
 
 # Flags that may differ when resuming (they do not change what is being trained; batched: only the
 # floating-point summation order).
-RESUMABLE = {"iterations", "device", "batched", "val_every", "val_tasks", "checkpoint_every", "command", "stop_at", "max_minutes"}
+RESUMABLE = {"iterations", "device", "batched", "tf32", "val_every", "val_tasks", "checkpoint_every", "command", "stop_at", "max_minutes"}
 
 
 def config_path(rundir: str) -> str:

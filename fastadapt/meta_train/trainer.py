@@ -133,7 +133,7 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
             lock.acquire()
             c = resolve_config(asked, rundir, resume, given)
             remove_temp_files(rundir)
-        device = resolve_device(str(job.device)) if job.active else resolve_device(c.device)  # (no TF32 on CUDA)
+        device = resolve_device(str(job.device) if job.active else c.device, c.tf32)  # CUDA: TF32 only if asked
         log(f"loading {describe_data(c)} ...")
         samplers = make_samplers(c)  # bad data fails here
         sample_tasks = task_stream(c, samplers, device)
@@ -181,7 +181,9 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
             log(f"resuming {rundir} at iteration {start}/{c.iterations}" if os.path.exists(last_path) else
                 f"{rundir} has no checkpoint yet: starting from iteration 0")
     log(f"{c.algorithm} on {describe_data(c)}: {c.ways}-way {c.shots}-shot, {c.meta_batch} tasks/iteration, "
-        f"{c.inner_steps} inner steps (lr {c.inner_lr}), device {device}, {sum(p.numel() for p in params.values())} parameters"
+        f"{c.inner_steps} inner steps (lr {c.inner_lr}), device {device}"
+        + (" (TF32 convolutions)" if device.type == "cuda" and c.tf32 else "")
+        + f", {sum(p.numel() for p in params.values())} parameters"
         + (f", {job.world_size} processes x {c.meta_batch // job.world_size} tasks" if job.active else ""))
     batched, why = batched_path(c, device)
     log(f"meta-batch: {why}")
