@@ -203,8 +203,10 @@ def _commit() -> str:
 
     from .common import REPO
 
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:  # "-dirty" when the package measured has uncommitted changes (the benchmark's own outputs do not count)
+        return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--", "fastadapt") else "")
     except (OSError, subprocess.CalledProcessError):
         return "?"
