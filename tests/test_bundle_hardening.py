@@ -8,7 +8,6 @@ import io
 import json
 import os
 import struct
-import sys
 import threading
 import time
 import tracemalloc
@@ -24,21 +23,7 @@ from fastadapt import signing
 from fastadapt.bundle import read_bundle
 from fastadapt.errors import FastadaptError
 from fastadapt.manifest import MAX_STEPS, printable, validate_manifest
-
-
-def run_cli(capsys, *args) -> tuple:
-    from fastadapt.cli import main
-
-    argv, sys.argv = sys.argv, ["fastadapt", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
+from test_cli_runtime import run_cli  # the one in-process CLI runner
 
 
 def members_of(path) -> dict:

@@ -8,29 +8,13 @@ import shutil
 import signal
 import socket
 import stat
-import sys
 
 import pytest
 from PIL import Image
 
 from fastadapt.errors import FastadaptError
 from fastadapt.outputs import check_inputs, refuse_unwritable, write_atomic
-
-
-def run_cli(capsys, *args) -> tuple:
-    """``fastadapt ARGS`` in-process through the real entry point -> (exit code, stdout, stderr)."""
-    from fastadapt.cli import main
-
-    argv, sys.argv = sys.argv, ["fastadapt", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
+from test_cli_runtime import run_cli  # the one in-process CLI runner
 
 
 def one_error(code, out, err, *needles) -> str:
