@@ -48,7 +48,6 @@ def main() -> None:
         require_cuda()  # before any section runs
 
     results_path = OUT / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     import onnxruntime
     try:
         import torch
@@ -84,6 +83,8 @@ def main() -> None:
             data = unknown.run(tasks=args.tasks)
         data["measured"] = {"at": started, "machine": machine(), "torch": torch_version,
                             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+        # read the file again: other sections may have been written meanwhile (a run takes minutes)
+        results = json.loads(results_path.read_text()) if results_path.exists() else {}
         results[section] = data
         tmp = results_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=1))

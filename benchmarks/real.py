@@ -156,6 +156,7 @@ def run(episodes: int = 10, seed: int = 0) -> dict:
 
     from . import real_images
 
+    commit = _commit()  # what is measured: the code as the run starts
     model = fastadapt.load()
     with tempfile.TemporaryDirectory(prefix="fastadapt-real-") as root:
         sets, pairs = real_images.build(root, seed)
@@ -176,7 +177,7 @@ def run(episodes: int = 10, seed: int = 0) -> dict:
         print("real: 16:9 frames under each fit done", file=sys.stderr)
     preprocess = model.manifest.get("preprocess", {})
     return {"model": "shipped default (fastadapt.load())", "preprocess": preprocess,
-            "fastadapt_commit": _commit(), "seed": seed, "sets": results, "comparisons": comparisons, "fits": fits}
+            "fastadapt_commit": commit, "seed": seed, "sets": results, "comparisons": comparisons, "fits": fits}
 
 
 def with_fit(model, fit: str):
