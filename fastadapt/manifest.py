@@ -156,15 +156,7 @@ def _check_preprocess(manifest: dict) -> None:
 
 def _check_parameters(manifest: dict) -> list:
     names = manifest.get("parameters")
-    _need(isinstance(names, list) and 1 <= len(names) <= MAX_PARAMETERS, "parameters",
-          f"a list of 1..{MAX_PARAMETERS} names", names if not isinstance(names, list) else f"{len(names)} items")
-    for name in names:
-        _need(isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS, "parameters",
-              f"names of 1..{MAX_NAME_CHARS} characters", name)
-    seen = set()
-    for name in names:
-        _need(name not in seen, "parameters", "unique names", name)
-        seen.add(name)
+    _unique_names(names, "parameters", 1, MAX_PARAMETERS, MAX_NAME_CHARS)
     members = manifest.get("members")
     _need(isinstance(members, dict), "members", "an object {member: sha256}", members)
     optional = [name for name in OPTIONAL_MEMBERS if name in members]
@@ -207,15 +199,18 @@ def _check_classes(manifest: dict) -> None:
     if manifest.get("kind") != "adapted":
         _need(classes is None or isinstance(classes, list), "classes", "null or a list", classes)
         return
-    _need(isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES, "classes",
-          f"a list of 2..{MAX_CLASSES} class names", classes if not isinstance(classes, list) else f"{len(classes)} items")
-    for label in classes:
-        _need(isinstance(label, str) and 0 < len(label) <= MAX_LABEL_CHARS, "classes",
-              f"names of 1..{MAX_LABEL_CHARS} characters", label)
+    _unique_names(classes, "classes", 2, MAX_CLASSES, MAX_LABEL_CHARS)
+
+
+def _unique_names(names, field: str, low: int, high: int, max_chars: int) -> None:
+    """A list of ``low``..``high`` distinct non-empty strings of at most ``max_chars`` characters."""
+    _need(isinstance(names, list) and low <= len(names) <= high, field, f"a list of {low}..{high} names",
+          names if not isinstance(names, list) else f"{len(names)} items")
     seen = set()
-    for label in classes:
-        _need(label not in seen, "classes", "unique names", label)
-        seen.add(label)
+    for name in names:
+        _need(isinstance(name, str) and 0 < len(name) <= max_chars, field, f"names of 1..{max_chars} characters", name)
+        _need(name not in seen, field, "unique names", name)
+        seen.add(name)
 
 
 def _check_free_form(manifest: dict) -> None:
