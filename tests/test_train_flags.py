@@ -97,3 +97,15 @@ def test_fit_is_recorded_new_runs_pad_and_old_run_folders_stretch(tmp_path, caps
     assert preprocess_of(read_config(str(tmp_path / "old"))).fit == "stretch"
     code, stdout, err = run_cli(capsys, *BASE, "--fit", "squash", "--out", tmp_path / "run")
     one_error(code, stdout, err, "--fit", "squash")
+
+
+def test_ctrl_c_during_training_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import fastadapt.meta_train.trainer as trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    code, stdout, err = run_cli(capsys, *BASE, "--out", tmp_path / "run")
+    assert code == 130 and "Traceback" not in err
+    assert err.strip() == f"interrupted; resume from the last checkpoint with: fastadapt train --out {tmp_path / 'run'} --resume"

@@ -111,8 +111,12 @@ def train(
     config = TrainConfig.from_dict({**TrainConfig().to_dict(), **values})  # every flag's type and range
     check_flag("--dist-timeout", dist_timeout, 1.0, 7 * 24 * 3600.0)
     check_run_out(out, [config.data if config.data not in ("synthetic", "sinusoid") else None, config.init_from or None])
-    summary = run_training(config, out, resume=resume, quiet=quiet, given=set(given) | {"command"},
-                           dist_timeout=dist_timeout)
+    try:
+        summary = run_training(config, out, resume=resume, quiet=quiet, given=set(given) | {"command"},
+                               dist_timeout=dist_timeout)
+    except KeyboardInterrupt:  # Typer turns it into a silent exit 130: say where to continue from
+        print(f"interrupted; resume from the last checkpoint with: fastadapt train --out {out} --resume", file=sys.stderr)
+        raise typer.Exit(130) from None
     if env_rank() != 0:
         return
     best = summary["best"]
