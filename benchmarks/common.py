@@ -61,3 +61,26 @@ def table(header: list, rows: list) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def higher_meta_step(net, inner_opt, meta_opt, tasks: list, inner_steps: int, second_order: bool) -> None:
+    """One meta-iteration of higher's maml-omniglot example (``innerloop_ctx``), the peer both the CPU and
+    the GPU training benchmarks measure against: every task's inner loop, then one meta-optimiser step."""
+    import higher
+    import torch
+    import torch.nn.functional as F
+
+    meta_opt.zero_grad()
+    for task in tasks:
+        with higher.innerloop_ctx(net, inner_opt, copy_initial_weights=False,
+                                  track_higher_grads=second_order) as (fnet, diffopt):
+            for _ in range(inner_steps):
+                diffopt.step(F.cross_entropy(fnet(task.support_x), task.support_y))
+            loss = F.cross_entropy(fnet(task.query_x), task.query_y) / len(tasks)
+            if second_order:
+                loss.backward()
+            else:
+                grads = torch.autograd.grad(loss, list(fnet.parameters()))
+                for p, g in zip(net.parameters(), grads):
+                    p.grad = g if p.grad is None else p.grad + g
+    meta_opt.step()

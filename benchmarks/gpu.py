@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 
-from .common import data_source
+from .common import data_source, higher_meta_step
 
 # torch is imported inside the functions: report.py renders this section (as "not measured") without it
 DEVICE = "cuda"  # what is measured; a dry run of the code on CPU may set "cpu" (the figures then mean nothing)
@@ -89,9 +89,8 @@ def fastadapt_rate(c) -> float:
 
 def higher_rate(c, samplers) -> float:
     """Tasks/s of higher's maml-omniglot loop on the GPU, same model and tasks (iterations 2..N)."""
-    import higher
+    import higher  # noqa: F401  (fail here, before any timing, when it is missing)
     import torch
-    import torch.nn.functional as F
     from torch import nn
 
     from fastadapt.meta_train.parts import model_spec_of, to_batch
@@ -109,20 +108,7 @@ def higher_rate(c, samplers) -> float:
         start = time.perf_counter()
         tasks = [to_batch(samplers.train.task(it * c.meta_batch + j), samplers.preprocess, device, c.ways)
                  for j in range(c.meta_batch)]
-        meta_opt.zero_grad()
-        for task in tasks:
-            with higher.innerloop_ctx(net, inner_opt, copy_initial_weights=False,
-                                      track_higher_grads=second_order) as (fnet, diffopt):
-                for _ in range(c.inner_steps):
-                    diffopt.step(F.cross_entropy(fnet(task.support_x), task.support_y))
-                loss = F.cross_entropy(fnet(task.query_x), task.query_y) / c.meta_batch
-                if second_order:
-                    loss.backward()
-                else:
-                    grads = torch.autograd.grad(loss, list(fnet.parameters()))
-                    for p, g in zip(net.parameters(), grads):
-                        p.grad = g if p.grad is None else p.grad + g
-        meta_opt.step()
+        higher_meta_step(net, inner_opt, meta_opt, tasks, c.inner_steps, second_order)
         _sync()
         times.append(time.perf_counter() - start)
     return (len(times) - 1) * c.meta_batch / sum(times[1:])

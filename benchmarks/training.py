@@ -19,7 +19,6 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastadapt.meta_train.parts import make_samplers, model_spec_of, to_batch
@@ -27,7 +26,7 @@ from fastadapt.meta_train.run import TrainConfig, read_metrics
 from fastadapt.meta_train.trainer import train
 from fastadapt.models import build_model
 
-from .common import data_source
+from .common import data_source, higher_meta_step
 
 WAYS, SHOTS, QUERY, META_BATCH, INNER_LR = 5, 1, 15, 32, 0.4
 
@@ -50,7 +49,7 @@ def fastadapt_rate(algorithm: str, steps: int, iterations: int, data: str) -> fl
 
 def higher_rate(algorithm: str, steps: int, iterations: int, data: str, samplers=None) -> float:
     """Tasks/s of higher's maml-omniglot loop on the same model and tasks (iterations 2..N)."""
-    import higher
+    import higher  # noqa: F401  (fail here, before any timing, when it is missing)
 
     c = config(algorithm, steps, iterations, data)
     samplers = samplers or make_samplers(c)
@@ -65,20 +64,7 @@ def higher_rate(algorithm: str, steps: int, iterations: int, data: str, samplers
         start = time.perf_counter()
         tasks = [to_batch(samplers.train.task(it * META_BATCH + j), samplers.preprocess, "cpu", WAYS)
                  for j in range(META_BATCH)]
-        meta_opt.zero_grad()
-        for task in tasks:
-            with higher.innerloop_ctx(net, inner_opt, copy_initial_weights=False,
-                                      track_higher_grads=second_order) as (fnet, diffopt):
-                for _ in range(steps):
-                    diffopt.step(F.cross_entropy(fnet(task.support_x), task.support_y))
-                loss = F.cross_entropy(fnet(task.query_x), task.query_y) / META_BATCH
-                if second_order:
-                    loss.backward()
-                else:
-                    grads = torch.autograd.grad(loss, list(fnet.parameters()))
-                    for p, g in zip(net.parameters(), grads):
-                        p.grad = g if p.grad is None else p.grad + g
-        meta_opt.step()
+        higher_meta_step(net, inner_opt, meta_opt, tasks, steps, second_order)
         times.append(time.perf_counter() - start)
     return (len(times) - 1) * META_BATCH / sum(times[1:])
 
