@@ -1,8 +1,8 @@
 """Honest few-shot evaluation, shared by the torch trainer and the torch-free runtime.
 
-Both sides sample the same tasks (same dataset split, same TaskSampler seed) and differ only in the
-function that adapts to a support set and predicts the query set, so their numbers are comparable
-task for task.
+Both sides sample the same tasks (``unseen_class_sampler``: the same test split, the same TaskSampler
+seed) and differ only in the function that adapts to a support set and predicts the query set, so their
+numbers are comparable task for task.
 """
 
 from __future__ import annotations
@@ -12,7 +12,11 @@ from typing import Callable
 
 import numpy as np
 
+from .data.classes import ImageClasses
 from .data.sampler import Task, TaskSampler
+from .data.sources import load_splits
+from .errors import FastadaptError
+from .images import Preprocess
 
 
 def mean_ci95(values) -> tuple:
@@ -21,6 +25,26 @@ def mean_ci95(values) -> tuple:
     if len(values) < 2:
         return float(values.mean()) if len(values) else float("nan"), float("nan")
     return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def unseen_classes(data: str, protocol: str, split_seed: int, val_classes: int,
+                   preprocess: Preprocess | None) -> ImageClasses:
+    """The test split of ``data``: the classes a model trained with this split (the training run's ``seed``
+    and ``val_classes``) never saw. An error when there are none."""
+    test = load_splits(data, protocol, split_seed, val_classes, False, preprocess, need_train=False).test
+    if len(test) == 0:
+        raise FastadaptError(f"{{data}} {data}: no test classes", "data")
+    return test
+
+
+def unseen_class_sampler(data: str, protocol: str, split_seed: int, val_classes: int,
+                         preprocess: Preprocess | None, ways: int, shots: int, query: int,
+                         seed: int = 0) -> TaskSampler:
+    """The evaluation tasks: ``ways``-way ``shots``-shot tasks with ``query`` queries per class, seeded by
+    ``seed``, from the unseen (test) classes of ``data`` (``unseen_classes``). The torch evaluation, the
+    runtime's and export verification all sample here, so task ``i`` is the same task everywhere."""
+    return TaskSampler(unseen_classes(data, protocol, split_seed, val_classes, preprocess), ways, shots, query,
+                       seed, where="test classes")
 
 
 def evaluate_tasks(sampler: TaskSampler, tasks: int, predict_task: Callable[[Task], np.ndarray],

@@ -137,3 +137,136 @@ def test_the_cli_prints_each_warning_as_one_line(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[:2] == ["warning: first thing", "warning: first thing"]
     assert any("UserWarning: not ours" in line for line in err[2:])  # other warnings keep Python's format
+
+
+# ----------------------------------------------------------------------------- names: parameters in Python, flags on the CLI
+
+def test_errors_name_the_parameter_in_python_and_the_flag_on_the_cli(tmp_path, capsys):
+    from test_cli_runtime import run_cli
+
+    model = fastadapt.load()
+    for call, words in [(lambda: model.adapt(str(EXAMPLES / "shots"), steps="x"), "steps must be a whole number"),
+                        (lambda: model.adapt(str(EXAMPLES / "shots"), lr=-1), "lr must be a positive number")]:
+        with pytest.raises(FastadaptError) as exc:
+            call()
+        assert str(exc.value).startswith(words) and "--" not in str(exc.value)
+    for flag, value in (("--steps", "x"), ("--lr", "-1")):
+        code, out, err = run_cli(capsys, "adapt", "--shots", EXAMPLES / "shots", "--out", tmp_path / "a.fadapt",
+                                 flag, value)
+        assert code == 2 and err.startswith(f"error: {flag} must be"), err
+
+
+def test_one_message_renders_both_namings():
+    from fastadapt.cli import flag
+
+    error = FastadaptError("{unknown} must be a finite number; or lower {trusted_keys} and {top_k}", "unknown",
+                           "trusted_keys", "top_k")
+    assert str(error) == "unknown must be a finite number; or lower trusted_keys and top_k"
+    assert error.render(flag) == ("--unknown-threshold must be a finite number; or lower --trusted-key and --top-k")
+    assert FastadaptError("no {braces} named", "other").render(flag) == "no {braces} named"
+    import pickle
+
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
+
+
+# ----------------------------------------------------------------------------- predict: one implementation, API and CLI
+
+@needs_default
+def test_predict_can_skip_unreadable_images(adapted, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(FastadaptError, match="bad.png: not a readable image"):
+        adapted.predict([str(STAR), str(bad)])
+    with pytest.warns(FastadaptWarning, match="bad.png: not a readable image.*; skipped"):
+        answers = adapted.predict([str(bad), str(STAR)], skip_unreadable=True)
+    assert answers[0] is None and answers[1].label == "star"
+    with pytest.raises(FastadaptError, match="bad.png and the others: no readable image to predict"):
+        adapted.predict([str(bad), str(bad)], skip_unreadable=True)
+    with pytest.raises(FastadaptError, match="^top must be a whole number >= 1"):  # checked before any image is read
+        adapted.predict([str(bad)], top=0)
+
+
+# ----------------------------------------------------------------------------- the model card as data and text
+
+@needs_default
+def test_the_model_card_and_description_come_from_the_library(capsys):
+    from test_cli_runtime import run_cli
+
+    model = fastadapt.load()
+    card = model.model_card()
+    assert list(card)[:2] == ["intended_use", "not_for"] and card["intended_use"].startswith("Handwritten")
+    code, out, err = run_cli(capsys, "info")
+    assert code == 0, err
+    assert out == model.describe() + "\n"  # the CLI prints the library's text, nothing of its own
+
+
+# ----------------------------------------------------------------------------- public API: documented, typed, examples run
+
+def _public_api() -> list:
+    """Every public function, class and method exported by fastadapt and fastadapt.runtime."""
+    import inspect
+
+    import fastadapt.runtime as runtime
+
+    found = {}
+    for module in (fastadapt, runtime):
+        for name in module.__all__:
+            value = getattr(module, name)
+            if callable(value):
+                found[f"{module.__name__}.{name}"] = value
+            if inspect.isclass(value) and value.__module__.startswith("fastadapt"):
+                for member, attribute in vars(value).items():
+                    if not member.startswith("_") and (callable(attribute) or isinstance(attribute, property)):
+                        found[f"{value.__name__}.{member}"] = attribute
+                for base in value.__mro__[1:]:  # methods inherited from the private base (_Loaded, _Named)
+                    if base.__name__.startswith("_") and base.__module__.startswith("fastadapt"):
+                        for member, attribute in vars(base).items():
+                            if not member.startswith("_") and (callable(attribute) or isinstance(attribute, property)):
+                                found[f"{value.__name__}.{member}"] = attribute
+    return sorted(found.items())
+
+
+def test_all_names_exist_and_helpers_are_private():
+    import fastadapt.runtime as runtime
+    from fastadapt.runtime import loading, model
+
+    for module in (fastadapt, runtime):
+        assert all(hasattr(module, name) for name in module.__all__), module.__name__
+    public = {name for name in vars(model) if not name.startswith("_") and callable(getattr(model, name))
+              and getattr(getattr(model, name), "__module__", "") == model.__name__}
+    assert public == {"Model", "AdaptedModel", "Prediction"}, public
+    assert not hasattr(model.AdaptedModel, "predictions") and not hasattr(model.AdaptedModel, "threshold")
+    assert {n for n in vars(loading) if not n.startswith("_") and callable(getattr(loading, n))
+            and getattr(loading, n).__module__ == loading.__name__} == {"load", "adapt", "default_model_path"}
+
+
+def test_every_public_function_is_documented_with_an_example_and_annotated():
+    import inspect
+
+    for name, value in _public_api():
+        function = value.fget if isinstance(value, property) else value
+        doc = inspect.getdoc(function) or ""
+        assert ">>> " in doc, f"{name}: no example in its docstring"
+        if inspect.isfunction(function):
+            assert "return" in function.__annotations__, f"{name}: no return annotation"
+
+
+@pytest.mark.slow
+@needs_default
+def test_the_docstring_examples_run(tmp_path, monkeypatch):
+    import doctest
+    import inspect
+    import shutil
+
+    shutil.copytree(EXAMPLES, tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)  # the examples read examples/ and write files beside it
+    finder = doctest.DocTestFinder(recurse=False)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    ran = 0
+    for name, value in _public_api():
+        function = value.fget if isinstance(value, property) else value
+        for test in finder.find(function, name, globs={"fastadapt": fastadapt, "np": np}):
+            ran += len(test.examples)
+            runner.run(test)
+    results = runner.summarize(verbose=False)
+    assert results.failed == 0 and ran > 40, results

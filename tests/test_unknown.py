@@ -83,7 +83,7 @@ def test_bad_calls(shapes, bundles, glyphs):
     # a zero head has no prototypes: the score is the top probability and there is no calibrated threshold
     zero = fastadapt.load(bundles["zero"]).adapt(glyphs["shots"])
     assert zero.manifest["unknown"]["threshold"] is None
-    with pytest.raises(FastadaptError, match="--unknown-threshold"):
+    with pytest.raises(FastadaptError, match="pass a number as unknown, e.g. 0.9"):
         zero.predict(QUERIES[0], unknown=True)
     p = zero.predict(QUERIES[0], unknown=0.999999)
     assert p.score == p.probability and p.unknown

@@ -63,16 +63,26 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
+# The library names parameters ("{steps} must be ...", errors.py); the CLI names the flag that sets each one:
+# --name-with-dashes, except where the flag is spelled otherwise.
+FLAGS = {"unknown": "--unknown-threshold", "trusted_keys": "--trusted-key"}
+
+
+def flag(parameter: str) -> str:
+    """The command-line flag that sets the library's ``parameter``."""
+    return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
     main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be set there
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        with cli_warnings():  # library warnings (FastadaptWarning) print as one line "warning: ..." on stderr
+        with cli_warnings(flag):  # library warnings (FastadaptWarning) print as one line "warning: ..." on stderr
             app()
     except FastadaptError as exc:
         rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""  # under torchrun
-        print(f"error: {rank}{exc}", file=sys.stderr)
+        print(f"error: {rank}{exc.render(flag)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

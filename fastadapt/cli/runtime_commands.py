@@ -11,12 +11,12 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import FastadaptError, warn
+from ..errors import FastadaptError
 from ..manifest import printable
 from ..progress import lazy_reporter, stderr_console
 from . import app, check_out
 
-TOP = 3  # predict's default number of classes shown, on the CLI and in the Python API (runtime/model.py)
+TOP = 3  # predict --top's default: runtime.model.TOP, the API's (not imported: the CLI starts without numpy; tested equal)
 
 SHOTS_HELP = ("Folder with one subfolder per class, holding that class's example images (the folder name "
               "is the label): SHOTS/cat/1.png, SHOTS/dog/1.jpg ... At least 2 classes; any number of images "
@@ -161,7 +161,6 @@ def predict(
 
     Example: fastadapt predict --model mine.fadapt photos/ --top 3 --json > predictions.jsonl
     """
-    from ..images import polarity_warning, to_float, to_uint8
     from ..runtime import load
 
     if as_json and as_csv:
@@ -170,25 +169,10 @@ def predict(
     if sheet is not None:
         check_out(sheet, "--sheet", "predictions.png", inputs=[*images, model], suffix=".png")
     paths = _expand(images)
-    if loaded.kind != "adapted":
-        loaded.predict(paths)  # raises: adapt first
-    arrays, kept = [], []
-    for p in paths:
-        try:
-            arrays.append(to_uint8(p, loaded.preprocess))
-            kept.append(p)
-        except FastadaptError as exc:
-            warn(f"{exc}; skipped")
-    if not kept:
-        raise FastadaptError(f"{paths[0]}{' and the others' if len(paths) > 1 else ''}: no readable image to predict")
-    import numpy as np
-
-    message = polarity_warning(arrays, loaded.preprocess, kept)
-    if message:
-        warn(message)
-    threshold = loaded.threshold(unknown_threshold if unknown_threshold is not None else unknown)
-    probabilities, scores = loaded.scores(to_float(np.stack(arrays), loaded.preprocess))
-    results = loaded.predictions(probabilities, top, scores, threshold)
+    answers = loaded.predict(paths, top, unknown_threshold if unknown_threshold is not None else unknown,
+                             skip_unreadable=True)
+    kept = [path for path, answer in zip(paths, answers) if answer is not None]
+    results = [answer for answer in answers if answer is not None]
     if as_csv:
         _write_csv(kept, results, top)
     for path, result in zip(kept, [] if as_csv else results):

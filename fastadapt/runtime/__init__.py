@@ -4,27 +4,33 @@
   sessions.py  onnxruntime sessions for forward.onnx and step.onnx
   shots.py     a shots folder or dict -> validated, preprocessed support set
   head.py      the head initialisation for N classes (numpy mirror of the trainer's)
-  model.py     Model.adapt, AdaptedModel.predict / save
+  model.py     Model.adapt, AdaptedModel.predict / save / add_classes, model_card / describe
+  describe.py  a bundle as text: its model card and what 'fastadapt info' prints
   adaptation.py the inner loop (safeguarded SGD steps through step.onnx) and steps="auto"
   unknown.py   the in-set score and calibrated threshold behind predict(..., unknown=True)
   evaluate.py  evaluate_bundle: few-shot accuracy of a bundle on the torch side's tasks;
                evaluate_unknown: AUROC of the unknown detection
+
+Every public function and method has a short example in its docstring; they run from a checkout's root
+after ``import fastadapt`` (and ``import numpy as np``), and tests/test_api_conventions.py runs them.
 """
 
 from .loading import DEFAULT_MODEL, adapt, load
 from .model import AdaptedModel, Model, Prediction
 
-__all__ = ["load", "adapt", "Model", "AdaptedModel", "Prediction", "DEFAULT_MODEL", "evaluate_bundle",
-           "evaluate_unknown"]
+# imported on first use (they read datasets: data/, evaluation.py), so that loading a model stays light
+_EVALUATION = ("evaluate_bundle", "evaluate_unknown")
+
+__all__ = ["load", "adapt", "Model", "AdaptedModel", "Prediction", "DEFAULT_MODEL", *_EVALUATION]
 
 
-def evaluate_bundle(*args, **kwargs):
-    from .evaluate import evaluate_bundle as run
+def __getattr__(name: str):
+    if name in _EVALUATION:
+        from . import evaluate
 
-    return run(*args, **kwargs)
+        return getattr(evaluate, name)
+    raise AttributeError(f"module 'fastadapt.runtime' has no attribute '{name}'")
 
 
-def evaluate_unknown(*args, **kwargs):
-    from .evaluate import evaluate_unknown as run
-
-    return run(*args, **kwargs)
+def __dir__() -> list:
+    return sorted(list(globals()) + list(_EVALUATION))

@@ -192,7 +192,7 @@ def check_finite(trajectory: Trajectory, lr: float) -> None:
                              "NaN/inf values; check the images (and re-export the model)")
     if not math.isfinite(loss) or not finite(trajectory.params):
         raise FastadaptError(f"adaptation diverged (support loss {trajectory.losses[-1]}, non-finite weights); "
-                             f"lower --lr (now {lr:g}) or keep the safeguard on; nothing was saved")
+                             f"lower {{lr}} (now {lr:g}) or turn {{safeguard}} on; nothing was saved", "lr", "safeguard")
 
 
 def held_out_folds(labels: np.ndarray, ways: int, folds: int) -> list:

@@ -1,8 +1,7 @@
 """Few-shot evaluation of a bundle through onnxruntime, on exactly the tasks the torch side samples.
 
-Same test classes (``load_splits(...).test`` with the training run's split seed and validation-class
-count, read from the bundle's provenance), same ``TaskSampler(test, ways, shots, query, seed)``,
-same statistics (``evaluation.evaluate_tasks``): the only difference from the torch evaluation is
+Same tasks (``evaluation.unseen_class_sampler`` with the training run's split seed and validation-class
+count, read from the bundle's provenance), same statistics (``evaluation.evaluate_tasks``): the only difference from the torch evaluation is
 that adaptation and prediction run the exported graphs, so the two numbers are comparable task by task.
 """
 
@@ -15,11 +14,10 @@ from typing import Callable
 import numpy as np
 
 from ..bundle import read_bundle, save_bundle
-from ..data.sampler import Task, TaskSampler
-from ..data.sources import load_splits
+from ..data.sampler import Task
 from ..errors import FastadaptError
+from ..evaluation import evaluate_tasks, mean_ci95, unseen_class_sampler
 from ..images import to_float
-from ..evaluation import evaluate_tasks, mean_ci95
 from .loading import load
 from .model import Model
 from .unknown import auroc
@@ -37,6 +35,18 @@ def split_settings(manifest: dict) -> tuple:
     return int(seed), int(val_classes)
 
 
+def _meta_model(path, fix: str) -> Model:
+    model = load(path)
+    if not isinstance(model, Model):
+        raise FastadaptError(f"{path}: is an adapted model; {fix}")
+    return model
+
+
+def _check_tasks(tasks: int) -> None:
+    if isinstance(tasks, bool) or not isinstance(tasks, (int, np.integer)) or tasks < 2:
+        raise FastadaptError(f"{{tasks}} must be at least 2 for a confidence interval, got {tasks}", "tasks")
+
+
 def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5, shots: int = 1,
                     query: int = 15, tasks: int = 600, seed: int = 0, progress: Callable[[int], None] | None = None,
                     steps: int | str | None = None, lr: float | None = None, transductive: bool = False,
@@ -48,19 +58,15 @@ def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5,
 
     ``seed`` is the task seed (as in ``fastadapt evaluate --seed``); ``transductive`` changes nothing
     for exported models (their norm is per sample) and is recorded for comparison with torch results.
+
+    >>> result = fastadapt.evaluate_bundle(fastadapt.runtime.DEFAULT_MODEL, "synthetic", tasks=2)
+    >>> result["ways"], result["shots"], result["tasks"], 0 <= result["accuracy_pct"] <= 100
+    (5, 1, 2, True)
     """
-    model = load(path)
-    if not isinstance(model, Model):
-        raise FastadaptError(f"{path}: is an adapted model; evaluation adapts to every task itself, so pass the "
-                             f"meta bundle it came from")
-    if tasks < 2:
-        raise FastadaptError(f"--tasks must be at least 2 for a confidence interval, got {tasks}")
+    model = _meta_model(path, "evaluation adapts to every task itself, so pass the meta bundle it came from")
+    _check_tasks(tasks)
     spec = model.preprocess
-    split_seed, val_classes = split_settings(model.manifest)
-    splits = load_splits(data, protocol, split_seed, val_classes, False, spec, need_train=False)
-    if len(splits.test) == 0:
-        raise FastadaptError(f"--data {data}: no test classes")
-    sampler = TaskSampler(splits.test, ways, shots, query, seed, where="test classes")
+    sampler = unseen_class_sampler(data, protocol, *split_settings(model.manifest), spec, ways, shots, query, seed)
     classes = [str(i) for i in range(ways)]
     steps = int(model.recipe["steps"]) if steps is None else steps
     kept = []
@@ -102,16 +108,16 @@ def evaluate_unknown(path: str, data: str, protocol: str = "auto", ways: int = 5
     accepted and correctly classified when the threshold lets ``false_accept`` of the unknowns through
     (chosen with the unknowns, an upper bound), and the in-set acceptance and false-accept rates of the
     threshold calibrated at adaptation. Means and 95% CIs over tasks.
+
+    >>> result = fastadapt.evaluate_unknown(fastadapt.runtime.DEFAULT_MODEL, "synthetic", tasks=2)
+    >>> result["score"], 0 <= result["auroc"] <= 1
+    ('nearest_prototype', True)
     """
-    model = load(path)
-    if not isinstance(model, Model):
-        raise FastadaptError(f"{path}: is an adapted model; pass the meta bundle it came from")
-    if tasks < 2:
-        raise FastadaptError(f"--tasks must be at least 2 for a confidence interval, got {tasks}")
+    model = _meta_model(path, "pass the meta bundle it came from")
+    _check_tasks(tasks)
     spec = model.preprocess
-    split_seed, val_classes = split_settings(model.manifest)
-    splits = load_splits(data, protocol, split_seed, val_classes, False, spec, need_train=False)
-    sampler = TaskSampler(splits.test, 2 * ways, shots, query, seed, where="test classes")
+    sampler = unseen_class_sampler(data, protocol, *split_settings(model.manifest), spec, 2 * ways, shots, query,
+                                   seed)
     classes = [str(i) for i in range(ways)]
     rows = {"auroc": [], "accuracy_at_far": [], "accuracy_closed_set": [], "calibrated_accepted_in_set": [],
             "calibrated_false_accept": []}

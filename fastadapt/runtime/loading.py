@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable, Iterable
 
 from ..bundle import read_bundle
 from ..errors import FastadaptError
@@ -13,26 +14,32 @@ DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 
 def default_model_path() -> str:
+    """DEFAULT_MODEL, or an error saying to pass a model when this installation ships none."""
     if not os.path.exists(DEFAULT_MODEL):
         raise FastadaptError("no default model is shipped yet (fastadapt/assets/default.fadapt is missing); "
                              "pass a model path, e.g. --model omniglot.fadapt or fastadapt.load('omniglot.fadapt')")
     return DEFAULT_MODEL
 
 
-def load(path: str | os.PathLike | None = None, trusted_keys=None) -> Model | AdaptedModel:
-    """Read and verify a bundle. No path: the shipped default meta-initialisation.
+def load(path: str | os.PathLike | None = None, trusted_keys: Iterable[str] | None = None) -> Model | AdaptedModel:
+    """Read and verify a bundle -> ``Model`` (kind "meta": ``adapt`` it) or ``AdaptedModel`` (kind "adapted":
+    ``predict`` with it). No path: the shipped default meta-initialisation.
 
     trusted_keys  hex Ed25519 public keys (``fastadapt keygen``); with those in FASTADAPT_TRUSTED_KEYS,
                   when any are given the bundle must carry a valid signature by one of them.
+
+    >>> model = fastadapt.load()                # or fastadapt.load("my_model.fadapt")
+    >>> model.kind, model.preprocess.size
+    ('meta', 28)
     """
     bundle = read_bundle(default_model_path() if path is None else path, trusted_keys)
     # read_bundle validated the manifest: kind is "meta" or "adapted"
     model = AdaptedModel(bundle) if bundle.manifest.get("kind") == "adapted" else Model(bundle)
-    check_parameter_shapes(model)
+    _check_parameter_shapes(model)
     return model
 
 
-def check_parameter_shapes(model) -> None:
+def _check_parameter_shapes(model) -> None:
     """Every parameter forward.onnx takes is in params.npz with the shape the graph declares, so a
     crafted or mismatched bundle is refused on load rather than failing inside onnxruntime later."""
     where = model.path or "model"
@@ -51,7 +58,13 @@ def check_parameter_shapes(model) -> None:
 
 
 def adapt(shots, model: str | os.PathLike | None = None, steps: int | str | None = None, lr: float | None = None,
-          progress=None, trusted_keys=None, safeguard: bool = True) -> AdaptedModel:
-    """One call: load a meta model (default: the shipped one) and adapt it to ``shots`` (see ``Model.adapt``)."""
+          progress: Callable[[int, int], None] | None = None, trusted_keys: Iterable[str] | None = None,
+          safeguard: bool = True) -> AdaptedModel:
+    """One call: load a meta model (default: the shipped one) and adapt it to ``shots`` (see ``Model.adapt``).
+
+    >>> adapted = fastadapt.adapt("examples/shots")
+    >>> adapted.predict("examples/queries/arrow/arrow_1.png").label
+    'arrow'
+    """
     loaded = load(model, trusted_keys)
     return loaded.adapt(shots, steps=steps, lr=lr, progress=progress, safeguard=safeguard)

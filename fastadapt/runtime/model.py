@@ -22,11 +22,12 @@ from typing import Callable
 import numpy as np
 
 from ..bundle import Bundle, save_bundle
-from ..errors import FastadaptError, warn
+from ..errors import FastadaptError, FastadaptWarning, warn
 from ..images import Preprocess, is_image_source, polarity_warning, to_float, to_uint8
 from ..manifest import MAX_STEPS, printable  # the same bound as a bundle's recipe: a typo such as 10**12 would never end
 from .adaptation import check_finite, choose_steps, run_steps, softmax
 from .head import init_head
+from .describe import describe_bundle, model_card
 from .sessions import Graphs
 from .shots import Shots, _folder_classes, load_shots
 from . import unknown as unknown_detection
@@ -35,13 +36,14 @@ from . import unknown as unknown_detection
 # else is predicted with it (onnxruntime picks kernels by batch size: batches of 2..64 moved logits by up
 # to 1.8e-4 against one image alone). Batching did not make prediction faster per image on 2 cores.
 PREDICT_CHUNK = 1
+TOP = 3  # predict's default number of classes in Prediction.top (fastadapt predict --top has the same)
 LOW_LOO_ACCURACY = 0.5  # steps="auto": below this leave-one-shot-out accuracy, warn that the shots are unusual
 # What the shipped default model is good for (its model card in README.md)
 DEFAULT_GOOD_FOR = ("handwritten characters, symbols, sketches and icons: dark strokes on a plain light "
                     "background, seen as 28x28 grayscale (model card 'Good for')")
 
 
-def good_for(model) -> str:
+def _good_for(model) -> str:
     from .loading import DEFAULT_MODEL
 
     if model.path and os.path.abspath(model.path) == os.path.abspath(DEFAULT_MODEL):
@@ -59,7 +61,7 @@ def _loss(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
-def steps_argument(steps, recipe_steps: int):
+def _steps_argument(steps, recipe_steps: int) -> int | str:
     """``steps`` as given by the API or the CLI (a string there) -> an int in 0..MAX_STEPS, or "auto"."""
     if steps is None:
         return recipe_steps
@@ -68,29 +70,41 @@ def steps_argument(steps, recipe_steps: int):
         if text == "auto":
             return "auto"
         if not text.isdigit():
-            raise FastadaptError(f"--steps must be a whole number >= 0 or 'auto', got '{steps}'")
+            raise FastadaptError(f"{{steps}} must be a whole number >= 0 or 'auto', got '{steps}'", "steps")
         steps = int(text)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-        raise FastadaptError(f"--steps must be a whole number >= 0 or 'auto', got {steps!r}")
+        raise FastadaptError(f"{{steps}} must be a whole number >= 0 or 'auto', got {steps!r}", "steps")
     if not 0 <= steps <= MAX_STEPS:
-        raise FastadaptError(f"--steps must be between 0 and {MAX_STEPS} (the recipe is {recipe_steps}), got {steps}")
+        raise FastadaptError(f"{{steps}} must be between 0 and {MAX_STEPS} (the recipe is {recipe_steps}), got {steps}",
+                             "steps")
     return int(steps)
 
 
-def lr_argument(lr, recipe_lr) -> float:
+def _lr_argument(lr, recipe_lr) -> float:
     """``lr`` as given (any real number type, numpy's included) -> a positive finite float."""
     value = recipe_lr if lr is None else lr
     if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(float(value)) or float(value) <= 0:
-        raise FastadaptError(f"--lr must be a positive number, got {value!r}"
-                             + ("" if lr is not None else " from the model's manifest; re-export it"))
+        raise FastadaptError(f"{{lr}} must be a positive number, got {value!r}"
+                             + ("" if lr is not None else " from the model's manifest; re-export it"), "lr")
     return float(value)
+
+
+def _check_top(top) -> int:
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise FastadaptError(f"{{top}} must be a whole number >= 1, got {top!r}", "top")
+    return int(top)
 
 
 @dataclass(frozen=True)
 class Prediction:
     """The answer for one image: the closest class, its probability, the ``top`` most likely classes,
-    whether the image was rejected as none of the classes (``unknown``) and its in-set ``score``."""
+    whether the image was rejected as none of the classes (``unknown``) and its in-set ``score``.
+
+    >>> p = fastadapt.load().adapt("examples/shots").predict("examples/queries/star/star_1.png", top=2)
+    >>> p.label, p["label"], len(p.top), p.unknown
+    ('star', 'star', 2, False)
+    """
 
     label: str  # the closest class, also when unknown
     probability: float
@@ -99,6 +113,13 @@ class Prediction:
     score: float | None = None  # in-set score, higher = more likely one of the classes (see runtime/unknown.py)
 
     def to_dict(self) -> dict:
+        """The prediction as plain JSON types: {"label", "probability", "top": [{"label", "probability"}],
+        "unknown", "score"} (what ``fastadapt predict --json`` prints per image).
+
+        >>> answer = fastadapt.load().adapt("examples/shots").predict("examples/queries/star/star_1.png")
+        >>> sorted(answer.to_dict())
+        ['label', 'probability', 'score', 'top', 'unknown']
+        """
         return {"label": self.label, "probability": self.probability,
                 "top": [{"label": label, "probability": p} for label, p in self.top],
                 "unknown": self.unknown, "score": self.score}
@@ -126,6 +147,8 @@ def _is_batch(images) -> bool:
 
 
 class _Loaded:
+    """What meta and adapted models share: the bundle, its manifest, preprocessing and recipe, its card."""
+
     def __init__(self, bundle: Bundle, graphs: Graphs | None = None):
         self.bundle = bundle
         self.path = bundle.path
@@ -140,19 +163,58 @@ class _Loaded:
 
     @property
     def adaptation(self) -> dict:
-        """What adaptation did (manifest["adaptation"]): steps kept, their lrs, loss before/after, ..."""
+        """What adaptation did (manifest["adaptation"]): steps kept, their lrs, loss before/after, ...;
+        {} for a meta model.
+
+        >>> adapted = fastadapt.load().adapt("examples/shots")
+        >>> adapted.adaptation["steps"], adapted.adaptation["shots_per_class"]["star"]
+        (3, 5)
+        """
         return dict(self.manifest.get("adaptation") or {})
 
     @property
     def kind(self) -> str:
+        """"meta" (a meta-initialisation: ``adapt`` it) or "adapted" (it knows its classes: ``predict``).
+
+        >>> fastadapt.load().kind
+        'meta'
+        """
         return self.manifest.get("kind", "meta")
+
+    def model_card(self) -> dict:
+        """The model card the bundle carries, {section: text}: intended use, not for, data, training,
+        evaluation, limitations (in that order; {} when it has none). Adapted models inherit their meta
+        model's card.
+
+        >>> list(fastadapt.load().model_card())[:2]
+        ['intended_use', 'not_for']
+        """
+        return model_card(self.manifest)
+
+    def describe(self) -> str:
+        """What ``fastadapt info`` prints: kind, architecture, preprocessing, recipe, classes, provenance,
+        model card and evaluations, one line each.
+
+        >>> print(fastadapt.load().describe())  # doctest: +ELLIPSIS
+        /.../default.fadapt  (meta bundle, format 1, 0.46 MB, 111,936 parameters)
+        ...
+          model card
+            intended use: Handwritten characters, symbols, sketches and icons: ...
+        """
+        return describe_bundle(self.bundle)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path or '<in memory>'!r})"
 
 
 class Model(_Loaded):
-    """A meta-trained bundle: ``adapt`` it to your classes, then predict with the result."""
+    """A meta-trained bundle (``fastadapt.load`` of kind "meta"): ``adapt`` it to your classes, then predict
+    with the result.
+
+    >>> model = fastadapt.load()          # the shipped default; or fastadapt.load("my_model.fadapt")
+    >>> model.kind, model.recipe["steps"]
+    ('meta', 3)
+    """
 
     def adapt(self, shots, steps: int | str | None = None, lr: float | None = None,
               progress: Callable[[int, int], None] | None = None, safeguard: bool = True) -> "AdaptedModel":
@@ -166,6 +228,10 @@ class Model(_Loaded):
         safeguard when a step raises the support loss, keep the start (0 steps) and warn; unbalanced shots
                   use the class-balanced loss. False runs the plain recipe. Both give the recipe's
                   result, bit for bit, when the shots are balanced and no step raises the loss.
+
+        >>> adapted = fastadapt.load().adapt("examples/shots", steps="auto")
+        >>> adapted.kind, len(adapted.classes)
+        ('adapted', 8)
         """
         data = load_shots(shots, self.preprocess)
         return self.adapt_arrays(to_float(data.images, self.preprocess), data.labels, data.classes,
@@ -174,14 +240,25 @@ class Model(_Loaded):
     def adapt_arrays(self, images: np.ndarray, labels: np.ndarray, classes: list, steps: int | str | None = None,
                      lr: float | None = None, progress: Callable[[int, int], None] | None = None,
                      shots: Shots | None = None, safeguard: bool = True, quiet: bool = False) -> "AdaptedModel":
-        """``adapt`` on already preprocessed float32 images (B, C, H, W) and int labels 0..N-1.
+        """``adapt`` on already preprocessed float32 images (B, C, H, W) and int labels 0..N-1 naming
+        ``classes`` (for evaluations and benchmarks: no image decoding).
 
-        ``quiet``: no warning on stderr (it is still stored as adaptation["warning"]), for evaluations."""
+        ``quiet``: no warning (it is still stored as adaptation["warning"]). ``shots``: the decoded support
+        set (``adapt`` passes it), kept in the adapted bundle so classes can be added later; without it the
+        adapted model keeps no shots.
+
+        >>> from fastadapt.images import to_float
+        >>> model = fastadapt.load()
+        >>> images = to_float(np.random.default_rng(0).integers(0, 256, (4, 1, 28, 28), dtype=np.uint8),
+        ...                   model.preprocess)
+        >>> model.adapt_arrays(images, np.array([0, 0, 1, 1]), ["a", "b"], quiet=True).classes
+        ['a', 'b']
+        """
         if not isinstance(safeguard, (bool, np.bool_)):
-            raise FastadaptError(f"safeguard must be True or False, got {safeguard!r}")
+            raise FastadaptError(f"{{safeguard}} must be True or False, got {safeguard!r}", "safeguard")
         recipe_steps = int(self.recipe["steps"])
-        steps = steps_argument(steps, recipe_steps)
-        lr = lr_argument(lr, self.recipe["lr"])
+        steps = _steps_argument(steps, recipe_steps)
+        lr = _lr_argument(lr, self.recipe["lr"])
         ways = len(classes)
         if ways < 2:
             raise FastadaptError(f"adaptation needs at least 2 classes, got {ways}")
@@ -207,11 +284,11 @@ class Model(_Loaded):
             info["auto"] = auto
         if shots is not None and shots.skipped:
             info["skipped"] = list(shots.skipped)
-        warning = self._unlike_training_data(info)
+        warning = self._unlike_training_data(info)  # may name the parameter lr
         if warning:
-            info["warning"] = warning
+            info["warning"] = str(FastadaptWarning(warning, "lr"))  # stored as a Python caller reads it
             if not quiet:
-                warn(warning)
+                warn(warning, "lr")
         manifest = dict(self.manifest)
         manifest.update(kind="adapted", classes=[str(c) for c in classes], adaptation=info,
                         unknown=unknown_detection.describe(self.manifest, trajectory.params))
@@ -234,8 +311,8 @@ class Model(_Loaded):
                            f"({_loss(r['loss_before'])} -> {_loss(r['loss_after'])}), so the model keeps its start "
                            f"(no step: the head initialised from the shots)")
             if info["lr"] != float(self.recipe["lr"]):
-                reasons.append(f"(--lr {info['lr']:g} is not the meta-trained {float(self.recipe['lr']):g}: "
-                               f"try without --lr)")
+                reasons.append(f"({{lr}} {info['lr']:g} is not the meta-trained {float(self.recipe['lr']):g}: "
+                               f"try without {{lr}})")
         auto = info.get("auto") or {}
         accuracy = auto.get("best_accuracy")
         if accuracy is not None and accuracy < LOW_LOO_ACCURACY:
@@ -243,16 +320,26 @@ class Model(_Loaded):
         if not reasons:
             return None
         return (f"{'; '.join(reasons)}: the shots may be unlike the images this model was trained for. It is "
-                f"good for {good_for(self)}; for other images, meta-train your own model (README: 'Meta-train "
+                f"good for {_good_for(self)}; for other images, meta-train your own model (README: 'Meta-train "
                 f"your own')")
 
-    def predict(self, images, top: int = 3, unknown=None) -> Prediction | list[Prediction]:
+    def predict(self, images, top: int = TOP, unknown: bool | float | None = None,
+                skip_unreadable: bool = False) -> Prediction | list[Prediction | None]:
+        """A meta model has no classes to predict: this raises an error that says to ``adapt`` it first.
+
+        >>> fastadapt.load().predict("examples/queries/star/star_1.png")
+        Traceback (most recent call last):
+        fastadapt.errors.FastadaptError: ...: is a meta model with no classes yet; adapt it first: ...
+        """
         raise FastadaptError(f"{self.path or 'this model'}: is a meta model with no classes yet; adapt it first: "
                              f"'fastadapt adapt --model {self.path or 'MODEL.fadapt'} --shots DIR --out adapted.fadapt' "
                              f"(Python: model.adapt('DIR'))")
 
-    def save(self, path: str) -> None:
-        """Write the meta bundle (unchanged) to ``path`` atomically."""
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the meta bundle (unchanged) to ``path`` atomically.
+
+        >>> fastadapt.load().save("copy.fadapt")
+        """
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise FastadaptError(f"save needs a file name such as 'model.fadapt', got {path!r}")
         save_bundle(path, Bundle(dict(self.manifest), self.bundle.forward_onnx, self.bundle.step_onnx,
@@ -260,7 +347,13 @@ class Model(_Loaded):
 
 
 class AdaptedModel(_Loaded):
-    """A model that knows its classes: ``predict`` images, ``save`` it as an adapted bundle."""
+    """A model that knows its classes (``Model.adapt``, or ``fastadapt.load`` of kind "adapted"): ``predict``
+    images, ``save`` it as an adapted bundle, add or remove classes, export it as one ONNX file.
+
+    >>> adapted = fastadapt.load().adapt("examples/shots")
+    >>> adapted.classes[:3]
+    ['arrow', 'circle', 'cross']
+    """
 
     def __init__(self, bundle: Bundle, graphs: Graphs | None = None, seconds: float | None = None):
         super().__init__(bundle, graphs)
@@ -280,11 +373,19 @@ class AdaptedModel(_Loaded):
         self._scale = unknown_detection.prototype_scale(self.params) \
             if self.unknown_score == unknown_detection.NEAREST_PROTOTYPE else 1.0
 
-    def scores(self, images: np.ndarray) -> tuple:
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (B, N), in-set scores (B,)) for preprocessed float32 images (B, C, H, W).
 
         Each image runs through the forward graph on its own (PREDICT_CHUNK), so its numbers never depend
-        on the other images. Score: higher = more likely one of the classes (runtime/unknown.py)."""
+        on the other images. Score: higher = more likely one of the classes (runtime/unknown.py).
+
+        >>> from fastadapt.images import to_float, to_uint8
+        >>> adapted = fastadapt.load().adapt("examples/shots")
+        >>> x = to_float(to_uint8("examples/queries/star/star_1.png", adapted.preprocess)[None], adapted.preprocess)
+        >>> probabilities, scores = adapted.scores(x)
+        >>> probabilities.shape, scores.shape
+        ((1, 8), (1,))
+        """
         probabilities, scores = [], []
         for i in range(0, len(images), PREDICT_CHUNK):
             logits, features = self.graphs.forward(images[i:i + PREDICT_CHUNK], self.params)
@@ -296,70 +397,100 @@ class AdaptedModel(_Loaded):
         return np.concatenate(probabilities), np.concatenate(scores)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Softmax probabilities (B, N) for preprocessed float32 images (B, C, H, W)."""
+        """Softmax probabilities (B, N) for preprocessed float32 images (B, C, H, W): ``scores(images)[0]``.
+
+        >>> from fastadapt.images import to_float, to_uint8
+        >>> adapted = fastadapt.load().adapt("examples/shots")
+        >>> x = to_float(to_uint8("examples/queries/star/star_1.png", adapted.preprocess)[None], adapted.preprocess)
+        >>> adapted.classes[int(adapted.probabilities(x).argmax())]
+        'star'
+        """
         return self.scores(images)[0]
 
-    def predict(self, images, top: int = 3, unknown=None) -> Prediction | list[Prediction]:
-        """Predict one image (path, image bytes, binary file object, PIL image or HxW[xC] array) -> ``Prediction``;
-        a list of them -> list. ``top``: how many of the most likely classes ``Prediction.top`` lists (the CLI's
-        ``predict --top`` has the same default).
+    def predict(self, images, top: int = TOP, unknown: bool | float | None = None,
+                skip_unreadable: bool = False) -> Prediction | list[Prediction | None] | None:
+        """Predict one image -> a ``Prediction``; a list of them -> a list, in the same order.
 
-        Each image's answer depends on that image alone, never on the others in the list.
+        images    a path, image bytes, a binary file object, a PIL image or an HxW[xC] array, or a list
+                  of them (or an NxCxHxW array). Each image's answer depends on that image alone.
+        top       how many of the most likely classes ``Prediction.top`` lists (``fastadapt predict --top``
+                  has the same default)
         unknown   None/False: always answer a class; True: mark images below the threshold calibrated at
                   adaptation (manifest["unknown"]["threshold"]) as ``unknown``; a number: that threshold
+        skip_unreadable  an image that cannot be read is skipped with a warning and answered None (an error
+                  when none can be read); False: it is an error
+
+        >>> adapted = fastadapt.load().adapt("examples/shots")
+        >>> adapted.predict("examples/queries/star/star_1.png").label
+        'star'
+        >>> [p.label for p in adapted.predict(["examples/queries/circle/circle_1.png", b"not an image"],
+        ...                                   skip_unreadable=True) if p is not None]
+        ['circle']
         """
-        threshold = self.threshold(unknown)
+        threshold = self._threshold(unknown)
+        top = _check_top(top)
         batch = _is_batch(images)
         items = list(images) if batch else [images]
         if not items:
             return []
-        for item in items:
+        names = [os.fspath(i) if isinstance(i, (str, os.PathLike)) else f"image {n}" for n, i in enumerate(items)]
+        arrays = {}  # index -> uint8 image, for the images that could be read
+        for n, item in enumerate(items):
             if not is_image_source(item):
                 raise FastadaptError(f"predict: an image must be a path, image bytes, a binary file object, a PIL "
-                                     f"image or a numpy array, "
-                                     f"got {type(item).__name__}")
-        arrays = [to_uint8(item, self.preprocess) for item in items]
-        names = [os.fspath(i) if isinstance(i, (str, os.PathLike)) else f"image {n}" for n, i in enumerate(items)]
-        message = polarity_warning(arrays, self.preprocess, names)
+                                     f"image or a numpy array, got {type(item).__name__}")
+            try:
+                arrays[n] = to_uint8(item, self.preprocess)
+            except FastadaptError as exc:
+                if not skip_unreadable:
+                    raise
+                warn(f"{exc}; skipped")
+        if not arrays:
+            raise FastadaptError(f"{names[0]}{' and the others' if len(names) > 1 else ''}: no readable image to predict")
+        message = polarity_warning(list(arrays.values()), self.preprocess, [names[n] for n in arrays])
         if message:
-            warn(f"predict: {message}")
-        probabilities, scores = self.scores(to_float(np.stack(arrays), self.preprocess))
-        results = self.predictions(probabilities, top, scores, threshold)
+            warn(message)
+        probabilities, scores = self.scores(to_float(np.stack(list(arrays.values())), self.preprocess))
+        answers = iter(self._predictions(probabilities, top, scores, threshold))
+        results = [next(answers) if n in arrays else None for n in range(len(items))]
         return results if batch else results[0]
 
-    def threshold(self, unknown) -> float | None:
+    def _threshold(self, unknown) -> float | None:
         """predict's ``unknown`` argument -> the score threshold to reject below, or None."""
         if unknown is None or unknown is False:
             return None
         if unknown is True:
             if self.unknown_threshold is None:
                 raise FastadaptError(f"{self.path or 'this model'}: has no calibrated unknown threshold (its head is "
-                                     f"not a prototype head; the score is the top probability): pass a number, "
-                                     f"e.g. --unknown-threshold 0.9 (Python: unknown=0.9)")
+                                     f"not a prototype head; the score is the top probability): pass a number as "
+                                     f"{{unknown}}, e.g. 0.9", "unknown")
             return float(self.unknown_threshold)
         if isinstance(unknown, (int, float, np.integer, np.floating)) and math.isfinite(float(unknown)):
             return float(unknown)
-        raise FastadaptError(f"--unknown-threshold must be a finite number (or unknown=True for the calibrated "
-                             f"{self.unknown_threshold}), got {unknown!r}")
+        raise FastadaptError(f"{{unknown}} must be a finite number, got {unknown!r} (the calibrated threshold: "
+                             f"{self.unknown_threshold})", "unknown")
 
-    def predictions(self, probabilities: np.ndarray, top: int = 3, scores: np.ndarray | None = None,
-                    threshold: float | None = None) -> list:
-        """Turn (B, N) probabilities (and (B,) scores) into ``Prediction`` objects; with a ``threshold``,
-        images scoring below it are ``unknown``."""
-        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
-            raise FastadaptError(f"--top must be a whole number >= 1, got {top!r}")
-        k = min(int(top), len(self.classes))
+    def _predictions(self, probabilities: np.ndarray, top: int, scores: np.ndarray,
+                     threshold: float | None) -> list[Prediction]:
+        """(B, N) probabilities and (B,) scores -> ``Prediction`` objects; with a ``threshold``, images scoring
+        below it are ``unknown``."""
+        k = min(top, len(self.classes))
         results = []
-        for i, row in enumerate(probabilities):
+        for row, score in zip(probabilities, scores):
             order = np.argsort(-row, kind="stable")[:k]
             ranked = [(self.classes[j], float(row[j])) for j in order]
-            score = None if scores is None else float(scores[i])
-            rejected = threshold is not None and score is not None and not score >= threshold
-            results.append(Prediction(ranked[0][0], ranked[0][1], ranked, rejected, score))
+            rejected = threshold is not None and not float(score) >= threshold
+            results.append(Prediction(ranked[0][0], ranked[0][1], ranked, rejected, float(score)))
         return results
 
-    def save(self, path: str) -> None:
-        """Write an adapted bundle (kind "adapted", adapted parameters, class names) atomically."""
+    def save(self, path: str | os.PathLike) -> None:
+        """Write an adapted bundle (kind "adapted", adapted parameters, class names, the shots it keeps)
+        atomically; ``fastadapt.load(path)`` predicts right away.
+
+        >>> fastadapt.load().adapt("examples/shots").save("shapes.fadapt")
+        >>> fastadapt.load("shapes.fadapt").kind
+        'adapted'
+        """
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise FastadaptError(f"save needs a file name such as 'adapted.fadapt', got {path!r}")
         path = os.fspath(path)
@@ -369,32 +500,55 @@ class AdaptedModel(_Loaded):
                         meta_params=self.bundle.meta_params, shots=self.bundle.shots)
         save_bundle(path, bundle)
 
-    def export_onnx(self, path: str, recipe: str | None = None) -> dict:
+    def export_onnx(self, path: str | os.PathLike, recipe: str | os.PathLike | None = None) -> dict:
         """Write one self-contained ONNX file (these weights inside; input "images", preprocessed float32
         (B, C, H, W); outputs "probabilities" (B, N) and "features" (B, D)) and its preprocessing recipe as
         JSON beside it (default: model.onnx -> model.preprocess.json). Verified against ``probabilities``
-        before anything is written. Needs the ``onnx`` package. Returns the recipe. See standalone.py."""
+        before anything is written. Needs the ``onnx`` package. Returns the recipe. See standalone.py.
+
+        >>> recipe = fastadapt.load().adapt("examples/shots").export_onnx("shapes.onnx")  # doctest: +SKIP
+        >>> recipe["classes"][:2]  # doctest: +SKIP
+        ['arrow', 'circle']
+        """
         from ..standalone import export_onnx
 
         return export_onnx(self, path, recipe)
 
-    def add_classes(self, shots, steps=None, lr=None, progress=None, safeguard=None) -> "AdaptedModel":
+    def add_classes(self, shots, steps: int | str | None = None, lr: float | None = None,
+                    progress: Callable[[int, int], None] | None = None, safeguard: bool | None = None) -> "AdaptedModel":
         """A new model that also knows the classes in ``shots`` (a folder of class folders or a dict
         {label: [images]}, one class is enough; an existing label gets the images added to its shots).
 
         It re-adapts from the meta-initialisation on the shots kept in this model and the new ones: the
         same model, bit for bit, as adapting the meta model on all the images at once. steps, lr,
-        safeguard: default to what this model was adapted with (see ``Model.adapt``)."""
+        safeguard: default to what this model was adapted with (see ``Model.adapt``).
+
+        >>> adapted = fastadapt.load().adapt({"star": ["examples/shots/star/star_1.png"],
+        ...                                   "circle": ["examples/shots/circle/circle_1.png"]})
+        >>> adapted.add_classes({"arrow": ["examples/shots/arrow/arrow_1.png"]}).classes
+        ['star', 'circle', 'arrow']
+        """
         return self.update_classes(add=shots, steps=steps, lr=lr, progress=progress, safeguard=safeguard)
 
-    def remove_classes(self, labels, steps=None, lr=None, progress=None, safeguard=None) -> "AdaptedModel":
+    def remove_classes(self, labels: str | list[str], steps: int | str | None = None, lr: float | None = None,
+                       progress: Callable[[int, int], None] | None = None, safeguard: bool | None = None) -> "AdaptedModel":
         """A new model without the classes ``labels`` (at least 2 classes must remain), re-adapted from the
-        meta-initialisation on the kept shots of the others; see ``add_classes``."""
+        meta-initialisation on the kept shots of the others; see ``add_classes``.
+
+        >>> fastadapt.load().adapt("examples/shots").remove_classes(["star"]).classes
+        ['arrow', 'circle', 'cross', 'spiral', 'square', 'triangle', 'zigzag']
+        """
         return self.update_classes(remove=labels, steps=steps, lr=lr, progress=progress, safeguard=safeguard)
 
-    def update_classes(self, add=None, remove=(), steps=None, lr=None, progress=None,
-                       safeguard=None) -> "AdaptedModel":
-        """``remove_classes(remove)`` and ``add_classes(add)`` in one re-adaptation."""
+    def update_classes(self, add=None, remove: str | list[str] = (), steps: int | str | None = None,
+                       lr: float | None = None, progress: Callable[[int, int], None] | None = None,
+                       safeguard: bool | None = None) -> "AdaptedModel":
+        """``remove_classes(remove)`` and ``add_classes(add)`` in one re-adaptation.
+
+        >>> adapted = fastadapt.load().adapt("examples/shots")
+        >>> adapted.update_classes(add={"dot": ["examples/queries/circle/circle_1.png"]}, remove=["star"]).classes[-2:]
+        ['zigzag', 'dot']
+        """
         meta = self._meta_model()
         remove = [remove] if isinstance(remove, str) else [str(label) for label in remove or ()]
         missing = [label for label in remove if label not in self.classes]
@@ -446,7 +600,15 @@ class AdaptedModel(_Loaded):
         bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, self.bundle.meta_params, None)
         return Model(bundle, self.graphs)
 
-    def adapt(self, shots=None, steps=None, lr=None, progress=None, safeguard=True):
+    def adapt(self, shots=None, steps: int | str | None = None, lr: float | None = None,
+              progress: Callable[[int, int], None] | None = None, safeguard: bool = True) -> "AdaptedModel":
+        """An adapted model cannot adapt again (adaptation starts from the meta-initialisation): this raises an
+        error naming the meta bundle it came from; ``add_classes`` / ``remove_classes`` change its classes.
+
+        >>> fastadapt.load().adapt("examples/shots").adapt("examples/shots")
+        Traceback (most recent call last):
+        fastadapt.errors.FastadaptError: this model: is already adapted ...
+        """
         source = (self.manifest.get("adaptation") or {}).get("from", {}).get("path") or "the meta model"
         raise FastadaptError(f"{self.path or 'this model'}: is already adapted (classes: {', '.join(self.classes[:5])}"
                              f"{', ...' if len(self.classes) > 5 else ''}); adaptation starts from a meta model, "
