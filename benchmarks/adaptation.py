@@ -30,7 +30,7 @@ def anil_bundle(data: str) -> str:
     path = CACHE / "anil.fadapt"
     if path.exists():
         return str(path)
-    from fastadapt.meta_train.exporting import export_run
+    from fastadapt.meta_train.export_run import export_run
     from fastadapt.meta_train.run import TrainConfig
     from fastadapt.meta_train.trainer import train
 

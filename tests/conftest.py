@@ -1,6 +1,6 @@
 """Shared fixtures: small exported bundles and folders of synthetic glyph images.
 
-Bundles come from the real exporter (``fastadapt.meta_train.export.export_bundle``) on a random,
+Bundles come from the real exporter (``fastadapt.meta_train.bundle_export.export_bundle``) on a random,
 seeded width-16 Conv4 with InnerLoop(steps=3, lr=0.4). Exporting takes ~20 s, so the result is kept
 in pytest's cache (.pytest_cache), keyed by the sources that shape it and the torch version;
 ``pytest --cache-clear`` rebuilds it (with the cache plugin off, ``-p no:cacheprovider``, it is
@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUNDLE_SOURCES = ("fastadapt/meta_train/export.py", "fastadapt/meta_train/inner_loop.py",
+BUNDLE_SOURCES = ("fastadapt/meta_train/bundle_export.py", "fastadapt/meta_train/tracing.py",
+                  "fastadapt/meta_train/onnx_rewrites.py", "fastadapt/meta_train/verification.py",
+                  "fastadapt/meta_train/inner_loop.py",
                   "fastadapt/models/networks.py", "fastadapt/bundle.py", "fastadapt/images.py", "tests/conftest.py")
 WIDTH, STEPS, LR = 16, 3, 0.4
 
@@ -65,7 +67,7 @@ def _export(folder: str) -> None:
     import torch
 
     from fastadapt.images import Preprocess
-    from fastadapt.meta_train.export import export_bundle
+    from fastadapt.meta_train.bundle_export import export_bundle
     from fastadapt.meta_train.inner_loop import InnerLoop
     from fastadapt.models import ModelSpec, build_model
 

@@ -9,8 +9,10 @@ ort = pytest.importorskip("onnxruntime")
 from fastadapt.bundle import read_bundle  # noqa: E402
 from fastadapt.errors import FastadaptError  # noqa: E402
 from fastadapt.images import Preprocess  # noqa: E402
-from fastadapt.meta_train import export as ex  # noqa: E402
+from fastadapt.meta_train import bundle_export, verification  # noqa: E402
 from fastadapt.meta_train import inner_loop as il  # noqa: E402
+from fastadapt.meta_train import onnx_rewrites as rw  # noqa: E402
+from fastadapt.meta_train.tracing import build_graphs  # noqa: E402
 from fastadapt.models import ModelSpec, build_model  # noqa: E402
 
 aten = torch.ops.aten
@@ -29,15 +31,41 @@ def exported(request):
     """Graphs built once per adapted subset; the head initialisation is not part of the graphs."""
     model, params = _model_and_params()
     recipe = il.InnerLoop(adapt=request.param, steps=3, lr=0.4)
-    forward_bytes, step_bytes = ex.build_graphs(model, SPEC, recipe, params)
+    forward_bytes, step_bytes = build_graphs(model, SPEC, recipe, params)
     return model, params, recipe, forward_bytes, step_bytes
+
+
+def _in_memory(exported, recipe):
+    model, params, _, forward_bytes, step_bytes = exported
+    return bundle_export.meta_bundle(model, SPEC, recipe, params, forward_bytes, step_bytes, Preprocess(), {}, [])
 
 
 @pytest.mark.parametrize("head_init", ["zero", "prototype"])
 def test_three_steps_match_torch(exported, head_init):
-    model, params, recipe, forward_bytes, step_bytes = exported
+    model, _, recipe, _, _ = exported
     recipe = il.InnerLoop(adapt=recipe.adapt, head_init=head_init, steps=3, lr=0.4)
-    assert ex.verify(forward_bytes, step_bytes, model, recipe, params, steps=3) <= 1e-4
+    assert verification.verify(_in_memory(exported, recipe), model, steps=3) <= 1e-4
+
+
+def test_verify_adapts_through_the_runtime(exported, monkeypatch):
+    """The graphs are checked through the shipped adaptation code, not a copy of it."""
+    from fastadapt.runtime import Model
+
+    model, _, recipe, _, _ = exported
+    calls = []
+    adapt_arrays = Model.adapt_arrays
+    monkeypatch.setattr(Model, "adapt_arrays", lambda self, *a, **k: calls.append(k) or adapt_arrays(self, *a, **k))
+    verification.verify(_in_memory(exported, recipe), model, steps=2)
+    assert calls == [{"steps": 2, "safeguard": False, "quiet": True}]
+
+
+def test_a_runtime_failure_is_a_verification_failure(exported):
+    model, _, recipe, _, _ = exported
+    bundle = _in_memory(exported, recipe)
+    first = next(iter(bundle.params))
+    bundle.params[first] = np.full_like(bundle.params[first], np.nan)
+    with pytest.raises(FastadaptError, match="verification failed: the runtime could not adapt .*not finite"):
+        verification.verify(bundle, model, steps=3)
 
 
 def test_graph_signatures(exported):
@@ -89,18 +117,22 @@ def test_forward_with_one_row_head(exported):
     (ModelSpec(width=16, norm="batch"), il.InnerLoop()),
     (ModelSpec(width=16), il.InnerLoop(loss="mse")),
     (ModelSpec(name="mlp"), il.InnerLoop(loss="mse", head_init="learned")),
-], ids=["batch-norm", "mse", "mlp"])
+    (ModelSpec(width=16), il.InnerLoop(head_init="learned")),
+], ids=["batch-norm", "mse", "mlp", "learned-head"])
 def test_refuses_unsupported(tmp_path, spec, recipe):
+    """A learned head is regression's (--data sinusoid), whose runs 'fastadapt export' refuses first."""
     model, params = _model_and_params(spec)
     out = tmp_path / "m.fadapt"
-    with pytest.raises(FastadaptError, match="export supports Conv4 classification with per-sample norm"):
-        ex.export_bundle(out, model, spec, recipe, params, Preprocess(), {}, [])
+    what = "head_init 'zero' or 'prototype'" if recipe.head_init == "learned" and spec.name == "conv4" else \
+        "export supports Conv4 classification with per-sample norm"
+    with pytest.raises(FastadaptError, match=what):
+        bundle_export.export_bundle(out, model, spec, recipe, params, Preprocess(), {}, [])
     assert not out.exists()
 
 
 def _cached_graphs(monkeypatch, exported):
     model, params, recipe, forward_bytes, step_bytes = exported
-    monkeypatch.setattr(ex, "build_graphs", lambda *args: (forward_bytes, step_bytes))
+    monkeypatch.setattr(bundle_export, "build_graphs", lambda *args: (forward_bytes, step_bytes))
     return model, params, recipe
 
 
@@ -109,7 +141,7 @@ def test_bundle_round_trip(tmp_path, monkeypatch, exported):
     recipe = il.InnerLoop(adapt=recipe.adapt, head_init="prototype", steps=3, lr=0.4)
     with_head = {**params, "head.weight": torch.zeros(5, model.feature_dim), "head.bias": torch.zeros(5)}
     out = tmp_path / "m.fadapt"
-    manifest = ex.export_bundle(out, model, SPEC, recipe, with_head, Preprocess(), {"algorithm": "fomaml"},
+    manifest = bundle_export.export_bundle(out, model, SPEC, recipe, with_head, Preprocess(), {"algorithm": "fomaml"},
                                 [{"ways": 5, "shots": 1, "accuracy": 0.9}])
     bundle = read_bundle(out)
     assert bundle.manifest == manifest
@@ -127,21 +159,21 @@ def test_bundle_round_trip(tmp_path, monkeypatch, exported):
 
 def test_failed_verification_writes_nothing(tmp_path, monkeypatch, exported):
     model, params, recipe = _cached_graphs(monkeypatch, exported)
-    monkeypatch.setattr(ex, "VERIFY_TOL", -1.0)  # no difference can pass
+    monkeypatch.setattr(verification, "agrees", lambda *args: False)  # no difference can pass
     out = tmp_path / "m.fadapt"
     with pytest.raises(FastadaptError, match="verification failed: after 3 SGD steps"):
-        ex.export_bundle(out, model, SPEC, recipe, params, Preprocess(), {}, [])
+        bundle_export.export_bundle(out, model, SPEC, recipe, params, Preprocess(), {}, [])
     assert not out.exists()
 
 
 def test_verify_catches_a_wrong_step_graph(exported):
     """A graph that leaves the body unchanged is not the 'all' inner loop, even on an ill-conditioned task."""
-    model, params, recipe, forward_bytes, step_bytes = exported
+    model, _, recipe, _, _ = exported
     if recipe.adapt != "head":
         pytest.skip("needs the head-only graph")
     wrong = il.InnerLoop(adapt="all", head_init="prototype", steps=3, lr=0.4)
-    with pytest.raises(FastadaptError, match="verification failed"):
-        ex.verify(forward_bytes, step_bytes, model, wrong, params, steps=3)
+    with pytest.raises(FastadaptError, match="verification failed: after 3 SGD steps"):
+        verification.verify(_in_memory(exported, wrong), model, steps=3)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 28, 28), (2, 3, 7, 7), (1, 2, 3, 3), (2, 2, 6, 5)])
@@ -151,14 +183,14 @@ def test_pool_decompositions_equal_torch_with_ties_and_odd_sizes(shape):
     x = torch.randn(*shape).round(decimals=1)
     x[:, :, :4, :4] = 0.5  # a flat region: four-way ties
     values, indices = aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
-    ours = ex._max_pool2d_with_indices(x, [2, 2], [2, 2])
+    ours = rw._max_pool2d_with_indices(x, [2, 2], [2, 2])
     assert torch.equal(ours[0], values) and torch.equal(ours[1], indices)
     grad = torch.randn_like(values)
     expected = aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
-    assert torch.equal(ex._max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices),
+    assert torch.equal(rw._max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices),
                        expected)
     with pytest.raises(FastadaptError, match="2x2, stride-2 max pooling"):
-        ex._max_pool2d_with_indices(x, [3, 3], [2, 2])
+        rw._max_pool2d_with_indices(x, [3, 3], [2, 2])
 
 
 def test_conv_and_relu_backward_decompositions_equal_torch():
@@ -166,9 +198,9 @@ def test_conv_and_relu_backward_decompositions_equal_torch():
     x, weight, grad = torch.randn(3, 4, 9, 9), torch.randn(5, 4, 3, 3), torch.randn(3, 5, 9, 9)
     expected = aten.convolution_backward(grad, x, weight, [5], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                                          [True, True, True])
-    ours = ex._conv_backward(grad, x, weight, [5], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, True])
+    ours = rw._conv_backward(grad, x, weight, [5], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, True])
     for a, b in zip(ours, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     out = torch.relu(torch.randn(4, 6))
-    torch.testing.assert_close(ex._threshold_backward(grad[0, 0, :4, :6], out, 0),
+    torch.testing.assert_close(rw._threshold_backward(grad[0, 0, :4, :6], out, 0),
                                aten.threshold_backward(grad[0, 0, :4, :6], out, 0))

@@ -261,7 +261,7 @@ def export(
 
         secret = read_private_key(str(sign))
     _need_torch("export")
-    from ..meta_train.exporting import export_run
+    from ..meta_train.export_run import export_run
 
     manifest = export_run(rundir, out, checkpoint)
     size = os.path.getsize(out) / 1e6

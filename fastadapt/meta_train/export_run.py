@@ -14,7 +14,7 @@ from .. import __version__
 from ..errors import FastadaptError, warn
 from ..images import to_float
 from .evaluate import load_meta_params
-from .export import export_bundle
+from .bundle_export import export_bundle
 
 
 def read_evaluations(rundir: str) -> list:
