@@ -98,7 +98,10 @@ def test_info_human_and_json(bundles, adapted_bundle, capsys):
 def test_help_reads_like_documentation(capsys):
     for command in ("adapt", "predict", "info"):
         code, stdout, _ = run_cli(capsys, command, "--help")
-        assert code == 0 and "Example" in stdout or command == "info"
+        assert code == 0, command
+        assert f"fastadapt {command}" in stdout, stdout  # the usage line
+        if command != "info":  # info takes one path: no example needed
+            assert "Example" in stdout, (command, stdout)
 
 
 def test_corrupt_and_non_image_files_are_skipped_with_a_warning(bundles, glyphs, tmp_path, capsys):
