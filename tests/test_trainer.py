@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,14 +15,9 @@ from fastadapt.meta_train.run import TrainConfig, load_checkpoint
 from fastadapt.meta_train.trainer import train
 
 from sample_data import REPO, write_glyph_folders
+from test_outputs import one_error, run_cli
 
 TINY = dict(data="synthetic", width=8, meta_batch=2, query=2, val_tasks=4, val_every=3, inner_steps=2)
-
-
-def cli(*args, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "fastadapt", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
 
 
 def params_of(path):
@@ -29,7 +25,7 @@ def params_of(path):
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile", "anil"])
-def test_each_algorithm_trains_and_writes_a_run(tmp_path, algorithm):
+def test_each_algorithm_trains_and_writes_a_run(tmp_path, algorithm, one_thread):
     out = tmp_path / "run"
     summary = train(TrainConfig(algorithm=algorithm, iterations=3, **TINY), str(out), quiet=True)
     assert summary["best"] is not None
@@ -42,7 +38,9 @@ def test_each_algorithm_trains_and_writes_a_run(tmp_path, algorithm):
     assert all(np.isfinite(v).all() for v in start.values())
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
+    """Default torch threads: the trainer's per-task worker threads (one per torch thread) are resumed exactly."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(TrainConfig(algorithm="fomaml", iterations=4, checkpoint_every=1, **TINY), str(straight), quiet=True)
     train(TrainConfig(algorithm="fomaml", iterations=2, checkpoint_every=1, **TINY), str(split), quiet=True)
@@ -56,7 +54,8 @@ def test_resume_continues_exactly(tmp_path):
     assert its == [1, 2, 3, 4]
 
 
-def test_stop_at_and_max_minutes_end_the_run_validated_and_resumable(tmp_path):
+@pytest.mark.slow
+def test_stop_at_and_max_minutes_end_the_run_validated_and_resumable(tmp_path, one_thread):
     reached = tmp_path / "reached"
     summary = train(TrainConfig(algorithm="fomaml", iterations=30, stop_at=1.0, **TINY), str(reached), quiet=True)
     assert summary["iterations"] == 3 and "--stop-at 1.0 at iteration 3" in summary["stopped"]
@@ -74,7 +73,8 @@ def test_stop_at_and_max_minutes_end_the_run_validated_and_resumable(tmp_path):
     assert summary["iterations"] == 5 and summary["stopped"] is None
 
 
-def test_killed_run_resumes_from_last_checkpoint(tmp_path):
+@pytest.mark.slow
+def test_killed_run_resumes_from_last_checkpoint(tmp_path, capsys, one_thread):
     out = tmp_path / "run"
     args = ["train", "--data", "synthetic", "--algorithm", "fomaml", "--width", "8", "--meta-batch", "2",
             "--query", "2", "--val-every", "1000", "--checkpoint-every", "1", "--iterations", "400", "--quiet",
@@ -91,88 +91,99 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     proc.wait()
     killed_at = load_checkpoint(str(out / "last.npz")).progress["iteration"]
     assert 3 <= killed_at < 400
-    result = cli(*(args[:-5] + ["--iterations", str(killed_at + 2), "--quiet", "--out", str(out), "--resume"]))
-    assert result.returncode == 0, result.stderr
+    code, _, err = run_cli(capsys, *args[:-5], "--iterations", killed_at + 2, "--quiet", "--out", out, "--resume")
+    assert code == 0, err
     assert load_checkpoint(str(out / "last.npz")).progress["iteration"] == killed_at + 2
     its = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line]
     assert its == list(range(1, killed_at + 3))
 
 
-def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+@pytest.mark.slow
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, one_thread):
+    """Two good iterations are checkpointed; then an inner lr of 1e6 diverges and the last good checkpoint stays."""
     out = tmp_path / "run"
-    with pytest.raises(Exception, match="diverged|non-finite"):
-        train(TrainConfig(algorithm="maml", iterations=50, inner_lr=1e6, checkpoint_every=1, **TINY), str(out),
-              quiet=True)
-    if (out / "last.npz").exists():
-        assert all(np.isfinite(v).all() for v in params_of(str(out / "last.npz")).values())
+    train(TrainConfig(algorithm="maml", iterations=2, checkpoint_every=1, **TINY), str(out), quiet=True)
+    assert load_checkpoint(str(out / "last.npz")).progress["iteration"] == 2
+    config = json.loads((out / "config.json").read_text())
+    config["inner_lr"] = 1e6  # the same run, continued with a learning rate that diverges
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception, match="diverged|non-finite") as caught:
+        train(TrainConfig(algorithm="maml", iterations=50, checkpoint_every=1, **TINY), str(out), resume=True,
+              quiet=True, given={"iterations"})
+    message = str(caught.value)
+    assert f"the last good checkpoint is {out / 'last.npz'}" in message, message
+    failed_at = int(re.search(r"at iteration (\d+)", message).group(1))
+    assert 3 <= failed_at <= 50
+    last = load_checkpoint(str(out / "last.npz"))
+    assert last.progress["iteration"] == failed_at - 1  # checkpoint_every=1: every good iteration was saved
+    assert all(np.isfinite(v).all() for v in last.params.values())
 
 
-def test_cli_train_evaluate_json(tmp_path):
+def test_cli_train_evaluate_json(tmp_path, capsys, one_thread):
     out = tmp_path / "run"
-    r = cli("train", "--out", str(out), "--iterations", "2", "--width", "8", "--meta-batch", "2", "--query", "2",
-            "--val-tasks", "4", "--quiet")
-    assert r.returncode == 0, r.stderr
-    r = cli("evaluate", str(out), "--tasks", "5", "--query", "3", "--json")
-    assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout)
+    code, _, err = run_cli(capsys, "train", "--out", out, "--iterations", "2", "--width", "8", "--meta-batch", "2",
+                           "--query", "2", "--val-tasks", "4", "--quiet")
+    assert code == 0, err
+    code, stdout, err = run_cli(capsys, "evaluate", out, "--tasks", "5", "--query", "3", "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
     for key in ("accuracy_pct", "ci95_pct", "tasks", "ways", "shots", "transductive"):
         assert key in result
     assert result["tasks"] == 5 and result["transductive"] is False
     assert (out / "evaluations.jsonl").exists()
 
 
-def test_sinusoid_trains_and_evaluates(tmp_path):
+def test_sinusoid_trains_and_evaluates(tmp_path, capsys, one_thread):
     out = tmp_path / "sin"
     train(TrainConfig(data="sinusoid", ways=1, shots=10, query=10, inner_lr=0.01, meta_batch=4, iterations=3,
                       val_tasks=4, val_every=3), str(out), quiet=True)
-    r = cli("evaluate", str(out), "--data", "sinusoid", "--tasks", "5", "--steps", "1", "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["mse"] > 0
+    code, stdout, err = run_cli(capsys, "evaluate", out, "--data", "sinusoid", "--tasks", "5", "--steps", "1", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["mse"] > 0
 
 
-def bad(result, *needles):
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+def test_cli_bad_input(tmp_path, capsys, one_thread):
+    """Every mistake is one line naming it, exit code 2, no traceback, nothing written (in-process: main())."""
 
+    def bad(args, *needles):
+        code, out, err = run_cli(capsys, *args)
+        one_error(code, out, err, *needles)
+        assert code == 2
 
-def test_cli_bad_input(tmp_path):
     base = ["train", "--iterations", "1", "--width", "8", "--meta-batch", "1", "--quiet"]
-    bad(cli(*base, "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "a")), "missing", "no such")
+    bad([*base, "--data", tmp_path / "missing", "--out", tmp_path / "a"], "missing", "no such")
     assert not (tmp_path / "a").exists()
     (tmp_path / "empty").mkdir()
-    bad(cli(*base, "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "b")), "empty", "no class folders")
+    bad([*base, "--data", tmp_path / "empty", "--out", tmp_path / "b"], "empty", "no class folders")
     few = write_glyph_folders(tmp_path / "few", 60, [3] * 50 + [2] * 10)
-    bad(cli(*base, "--data", str(few), "--protocol", "all", "--out", str(tmp_path / "c")), "--protocol")
-    bad(cli(*base, "--data", str(few), "--query", "2", "--out", str(tmp_path / "c")), "class", "fewer than")
+    bad([*base, "--data", few, "--protocol", "all", "--out", tmp_path / "c"], "--protocol")
+    bad([*base, "--data", few, "--query", "2", "--out", tmp_path / "c"], "class", "fewer than")
     assert not (tmp_path / "c").exists()
-    bad(cli(*base, "--ways", "400", "--out", str(tmp_path / "d")), "--ways 400")
-    bad(cli(*base, "--algorithm", "anil", "--data", "sinusoid", "--out", str(tmp_path / "e")), "anil")
-    bad(cli(*base, "--head-init", "learned", "--out", str(tmp_path / "f")), "--head-init")
-    bad(cli(*base, "--algorithm", "bogus", "--out", str(tmp_path / "g")), "--algorithm")
-    bad(cli(*base, "--data", "synthetic", "--protocol", "lake", "--out", str(tmp_path / "h")), "Omniglot")
-    bad(cli(*base, "--resume", "--out", str(tmp_path / "nothing")), "--resume")
+    bad([*base, "--ways", "400", "--out", tmp_path / "d"], "--ways 400")
+    bad([*base, "--algorithm", "anil", "--data", "sinusoid", "--out", tmp_path / "e"], "anil")
+    bad([*base, "--head-init", "learned", "--out", tmp_path / "f"], "--head-init")
+    bad([*base, "--algorithm", "bogus", "--out", tmp_path / "g"], "--algorithm")
+    bad([*base, "--data", "synthetic", "--protocol", "lake", "--out", tmp_path / "h"], "Omniglot")
+    bad([*base, "--resume", "--out", tmp_path / "nothing"], "--resume")
     for flag, value in (("--width", "0"), ("--image-size", "12"), ("--norm", "bogus"), ("--head-init", "bogus"),
                         ("--pretrain-lr", "-1"), ("--val-tasks", "0"), ("--val-classes", "-1"), ("--channels", "2"),
                         ("--stop-at", "120"), ("--max-minutes", "-1")):
-        bad(cli(*base, flag, value, "--pretrain-epochs", "1", "--out", str(tmp_path / "i")), flag)
+        bad([*base, flag, value, "--pretrain-epochs", "1", "--out", tmp_path / "i"], flag)
         assert not (tmp_path / "i").exists()
-    ok = cli(*base, "--query", "2", "--out", str(tmp_path / "run"))
-    assert ok.returncode == 0, ok.stderr
-    bad(cli(*base, "--query", "2", "--out", str(tmp_path / "run")), "already holds a run")
-    bad(cli(*base, "--query", "2", "--ways", "3", "--resume", "--out", str(tmp_path / "run")), "--ways")
-    bad(cli("export", str(tmp_path / "run"), "--out", str(tmp_path)), f"--out {tmp_path}: is a folder")
-    bad(cli("export", str(tmp_path / "run"), "--out", str(tmp_path / "no" / "m.fadapt")), "--out", "does not exist")
-    bad(cli("evaluate", str(tmp_path / "nothing")), "no such run folder")
-    bad(cli("evaluate", str(tmp_path / "run"), "--tasks", "3", "--ways", "200"), "--ways 200")
-    bad(cli("evaluate", str(tmp_path / "run"), "--tasks", "3", "--shots", "0"), "--shots")
-    bad(cli("evaluate", str(tmp_path / "run"), "--tasks", "3", "--lr", "-1"), "--lr")
+    code, _, err = run_cli(capsys, *base, "--query", "2", "--out", tmp_path / "run")
+    assert code == 0, err
+    run = tmp_path / "run"
+    bad([*base, "--query", "2", "--out", run], "already holds a run")
+    bad([*base, "--query", "2", "--ways", "3", "--resume", "--out", run], "--ways")
+    bad(["export", run, "--out", tmp_path], f"--out {tmp_path}: is a folder")
+    bad(["export", run, "--out", tmp_path / "no" / "m.fadapt"], "--out", "does not exist")
+    bad(["evaluate", tmp_path / "nothing"], "no such run folder")
+    bad(["evaluate", run, "--tasks", "3", "--ways", "200"], "--ways 200")
+    bad(["evaluate", run, "--tasks", "3", "--shots", "0"], "--shots")
+    bad(["evaluate", run, "--tasks", "3", "--lr", "-1"], "--lr")
 
 
-def test_init_from_another_run(tmp_path):
+def test_init_from_another_run(tmp_path, one_thread):
     base, follow = tmp_path / "base", tmp_path / "follow"
     train(TrainConfig(algorithm="fomaml", iterations=2, **TINY), str(base), quiet=True)
     bad_width = dict(TINY, width=16)
