@@ -129,6 +129,7 @@ def test_split_protocol_on_folders(tmp_path):
 
 
 @pytest.mark.omniglot
+@pytest.mark.slow
 @pytest.mark.skipif(omniglot_root() is None, reason="real Omniglot not present")
 def test_real_omniglot_protocols():
     root = omniglot_root()

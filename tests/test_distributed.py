@@ -128,6 +128,7 @@ def two_ranks(tmp_path_factory):
     return out, [json.load(open(os.path.join(out, f"rank{r}.json"))) for r in range(2)]
 
 
+@pytest.mark.slow  # two_ranks: two spawned processes train every algorithm
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_two_processes_equal_one_and_stay_identical(two_ranks, tmp_path, monkeypatch, algorithm, one_thread):
     out, results = two_ranks
@@ -168,6 +169,7 @@ def test_two_processes_equal_one_and_stay_identical(two_ranks, tmp_path, monkeyp
     assert json.load(open(os.path.join(out, algorithm, "summary.json")))["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_a_failing_rank_stops_all(two_ranks):
     _, results = two_ranks
     assert results[1]["failing"] == "ValueError: bad task (injected)"
@@ -195,6 +197,7 @@ def torchrun(*args, port: int) -> list:
             "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "fastadapt", *args]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's workers through /proc")
 def test_killed_torchrun_run_resumes_from_last_checkpoint(tmp_path):
     out = tmp_path / "run"

@@ -234,6 +234,7 @@ def test_write_errors_during_training_are_one_line(tmp_path, capsys):
     one_error(code, stdout, err, "File name too long")
 
 
+@pytest.mark.slow  # exports the run (ONNX)
 def test_export_sign_writes_a_bundle_that_a_device_requiring_the_key_accepts(run, tmp_path, capsys):
     import fastadapt
     from fastadapt.signing import write_private_key

@@ -228,7 +228,7 @@ def test_api_errors(bundles, glyphs, tmp_path, monkeypatch):
         fastadapt.load()
 
 
-def test_evaluate_bundle_matches_torch_evaluation(bundles):
+def test_evaluate_bundle_matches_torch_evaluation(bundles, one_thread):
     """Same tasks on both sides (split and task seeds): per-task accuracies agree."""
     torch = pytest.importorskip("torch")
     from fastadapt.bundle import read_bundle
