@@ -255,7 +255,6 @@ def test_every_public_function_is_documented_with_an_example_and_annotated():
 @needs_default
 def test_the_docstring_examples_run(tmp_path, monkeypatch):
     import doctest
-    import inspect
     import shutil
 
     shutil.copytree(EXAMPLES, tmp_path / "examples")
