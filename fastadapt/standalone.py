@@ -28,13 +28,13 @@ from .images import to_float
 from .outputs import check_inputs, refuse_unwritable, write_atomic
 
 RECIPE_FORMAT = "fastadapt-onnx-preprocess"
-VERIFY_TOL = 1e-4  # as fastadapt.meta_train.export.VERIFY_TOL (not imported: that module needs torch)
+VERIFY_TOL = 1e-4  # as fastadapt.meta_train.verification.VERIFY_TOL (not imported: that module needs torch)
 VERIFY_RANDOM = 8  # fixed random images checked besides the stored shots
 VERIFY_SHOTS = 64  # at most this many stored shots checked
 
 
 def agrees(value, reference, tol: float = VERIFY_TOL) -> bool:
-    """|value - reference| <= tol * max(1, max|reference|), as meta_train.export.agrees."""
+    """|value - reference| <= tol * max(1, max|reference|), as meta_train.verification.agrees."""
     value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
     return float(np.abs(value - reference).max()) <= tol * max(1.0, float(np.abs(reference).max()))
 
