@@ -36,9 +36,9 @@ def info(
     """
     from ..bundle import read_bundle
     from ..runtime.describe import describe_bundle
-    from ..runtime.loading import default_model_path
+    from ..runtime.loading import model_path
 
-    bundle = read_bundle(default_model_path() if model is None else str(model))
+    bundle = read_bundle(model_path(model))
     if as_json:
         print(json.dumps(_finite(bundle.manifest), indent=2))  # JSON escapes control characters itself
         return

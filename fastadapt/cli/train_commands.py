@@ -73,6 +73,14 @@ def train(
                                                   "all training classes for this many epochs, then meta-train from it. "
                                                   "[default: 0]"),
     pretrain_lr: Optional[float] = typer.Option(None, help="Adam learning rate of pre-training. [default: 1e-3]"),
+    pretrain_smoothing: Optional[float] = typer.Option(None, help="Label smoothing of the pre-training loss "
+                                                       "(0 = plain cross-entropy). [default: 0]"),
+    pretrain_schedule: Optional[str] = typer.Option(None, help="Pre-training learning rate: constant | cosine "
+                                                    "(annealed to 0 over the epochs). [default: constant]"),
+    augment: Optional[str] = typer.Option(None, help="Random distortions of training images (pre-training and "
+                                          "meta-training tasks; never on the device): none | affine (small rotation, "
+                                          "shear, scale, shift: characters) | photo (flip, shift, zoom, colour "
+                                          "jitter). Seeded, so the task stream stays reproducible. [default: none]"),
     init_from: Optional[str] = typer.Option(None, help="Start from another run's best checkpoint (a run folder, "
                                             "e.g. a pre-training-only run) instead of a random initialisation."),
     invert: Optional[bool] = typer.Option(None, "--invert/--no-invert", help="Invert gray levels so dark strokes "
@@ -127,8 +135,9 @@ def train(
 
 @app.command(rich_help_panel=SERVER_PANEL)
 def evaluate(
-    model: str = typer.Argument(..., help="A run folder (evaluated in torch) or a .fadapt bundle (evaluated "
-                                "through the torch-free runtime, on the same tasks)."),
+    model: str = typer.Argument(..., help="A run folder (evaluated in torch), a .fadapt bundle or a built-in "
+                                "model's name (characters, photos), evaluated through the torch-free runtime on "
+                                "the same tasks."),
     data: Optional[str] = typer.Option(None, help="Dataset whose test classes to use. [default: the run's --data]"),
     protocol: str = typer.Option("auto", help="As for train; 'all' uses every class of --data as a test class."),
     ways: int = typer.Option(5, help="Classes per task (N)."),
@@ -160,6 +169,10 @@ def evaluate(
     --data/--ways/--shots/--seed both see exactly the same tasks.
     """
     _check_evaluate_flags(ways=ways, shots=shots, query=query, tasks=tasks, seed=seed, steps=steps, lr=lr)
+    from ..runtime.loading import BUILT_IN, model_path
+
+    if model in BUILT_IN:  # a built-in model's name (characters, photos): its shipped bundle
+        model = model_path(model)
     if os.path.isfile(model):
         from ..runtime import evaluate_bundle
 

@@ -15,6 +15,7 @@ from ..images import Preprocess, to_float
 from ..models import ModelSpec, build_model
 from ..models.networks import NORMS
 from .algorithms import ALGORITHMS, Batch
+from .augment import AUGMENTS, augment
 from .inner_loop import HEAD_INITS, InnerLoop
 from .run import TrainConfig, check_limits
 
@@ -34,6 +35,12 @@ def check_config(c: TrainConfig) -> None:
         raise FastadaptError(f"--norm must be one of {', '.join(NORMS)}, got '{c.norm}'")
     if c.head_init not in HEAD_INITS:
         raise FastadaptError(f"--head-init must be zero or prototype, got '{c.head_init}'")
+    if c.augment not in AUGMENTS:
+        raise FastadaptError(f"--augment must be one of {', '.join(AUGMENTS)}, got '{c.augment}'")
+    if c.pretrain_schedule not in ("constant", "cosine"):
+        raise FastadaptError(f"--pretrain-schedule must be constant or cosine, got '{c.pretrain_schedule}'")
+    if c.regression and c.augment != "none":
+        raise FastadaptError("--augment distorts images; it does not apply to --data sinusoid")
     if c.channels not in (1, 3):
         raise FastadaptError(f"--channels must be 1 (grayscale) or 3 (RGB), got {c.channels}")
     if c.protocol == "all":
@@ -171,8 +178,9 @@ class DeviceTasks:
     function of (seed, task index) whichever way it is built.
     """
 
-    def __init__(self, sampler: TaskSampler, preprocess: Preprocess, device):
+    def __init__(self, sampler: TaskSampler, preprocess: Preprocess, device, augment_kind: str = "none"):
         self.sampler, self.preprocess, self.device = sampler, preprocess, torch.device(device)
+        self.augment_kind = augment_kind
         images = sampler.data.images
         self.first = np.cumsum([0] + [len(x) for x in images[:-1]])  # each class's first row in the copy
         flat = np.concatenate(images)
@@ -198,6 +206,10 @@ class DeviceTasks:
         split = n * s.ways * s.shots
         support = x[:split].view(n, s.ways * s.shots, *x.shape[1:])
         query = x[split:].view(n, s.ways * s.query, *x.shape[1:])
+        if self.augment_kind != "none":  # each task's distortions drawn from (seed, task index): resumable
+            support, query = (torch.stack([augment(part[b], self.augment_kind, [s.seed, 9, int(i), half],
+                                                   self.preprocess.mean, self.preprocess.std)
+                                           for b, i in enumerate(indices)]) for half, part in enumerate((support, query)))
         return [Batch(support[b], self.support_y, query[b], self.query_y, s.ways) for b in range(n)]
 
 
@@ -210,7 +222,7 @@ def task_stream(c: TrainConfig, samplers: Samplers, device):
     """The training tasks: a function from task indices to a list of Batches on ``device``."""
     if c.regression:
         return lambda indices: [to_batch(samplers.train.task(i), None, device, 1) for i in indices]
-    return DeviceTasks(samplers.train, samplers.preprocess, device).tasks
+    return DeviceTasks(samplers.train, samplers.preprocess, device, c.augment).tasks
 
 
 def describe_data(c: TrainConfig) -> str:

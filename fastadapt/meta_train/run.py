@@ -57,6 +57,9 @@ class TrainConfig:
     fit: str = "pad"  # non-square images: images.FITS (run folders from before this field: "stretch")
     pretrain_epochs: int = 0
     pretrain_lr: float = 1e-3
+    pretrain_smoothing: float = 0.0  # label smoothing of the pre-training cross-entropy
+    pretrain_schedule: str = "constant"  # constant | cosine (annealed to 0 over the pre-training epochs)
+    augment: str = "none"  # training-time distortions (augment.AUGMENTS), pre-training and meta-training tasks
     stop_at: float = 0.0  # stop once validation accuracy (%) reaches it (regression: MSE falls to it); 0 = never
     max_minutes: float = 0.0  # stop after this much meta-training wall time; 0 = no limit
     init_from: str = ""  # a run folder (its best.npz) or a checkpoint .npz to start the meta-parameters from
@@ -95,6 +98,7 @@ LIMITS = {
     "width": (1, 1024), "image_size": (16, 512), "channels": (1, 3), "val_every": (1, 10**8),
     "val_tasks": (1, 100_000), "val_classes": (0, 100_000), "checkpoint_every": (1, 10**8),
     "pretrain_epochs": (0, 10_000), "inner_lr": (0.0, 1e6), "meta_lr": (0.0, 1e6), "pretrain_lr": (0.0, 1e6),
+    "pretrain_smoothing": (0.0, 0.99),
     "stop_at": (0.0, 1e9), "max_minutes": (0.0, 1e7),
 }
 POSITIVE = {"inner_lr", "meta_lr", "pretrain_lr"}  # learning rates: above their low end, not equal to it

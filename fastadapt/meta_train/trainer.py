@@ -175,7 +175,8 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
             from .pretrain import pretrain_body
 
             pretrain_body(model, params, samplers.train.data, samplers.preprocess, c.pretrain_epochs, rundir, c.seed,
-                          device, lr=c.pretrain_lr, resume=resume, quiet=quiet)
+                          device, lr=c.pretrain_lr, resume=resume, quiet=quiet, augment=c.augment,
+                          smoothing=c.pretrain_smoothing, schedule=c.pretrain_schedule)
         if resume:
             truncate_metrics(rundir, start)
             log(f"resuming {rundir} at iteration {start}/{c.iterations}" if os.path.exists(last_path) else

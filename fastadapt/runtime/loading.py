@@ -10,20 +10,39 @@ from ..errors import FastadaptError
 from .head import HEAD
 from .model import AdaptedModel, Model
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "default.fadapt")
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+# The models shipped inside the package, by the name --model and load() accept: characters is the default.
+BUILT_IN = {"characters": "default.fadapt", "photos": "photos.fadapt"}
+DEFAULT_MODEL = os.path.join(ASSETS, BUILT_IN["characters"])
 
 
 def default_model_path() -> str:
     """DEFAULT_MODEL, or an error saying to pass a model when this installation ships none."""
-    if not os.path.exists(DEFAULT_MODEL):
-        raise FastadaptError("no default model is shipped yet (fastadapt/assets/default.fadapt is missing); "
-                             "pass a model path, e.g. --model omniglot.fadapt or fastadapt.load('omniglot.fadapt')")
-    return DEFAULT_MODEL
+    return model_path(None)
+
+
+def model_path(model: str | os.PathLike | None) -> str:
+    """The bundle file ``model`` names: None is the default (characters) model; a built-in model's name
+    (``BUILT_IN``: "characters", "photos") is that shipped bundle unless a file of that name exists here;
+    anything else is a path.
+
+    >>> os.path.basename(model_path("photos"))
+    'photos.fadapt'
+    """
+    name = "characters" if model is None else os.fspath(model)
+    if name not in BUILT_IN or os.path.isfile(name):
+        return name
+    path = os.path.join(ASSETS, BUILT_IN[name])
+    if not os.path.exists(path):
+        raise FastadaptError(f"the built-in model '{name}' is not in this installation ({path} is missing); "
+                             f"reinstall fastadapt or pass a bundle path, e.g. --model my_model.fadapt")
+    return path
 
 
 def load(path: str | os.PathLike | None = None, trusted_keys: Iterable[str] | None = None) -> Model | AdaptedModel:
     """Read and verify a bundle -> ``Model`` (kind "meta": ``adapt`` it) or ``AdaptedModel`` (kind "adapted":
-    ``predict`` with it). No path: the shipped default meta-initialisation.
+    ``predict`` with it). No path: the shipped default meta-initialisation (characters); "photos": the
+    shipped model for colour photos (``BUILT_IN``).
 
     trusted_keys  hex Ed25519 public keys (``fastadapt keygen``); with those in FASTADAPT_TRUSTED_KEYS,
                   when any are given the bundle must carry a valid signature by one of them.
@@ -32,7 +51,7 @@ def load(path: str | os.PathLike | None = None, trusted_keys: Iterable[str] | No
     >>> model.kind, model.preprocess.size
     ('meta', 28)
     """
-    bundle = read_bundle(default_model_path() if path is None else path, trusted_keys)
+    bundle = read_bundle(model_path(path), trusted_keys)
     # read_bundle validated the manifest: kind is "meta" or "adapted"
     model = AdaptedModel(bundle) if bundle.manifest.get("kind") == "adapted" else Model(bundle)
     _check_parameter_shapes(model)

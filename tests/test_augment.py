@@ -1,0 +1,99 @@
+"""Training-time augmentation (--augment): seeded, shape- and range-preserving, training-only."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fastadapt.data.classes import ImageClasses
+from fastadapt.data.sampler import TaskSampler
+from fastadapt.images import Preprocess, to_float
+from fastadapt.meta_train.augment import AUGMENTS, augment
+from fastadapt.meta_train.parts import DeviceTasks
+from test_cli_runtime import run_cli
+from test_outputs import one_error
+
+
+def batch(channels=3, n=6, side=16, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).random((n, channels, side, side), dtype=np.float32))
+
+
+@pytest.mark.parametrize("kind", AUGMENTS)
+def test_a_key_gives_the_same_distortion_and_another_key_another(kind):
+    x = batch()
+    a, b, c = augment(x, kind, [1, 2]), augment(x, kind, [1, 2]), augment(x, kind, [1, 3])
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert torch.equal(a, b)
+    assert torch.equal(a, x) == (kind == "none") and torch.equal(a, c) == (kind == "none")
+
+
+def test_affine_keeps_a_centred_stroke_image_near_itself_and_the_background_empty():
+    # a bright square in the middle of a zero background (an inverted character): small distortions move
+    # it a little, never fill the corners
+    x = torch.zeros(8, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1.0
+    y = augment(x, "affine", [0])
+    assert y[:, :, :3, :3].abs().max() == 0 and y[:, :, -3:, -3:].abs().max() == 0
+    mass = y.sum((1, 2, 3)) / x.sum((1, 2, 3))
+    assert ((mass > 0.8 ** 2 * 0.9) & (mass < 1.2 ** 2 * 1.1)).all()  # scale 0.8-1.2 changes the area by its square
+
+
+def test_photo_stays_in_the_normalised_range_of_the_preprocessing():
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    raw = batch(3, n=32)
+    x = (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    y = augment(x, "photo", [5], mean, std) * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    assert y.min() >= -1e-6 and y.max() <= 1 + 1e-6
+    assert not torch.equal(y, raw)
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment(batch(), "mixup", [0])
+
+
+def test_augmented_tasks_depend_only_on_their_index():
+    # a resumed or OOM-chunked run gathers tasks in other groups: each task's distortion must not change
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (6, 1, 16, 16), dtype=np.uint8) for _ in range(5)]
+    spec = Preprocess(size=16, channels=1)
+    sampler = TaskSampler(ImageClasses([f"c{i}" for i in range(5)], images, spec), ways=3, shots=1, query=2, seed=4)
+    together = DeviceTasks(sampler, spec, "cpu", "affine").tasks([0, 7, 9])
+    alone = DeviceTasks(sampler, spec, "cpu", "affine").tasks([7])[0]
+    plain = DeviceTasks(sampler, spec, "cpu").tasks([7])[0]
+    assert torch.equal(together[1].support_x, alone.support_x) and torch.equal(together[1].query_x, alone.query_x)
+    assert not torch.equal(alone.query_x, plain.query_x)
+    assert torch.equal(plain.query_x, torch.from_numpy(to_float(sampler.task(7).query_x, spec)))
+
+
+def test_train_records_the_augmentation_and_refuses_bad_values(tmp_path, capsys):
+    code, stdout, err = run_cli(capsys, "train", "--data", "synthetic", "--augment", "mixup", "--out", tmp_path / "bad")
+    assert "none, affine, photo" in one_error(code, stdout, err, "--augment")
+    code, stdout, err = run_cli(capsys, "train", "--data", "synthetic", "--pretrain-schedule", "step", "--out",
+                                tmp_path / "bad")
+    assert "constant or cosine" in one_error(code, stdout, err, "--pretrain-schedule")
+    assert not (tmp_path / "bad").exists()
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", "synthetic", "--augment", "affine", "--iterations", "1",
+                           "--val-every", "1", "--val-tasks", "2", "--meta-batch", "2", "--quiet", "--out", run)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["augment"] == "affine"
+
+
+def test_pretraining_with_augmentation_smoothing_and_cosine_schedule(tmp_path):
+    from fastadapt.meta_train.pretrain import pretrain_body
+    from fastadapt.models import ModelSpec, build_model
+
+    rng = np.random.default_rng(0)
+    spec = Preprocess(size=16, channels=3, invert=False)
+    classes = ImageClasses(["a", "b", "c"], [rng.integers(0, 256, (9, 3, 16, 16), dtype=np.uint8) for _ in range(3)],
+                           spec)
+    model = build_model(ModelSpec(channels=3, image_size=16, width=4))
+    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+    before = {k: v.detach().clone() for k, v in params.items()}
+    pretrain_body(model, params, classes, spec, epochs=2, rundir=str(tmp_path), seed=0, device="cpu", lr=1e-2,
+                  batch_size=8, quiet=True, augment="photo", smoothing=0.1, schedule="cosine")
+    assert any(not torch.equal(before[k], params[k]) for k in params)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["pretrain_epoch"] for r in rows] == [1, 2]
