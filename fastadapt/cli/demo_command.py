@@ -1,4 +1,7 @@
-"""``fastadapt demo``: the shipped default model learns 8 hand-drawn shapes from a few drawings each."""
+"""``fastadapt demo``: a shipped model learns a few classes from the example pictures shipped with it.
+
+The characters model (the default) learns 8 hand-drawn shapes; a colour model (``--model photos``)
+learns 6 photos (crops of public-domain / CC0 photos, scripts/make_photo_examples.py)."""
 
 from __future__ import annotations
 
@@ -12,26 +15,31 @@ import typer
 from ..errors import FastadaptError
 from . import app, check_out
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+EXAMPLES = ASSETS / "examples"  # drawings, for grayscale models
+PHOTO_EXAMPLES = ASSETS / "photo_examples"  # photos, for colour models
 
 
 def _images(folder: Path) -> list:
-    return sorted(p for p in folder.rglob("*.png"))
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
 
 
 @app.command(rich_help_panel="On the device")
 def demo(
-    shots: int = typer.Option(1, "--shots", min=1, max=5, help="Drawings per shape to learn from (1-5)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="A meta-trained bundle. Default: the shipped model."),
+    shots: int = typer.Option(1, "--shots", min=1, max=5, help="Pictures per class to learn from (1-5)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A meta-trained bundle or a built-in model: "
+                                         "characters (the default: 8 drawn shapes) or photos (6 photos)."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Also write a contact sheet PNG of the predictions."),
 ) -> None:
-    """Teach the default model 8 hand-drawn shapes from --shots drawings each, then classify 40 new drawings.
+    """Teach a model new classes from --shots pictures each, then classify new pictures of them.
 
-    Uses only the installed package: the example drawings ship inside it (fastadapt/assets/examples, the
-    same as examples/ in a checkout), made by this project's own drawing code. Prints each prediction, the
-    accuracy and the adaptation time.
+    The default (characters) model learns 8 hand-drawn shapes and classifies 40 new drawings (fastadapt/assets/
+    examples, the same as examples/ in a checkout, made by this project's own drawing code); a colour model
+    such as --model photos learns 6 photos from crops of them and classifies 30 other crops (fastadapt/assets/
+    photo_examples: public-domain and CC0 photos). Uses only the installed package. Prints each prediction,
+    the accuracy and the adaptation time.
 
-    Example: fastadapt demo --shots 5 --sheet demo.png
+    Example: fastadapt demo --shots 5 --sheet demo.png;  fastadapt demo --model photos
     """
     from rich.console import Console
     from rich.table import Table
@@ -39,11 +47,13 @@ def demo(
     from ..runtime import load
 
     if sheet is not None:
-        check_out(sheet, "--sheet", "demo.png", inputs=[model, EXAMPLES], suffix=".png")
-    shot_root, query_root = EXAMPLES / "shots", EXAMPLES / "queries"
-    if not shot_root.is_dir():
-        raise FastadaptError(f"{EXAMPLES}: the example drawings are missing from this install; reinstall fastadapt")
+        check_out(sheet, "--sheet", "demo.png", inputs=[model, EXAMPLES, PHOTO_EXAMPLES], suffix=".png")
     loaded = load(model)
+    photos = loaded.preprocess.channels == 3
+    examples, kind = (PHOTO_EXAMPLES, ("photo", "photos")) if photos else (EXAMPLES, ("shape", "drawings"))
+    shot_root, query_root = examples / "shots", examples / "queries"
+    if not shot_root.is_dir():
+        raise FastadaptError(f"{examples}: the example {kind[1]} are missing from this install; reinstall fastadapt")
     support = {d.name: _images(d)[:shots] for d in sorted(shot_root.iterdir()) if d.is_dir()}
     start = time.perf_counter()
     adapted = loaded.adapt(support)
@@ -55,8 +65,8 @@ def demo(
     predict_ms = 1000 * (time.perf_counter() - start) / len(queries)
 
     console = Console()
-    table = Table(title=f"{len(support)} shapes learned from {shots} drawing(s) each; {len(queries)} new drawings")
-    for column in ("drawing", "true shape", "predicted", "probability", ""):
+    table = Table(title=f"{len(support)} {kind[0]}s learned from {shots} picture(s) each; {len(queries)} new pictures")
+    for column in ("picture", f"true {kind[0]}", "predicted", "probability", ""):
         table.add_column(column)
     for path, truth, pred in zip(queries, truths, predictions):
         ok = pred.label == truth
