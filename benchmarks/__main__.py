@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 
 from .common import REPO, machine
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=12.0, help="time-to-accuracy budget per run")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per image set of the real section")
     parser.add_argument("--tasks", type=int, default=200, help="tasks of the unknown section (at most 4 minutes)")
+    parser.add_argument("--model", default=None, help="the real section's model: a built-in name (characters, "
+                        "photos) or a bundle; other than the default, its results go to the section real_<name>")
     args = parser.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(chosen) - set(SECTIONS) - set(ON_REQUEST)
@@ -74,7 +77,9 @@ def main() -> None:
             data = before.run(iterations=args.iterations)
         elif section == "real":
             from . import real
-            data = real.run(episodes=args.episodes)
+            data = real.run(episodes=args.episodes, model_name=args.model)
+            if args.model not in (None, "characters"):
+                section = "real_" + os.path.splitext(os.path.basename(args.model))[0]
         elif section == "gpu":
             from . import gpu
             data = gpu.run()

@@ -151,13 +151,14 @@ def evaluate_set(model, image_set, episodes: int, seed: int, variants=VARIANTS) 
             "variants": rows}
 
 
-def run(episodes: int = 10, seed: int = 0) -> dict:
+def run(episodes: int = 10, seed: int = 0, model_name: str | None = None) -> dict:
+    """``model_name``: a bundle path or a built-in model's name (characters, photos); None: the default."""
     import fastadapt
 
     from . import real_images
 
     commit = _commit()  # what is measured: the code as the run starts
-    model = fastadapt.load()
+    model = fastadapt.load(model_name)
     with tempfile.TemporaryDirectory(prefix="fastadapt-real-") as root:
         sets, pairs = real_images.build(root, seed)
         results = []
@@ -176,7 +177,8 @@ def run(episodes: int = 10, seed: int = 0) -> dict:
                 fits.append({"fit": fit, **evaluate_set(refit, pairs[1][1], episodes, seed, PHONE_VARIANTS)})
         print("real: 16:9 frames under each fit done", file=sys.stderr)
     preprocess = model.manifest.get("preprocess", {})
-    return {"model": "shipped default (fastadapt.load())", "preprocess": preprocess,
+    shown = "shipped default (fastadapt.load())" if model_name is None else f"fastadapt.load({model_name!r})"
+    return {"model": shown, "preprocess": preprocess,
             "fastadapt_commit": commit, "seed": seed, "sets": results, "comparisons": comparisons, "fits": fits}
 
 

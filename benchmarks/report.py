@@ -157,7 +157,8 @@ def real_images(r: dict) -> str:
             phone.append([f"{reference['set']} → {other['set'].split(': ', 1)[1]}", name, _cell(a), _cell(b), gap])
     first = r["sets"][0] if r["sets"] else {}
     lines = [
-        f"The shipped default model (`fastadapt.load()`, preprocessing {_preprocess(r.get('preprocess', {}))}) on "
+        f"The model {r.get('model', 'shipped default (fastadapt.load())')} (preprocessing "
+        f"{_preprocess(r.get('preprocess', {}))}) on "
         "image sets built at run time from pictures that ship inside scikit-learn, scikit-image and matplotlib, "
         "and from drawings made with PIL (benchmarks/real_images.py). Per set: "
         f"{first.get('episodes', '?')} seeded episodes, {first.get('query', '?')} queries per class disjoint from "
@@ -254,6 +255,7 @@ SECTIONS = (("training", "1. Meta-training throughput vs higher", training),
             ("time", "4. Time to 95% validation accuracy", time_to_accuracy),
             ("before", "5. Before and after the optimisations", before_after),
             ("real", "6. Real images: does adaptation help on pictures nobody on the project made?", real_images),
+            ("real_photos", "6b. Real images, the photos model (`--model photos`)", real_images),
             ("unknown", "7. Unknown detection: characters outside the task", unknown),
             ("gpu", "8. Meta-training on a CUDA GPU vs higher", None))
 
@@ -272,6 +274,7 @@ def render(results: dict) -> str:
             text = before_after(results[key], results) if fn is before_after else fn(results[key])
             parts += [text, "", _measured(results[key])]
         else:
-            parts += ["Not measured yet: `python -m benchmarks --only " + key + "`."]
+            command = "real --model photos" if key == "real_photos" else key
+            parts += ["Not measured yet: `python -m benchmarks --only " + command + "`."]
         parts.append("")
     return "\n".join(parts)
