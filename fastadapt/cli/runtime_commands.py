@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,7 +12,7 @@ import typer
 
 from ..errors import FastadaptError
 from ..manifest import printable
-from ..progress import lazy_reporter, stderr_console
+from ..progress import lazy_reporter
 from . import app, check_out
 
 TOP = 3  # predict --top's default: runtime.model.TOP, the API's (not imported: the CLI starts without numpy; tested equal)

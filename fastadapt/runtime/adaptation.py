@@ -230,7 +230,7 @@ def choose_steps(graphs, init_head: Callable[[np.ndarray, np.ndarray], dict], im
             scores = scores[:trajectory.rejected["step"]]
         scores += [scores[0]] * (recipe_steps + 1 - len(scores))
         correct += [c for c, _ in scores]
-        loss += [l if math.isfinite(l) else math.inf for _, l in scores]
+        loss += [value if math.isfinite(value) else math.inf for _, value in scores]
     held_out = sum(int(h.sum()) for h in folds)
     accuracy, loss = correct / held_out, loss / held_out
     chosen = int(min(range(recipe_steps + 1), key=lambda s: (-accuracy[s], loss[s], s)))
