@@ -1,0 +1,59 @@
+"""Built-in models by name: load("photos"), --model photos, info photos, evaluate photos, demo --model photos."""
+
+import os
+
+import pytest
+
+import fastadapt
+from fastadapt.errors import FastadaptError
+from fastadapt.runtime import loading
+from fastadapt.runtime.loading import BUILT_IN, DEFAULT_MODEL, model_path
+from test_cli_runtime import run_cli
+
+PHOTOS = os.path.join(loading.ASSETS, BUILT_IN["photos"])
+needs_photos = pytest.mark.skipif(not os.path.exists(PHOTOS), reason="no photos model shipped in this checkout")
+
+
+def test_default_and_characters_are_the_same_shipped_bundle():
+    assert model_path(None) == model_path("characters") == DEFAULT_MODEL
+    assert model_path("some/other.fadapt") == "some/other.fadapt"
+
+
+def test_a_file_of_that_name_wins_over_the_built_in_but_a_folder_does_not(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "characters").mkdir()  # e.g. a folder of the user's pictures
+    assert model_path("characters") == DEFAULT_MODEL
+    (tmp_path / "photos").write_bytes(b"not a bundle")
+    assert model_path("photos") == "photos"
+    with pytest.raises(FastadaptError, match="photos"):
+        fastadapt.load("photos")  # the local file, which is no bundle: refused, naming it
+
+
+def test_a_missing_built_in_is_one_line_naming_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(loading, "ASSETS", str(tmp_path))
+    with pytest.raises(FastadaptError, match="built-in model 'photos' is not in this installation"):
+        model_path("photos")
+
+
+@needs_photos
+def test_photos_model_loads_by_name_and_is_a_colour_model():
+    assert model_path("photos") == PHOTOS
+    model = fastadapt.load("photos")
+    assert model.kind == "meta" and model.preprocess.channels == 3 and not model.preprocess.invert
+    card = model.model_card()
+    assert "non-commercial" in card["data"] and card["evaluation"]
+
+
+@needs_photos
+def test_info_prints_the_photos_model_card(capsys):
+    code, out, err = run_cli(capsys, "info", "photos")
+    assert code == 0, err
+    assert "photos.fadapt" in out and "Tiny ImageNet" in out and "non-commercial" in out
+
+
+@needs_photos
+def test_demo_with_the_photos_model_learns_the_photos(capsys):
+    code, out, err = run_cli(capsys, "demo", "--model", "photos", "--shots", "5")
+    assert code == 0, err
+    correct, total = map(int, out.split("accuracy ")[1].split(" ")[0].split("/"))
+    assert total == 30 and correct >= 24  # 6 photos, 5 crops each; chance is 5 of 30
