@@ -45,11 +45,10 @@ def anil_bundle(data: str) -> str:
 
 def support_set(data: str, ways: int, shots: int, seed: int = 0):
     """A real few-shot support set (uint8) from the held-out classes (Omniglot evaluation alphabets)."""
-    from fastadapt.data.sampler import TaskSampler
-    from fastadapt.data.sources import load_splits
+    from fastadapt.data.sources import DEFAULT_SEED, DEFAULT_VAL_CLASSES
+    from fastadapt.evaluation import unseen_class_sampler
 
-    splits = load_splits(data, "auto", 0, 100, False, None, need_train=False)
-    task = TaskSampler(splits.test, ways, shots, 1, seed).task(0)
+    task = unseen_class_sampler(data, "auto", DEFAULT_SEED, DEFAULT_VAL_CLASSES, None, ways, shots, 1, seed).task(0)
     return task.support_x, task.support_y
 
 

@@ -63,12 +63,11 @@ def run(tasks: int = 200, seed: int = 0, ways: int = 5, shots: int = 5, query: i
     if root is None:
         return {"skipped": "no real Omniglot (set FASTADAPT_OMNIGLOT or put its zips in ../shared/data/omniglot)"}
     import fastadapt
-    from fastadapt.data.sources import load_splits
+    from fastadapt.evaluation import unseen_classes
     from fastadapt.runtime.evaluate import split_settings
 
     model = fastadapt.load()
-    split_seed, val_classes = split_settings(model.manifest)
-    test = load_splits(root, "auto", split_seed, val_classes, False, model.preprocess, need_train=False).test
+    test = unseen_classes(root, "auto", preprocess=model.preprocess, **split_settings(model.manifest))
     per_task = {k: [] for k in ("closed_set", "auroc_score", "auroc_probability", "acc_at_far_score",
                                 "acc_at_far_probability", "calibrated_false_accept", "calibrated_false_reject",
                                 "calibrated_accuracy")}

@@ -14,7 +14,7 @@ import numpy as np
 
 from .data.classes import ImageClasses
 from .data.sampler import Task, TaskSampler
-from .data.sources import load_splits
+from .data.sources import DEFAULT_WAYS, load_splits
 from .errors import FastadaptError
 from .images import Preprocess
 
@@ -28,10 +28,11 @@ def mean_ci95(values) -> tuple:
 
 
 def unseen_classes(data: str, protocol: str, split_seed: int, val_classes: int,
-                   preprocess: Preprocess | None) -> ImageClasses:
-    """The test split of ``data``: the classes a model trained with this split (the training run's ``seed``
-    and ``val_classes``) never saw. An error when there are none."""
-    test = load_splits(data, protocol, split_seed, val_classes, False, preprocess, need_train=False).test
+                   preprocess: Preprocess | None, split_ways: int = DEFAULT_WAYS) -> ImageClasses:
+    """The test split of ``data``: the classes a model trained with this split (the training run's ``seed``,
+    ``val_classes`` and ``ways``) never saw. An error when there are none."""
+    test = load_splits(data, protocol, split_seed, val_classes, False, preprocess, need_train=False,
+                       ways=split_ways).test
     if len(test) == 0:
         raise FastadaptError(f"{{data}} {data}: no test classes", "data")
     return test
@@ -39,12 +40,12 @@ def unseen_classes(data: str, protocol: str, split_seed: int, val_classes: int,
 
 def unseen_class_sampler(data: str, protocol: str, split_seed: int, val_classes: int,
                          preprocess: Preprocess | None, ways: int, shots: int, query: int,
-                         seed: int = 0) -> TaskSampler:
+                         seed: int = 0, split_ways: int = DEFAULT_WAYS) -> TaskSampler:
     """The evaluation tasks: ``ways``-way ``shots``-shot tasks with ``query`` queries per class, seeded by
     ``seed``, from the unseen (test) classes of ``data`` (``unseen_classes``). The torch evaluation, the
     runtime's and export verification all sample here, so task ``i`` is the same task everywhere."""
-    return TaskSampler(unseen_classes(data, protocol, split_seed, val_classes, preprocess), ways, shots, query,
-                       seed, where="test classes")
+    return TaskSampler(unseen_classes(data, protocol, split_seed, val_classes, preprocess, split_ways), ways, shots,
+                       query, seed, where="test classes")
 
 
 def evaluate_tasks(sampler: TaskSampler, tasks: int, predict_task: Callable[[Task], np.ndarray],

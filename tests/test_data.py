@@ -120,7 +120,9 @@ def test_rotations_add_classes():
 
 def test_split_protocol_on_folders(tmp_path):
     root = write_glyph_folders(tmp_path / "d", 20, 3)
-    splits = load_splits(str(root), "auto", seed=0, rotations=False)
+    splits = load_splits(str(root), "auto", seed=0, rotations=False)  # 5-way (TrainConfig's default)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (10, 5, 5)
+    splits = load_splits(str(root), "auto", seed=0, rotations=False, ways=2)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (14, 2, 4)
     assert not set(splits.train.names) & set(splits.test.names)
     assert len(load_splits(str(root), "all").test) == 20

@@ -15,7 +15,6 @@ from ..outputs import check_inputs
 from ..errors import FastadaptError
 
 SERVER_PANEL = "On the server (pip install 'fastadapt\\[train]')"
-SINUSOID_DEFAULTS = {"ways": 1, "shots": 10, "query": 10, "inner_lr": 0.01, "meta_batch": 25, "val_tasks": 100}
 
 
 def _need_torch(command: str):
@@ -111,12 +110,7 @@ def train(
     from ..meta_train.run import TrainConfig, check_flag
     from ..meta_train.trainer import train as run_training
 
-    values = dict(SINUSOID_DEFAULTS) if data == "sinusoid" else {}
-    if algorithm == "reptile":
-        values["meta_lr"] = 1.0
-    values.update(given)
-    values["command"] = ["fastadapt"] + sys.argv[1:]
-    config = TrainConfig.from_dict({**TrainConfig().to_dict(), **values})  # every flag's type and range
+    config = TrainConfig.with_defaults(**given, command=["fastadapt"] + sys.argv[1:])  # type- and range-checked
     check_flag("--dist-timeout", dist_timeout, 1.0, 7 * 24 * 3600.0)
     check_run_out(out, [config.data if config.data not in ("synthetic", "sinusoid") else None, config.init_from or None])
     try:

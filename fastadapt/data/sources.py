@@ -3,7 +3,8 @@
 --data     synthetic | sinusoid | PATH (an Omniglot folder with the two canonical zips, a folder of
            class folders, or a zip of them)
 --protocol lake | vinyals      Omniglot's splits (see omniglot.py)
-           split               any other dataset: classes shuffled by seed, 70% train / 10% val / 20% test
+           split               any other dataset: classes shuffled by seed, 70% train / 10% val / 20% test,
+                               each part at least --ways classes (``split_sizes``)
            all                 evaluation only: every class of PATH is a test class (your own unseen classes)
 """
 
@@ -21,6 +22,10 @@ from .synthetic import synthetic_glyphs
 
 PROTOCOLS = ("auto", "lake", "vinyals", "split", "all")
 
+# The settings that decide a run's class split, and their defaults: TrainConfig's defaults are these, and
+# an evaluation reads a run's or bundle's own values (falling back to these), so both see the same split.
+DEFAULT_SEED, DEFAULT_VAL_CLASSES, DEFAULT_WAYS = 0, 100, 5
+
 
 def default_protocol(data: str) -> str:
     if data in ("synthetic", "sinusoid"):
@@ -33,8 +38,26 @@ def default_preprocess(data: str) -> Preprocess:
     return OMNIGLOT_PREPROCESS
 
 
-def load_splits(data: str, protocol: str = "auto", seed: int = 0, val_classes: int = 100,
-                rotations: bool = True, spec: Preprocess | None = None, need_train: bool = True) -> Splits:
+def split_sizes(classes: int, val_classes: int, ways: int) -> tuple:
+    """(test, validation, train) class counts of --protocol split: 20% test and 10% validation (at most
+    ``val_classes``), each at least ``ways`` so a ``ways``-way task fits, the rest (at least ``ways``)
+    for training. From about 50 classes (5-way) the floors never bind: the plain 70/10/20 split.
+
+    None when ``classes`` cannot hold ``ways`` classes three times over.
+    """
+    ways = max(2, ways)
+    n_test = max(ways, round(0.2 * classes))
+    n_val = max(ways, min(val_classes, round(0.1 * classes)))
+    if classes - n_test - n_val < ways:
+        return None
+    return n_test, n_val, classes - n_test - n_val
+
+
+def load_splits(data: str, protocol: str = "auto", seed: int = DEFAULT_SEED, val_classes: int = DEFAULT_VAL_CLASSES,
+                rotations: bool = True, spec: Preprocess | None = None, need_train: bool = True,
+                ways: int = DEFAULT_WAYS) -> Splits:
+    """The train/validation/test classes of ``data``: a pure function of (data, protocol, seed,
+    val_classes, ways), where ``ways`` is the training run's --ways (it sets the split's floors)."""
     if protocol not in PROTOCOLS:
         raise FastadaptError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'")
     if data == "sinusoid":
@@ -58,14 +81,22 @@ def load_splits(data: str, protocol: str = "auto", seed: int = 0, val_classes: i
         empty = ImageClasses([], [], spec)
         return Splits(empty, empty, classes)
     order = np.random.default_rng(seed).permutation(len(classes))
-    n_test = max(2, round(0.2 * len(classes)))
-    n_val = max(2, min(val_classes, round(0.1 * len(classes))))
-    if len(classes) - n_test - n_val < 2:
-        raise FastadaptError(f"--data {data}: {len(classes)} classes are too few to split into train/val/test; "
-                             f"add classes or use --protocol all for evaluation only")
+    sizes = split_sizes(len(classes), val_classes, ways)
+    if sizes is None:
+        raise FastadaptError(too_few_classes(data, len(classes), ways))
+    n_test, n_val, _ = sizes
     test = classes.subset(sorted(order[:n_test]))
     val = classes.subset(sorted(order[n_test:n_test + n_val]))
     train = classes.subset(sorted(order[n_test + n_val:]))
     if rotations:
         train = train.with_rotations()
     return Splits(train, val, test)
+
+
+def too_few_classes(data: str, classes: int, ways: int) -> str:
+    """Why ``classes`` cannot be split for ``ways``-way tasks, and what to do instead."""
+    ways = max(2, ways)
+    fix = f"use --ways {classes // 3} or fewer, or add classes" if classes >= 6 else "add classes"
+    return (f"--data {data}: {classes} classes are too few for --ways {ways}: training, validation and test "
+            f"each need {ways} classes of their own ({3 * ways} in all); {fix} (--protocol all evaluates on "
+            f"every class without training)")

@@ -234,3 +234,19 @@ def _meta_gradient_vmap(algorithm: str, model, meta_params: dict, tasks: list, r
     else:
         acc = (out.detach().argmax(-1) == qy).float().mean(1).sum().item() / n
     return grads, losses.sum().item() / n, acc
+
+
+def outer_optimizer(algorithm: str, params: list, meta_lr: float) -> torch.optim.Optimizer:
+    """The optimiser that applies the meta-gradient: Adam, or Reptile's plain SGD step (see ``reptile_step``)."""
+    if algorithm == "reptile":
+        return torch.optim.SGD(params, lr=meta_lr)  # lr set every iteration by reptile_step
+    return torch.optim.Adam(params, lr=meta_lr)
+
+
+def reptile_step(optimizer: torch.optim.Optimizer, meta_lr: float, inner_lr: float, iteration: int,
+                 iterations: int) -> None:
+    """Reptile's outer step size for ``iteration`` (0-based) of ``iterations``: the meta-gradient is
+    (phi - phi_k) / alpha, so lr eps * alpha makes the update phi + eps * (phi_k - phi) of the paper, with
+    eps = ``meta_lr`` annealed linearly to 0 (Nichol et al.)."""
+    for group in optimizer.param_groups:
+        group["lr"] = meta_lr * inner_lr * (1 - iteration / iterations)

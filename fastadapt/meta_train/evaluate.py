@@ -13,9 +13,8 @@ import torch
 from torch.func import vmap
 
 from ..data.sampler import TaskSampler
-from ..data.sources import load_splits
 from ..errors import FastadaptError
-from ..evaluation import evaluate_tasks, mean_ci95
+from ..evaluation import evaluate_tasks, mean_ci95, unseen_class_sampler
 from .algorithms import Batch
 from .inner_loop import InnerLoop, adapt, forward
 from .parts import DeviceTasks, preprocess_of, to_batch
@@ -108,14 +107,13 @@ def evaluate_regression(model, meta_params, recipe, sampler, device, tasks: int,
     return {"mse": round(mean, 5), "ci95": round(ci, 5), "tasks": tasks, "shots": sampler.shots, "steps": steps}
 
 
-def test_sampler(config, data: str, protocol: str, ways: int, shots: int, query: int, seed: int) -> tuple:
-    """The evaluation tasks: the test split of ``data`` (unseen classes), seeded like the runtime's."""
+def unseen_task_sampler(config, data: str, protocol: str, ways: int, shots: int, query: int, seed: int) -> tuple:
+    """(sampler, preprocessing): the evaluation tasks of a run with ``config``: the test split of ``data``
+    under the run's split settings, the same tasks the runtime evaluates a bundle of the run on."""
     spec = preprocess_of(config)
-    splits = load_splits(data, protocol, config.seed, config.val_classes, False, spec, need_train=False)
-    if len(splits.test) == 0:
-        raise FastadaptError(f"--data {data}: no test classes")
-    return TaskSampler(splits.test, ways, shots, query, seed, where="test classes"), spec
-
+    sampler = unseen_class_sampler(data, protocol, config.seed, config.val_classes, spec, ways, shots, query, seed,
+                                   split_ways=config.ways)
+    return sampler, spec
 
 
 def load_meta_params(rundir: str, checkpoint: str, device) -> tuple:
@@ -180,7 +178,7 @@ def evaluate_run(rundir: str, data: str | None = None, protocol: str = "auto", w
     else:
         if data == "sinusoid":
             raise FastadaptError(f"{rundir} is an image classification run; --data sinusoid does not apply")
-        sampler, spec_pre = test_sampler(config, data, protocol, ways, 1 if shots is None else shots, query, seed)
+        sampler, spec_pre = unseen_task_sampler(config, data, protocol, ways, 1 if shots is None else shots, query, seed)
         result = evaluate_classification(model, params, recipe, sampler, spec_pre, dev, tasks, steps, lr, spec.norm,
                                          transductive, progress, dev.type == "cuda" if batched is None else batched)
         result["protocol"] = protocol

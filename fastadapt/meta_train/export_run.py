@@ -28,13 +28,12 @@ def read_evaluations(rundir: str) -> list:
 def verification_task(config, ways: int = 5):
     """A real task of the run's unseen classes (preprocessed), or None when the data is not here."""
     from ..data.sampler import TaskSampler
-    from ..data.sources import load_splits
+    from ..evaluation import unseen_classes
     from .parts import preprocess_of
 
     preprocess = preprocess_of(config)
     try:
-        test = load_splits(config.data, config.protocol, config.seed, config.val_classes, False, preprocess,
-                           need_train=False).test
+        test = unseen_classes(config.data, config.protocol, config.seed, config.val_classes, preprocess, config.ways)
         sampler = TaskSampler(test, min(ways, len(test)), config.shots, 3, 0, where="test classes")
     except FastadaptError as exc:
         warn(f"export verifies on a synthetic task: the run's data is not available here ({exc})")

@@ -145,10 +145,8 @@ def make_samplers(c: TrainConfig) -> Samplers:
     if c.regression:
         return Samplers(SinusoidSampler(c.shots, c.query, c.seed), SinusoidSampler(c.shots, 100, c.seed + 1), None)
     spec = preprocess_of(c)
-    splits = load_splits(c.data, c.protocol, c.seed, c.val_classes, c.rotations, spec)
-    if len(splits.val) < c.ways:
-        raise FastadaptError(f"--ways {c.ways} is more than the {len(splits.val)} validation classes; "
-                             f"raise --val-classes or lower --ways")
+    # the split leaves every part at least --ways classes, or says how many classes --ways needs
+    splits = load_splits(c.data, c.protocol, c.seed, c.val_classes, c.rotations, spec, ways=c.ways)
     train = TaskSampler(splits.train, c.ways, c.shots, c.query, c.seed, where="training classes")
     val = TaskSampler(splits.val, c.ways, c.shots, c.query, c.seed + 1, where="validation classes")
     return Samplers(train, val, spec)

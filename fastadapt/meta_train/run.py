@@ -23,16 +23,32 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from ..data.sources import DEFAULT_SEED, DEFAULT_VAL_CLASSES, DEFAULT_WAYS
 from ..outputs import write_atomic
 from ..errors import FastadaptError
+
+# Defaults that depend on the data or the algorithm (the field defaults below are for image classification
+# with an Adam outer loop): MAML's sinusoid setting, and Reptile's outer step size epsilon (Nichol et al.).
+SINUSOID_DEFAULTS = {"ways": 1, "shots": 10, "query": 10, "inner_lr": 0.01, "meta_batch": 25, "val_tasks": 100}
+REPTILE_DEFAULTS = {"meta_lr": 1.0}
+
+
+def defaults_for(data: str, algorithm: str) -> dict:
+    """The fields whose default differs for ``data`` / ``algorithm`` from TrainConfig's field defaults."""
+    return {**(SINUSOID_DEFAULTS if data == "sinusoid" else {}),
+            **(REPTILE_DEFAULTS if algorithm == "reptile" else {})}
 
 
 @dataclass
 class TrainConfig:
+    """Every setting of a run. ``TrainConfig.with_defaults(data=..., algorithm=..., ...)`` fills in the
+    defaults that depend on the data and the algorithm (``defaults_for``), as ``fastadapt train`` does;
+    the plain constructor uses the image-classification field defaults below for everything not given."""
+
     data: str = "synthetic"
     protocol: str = "auto"
     algorithm: str = "maml"
-    ways: int = 5
+    ways: int = DEFAULT_WAYS
     shots: int = 1
     query: int = 15
     inner_steps: int = 3
@@ -41,7 +57,7 @@ class TrainConfig:
     meta_batch: int = 16
     meta_lr: float = 1e-3
     iterations: int = 1000
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     device: str = "auto"
     head_init: str = "zero"
     norm: str = "instance"
@@ -50,7 +66,7 @@ class TrainConfig:
     channels: int = 1
     val_every: int = 100
     val_tasks: int = 100
-    val_classes: int = 100
+    val_classes: int = DEFAULT_VAL_CLASSES
     checkpoint_every: int = 25
     rotations: bool = True
     invert: bool = True  # dark strokes on a light background (Omniglot, sketches); False for photos
@@ -79,6 +95,14 @@ class TrainConfig:
         config = cls(**{k: v for k, v in d.items() if k in names})
         check_limits(config)
         return config
+
+    @classmethod
+    def with_defaults(cls, **given) -> "TrainConfig":
+        """A config from the settings ``given``, every other one at its default for the given data and
+        algorithm (``defaults_for``); type- and range-checked like ``from_dict``."""
+        fallback = cls()
+        chosen = defaults_for(given.get("data", fallback.data), given.get("algorithm", fallback.algorithm))
+        return cls.from_dict({**fallback.to_dict(), **chosen, **given})
 
     @property
     def test_steps(self) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..bundle import read_bundle, save_bundle
 from ..data.sampler import Task
+from ..data.sources import DEFAULT_SEED, DEFAULT_VAL_CLASSES, DEFAULT_WAYS
 from ..errors import FastadaptError
 from ..evaluation import evaluate_tasks, mean_ci95, unseen_class_sampler
 from ..images import to_float
@@ -22,17 +23,15 @@ from .loading import load
 from .model import Model
 from .unknown import auroc
 
-# TrainConfig's defaults, for bundles whose provenance does not record the run's split settings
-DEFAULT_SPLIT_SEED, DEFAULT_VAL_CLASSES = 0, 100
-
-
-def split_settings(manifest: dict) -> tuple:
-    """(split seed, validation classes) of the training run: they decide which classes are test classes."""
+def split_settings(manifest: dict) -> dict:
+    """The training run's split settings (``split_seed``, ``val_classes``, ``split_ways``: keywords of
+    ``unseen_class_sampler``): they decide which classes are test classes. A bundle whose provenance does
+    not record them was trained with TrainConfig's defaults, which are data.sources' defaults."""
     provenance = manifest.get("provenance") or {}
     config = provenance.get("config") if isinstance(provenance.get("config"), dict) else provenance
-    seed = config.get("seed", DEFAULT_SPLIT_SEED)
-    val_classes = config.get("val_classes", DEFAULT_VAL_CLASSES)
-    return int(seed), int(val_classes)
+    return {"split_seed": int(config.get("seed", DEFAULT_SEED)),
+            "val_classes": int(config.get("val_classes", DEFAULT_VAL_CLASSES)),
+            "split_ways": int(config.get("ways", DEFAULT_WAYS))}
 
 
 def _meta_model(path, fix: str) -> Model:
@@ -66,7 +65,8 @@ def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5,
     model = _meta_model(path, "evaluation adapts to every task itself, so pass the meta bundle it came from")
     _check_tasks(tasks)
     spec = model.preprocess
-    sampler = unseen_class_sampler(data, protocol, *split_settings(model.manifest), spec, ways, shots, query, seed)
+    sampler = unseen_class_sampler(data, protocol, preprocess=spec, ways=ways, shots=shots, query=query, seed=seed,
+                                   **split_settings(model.manifest))
     classes = [str(i) for i in range(ways)]
     steps = int(model.recipe["steps"]) if steps is None else steps
     kept = []
@@ -116,8 +116,8 @@ def evaluate_unknown(path: str, data: str, protocol: str = "auto", ways: int = 5
     model = _meta_model(path, "pass the meta bundle it came from")
     _check_tasks(tasks)
     spec = model.preprocess
-    sampler = unseen_class_sampler(data, protocol, *split_settings(model.manifest), spec, 2 * ways, shots, query,
-                                   seed)
+    sampler = unseen_class_sampler(data, protocol, preprocess=spec, ways=2 * ways, shots=shots, query=query,
+                                   seed=seed, **split_settings(model.manifest))
     classes = [str(i) for i in range(ways)]
     rows = {"auroc": [], "accuracy_at_far": [], "accuracy_closed_set": [], "calibrated_accepted_in_set": [],
             "calibrated_false_accept": []}
