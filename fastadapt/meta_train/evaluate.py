@@ -8,7 +8,6 @@ batch, the papers' transductive setting (the same as non-transductive for per-sa
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.func import vmap
 
