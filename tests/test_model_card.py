@@ -51,3 +51,21 @@ def test_card_text_is_printed_escaped(tmp_path, capsys):
     code, out, err = run_cli(capsys, "info", path)
     assert code == 0, err
     assert "\x1b" not in out and "intended use: cats\\x1b[2J" in out and "extra: more" in out
+
+
+def test_recording_the_same_evaluation_twice_keeps_one_row(tmp_path):
+    import shutil
+
+    from fastadapt.runtime.evaluate import record_evaluation
+
+    path = tmp_path / "m.fadapt"
+    shutil.copy(fastadapt.runtime.DEFAULT_MODEL, path)
+    before = len(read_bundle(str(path)).manifest.get("evaluation") or [])
+    row = {"ways": 5, "shots": 1, "query": 15, "tasks": 2, "seed": 0, "accuracy_pct": 50.0, "data": "/x/omniglot",
+           "adapt_ms_median": 1.0}
+    record_evaluation(str(path), row)
+    record_evaluation(str(path), {**row, "adapt_ms_median": 2.0})  # the same evaluation, timed again
+    rows = read_bundle(str(path)).manifest["evaluation"]
+    assert len(rows) == before + 1 and rows[-1]["adapt_ms_median"] == 2.0 and rows[-1]["data"] == "omniglot"
+    record_evaluation(str(path), {**row, "tasks": 3})  # a different evaluation: listed beside it
+    assert len(read_bundle(str(path)).manifest["evaluation"]) == before + 2
