@@ -270,7 +270,8 @@ def export(
     _need_torch("export")
     from ..meta_train.export_run import export_run
 
-    manifest = export_run(rundir, out, checkpoint)
+    manifest = export_run(rundir, out, checkpoint, say=lambda stage: print(f"export: {stage} ...", file=sys.stderr,
+                                                                          flush=True))
     size = os.path.getsize(out) / 1e6
     typer.echo(f"wrote {out} ({size:.2f} MB); runtime vs torch after {manifest['verification']['steps']} steps: "
                f"max abs diff {manifest['verification']['max_abs_diff']:.2e}")

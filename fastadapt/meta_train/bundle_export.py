@@ -16,17 +16,20 @@ from .verification import verify
 
 
 def export_bundle(out_path, model, spec, recipe: il.InnerLoop, params: dict, preprocess, provenance: dict,
-                  evaluation: list, steps: int | None = None, task: tuple | None = None) -> dict:
+                  evaluation: list, steps: int | None = None, task: tuple | None = None,
+                  say=lambda stage: None) -> dict:
     """Build both graphs, verify them against torch for ``steps`` (default: the recipe's) SGD steps on
     ``task`` (default: a synthetic one), then write the bundle atomically. Returns the manifest. Writes
-    nothing when verification fails."""
+    nothing when verification fails. ``say(stage)``: called as each stage starts (progress for the CLI)."""
     check_supported(spec, recipe)
     steps = recipe.steps if steps is None else steps
     # no head: the runtime makes one per task
     meta = {k: v.detach().float().cpu() for k, v in il.body_params(params).items()}
     model = copy.deepcopy(model).cpu()  # leave the caller's model where it is
+    say("tracing the forward and SGD-step graphs to ONNX (most of the time)")
     forward_bytes, step_bytes = build_graphs(model, spec, recipe, meta)
     bundle = meta_bundle(model, spec, recipe, meta, forward_bytes, step_bytes, preprocess, provenance, evaluation)
+    say(f"verifying: {steps} SGD steps through the runtime against torch")
     bundle.manifest["verification"] = {"max_abs_diff": verify(bundle, model, steps, task), "steps": steps}
     save_bundle(out_path, bundle)
     return bundle.manifest

@@ -62,7 +62,9 @@ def training_stages(rundir: str) -> list:
     return stages
 
 
-def export_run(rundir: str, out: str, checkpoint: str = "best") -> dict:
+def export_run(rundir: str, out: str, checkpoint: str = "best", say=lambda stage: None) -> dict:
+    """``say(stage)``: called as each stage starts (the CLI prints it on stderr)."""
+    say(f"reading {checkpoint} checkpoint of {rundir}")
     config, spec, recipe, model, params, progress = load_meta_params(rundir, checkpoint, torch.device("cpu"))
     # the device runs the evaluation-time recipe (MAML's paper trains with 1 step and tests with 3)
     recipe = dataclasses.replace(recipe, steps=config.test_steps)
@@ -85,5 +87,7 @@ def export_run(rundir: str, out: str, checkpoint: str = "best") -> dict:
         "python": platform.python_version(),
     }
     provenance["stages"] = training_stages(rundir)
+    say("loading a task of the run's unseen classes to verify on")
+    task = verification_task(config)
     return export_bundle(out, model, spec, recipe, params, preprocess_of(config), provenance,
-                         read_evaluations(rundir), task=verification_task(config))
+                         read_evaluations(rundir), task=task, say=say)
