@@ -237,7 +237,7 @@ def test_all_names_exist_and_helpers_are_private():
     assert public == {"Model", "AdaptedModel", "Prediction"}, public
     assert not hasattr(model.AdaptedModel, "predictions") and not hasattr(model.AdaptedModel, "threshold")
     assert {n for n in vars(loading) if not n.startswith("_") and callable(getattr(loading, n))
-            and getattr(loading, n).__module__ == loading.__name__} == {"load", "adapt", "default_model_path"}
+            and getattr(loading, n).__module__ == loading.__name__} == {"load", "adapt", "default_model_path", "model_path"}
 
 
 def test_every_public_function_is_documented_with_an_example_and_annotated():
