@@ -51,8 +51,10 @@ def test_shell_completion_can_be_shown_and_installed(capsys, wide):
     import subprocess
     import sys
 
+    # the shell named, not detected from the parent processes (which differ between a terminal, CI and nohup)
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     done = subprocess.run([sys.executable, "-m", "fastadapt", "--show-completion", "bash"], capture_output=True,
-                          text=True, timeout=60, cwd=REPO, stdin=subprocess.DEVNULL)
+                          text=True, timeout=60, cwd=REPO, stdin=subprocess.DEVNULL, env=env)
     assert done.returncode == 0 and "complete" in done.stdout and "fastadapt" in done.stdout.lower(), done.stderr
 
 

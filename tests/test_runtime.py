@@ -223,8 +223,8 @@ def test_api_errors(bundles, glyphs, tmp_path, monkeypatch):
         model.adapt(glyphs["shots"], steps=-2)
     from fastadapt.runtime import loading
 
-    monkeypatch.setattr(loading, "DEFAULT_MODEL", str(tmp_path / "missing.fadapt"))
-    with pytest.raises(FastadaptError, match="no default model is shipped yet"):
+    monkeypatch.setattr(loading, "ASSETS", str(tmp_path))  # an installation without its shipped models
+    with pytest.raises(FastadaptError, match="built-in model 'characters' is not in this installation"):
         fastadapt.load()
 
 

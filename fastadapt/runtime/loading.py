@@ -29,7 +29,11 @@ def model_path(model: str | os.PathLike | None) -> str:
     >>> os.path.basename(model_path("photos"))
     'photos.fadapt'
     """
-    name = "characters" if model is None else os.fspath(model)
+    if model is None:
+        model = "characters"
+    if not isinstance(model, (str, os.PathLike)):
+        return model  # read_bundle refuses it in one line, naming what a path is
+    name = os.fspath(model)
     if name not in BUILT_IN or os.path.isfile(name):
         return name
     path = os.path.join(ASSETS, BUILT_IN[name])
