@@ -25,8 +25,9 @@ def _finite(value):
 
 @app.command(rich_help_panel="On the device")
 def info(
-    model: Optional[Path] = typer.Argument(None, help="A .fadapt bundle (meta or adapted). Default: the shipped "
-                                           "model, whose model card this prints.", show_default=False),
+    model: Optional[Path] = typer.Argument(None, help="A .fadapt bundle (meta or adapted) or a built-in model's "
+                                           "name (characters, photos). Default: the shipped characters model, whose "
+                                           "model card this prints.", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON instead."),
 ) -> None:
     """Describe a bundle: kind, architecture, preprocessing, inner-loop recipe, classes, provenance, evaluation.

@@ -30,7 +30,8 @@ def adapt(
                                                 "when adaptation succeeds, atomically.", show_default=False),
     model: Optional[Path] = typer.Option(None, "--model", help="The meta-trained bundle to start from "
                                          "(made by 'fastadapt export'), or with --add/--remove an adapted one. "
-                                         "Default: the model shipped with fastadapt."),
+                                         "Default: the characters model shipped with fastadapt; "
+                                         "'photos' names the shipped photos model."),
     add: Optional[Path] = typer.Option(None, "--add", help="With an adapted --model: a folder of class folders to "
                                        "add (one class is enough; an existing class gets the images added). "
                                        "Re-adapts from the meta model on the shots kept in the bundle and these: "
