@@ -88,9 +88,10 @@ def load_log(path: str) -> dict:
     return {kind: [d[i] for i in sorted(d)] for kind, d in out.items()}
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file store in the test's own folder: no TCP port that another process could take in between
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out, 'store')}", rank=rank, world_size=world)
     from fastadapt.errors import FastadaptError
 
     result = {}
@@ -116,15 +117,33 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         result["odd"] = str(exc)
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
+    # as Job.teardown does after a clean run: no rank tears gloo down while the other still uses it
+    dist.barrier()
     dist.destroy_process_group()
+
+
+def _spawn_two_ranks(out: str) -> str:
+    """Run ``_worker`` on 2 ranks. A rank killed by a signal (seen twice in some 30 runs, in CI and in a fresh
+    clone: SIGABRT, "terminate called without an active exception" from gloo's C++ side; 35 runs in a loop,
+    idle and under load, did not reproduce it) is
+    retried once in a fresh folder; a Python error in a rank, or a second crash, fails the test."""
+    import torch.multiprocessing as mp
+
+    for attempt in range(2):
+        folder = os.path.join(out, f"attempt{attempt}")
+        os.makedirs(folder)
+        try:
+            mp.spawn(_worker, args=(2, folder), nprocs=2, join=True)
+            return folder
+        except mp.ProcessExitedException as exc:
+            if attempt or not exc.signal_name:
+                raise
+            print(f"two-rank job crashed ({exc}); retrying once", file=sys.stderr)
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    import torch.multiprocessing as mp
-
-    out = str(tmp_path_factory.mktemp("dist"))
-    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
+    out = _spawn_two_ranks(str(tmp_path_factory.mktemp("dist")))
     return out, [json.load(open(os.path.join(out, f"rank{r}.json"))) for r in range(2)]
 
 
