@@ -31,7 +31,8 @@ def test_big_datasets_split_as_before():
     assert split_sizes(200, 100, 5) == (40, 20, 140)
     for classes in range(50, 3000, 7):
         for val_classes in (5, 20, 100):
-            assert split_sizes(classes, val_classes, 5) == old_rule(classes, val_classes), classes
+            if val_classes == 100 or val_classes <= round(0.1 * classes):  # the default, or lowering it
+                assert split_sizes(classes, val_classes, 5) == old_rule(classes, val_classes), classes
     for classes in range(6, 300):  # every split that trained before still does, with the same numbers
         for ways in (2, 3, 5, 10):
             if old_rule(classes)[1] >= ways:
@@ -43,6 +44,40 @@ def test_small_datasets_give_every_part_ways_classes():
     assert split_sizes(10, 100, 3) == (3, 3, 4)
     assert split_sizes(10, 100, 2) == (2, 2, 6)
     assert split_sizes(14, 100, 5) is None and split_sizes(15, 100, 5) == (5, 5, 5)
+
+
+def test_an_explicit_val_classes_is_honoured_both_ways():
+    """--val-classes N (not the default) is the validation size as given, above 10% as well as below; the
+    default (100) stays 10% of the classes, at most 100; the test part never depends on it."""
+    assert split_sizes(21, 6, 5) == (5, 6, 10) and split_sizes(21, 100, 5) == (5, 5, 11)
+    assert split_sizes(100, 30, 5) == (20, 30, 50) and split_sizes(100, 4, 5) == (20, 5, 75)  # floor: --ways
+    assert split_sizes(2000, 100, 5) == (400, 100, 1500) and split_sizes(2000, 150, 5) == (400, 150, 1450)
+    assert split_sizes(21, 11, 5) == (5, 11, 5) and split_sizes(21, 12, 5) is None
+    for classes in range(15, 400, 3):
+        for val_classes in (0, 3, 7, 20, 99, 101, 250):
+            sizes = split_sizes(classes, val_classes, 5)
+            if sizes is not None:
+                assert sizes[0] == split_sizes(classes, 100, 5)[0] and min(sizes) >= 5 and sum(sizes) == classes
+
+
+def test_raised_val_classes_splits_the_folder(tmp_path):
+    root = str(write_glyph_folders(tmp_path / "data", 21, 4))
+    default, raised = load_splits(root, "auto", 0, 100, False), load_splits(root, "auto", 0, 6, False)
+    assert (len(raised.test), len(raised.val), len(raised.train)) == (5, 6, 10)
+    assert raised.test.names == default.test.names and set(default.val.names) < set(raised.val.names)
+    assert not set(raised.val.names) & set(raised.train.names)
+
+
+def test_too_large_val_classes_is_one_error_naming_the_fix(tmp_path, capsys, one_thread):
+    root = write_glyph_folders(tmp_path / "data", 21, 4)
+    code, out, err = run_cli(capsys, "train", "--data", root, "--val-classes", "12", "--out", tmp_path / "run",
+                             "--quiet")
+    one_error(code, out, err, "--val-classes 12 leaves 4 of the 21 classes", "--ways 5 needs 5",
+              "use --val-classes 11 or fewer")
+    assert not (tmp_path / "run").exists()
+    # evaluation needs only the test classes, which do not depend on --val-classes
+    assert load_splits(str(root), "auto", 0, 12, False, need_train=False).test.names == \
+        load_splits(str(root), "auto", 0, 100, False).test.names
 
 
 def test_too_few_classes_says_how_many_are_needed(tmp_path, capsys, one_thread):

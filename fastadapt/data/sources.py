@@ -3,8 +3,9 @@
 --data     synthetic | sinusoid | PATH (an Omniglot folder with the two canonical zips, a folder of
            class folders, or a zip of them)
 --protocol lake | vinyals      Omniglot's splits (see omniglot.py)
-           split               any other dataset: classes shuffled by seed, 70% train / 10% val / 20% test,
-                               each part at least --ways classes (``split_sizes``)
+           split               any other dataset: classes shuffled by seed, 20% test, 10% validation (at most
+                               100; --val-classes N: exactly N), the rest train, each part at least --ways
+                               classes (``split_sizes``)
            all                 evaluation only: every class of PATH is a test class (your own unseen classes)
 """
 
@@ -39,18 +40,38 @@ def default_preprocess(data: str) -> Preprocess:
 
 
 def split_sizes(classes: int, val_classes: int, ways: int) -> tuple:
-    """(test, validation, train) class counts of --protocol split: 20% test and 10% validation (at most
-    ``val_classes``), each at least ``ways`` so a ``ways``-way task fits, the rest (at least ``ways``)
-    for training. From about 50 classes (5-way) the floors never bind: the plain 70/10/20 split.
+    """(test, validation, train) class counts of --protocol split, in that order of the seeded permutation:
 
-    None when ``classes`` cannot hold ``ways`` classes three times over.
+    - test: 20% of the classes, at least ``ways`` (it never depends on ``val_classes``, so an evaluation
+      finds a run's test classes whatever its --val-classes);
+    - validation: ``val_classes`` at its default (``DEFAULT_VAL_CLASSES``) means 10% of the classes, at most
+      ``DEFAULT_VAL_CLASSES``; any other value is taken as given (raising or lowering it, as --val-classes
+      does on Omniglot); at least ``ways`` either way, so a ``ways``-way task fits;
+    - training: the rest, at least ``ways``.
+
+    From about 50 classes (5-way) the floors never bind: the plain 70/10/20 split. None when the parts do
+    not fit (``val_classes_too_large`` says whether --val-classes is the cause).
     """
     ways = max(2, ways)
     n_test = max(ways, round(0.2 * classes))
-    n_val = max(ways, min(val_classes, round(0.1 * classes)))
+    wanted = min(val_classes, round(0.1 * classes)) if val_classes == DEFAULT_VAL_CLASSES else val_classes
+    n_val = max(ways, wanted)
     if classes - n_test - n_val < ways:
         return None
     return n_test, n_val, classes - n_test - n_val
+
+
+def val_classes_too_large(data: str, classes: int, val_classes: int, ways: int) -> str | None:
+    """Why an explicit ``val_classes`` leaves too few training classes when the default would not, or None."""
+    if split_sizes(classes, val_classes, ways) is not None or split_sizes(classes, DEFAULT_VAL_CLASSES, ways) is None:
+        return None
+    ways = max(2, ways)
+    n_test = max(ways, round(0.2 * classes))
+    most = classes - n_test - ways
+    left = max(0, classes - n_test - val_classes)
+    return (f"--val-classes {val_classes} leaves {left} of the {classes} classes of --data {data} for training "
+            f"({n_test} are test classes) and --ways {ways} needs {ways}: use --val-classes {most} or fewer, or "
+            f"leave it out (10% of the classes)")
 
 
 def load_splits(data: str, protocol: str = "auto", seed: int = DEFAULT_SEED, val_classes: int = DEFAULT_VAL_CLASSES,
@@ -83,7 +104,13 @@ def load_splits(data: str, protocol: str = "auto", seed: int = DEFAULT_SEED, val
     order = np.random.default_rng(seed).permutation(len(classes))
     sizes = split_sizes(len(classes), val_classes, ways)
     if sizes is None:
-        raise FastadaptError(too_few_classes(data, len(classes), ways))
+        too_large = val_classes_too_large(data, len(classes), val_classes, ways)
+        if too_large is None:
+            raise FastadaptError(too_few_classes(data, len(classes), ways))
+        if need_train:
+            raise FastadaptError(too_large)
+        # evaluation only needs the test classes, which do not depend on --val-classes
+        sizes = split_sizes(len(classes), DEFAULT_VAL_CLASSES, ways)
     n_test, n_val, _ = sizes
     test = classes.subset(sorted(order[:n_test]))
     val = classes.subset(sorted(order[n_test:n_test + n_val]))
