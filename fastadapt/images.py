@@ -193,7 +193,7 @@ def decode_bytes(data: bytes, name: str) -> Image.Image:
     return _upright(_decode(io.BytesIO(data), name, None), name)
 
 
-def is_file_object(source: Any) -> bool:
+def _is_file_object(source: Any) -> bool:
     """A readable file-like object (open(..., "rb"), io.BytesIO, a web framework's upload)."""
     return callable(getattr(source, "read", None)) and not isinstance(source, (str, bytes, os.PathLike, Image.Image))
 
@@ -201,7 +201,7 @@ def is_file_object(source: Any) -> bool:
 def is_image_source(source: Any) -> bool:
     """One image in any accepted form (rather than a list of them)."""
     return isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)) \
-        or is_file_object(source)
+        or _is_file_object(source)
 
 
 def _stream_name(stream) -> str:
@@ -311,7 +311,7 @@ def open_reduced(source: ImageSource, target: int | None) -> Image.Image:
         if not len(source):
             raise FastadaptError(f"empty image bytes; {ACCEPTED}")
         return _upright(_decode(io.BytesIO(source), "image bytes", target), "image bytes")
-    if is_file_object(source):
+    if _is_file_object(source):
         name = _stream_name(source)
         return _upright(_read_stream(source, target), name)
     raise FastadaptError(f"got {type(source).__name__}, not an image; {ACCEPTED}")
@@ -330,7 +330,7 @@ def _name(source) -> str:
         return str(os.fspath(source))
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "image bytes"
-    if is_file_object(source):
+    if _is_file_object(source):
         return _stream_name(source)
     return "PIL image" if isinstance(source, Image.Image) else "image"
 
@@ -419,7 +419,7 @@ def preprocess(sources: Iterable[ImageSource], spec: Preprocess) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- stroke polarity
 
-def background_level(array: np.ndarray) -> float:
+def _background_level(array: np.ndarray) -> float:
     """Median of a preprocessed (C, H, W) uint8 image's border pixels: its background after inversion."""
     border = np.concatenate([array[:, 0, :], array[:, -1, :], array[:, :, 0], array[:, :, -1]], axis=1)
     return float(np.median(border))
@@ -431,7 +431,7 @@ def reversed_polarity(array: np.ndarray, spec: Preprocess) -> bool:
     After inversion the model's training images have a dark (near-zero) background; a bright one means
     the picture had a dark background to begin with.
     """
-    return bool(spec.invert) and background_level(array) > 127
+    return bool(spec.invert) and _background_level(array) > 127
 
 
 def polarity_warning(arrays: Iterable[np.ndarray], spec: Preprocess,

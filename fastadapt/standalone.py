@@ -28,18 +28,22 @@ from .images import to_float
 from .outputs import check_inputs, refuse_unwritable, write_atomic
 
 RECIPE_FORMAT = "fastadapt-onnx-preprocess"
-VERIFY_TOL = 1e-4  # as fastadapt.meta_train.verification.VERIFY_TOL (not imported: that module needs torch)
+# The tolerance rule is written twice: here (torch-free, for the runtime's export) and in
+# meta_train/verification.py (export verification, parity tests), which imports torch, so this module cannot
+# import it; tests/test_single_source.py checks that the two give the same answers.
+VERIFY_TOL = 1e-4  # as fastadapt.meta_train.verification.VERIFY_TOL
 VERIFY_RANDOM = 8  # fixed random images checked besides the stored shots
 VERIFY_SHOTS = 64  # at most this many stored shots checked
 
 
 def agrees(value, reference, tol: float = VERIFY_TOL) -> bool:
-    """|value - reference| <= tol * max(1, max|reference|), as meta_train.verification.agrees."""
+    """|value - reference| <= tol * max(1, max|reference|): the float32 agreement rule of
+    meta_train.verification.agrees (whose docstring says why relative, and why 1e-4)."""
     value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
     return float(np.abs(value - reference).max()) <= tol * max(1.0, float(np.abs(reference).max()))
 
 
-def recipe_path(onnx_path: str) -> str:
+def _recipe_path(onnx_path: str) -> str:
     """model.onnx -> model.preprocess.json (beside it)."""
     root, ext = os.path.splitext(onnx_path)
     return (root if ext.lower() == ".onnx" else onnx_path) + ".preprocess.json"
@@ -65,7 +69,7 @@ def recipe(adapted, onnx_name: str) -> dict:
     }
 
 
-def build_onnx(adapted, described: dict) -> bytes:
+def _build_onnx(adapted, described: dict) -> bytes:
     """The forward graph with the adapted parameters as initializers and a softmax on the logits."""
     try:
         import onnx
@@ -121,14 +125,14 @@ def export_onnx(adapted, path, recipe_file=None) -> dict:
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
         raise FastadaptError(f"export_onnx needs a file name such as 'model.onnx', got {path!r}")
     path = os.fspath(path)
-    recipe_file = recipe_path(path) if recipe_file is None else os.fspath(recipe_file)
+    recipe_file = _recipe_path(path) if recipe_file is None else os.fspath(recipe_file)
     for out in (path, recipe_file):
         refuse_unwritable(out, example="model.onnx")
         check_inputs(out, [adapted.path])
     if os.path.realpath(path) == os.path.realpath(recipe_file):
         raise FastadaptError(f"{path}: the model and its preprocessing recipe need two different files")
     described = recipe(adapted, os.path.basename(path))
-    data = build_onnx(adapted, described)
+    data = _build_onnx(adapted, described)
     described["verification"] = _check(adapted, data)
     write_atomic(path, data)
     write_atomic(recipe_file, (json.dumps(described, indent=2) + "\n").encode())
@@ -157,5 +161,5 @@ def export_command(source: str, out: str, fmt: str, sign=None) -> None:
     described = export_onnx(model, out)
     check = described["verification"]
     print(f"wrote {out} ({os.path.getsize(out) / 1e6:.2f} MB, {len(model.classes)} classes) and "
-          f"{recipe_path(out)}; probabilities agree with 'fastadapt predict' on {check['images']} images "
+          f"{_recipe_path(out)}; probabilities agree with 'fastadapt predict' on {check['images']} images "
           f"(max |difference| {check['max_abs_diff']:.1e})")

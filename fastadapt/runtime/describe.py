@@ -30,7 +30,7 @@ def model_card(manifest: dict) -> dict:
     return {key: card[key] for key in sorted(card, key=lambda k: order.get(k, len(order)))}
 
 
-def card_lines(card: dict) -> list:
+def _card_lines(card: dict) -> list:
     """The model card as text lines, each section wrapped to CARD_WIDTH and indented."""
     lines = ["  model card"]
     for key, text in card.items():
@@ -153,5 +153,5 @@ def describe_bundle(bundle: Bundle) -> str:
     lines += [f"  {key:<{width}}  {_fmt(value)}" for key, value in rows]
     card = model_card(m)
     if card:
-        lines += card_lines(card)
+        lines += _card_lines(card)
     return "\n".join(lines + _evaluation_lines(m.get("evaluation") or []))

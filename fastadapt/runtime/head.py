@@ -16,11 +16,11 @@ from ..errors import FastadaptError
 HEAD = ("head.weight", "head.bias")
 
 
-def body(params: dict) -> dict:
+def _body(params: dict) -> dict:
     return {k: v for k, v in params.items() if k not in HEAD}
 
 
-def feature_dim(params: dict, graphs, manifest: dict) -> int:
+def _feature_dim(params: dict, graphs, manifest: dict) -> int:
     """D, the width of the features the head reads: from the params, the manifest or the graph."""
     if "head.weight" in params:
         return int(params["head.weight"].shape[1])
@@ -46,8 +46,8 @@ def init_head(manifest: dict, meta_params: dict, graphs, images: np.ndarray, lab
             raise FastadaptError(f"{where}: this model's head has a fixed {rows} outputs (head_init 'learned') "
                                  f"but the shots have {ways} classes")
         return dict(meta_params)
-    params = body(meta_params)
-    dim = feature_dim(meta_params, graphs, manifest)
+    params = _body(meta_params)
+    dim = _feature_dim(meta_params, graphs, manifest)
     if head_init == "zero":
         params["head.weight"] = np.zeros((ways, dim), dtype=np.float32)
         params["head.bias"] = np.zeros((ways,), dtype=np.float32)

@@ -16,18 +16,14 @@ BUILT_IN = {"characters": "default.fadapt", "photos": "photos.fadapt"}
 DEFAULT_MODEL = os.path.join(ASSETS, BUILT_IN["characters"])
 
 
-def default_model_path() -> str:
-    """DEFAULT_MODEL, or an error saying to pass a model when this installation ships none."""
-    return model_path(None)
-
-
 def model_path(model: str | os.PathLike | None) -> str:
     """The bundle file ``model`` names: None is the default (characters) model; a built-in model's name
     (``BUILT_IN``: "characters", "photos") is that shipped bundle unless a file of that name exists here;
     anything else is a path.
 
-    >>> os.path.basename(model_path("photos"))
-    'photos.fadapt'
+    >>> from fastadapt.runtime.loading import model_path
+    >>> model_path("photos").endswith("photos.fadapt"), model_path("my_model.fadapt")
+    (True, 'my_model.fadapt')
     """
     if model is None:
         model = "characters"

@@ -38,19 +38,17 @@ from . import unknown as unknown_detection
 PREDICT_CHUNK = 1
 TOP = 3  # predict's default number of classes in Prediction.top (fastadapt predict --top has the same)
 LOW_LOO_ACCURACY = 0.5  # steps="auto": below this leave-one-shot-out accuracy, warn that the shots are unusual
-# What the shipped default model is good for (its model card in README.md)
-DEFAULT_GOOD_FOR = ("handwritten characters, symbols, sketches and icons: dark strokes on a plain light "
-                    "background, seen as 28x28 grayscale (model card 'Good for')")
 
 
 def _good_for(model) -> str:
-    from .loading import DEFAULT_MODEL
-
-    if model.path and os.path.abspath(model.path) == os.path.abspath(DEFAULT_MODEL):
-        return DEFAULT_GOOD_FOR
+    """What the model is for, in a few words: the first sentence of its model card's intended use (the
+    shipped models carry one), else its training data and input size."""
     intended = (model.manifest.get("model_card") or {}).get("intended_use")
-    if intended:  # e.g. the meta model an adapted bundle keeps (AdaptedModel.add_classes)
-        return f"{intended.rstrip('.')} (its model card: 'fastadapt info')"
+    if isinstance(intended, str) and intended.strip():
+        first = intended.strip().split(". ")[0].rstrip(".")
+        if first[:1].isupper() and not first[1:2].isupper():  # "Handwritten ..." -> "handwritten ..." (not "MNIST")
+            first = first[0].lower() + first[1:]
+        return f"{first} (its model card: 'fastadapt info')"
     spec = model.preprocess
     data = (model.manifest.get("provenance") or {}).get("data")
     return (f"images like its training data{f' ({data})' if isinstance(data, str) else ''}, seen as "
@@ -220,8 +218,9 @@ class Model(_Loaded):
               progress: Callable[[int, int], None] | None = None, safeguard: bool = True) -> "AdaptedModel":
         """Learn the classes in ``shots`` with the inner loop the model was meta-trained for.
 
-        shots     a folder with one subfolder of images per class, or a dict {label: [images]}
-                  (paths, PIL images or numpy arrays); >= 2 classes, any number of images each
+        shots     a folder with one subfolder of images per class, or a dict {label: [images]} (paths,
+                  image bytes, binary file objects, PIL images or numpy arrays); >= 2 classes, any number
+                  of images each
         steps, lr override the manifest's inner-loop recipe (the meta-trained values are best);
                   steps="auto" picks 0..recipe steps by leave-one-shot-out on the shots (>= 2 per class)
         progress  called as progress(done_steps, total_steps) after each SGD step
@@ -506,9 +505,9 @@ class AdaptedModel(_Loaded):
         JSON beside it (default: model.onnx -> model.preprocess.json). Verified against ``probabilities``
         before anything is written. Needs the ``onnx`` package. Returns the recipe. See standalone.py.
 
-        >>> recipe = fastadapt.load().adapt("examples/shots").export_onnx("shapes.onnx")  # doctest: +SKIP
-        >>> recipe["classes"][:2]  # doctest: +SKIP
-        ['arrow', 'circle']
+        >>> recipe = fastadapt.load().adapt("examples/shots").export_onnx("shapes.onnx")  # and shapes.preprocess.json
+        >>> recipe["classes"][:2], recipe["input"]["shape"]
+        (['arrow', 'circle'], ['batch', 1, 28, 28])
         """
         from ..standalone import export_onnx
 

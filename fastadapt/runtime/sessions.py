@@ -55,7 +55,7 @@ def configured_threads() -> int:
     return threads
 
 
-def session_options(threads: int | None = None):
+def _session_options(threads: int | None = None):
     """Options for a session with ``threads`` intra-op threads (default: ``configured_threads()``)."""
     import onnxruntime as ort
 
@@ -78,7 +78,7 @@ def make_session(onnx_bytes: bytes, where: str, threads: int | None = None):
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(onnx_bytes, session_options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(onnx_bytes, _session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise FastadaptError(f"{where}: onnxruntime cannot load the graph ({first[:200]}); "
