@@ -189,6 +189,15 @@ def _check_inner_loop(manifest: dict, names: list) -> None:
           adapted if not isinstance(adapted, list) else f"{len(adapted)} items")
     for name in adapted:
         _need(isinstance(name, str) and name in known, "inner_loop.adapted", "names from 'parameters'", name)
+    if "learned_lrs" in loop:  # meta-learned inner rates: one row per step, one rate per adapted tensor
+        rates = loop["learned_lrs"]
+        _need(isinstance(rates, list) and 1 <= len(rates) <= MAX_STEPS, "inner_loop.learned_lrs",
+              f"a list of 1..{MAX_STEPS} rows", rates if not isinstance(rates, list) else f"{len(rates)} rows")
+        for row in rates:
+            _need(isinstance(row, list) and len(row) == len(adapted) and
+                  all(_is_number(x) and abs(x) <= MAX_LR for x in row), "inner_loop.learned_lrs",
+                  f"rows of {len(adapted)} finite numbers (one per adapted parameter) of at most {MAX_LR:g}",
+                  row if not isinstance(row, list) else f"a row of {len(row)}")
     if head_init == "learned" or manifest.get("kind") == "adapted":
         _need(all(h in names for h in HEAD), "parameters", "to include head.weight and head.bias (head_init "
               f"'{head_init}', kind '{manifest.get('kind')}')", [n for n in names if n.startswith("head")])

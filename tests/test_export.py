@@ -132,7 +132,7 @@ def test_refuses_unsupported(tmp_path, spec, recipe):
 
 def _cached_graphs(monkeypatch, exported):
     model, params, recipe, forward_bytes, step_bytes = exported
-    monkeypatch.setattr(bundle_export, "build_graphs", lambda *args: (forward_bytes, step_bytes))
+    monkeypatch.setattr(bundle_export, "build_graphs", lambda *args, **kwargs: (forward_bytes, step_bytes))
     return model, params, recipe
 
 

@@ -98,7 +98,11 @@ def adapt(
 def adaptation_summary(info: dict) -> str:
     """steps kept (of requested), their learning rates, the auto choice, support loss before -> after."""
     lrs = info["lrs"]
-    rates = f"lr {lrs[0]:g}" if lrs and len(set(lrs)) == 1 else ("lr " + ", ".join(f"{x:g}" for x in lrs) if lrs else "")
+    if lrs and isinstance(lrs[0], list) and len({x for row in lrs for x in row}) > 1:  # learned: per tensor and step
+        rates = "learned rates (mean per step " + ", ".join(f"{sum(row) / len(row):.3g}" for row in lrs) + ")"
+    else:
+        lrs = [row[0] if isinstance(row, list) else row for row in lrs]
+        rates = f"lr {lrs[0]:g}" if lrs and len(set(lrs)) == 1 else ("lr " + ", ".join(f"{x:g}" for x in lrs) if lrs else "")
     kept = f"{info['steps']} of {info['steps_requested']}" if info["steps"] != info["steps_requested"] else info["steps"]
     line = f"{kept} step{'s' if info['steps_requested'] != 1 else ''}{' at ' + rates if rates else ''}"
     auto = info.get("auto")

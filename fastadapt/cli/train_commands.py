@@ -80,6 +80,12 @@ def train(
                                           "meta-training tasks; never on the device): none | affine (small rotation, "
                                           "shear, scale, shift: characters) | photo (flip, shift, zoom, colour "
                                           "jitter). Seeded, so the task stream stays reproducible. [default: none]"),
+    learn_inner_lr: Optional[bool] = typer.Option(None, "--learn-inner-lr/--fixed-inner-lr", help="Meta-learn one "
+                                                  "inner learning rate per adapted tensor and step (MAML++), starting "
+                                                  "at --inner-lr; the bundle carries them, so the device repeats them "
+                                                  "(maml, fomaml, anil). [default: fixed]"),
+    meta_lr_schedule: Optional[str] = typer.Option(None, help="Meta learning rate: constant | cosine (annealed to 0 "
+                                                   "over --iterations, MAML++). [default: constant]"),
     init_from: Optional[str] = typer.Option(None, help="Start from another run's best checkpoint (a run folder, "
                                             "e.g. a pre-training-only run) instead of a random initialisation."),
     invert: Optional[bool] = typer.Option(None, "--invert/--no-invert", help="Invert gray levels so dark strokes "

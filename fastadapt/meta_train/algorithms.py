@@ -13,6 +13,7 @@ With phi the meta-parameters and phi' the parameters after the inner loop:
 from __future__ import annotations
 
 import copy
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from torch.func import vmap
 
 from ..errors import FastadaptError
 from ..models.networks import BatchStatsNorm
-from .inner_loop import InnerLoop, adapt, forward, output_loss
+from .inner_loop import LEARNED_LRS, InnerLoop, adapt, forward, output_loss
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "anil")
 
@@ -82,6 +83,8 @@ def meta_gradient(algorithm: str, model, meta_params: dict, tasks: list, recipe:
         raise ValueError(f"anil adapts only the head: its recipe needs adapt='head', got '{recipe.adapt}'")
     if not tasks:
         raise ValueError("meta_gradient needs at least one task")
+    if algorithm == "reptile" and LEARNED_LRS in meta_params:
+        raise ValueError("reptile has no gradient for learned inner rates; use maml, fomaml or anil")
     if vectorize and _stackable(tasks) and can_vectorize(algorithm, model):
         return _meta_gradient_chunked(algorithm, model, meta_params, tasks, recipe, chunks or Chunks())
     if workers > 1 and len(tasks) > 1:
@@ -241,6 +244,13 @@ def outer_optimizer(algorithm: str, params: list, meta_lr: float) -> torch.optim
     if algorithm == "reptile":
         return torch.optim.SGD(params, lr=meta_lr)  # lr set every iteration by reptile_step
     return torch.optim.Adam(params, lr=meta_lr)
+
+
+def cosine_step(optimizer: torch.optim.Optimizer, meta_lr: float, iteration: int, iterations: int) -> None:
+    """--meta-lr-schedule cosine: the outer learning rate for ``iteration`` (0-based) of ``iterations``,
+    annealed from ``meta_lr`` to 0 along half a cosine (MAML++, Antoniou et al. 2019)."""
+    for group in optimizer.param_groups:
+        group["lr"] = meta_lr * 0.5 * (1 + math.cos(math.pi * iteration / iterations))
 
 
 def reptile_step(optimizer: torch.optim.Optimizer, meta_lr: float, inner_lr: float, iteration: int,

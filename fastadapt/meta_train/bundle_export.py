@@ -25,10 +25,13 @@ def export_bundle(out_path, model, spec, recipe: il.InnerLoop, params: dict, pre
     steps = recipe.steps if steps is None else steps
     # no head: the runtime makes one per task
     meta = {k: v.detach().float().cpu() for k, v in il.body_params(params).items()}
+    rates = params.get(il.LEARNED_LRS)  # learned inner rates: into the manifest, one lr input per tensor
     model = copy.deepcopy(model).cpu()  # leave the caller's model where it is
     say("tracing the forward and SGD-step graphs to ONNX (most of the time)")
-    forward_bytes, step_bytes = build_graphs(model, spec, recipe, meta)
+    forward_bytes, step_bytes = build_graphs(model, spec, recipe, meta, per_tensor_lr=rates is not None)
     bundle = meta_bundle(model, spec, recipe, meta, forward_bytes, step_bytes, preprocess, provenance, evaluation)
+    if rates is not None:
+        bundle.manifest["inner_loop"]["learned_lrs"] = rates.detach().double().cpu().tolist()
     say(f"verifying: {steps} SGD steps through the runtime against torch")
     bundle.manifest["verification"] = {"max_abs_diff": verify(bundle, model, steps, task), "steps": steps}
     save_bundle(out_path, bundle)

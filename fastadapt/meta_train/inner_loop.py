@@ -12,6 +12,12 @@ A model's parameters are a flat dict: the body's (``layers.0.weight`` ...) plus 
   prototype  row c = 2 * mean feature of class c, bias c = -|mean|^2 (Proto-MAML, Triantafillou
              et al. 2020): before any step the model is a prototypical network.
   learned    the head is an ordinary meta-parameter with a fixed output size (regression).
+
+Learned inner learning rates (MAML++'s per-layer, per-step rates, Antoniou et al. 2019; a coarse
+Meta-SGD): the meta-parameter dict may also hold ``LEARNED_LRS``, a (steps, adapted tensors) matrix;
+step t then moves adapted tensor i by ``-rates[t, i] * grad``. It is meta-learned with the rest (the
+meta-gradient reaches it through every step), goes into the bundle's manifest, and the exported step
+graph takes one rate per adapted tensor, so the device repeats exactly these steps.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad
 
 HEAD = ("head.weight", "head.bias")
+LEARNED_LRS = "inner.lrs"  # (steps, adapted tensors) learned rates among the meta-parameters, when learned
 HEAD_INITS = ("zero", "prototype", "learned")
 LOSSES = ("cross_entropy", "mse")
 
@@ -53,11 +60,29 @@ class InnerLoop:
         return cls(**{k: d[k] for k in ("steps", "lr", "adapt", "loss", "head_init")})
 
     def adapted_names(self, params: dict) -> list:
-        return [k for k in params if self.adapt == "all" or k in HEAD]
+        return [k for k in params if k != LEARNED_LRS and (self.adapt == "all" or k in HEAD)]
+
+
+def network_params(params: dict) -> dict:
+    """The network's parameters (body and head, if any): ``params`` without the learned rates."""
+    return {k: v for k, v in params.items() if k != LEARNED_LRS}
 
 
 def body_params(params: dict) -> dict:
-    return {k: v for k, v in params.items() if k not in HEAD}
+    return {k: v for k, v in params.items() if k not in HEAD and k != LEARNED_LRS}
+
+
+def initial_rates(steps: int, adapted: int, lr: float, like: torch.Tensor) -> torch.Tensor:
+    """Learned rates before meta-training: the fixed recipe's ``lr`` for every step and tensor."""
+    return like.new_full((steps, adapted), float(lr))
+
+
+def step_rate(lr, step: int):
+    """The rate(s) of inner step ``step`` (0-based): a fixed ``lr`` for every step, or row ``step`` of a
+    learned (steps, tensors) matrix (its last row for steps beyond those meta-trained)."""
+    if isinstance(lr, torch.Tensor) and lr.dim() == 2:
+        return lr[min(step, lr.shape[0] - 1)]
+    return lr
 
 
 def features(model, params: dict, x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +107,7 @@ def task_loss(model, params: dict, x, y, loss: str) -> torch.Tensor:
 def init_head(model, meta_params: dict, support_x, support_y, ways: int, recipe: InnerLoop) -> dict:
     """Meta-parameters + a head for ``ways`` outputs, per the recipe's head initialisation."""
     if recipe.head_init == "learned":
-        return dict(meta_params)
+        return network_params(meta_params)
     params = body_params(meta_params)
     if recipe.head_init == "zero":
         some = next(iter(params.values()))
@@ -132,19 +157,25 @@ def sgd_step_with_loss(model, params: dict, x, y, recipe: InnerLoop, lr: float, 
                       else params[k].detach().requires_grad_() for k in names}
             loss = task_loss(model, {**frozen, **leaves}, x, y, recipe.loss)
             grads = torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=second_order)
+    # lr: one rate for every tensor, or (learned rates) a vector with one rate per adapted tensor
+    per_tensor = isinstance(lr, torch.Tensor) and lr.dim() == 1
     new = dict(params)
-    for k, g in zip(names, grads):
-        new[k] = params[k] - lr * g
+    for i, (k, g) in enumerate(zip(names, grads)):
+        new[k] = params[k] - (lr[i] if per_tensor else lr) * g
     return new, loss
 
 
 def adapt(model, meta_params: dict, support_x, support_y, ways: int, recipe: InnerLoop,
           steps: int | None = None, lr: float | None = None, first_order: bool = False,
           in_vmap: bool = False) -> dict:
-    """Head initialisation, then ``steps`` SGD steps on the support set -> task-specific parameters."""
-    params = init_head(model, meta_params, support_x, support_y, ways, recipe)
+    """Head initialisation, then ``steps`` SGD steps on the support set -> task-specific parameters.
+
+    The rates: ``lr`` when given (one for every step and tensor), else the learned rates in
+    ``meta_params`` (``LEARNED_LRS``) when it holds them, else the recipe's lr."""
+    rates = meta_params.get(LEARNED_LRS) if lr is None else None
+    params = init_head(model, network_params(meta_params), support_x, support_y, ways, recipe)
     steps = recipe.steps if steps is None else steps
-    lr = recipe.lr if lr is None else lr
-    for _ in range(steps):
-        params = sgd_step(model, params, support_x, support_y, recipe, lr, first_order, in_vmap)
+    lr = rates if rates is not None else (recipe.lr if lr is None else lr)
+    for t in range(steps):
+        params = sgd_step(model, params, support_x, support_y, recipe, step_rate(lr, t), first_order, in_vmap)
     return params

@@ -16,7 +16,7 @@ from ..models import ModelSpec, build_model
 from ..models.networks import NORMS
 from .algorithms import ALGORITHMS, Batch
 from .augment import AUGMENTS, augment
-from .inner_loop import HEAD_INITS, InnerLoop
+from .inner_loop import HEAD, HEAD_INITS, LEARNED_LRS, InnerLoop, initial_rates
 from .run import TrainConfig, check_limits
 
 
@@ -39,6 +39,12 @@ def check_config(c: TrainConfig) -> None:
         raise FastadaptError(f"--augment must be one of {', '.join(AUGMENTS)}, got '{c.augment}'")
     if c.pretrain_schedule not in ("constant", "cosine"):
         raise FastadaptError(f"--pretrain-schedule must be constant or cosine, got '{c.pretrain_schedule}'")
+    if c.meta_lr_schedule not in ("constant", "cosine"):
+        raise FastadaptError(f"--meta-lr-schedule must be constant or cosine, got '{c.meta_lr_schedule}'")
+    if c.algorithm == "reptile" and (c.learn_inner_lr or c.meta_lr_schedule != "constant"):
+        raise FastadaptError("--algorithm reptile has its own schedule (its outer step anneals to 0) and no "
+                             "gradient for inner rates; drop --learn-inner-lr / --meta-lr-schedule, or use maml, "
+                             "fomaml or anil")
     if c.regression and c.augment != "none":
         raise FastadaptError("--augment distorts images; it does not apply to --data sinusoid")
     if c.channels not in (1, 3):
@@ -124,13 +130,17 @@ def preprocess_of(c: TrainConfig) -> Preprocess | None:
 
 
 def init_meta_params(model, c: TrainConfig, device) -> dict:
-    """Fresh meta-parameters (seeded): the body's, plus a learned head for regression."""
+    """Fresh meta-parameters (seeded): the body's, plus a learned head for regression, plus the inner
+    rates (every one at --inner-lr) with --learn-inner-lr."""
     torch.manual_seed(c.seed)
     fresh = build_model(model_spec_of(c))
     params = {k: v.detach().clone() for k, v in fresh.named_parameters()}
     if c.regression:
         head = torch.nn.Linear(fresh.feature_dim, 1)
         params["head.weight"], params["head.bias"] = head.weight.detach().clone(), head.bias.detach().clone()
+    if c.learn_inner_lr:
+        adapted = recipe_of(c).adapted_names({**params, **dict.fromkeys(HEAD)})
+        params[LEARNED_LRS] = initial_rates(c.inner_steps, len(adapted), c.inner_lr, next(iter(params.values())))
     return {k: v.to(device).requires_grad_() for k, v in params.items()}
 
 

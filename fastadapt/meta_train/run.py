@@ -76,6 +76,8 @@ class TrainConfig:
     pretrain_smoothing: float = 0.0  # label smoothing of the pre-training cross-entropy
     pretrain_schedule: str = "constant"  # constant | cosine (annealed to 0 over the pre-training epochs)
     augment: str = "none"  # training-time distortions (augment.AUGMENTS), pre-training and meta-training tasks
+    learn_inner_lr: bool = False  # meta-learn one inner rate per adapted tensor and step (MAML++ LSLR)
+    meta_lr_schedule: str = "constant"  # constant | cosine (the meta learning rate annealed to 0 over --iterations)
     stop_at: float = 0.0  # stop once validation accuracy (%) reaches it (regression: MSE falls to it); 0 = never
     max_minutes: float = 0.0  # stop after this much meta-training wall time; 0 = no limit
     init_from: str = ""  # a run folder (its best.npz) or a checkpoint .npz to start the meta-parameters from

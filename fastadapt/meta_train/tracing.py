@@ -80,12 +80,13 @@ def _to_onnx(fn, args, dynamic: list, input_names: list, output_names: list, dec
     return program.model_proto.SerializeToString()
 
 
-def build_graphs(model, spec, recipe: il.InnerLoop, params: dict) -> tuple:
+def build_graphs(model, spec, recipe: il.InnerLoop, params: dict, per_tensor_lr: bool = False) -> tuple:
     """(forward.onnx, step.onnx) bytes, with the bundle's input/output names (see ``fastadapt.bundle``).
 
     ``params``: the body parameters (a head among them is replaced by a dummy one); both graphs take
     them, then ``head.weight``/``head.bias``. The number of images B and of classes N (head rows) are
-    dynamic in both graphs.
+    dynamic in both graphs. The step graph's ``lr`` is a scalar, or with ``per_tensor_lr`` (learned
+    inner rates) a vector of one rate per adapted tensor, in the manifest's ``adapted`` order.
     """
     check_supported(spec, recipe)
     ways, batch = _example_sizes(spec, model)
@@ -111,7 +112,8 @@ def build_graphs(model, spec, recipe: il.InnerLoop, params: dict) -> tuple:
     values = list(params.values())
     forward_bytes = _to_onnx(forward_fn, [images, *values], [{0: b}, *per_param],
                              ["images", *names], ["logits", "features"], FORWARD_DECOMPOSITIONS)
-    step_bytes = _to_onnx(step_fn, [images, labels, torch.tensor(recipe.lr), *values],
+    lr = torch.full((len(adapted),), float(recipe.lr)) if per_tensor_lr else torch.tensor(recipe.lr)
+    step_bytes = _to_onnx(step_fn, [images, labels, lr, *values],
                           [{0: b}, {0: b}, None, *per_param],
                           ["images", "labels", "lr", *names], ["loss", *[f"new.{k}" for k in adapted]],
                           DECOMPOSITIONS)

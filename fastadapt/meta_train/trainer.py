@@ -21,9 +21,9 @@ from ..errors import FastadaptError
 from ..progress import progress_bar
 from ..models import ModelSpec, build_model
 from . import distributed
-from .algorithms import Chunks, meta_gradient, outer_optimizer, reptile_step
+from .algorithms import Chunks, cosine_step, meta_gradient, outer_optimizer, reptile_step
 from .evaluate import evaluate_classification, evaluate_regression
-from .inner_loop import InnerLoop
+from .inner_loop import LEARNED_LRS, InnerLoop, network_params
 from .parts import (Samplers, batched_path, check_config, describe_data, init_meta_params, make_samplers,
                     model_spec_of, recipe_of, resolve_device, task_stream)
 from .recorder import Diverged, RunRecorder
@@ -62,12 +62,16 @@ def resolve_config(c: TrainConfig, rundir: str, resume: bool, given: set | None 
 
 
 def load_initialisation(params: dict, source: str) -> None:
-    """Copy a run's best checkpoint (or a checkpoint file) into ``params``; architectures must match."""
+    """Copy a run's best checkpoint (or a checkpoint file) into ``params``; architectures must match.
+    Learned inner rates are copied when the source has them in the same shape, else they keep --inner-lr."""
     path = os.path.join(source, "best.npz") if os.path.isdir(source) else source
     if not os.path.exists(path):
         raise FastadaptError(f"--init-from {source}: no checkpoint there (expected a run folder with best.npz)")
-    copy_params(params, load_checkpoint(path).params, f"--init-from {source}",
-                "use the same --width/--channels/--norm as that run")
+    saved = load_checkpoint(path).params
+    rates = params.get(LEARNED_LRS)
+    if rates is not None and (LEARNED_LRS not in saved or tuple(saved[LEARNED_LRS].shape) != tuple(rates.shape)):
+        params = network_params(params)  # a source without (these) learned rates: start them at --inner-lr
+    copy_params(params, saved, f"--init-from {source}", "use the same --width/--channels/--norm as that run")
 
 
 def copy_params(params: dict, saved: dict, source: str, fix: str) -> None:
@@ -175,7 +179,7 @@ def _begin_folder(s: _Start, rundir: str, resume: bool, quiet: bool, log) -> Non
     if c.pretrain_epochs and not (resume and os.path.exists(last_path)):
         from .pretrain import pretrain_body
 
-        pretrain_body(s.model, s.params, s.samplers.train.data, s.samplers.preprocess, c.pretrain_epochs, rundir,
+        pretrain_body(s.model, network_params(s.params), s.samplers.train.data, s.samplers.preprocess, c.pretrain_epochs, rundir,
                       c.seed, s.device, lr=c.pretrain_lr, resume=resume, quiet=quiet, augment=c.augment,
                       smoothing=c.pretrain_smoothing, schedule=c.pretrain_schedule)
     if resume:
@@ -240,6 +244,8 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                     break
                 if c.algorithm == "reptile":
                     reptile_step(optimizer, c.meta_lr, c.inner_lr, it, c.iterations)
+                elif c.meta_lr_schedule == "cosine":
+                    cosine_step(optimizer, c.meta_lr, it, c.iterations)
                 step_start = time.time()
                 try:  # this rank's share of the iteration's tasks; every rank stops if one fails
                     tasks = s.sample_tasks([it * c.meta_batch + j for j in share])

@@ -66,6 +66,8 @@ def verify(bundle: Bundle, model, steps: int, task: tuple | None = None) -> floa
                              f"nothing was written") from None
 
     meta = {k: torch.from_numpy(v) for k, v in bundle.params.items()}
+    if "learned_lrs" in bundle.manifest["inner_loop"]:
+        meta[il.LEARNED_LRS] = torch.tensor(bundle.manifest["inner_loop"]["learned_lrs"], dtype=torch.float32)
     reference = il.adapt(model, meta, support_x, support_y, ways, recipe, steps=steps, first_order=True)
     with torch.no_grad():
         reference_logits = il.forward(model, reference, query_x).numpy()

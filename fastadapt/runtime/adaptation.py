@@ -102,7 +102,9 @@ class Trajectory:
     class_balanced: bool = False  # the loss was the class-balanced one (unbalanced shots, safeguard on)
 
     def report(self, steps: int, safeguard: bool) -> dict:
-        info = {"steps": len(self.lrs), "steps_requested": int(steps), "lrs": [float(x) for x in self.lrs],
+        # a step's lr: one number, or (learned rates) a list of one per adapted tensor
+        lrs = [np.asarray(x, dtype=np.float64).tolist() for x in self.lrs]
+        info = {"steps": len(self.lrs), "steps_requested": int(steps), "lrs": lrs,
                 "loss_before": round(self.losses[0], 8), "loss_after": round(self.losses[-1], 8),
                 "losses": [round(x, 8) for x in self.losses[1:]], "rejected": int(self.rejected is not None),
                 "safeguard": bool(safeguard), "class_balanced": self.class_balanced}
@@ -112,11 +114,20 @@ class Trajectory:
         return info
 
 
-def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, steps: int, lr: float,
+def step_rate(lr, step: int):
+    """The rate(s) of step ``step`` (0-based): one ``lr`` for every step, or row ``step`` of a learned
+    (steps, tensors) matrix (its last row beyond the steps meta-trained), as the trainer's inner loop."""
+    if isinstance(lr, np.ndarray) and lr.ndim == 2:
+        return lr[min(step, len(lr) - 1)]
+    return lr
+
+
+def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, steps: int, lr,
               safeguard: bool = True, progress: Callable[[int, int], None] | None = None,
               visit: Callable[[int, dict], None] | None = None) -> Trajectory:
     """``steps`` SGD steps from ``params`` (see the module docstring). ``visit(kept, params)`` is called at
-    the start and after each kept step; ``progress(kept, steps)`` after each kept step.
+    the start and after each kept step; ``progress(kept, steps)`` after each kept step. ``lr``: a number,
+    or the bundle's learned rates, a (steps, adapted tensors) float32 array (``step_rate``).
 
     With the safeguard, an unbalanced support set (classes with different numbers of shots) is
     adapted on the class-balanced loss (Graphs.step), as meta-training's balanced tasks were: with the
@@ -138,7 +149,7 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
 
     if steps == 0:
         return Trajectory(params, [forward(params)[0]], class_balanced=balanced)
-    loss, candidate = step(params, lr)
+    loss, candidate = step(params, step_rate(lr, 0))
     trajectory = Trajectory(params, [loss], class_balanced=balanced)
     if not math.isfinite(loss):
         return trajectory  # the caller reports a diverged start (non-finite images or parameters)
@@ -146,10 +157,10 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
         for i in range(steps):
             params = candidate
             if i + 1 < steps:
-                loss, candidate = step(params, lr)
+                loss, candidate = step(params, step_rate(lr, i + 1))
             else:
                 loss = forward(params)[0]
-            trajectory.lrs.append(lr)
+            trajectory.lrs.append(step_rate(lr, i))
             trajectory.losses.append(loss)
             if visit is not None:
                 visit(i + 1, params)
@@ -164,7 +175,7 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
             new_loss, final = forward(candidate)
             ok = finite(candidate) and new_loss <= loss + bound(final, candidate)
         else:  # judged by the next step's own loss (which is also that step's start)
-            new_loss, after = step(candidate, lr)
+            new_loss, after = step(candidate, step_rate(lr, len(trajectory.lrs) + 1))
             ok = math.isfinite(new_loss) and new_loss <= loss + resolution and finite(candidate)
         if not ok:  # back to the start (see the module docstring)
             trajectory.rejected = {"step": len(trajectory.lrs) + 1, "loss_before": loss, "loss_after": new_loss}
@@ -172,7 +183,7 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
             trajectory.lrs, trajectory.losses = [], [loss]
             break
         params, loss = candidate, new_loss
-        trajectory.lrs.append(lr)
+        trajectory.lrs.append(step_rate(lr, len(trajectory.lrs)))
         trajectory.losses.append(loss)
         if len(trajectory.lrs) < steps:
             candidate = after
@@ -184,7 +195,7 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
     return trajectory
 
 
-def check_finite(trajectory: Trajectory, lr: float) -> None:
+def check_finite(trajectory: Trajectory, lr) -> None:
     """A diverged adaptation is an error, never a saved model."""
     loss = trajectory.losses[-1]
     if not (math.isfinite(trajectory.losses[0])):
@@ -192,7 +203,15 @@ def check_finite(trajectory: Trajectory, lr: float) -> None:
                              "NaN/inf values; check the images (and re-export the model)")
     if not math.isfinite(loss) or not finite(trajectory.params):
         raise FastadaptError(f"adaptation diverged (support loss {trajectory.losses[-1]}, non-finite weights); "
-                             f"lower {{lr}} (now {lr:g}) or turn {{safeguard}} on; nothing was saved", "lr", "safeguard")
+                             f"lower {{lr}} (now {describe_lr(lr)}) or turn {{safeguard}} on; nothing was saved",
+                             "lr", "safeguard")
+
+
+def describe_lr(lr) -> str:
+    """"0.4", or for learned rates "the learned rates (0.02..0.61)"."""
+    if isinstance(lr, np.ndarray):
+        return f"the learned rates ({float(lr.min()):g}..{float(lr.max()):g})"
+    return f"{lr:g}"
 
 
 def held_out_folds(labels: np.ndarray, ways: int, folds: int) -> list:

@@ -92,6 +92,11 @@ def _rows(bundle: Bundle) -> list:
     adapted = recipe.pop("adapted", None)
     if isinstance(adapted, list):
         recipe["adapted"] = f"{len(adapted)} tensors" if recipe.get("adapt") == "all" else " ".join(adapted)
+    rates = recipe.get("learned_lrs")
+    if isinstance(rates, list) and rates and all(isinstance(row, list) and row for row in rates):
+        values = [x for row in rates for x in row]
+        recipe["learned_lrs"] = (f"{len(rates)} steps x {len(rates[0])} tensors, {min(values):.3g}..{max(values):.3g}"
+                                 f" (lr {recipe.get('lr')} is where meta-training started them)")
     rows = [("architecture", arch), ("preprocess", m.get("preprocess")), ("inner loop", recipe)]
     if m.get("kind") == "adapted":
         classes = m.get("classes") or []

@@ -257,7 +257,8 @@ class Model(_Loaded):
             raise FastadaptError(f"{{safeguard}} must be True or False, got {safeguard!r}", "safeguard")
         recipe_steps = int(self.recipe["steps"])
         steps = _steps_argument(steps, recipe_steps)
-        lr = _lr_argument(lr, self.recipe["lr"])
+        reported = "learned" if lr is None and "learned_lrs" in self.recipe else float(_lr_argument(lr, self.recipe["lr"]))
+        lr = self._rates(lr)
         ways = len(classes)
         if ways < 2:
             raise FastadaptError(f"adaptation needs at least 2 classes, got {ways}")
@@ -275,7 +276,7 @@ class Model(_Loaded):
         counts = shots.counts if shots is not None else np.bincount(labels, minlength=ways).tolist()
         # nothing from the clock: the same shots give the same bundle, byte for byte (the time taken is
         # AdaptedModel.seconds, in memory only)
-        info = {**trajectory.report(steps, safeguard), "lr": float(lr), "classes": len(classes),
+        info = {**trajectory.report(steps, safeguard), "lr": reported, "classes": len(classes),
                 "shots_per_class": {c: int(n) for c, n in zip(classes, counts)},
                 "from": {"path": os.path.basename(self.path) if self.path else None,
                          "params_sha256": self.manifest.get("members", {}).get("params.npz")}}
@@ -298,6 +299,17 @@ class Model(_Loaded):
                         meta_params=self.params if kept else None, shots=kept)
         return AdaptedModel(bundle, self.graphs, seconds=round(seconds, 4))
 
+    def _rates(self, lr):
+        """The step rate(s): ``lr`` (checked) or the manifest's. A bundle with learned rates (a (steps,
+        tensors) matrix; its step graph takes one rate per adapted tensor) uses them unless ``lr`` is given,
+        which then becomes one row of that rate for every tensor and step."""
+        learned = self.recipe.get("learned_lrs")
+        if learned is None:
+            return _lr_argument(lr, self.recipe["lr"])
+        if lr is None:
+            return np.asarray(learned, dtype=np.float32)
+        return np.full((1, len(learned[0])), _lr_argument(lr, self.recipe["lr"]), dtype=np.float32)
+
     def _init_head(self, images: np.ndarray, labels: np.ndarray, ways: int) -> dict:
         return init_head(self.manifest, self.params, self.graphs, images, labels, ways, _where(self.bundle))
 
@@ -309,7 +321,7 @@ class Model(_Loaded):
             reasons.append(f"SGD step {r['step']} of {info['steps_requested']} raised the support loss "
                            f"({_loss(r['loss_before'])} -> {_loss(r['loss_after'])}), so the model keeps its start "
                            f"(no step: the head initialised from the shots)")
-            if info["lr"] != float(self.recipe["lr"]):
+            if info["lr"] != "learned" and info["lr"] != float(self.recipe["lr"]):
                 reasons.append(f"({{lr}} {info['lr']:g} is not the meta-trained {float(self.recipe['lr']):g}: "
                                f"try without {{lr}})")
         auto = info.get("auto") or {}
@@ -580,7 +592,7 @@ class AdaptedModel(_Loaded):
         adapted = meta.adapt_arrays(
             to_float(data.images, self.preprocess), data.labels, data.classes, shots=data, progress=progress,
             steps=steps if steps is not None else ("auto" if "auto" in info else info.get("steps_requested")),
-            lr=lr if lr is not None else info.get("lr"),
+            lr=lr if lr is not None else (None if info.get("lr") == "learned" else info.get("lr")),
             safeguard=safeguard if safeguard is not None else info.get("safeguard", True))
         adapted.manifest["adaptation"]["from"] = info.get("from")  # the meta bundle, not the in-memory copy
         return adapted

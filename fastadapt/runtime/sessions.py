@@ -132,6 +132,7 @@ class Graphs:
                 self._check(names[:3] == ["images", "labels", "lr"],
                             "step.onnx's first inputs are not images, labels, lr")
                 self.step_inputs = names
+                self.step_lr_shape = self._step.get_inputs()[2].shape  # []; [tensors] for learned rates
                 self.step_outputs = [o.name for o in self._step.get_outputs()]
                 self.updated = [name[4:] for name in self.step_outputs if name.startswith("new.")]
             return self._step
@@ -152,6 +153,11 @@ class Graphs:
         n_c images of a class with n_k images weighs n_c / (n_k * classes).
         """
         session = self.step_session  # made (with the thread pool) on first use
+        expected = self.step_lr_shape
+        self._check(np.ndim(lr) == len(expected) and (not expected or not isinstance(expected[0], int)
+                                                      or np.shape(lr)[0] == expected[0]),
+                    f"step.onnx takes lr of shape {expected}, the manifest's inner_loop gives {list(np.shape(lr))} "
+                    f"(learned_lrs rows must have one rate per adapted tensor)")
         n = len(images)
         if class_balanced:
             classes = np.unique(labels)
