@@ -244,6 +244,30 @@ def test_all_names_exist_and_helpers_are_private():
 _INTERNAL = ("fastadapt/runtime/*.py", "fastadapt/standalone.py", "fastadapt/images.py", "fastadapt/outputs.py")
 
 
+def test_a_public_looking_helper_is_used_outside_its_module():
+    """A top-level function or class without a leading underscore is either API (in an ``__all__``) or used
+    by another module or a test; one that only its own module calls is a helper and gets an underscore."""
+    import ast
+    import re
+
+    import fastadapt.runtime as runtime
+
+    exported = set(fastadapt.__all__) | set(runtime.__all__)
+    sources = {path: path.read_text() for folder in ("fastadapt", "tests", "benchmarks", "scripts", "examples")
+               for path in (REPO / folder).rglob("*.py")}
+    lonely = []
+    for pattern in _INTERNAL:
+        for path in sorted(REPO.glob(pattern)):
+            for node in ast.parse(sources[path]).body:
+                if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) or node.name.startswith("_") \
+                        or node.name in exported:
+                    continue
+                used = re.compile(rf"(\bimport\b[^\n]*|\.)\b{node.name}\b|\b{node.name}\(")
+                if not any(used.search(text) for other, text in sources.items() if other != path):
+                    lonely.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert not lonely, f"used only inside their module, so make them private (_name): {lonely}"
+
+
 def test_every_public_function_is_documented_with_an_example_and_annotated():
     import inspect
 

@@ -8,7 +8,7 @@ from the shots) and says so:
 - step.onnx returns L at its INPUT parameters, so the step from p_t is judged by the next step's call
   at p_{t+1}, which is needed anyway, and the last step by one forward pass: in-domain (nothing
   rejected) the safeguard costs one forward pass over the support set, and the result is bit-for-bit
-  the recipe's. A change smaller than the float32 precision of L (``loss_resolution``,
+  the recipe's. A change smaller than the float32 precision of L (``_loss_resolution``,
   ``rounding_bound``) is not a rise.
 - Why back to the start rather than retrying the step at a smaller learning rate: a step that raises
   the support loss means the shots are unlike the tasks the recipe was meta-trained on, and there
@@ -43,7 +43,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return p / p.sum(1, keepdims=True)
 
 
-def sample_weights(labels: np.ndarray, class_balanced: bool) -> np.ndarray:
+def _sample_weights(labels: np.ndarray, class_balanced: bool) -> np.ndarray:
     """Each image's weight in the support loss: 1/B (the mean), or 1/(classes * images of its class)."""
     if not class_balanced:
         return np.full(len(labels), 1.0 / len(labels))
@@ -51,7 +51,7 @@ def sample_weights(labels: np.ndarray, class_balanced: bool) -> np.ndarray:
     return 1.0 / (len(classes) * counts[index])
 
 
-def is_unbalanced(labels: np.ndarray) -> bool:
+def _is_unbalanced(labels: np.ndarray) -> bool:
     return len(set(np.bincount(labels)[np.unique(labels)].tolist())) > 1
 
 
@@ -60,10 +60,10 @@ def support_loss(logits: np.ndarray, labels: np.ndarray, class_balanced: bool = 
     z = logits.astype(np.float64)
     z -= z.max(1, keepdims=True)
     per_image = np.log(np.exp(z).sum(1)) - z[np.arange(len(labels)), labels]
-    return float(np.sum(sample_weights(labels, class_balanced) * per_image))
+    return float(np.sum(_sample_weights(labels, class_balanced) * per_image))
 
 
-def loss_resolution(ways: int) -> float:
+def _loss_resolution(ways: int) -> float:
     """The precision of step.onnx's float32 loss: CE_i = log(sum_j exp(z_ij - m_i)) + m_i - z_iy sums
     ``ways`` terms >= 1 in float32 (relative error <= (ways - 1) eps), so its log is off by up to
     ways * eps absolutely (a confident sample's 1 + 1e-8 is 1: its loss is 0). Loss changes below this
@@ -78,7 +78,7 @@ def rounding_bound(logits: np.ndarray, features: np.ndarray, params: dict, label
     The two graphs compute the same logits z_ij = w_j . f_i + b_j with different float32 roundings.
     A D-term float32 dot product errs by about sqrt(D) * eps * (|w_j| |f_i| + |b_j|) (random-walk
     rounding), and a logit error moves CE_i by at most 2 (1 - p_iy) times it (dCE_i/dz_j = p_ij - [j = y_i]);
-    plus step.onnx's own ``loss_resolution``.
+    plus step.onnx's own ``_loss_resolution``.
     """
     w = params["head.weight"].astype(np.float64)
     b = np.abs(params["head.bias"].astype(np.float64))
@@ -86,15 +86,15 @@ def rounding_bound(logits: np.ndarray, features: np.ndarray, params: dict, label
              + b[None, :]).max(1)
     miss = 1.0 - softmax(logits)[np.arange(len(labels)), labels]
     per_image = 2.0 * miss * math.sqrt(w.shape[1]) * EPS32 * scale
-    return float(np.sum(sample_weights(labels, class_balanced) * per_image)) + loss_resolution(len(w))
+    return float(np.sum(_sample_weights(labels, class_balanced) * per_image)) + _loss_resolution(len(w))
 
 
-def finite(params: dict) -> bool:
+def _finite(params: dict) -> bool:
     return all(np.isfinite(v).all() for v in params.values())
 
 
 @dataclass
-class Trajectory:
+class _Trajectory:
     params: dict  # the adapted parameters
     losses: list  # support loss at the start and after each kept step
     lrs: list = field(default_factory=list)  # learning rate of each kept step
@@ -124,7 +124,7 @@ def step_rate(lr, step: int):
 
 def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, steps: int, lr,
               safeguard: bool = True, progress: Callable[[int, int], None] | None = None,
-              visit: Callable[[int, dict], None] | None = None) -> Trajectory:
+              visit: Callable[[int, dict], None] | None = None) -> _Trajectory:
     """``steps`` SGD steps from ``params`` (see the module docstring). ``visit(kept, params)`` is called at
     the start and after each kept step; ``progress(kept, steps)`` after each kept step. ``lr``: a number,
     or the bundle's learned rates, a (steps, adapted tensors) float32 array (``step_rate``).
@@ -133,7 +133,7 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
     adapted on the class-balanced loss (Graphs.step), as meta-training's balanced tasks were: with the
     plain mean, one shot against 200 images of another class is out-voted (1/19 of its queries right
     after 3 steps, 19/19 before). Balanced sets are unaffected (the two losses are the same)."""
-    balanced = bool(safeguard) and is_unbalanced(labels)
+    balanced = bool(safeguard) and _is_unbalanced(labels)
     if visit is not None:
         visit(0, params)
 
@@ -148,9 +148,9 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
         return rounding_bound(*final, p, labels, balanced)
 
     if steps == 0:
-        return Trajectory(params, [forward(params)[0]], class_balanced=balanced)
+        return _Trajectory(params, [forward(params)[0]], class_balanced=balanced)
     loss, candidate = step(params, step_rate(lr, 0))
-    trajectory = Trajectory(params, [loss], class_balanced=balanced)
+    trajectory = _Trajectory(params, [loss], class_balanced=balanced)
     if not math.isfinite(loss):
         return trajectory  # the caller reports a diverged start (non-finite images or parameters)
     if not safeguard:
@@ -168,15 +168,15 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
                 progress(i + 1, steps)
         trajectory.params = params
         return trajectory
-    resolution = loss_resolution(int(labels.max()) + 1)
+    resolution = _loss_resolution(int(labels.max()) + 1)
     start = (params, loss)
     while len(trajectory.lrs) < steps:
         if len(trajectory.lrs) + 1 == steps:  # the last step: judged by one forward pass
             new_loss, final = forward(candidate)
-            ok = finite(candidate) and new_loss <= loss + bound(final, candidate)
+            ok = _finite(candidate) and new_loss <= loss + bound(final, candidate)
         else:  # judged by the next step's own loss (which is also that step's start)
             new_loss, after = step(candidate, step_rate(lr, len(trajectory.lrs) + 1))
-            ok = math.isfinite(new_loss) and new_loss <= loss + resolution and finite(candidate)
+            ok = math.isfinite(new_loss) and new_loss <= loss + resolution and _finite(candidate)
         if not ok:  # back to the start (see the module docstring)
             trajectory.rejected = {"step": len(trajectory.lrs) + 1, "loss_before": loss, "loss_after": new_loss}
             params, loss = start
@@ -195,26 +195,26 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
     return trajectory
 
 
-def check_finite(trajectory: Trajectory, lr) -> None:
+def check_finite(trajectory: _Trajectory, lr) -> None:
     """A diverged adaptation is an error, never a saved model."""
     loss = trajectory.losses[-1]
     if not (math.isfinite(trajectory.losses[0])):
         raise FastadaptError("the support loss is not finite before any step: the shots or the model hold "
                              "NaN/inf values; check the images (and re-export the model)")
-    if not math.isfinite(loss) or not finite(trajectory.params):
+    if not math.isfinite(loss) or not _finite(trajectory.params):
         raise FastadaptError(f"adaptation diverged (support loss {trajectory.losses[-1]}, non-finite weights); "
-                             f"lower {{lr}} (now {describe_lr(lr)}) or turn {{safeguard}} on; nothing was saved",
+                             f"lower {{lr}} (now {_describe_lr(lr)}) or turn {{safeguard}} on; nothing was saved",
                              "lr", "safeguard")
 
 
-def describe_lr(lr) -> str:
+def _describe_lr(lr) -> str:
     """"0.4", or for learned rates "the learned rates (0.02..0.61)"."""
     if isinstance(lr, np.ndarray):
         return f"the learned rates ({float(lr.min()):g}..{float(lr.max()):g})"
     return f"{lr:g}"
 
 
-def held_out_folds(labels: np.ndarray, ways: int, folds: int) -> list:
+def _held_out_folds(labels: np.ndarray, ways: int, folds: int) -> list:
     """Boolean masks: fold f holds out the f-th shot of every class (classes keep >= 1 shot)."""
     position = np.zeros(len(labels), dtype=np.int64)
     seen = np.zeros(ways, dtype=np.int64)
@@ -233,7 +233,7 @@ def choose_steps(graphs, init_head: Callable[[np.ndarray, np.ndarray], dict], im
     if counts.min() < 2:
         return recipe_steps, {"chosen": recipe_steps, "note": f"steps='auto' needs at least 2 shots per class "
                                                               f"(one class has {counts.min()}); used the recipe's {recipe_steps}"}
-    folds = held_out_folds(labels, ways, min(AUTO_FOLDS, int(counts.min())))
+    folds = _held_out_folds(labels, ways, min(AUTO_FOLDS, int(counts.min())))
     correct = np.zeros(recipe_steps + 1)
     loss = np.zeros(recipe_steps + 1)
     for held in folds:
