@@ -15,24 +15,8 @@ import torch
 from ..bundle import Bundle
 from ..errors import FastadaptError
 from ..runtime import Model
+from ..standalone import VERIFY_TOL, agrees  # the one tolerance rule (torch-free, so the runtime's export shares it)
 from . import inner_loop as il
-
-VERIFY_TOL = 1e-4
-
-
-def agrees(value, reference, tol: float = VERIFY_TOL) -> bool:
-    """The one float32 agreement rule of export verification and the parity tests.
-
-    |value - reference| <= tol * max(1, max|reference|): float32 rounding errors scale with the size of
-    what is computed (prototype logits are differences of terms ~|features|^2, so an absolute bound fails
-    on some CPUs' kernel choices while a relative one holds); below size 1 the bound is absolute.
-    tol = 1e-4 is ~840 float32 ulps: room for the summation-order differences of correct kernels
-    (measured <= 4e-5 relative between torch and onnxruntime on Intel AVX-512/AMX), while a real error
-    (a wrong gradient term, a dropped tie rule) moves values by far more.
-    """
-    value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
-    return float(np.abs(value - reference).max()) <= tol * max(1.0, float(np.abs(reference).max()))
-
 
 def sample_task(shape: tuple, ways: int = 5, shots: int = 2, queries: int = 3, seed: int = 0):
     """A deterministic random task: class-dependent mean images plus noise."""
