@@ -86,6 +86,9 @@ def train(
                                                   "(maml, fomaml, anil). [default: fixed]"),
     meta_lr_schedule: Optional[str] = typer.Option(None, help="Meta learning rate: constant | cosine (annealed to 0 "
                                                    "over --iterations, MAML++). [default: constant]"),
+    multi_step_loss: Optional[int] = typer.Option(None, help="MAML++ multi-step loss: the query loss after every "
+                                                  "inner step counts, annealed to mostly the last step over this many "
+                                                  "iterations (maml, fomaml, anil); 0 = off. [default: 0]"),
     init_from: Optional[str] = typer.Option(None, help="Start from another run's best checkpoint (a run folder, "
                                             "e.g. a pre-training-only run) instead of a random initialisation."),
     invert: Optional[bool] = typer.Option(None, "--invert/--no-invert", help="Invert gray levels so dark strokes "

@@ -23,7 +23,7 @@ from torch.func import vmap
 
 from ..errors import FastadaptError
 from ..models.networks import BatchStatsNorm
-from .inner_loop import LEARNED_LRS, InnerLoop, adapt, forward, output_loss
+from .inner_loop import LEARNED_LRS, InnerLoop, adapt, adapt_steps, forward, output_loss
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "anil")
 
@@ -41,10 +41,13 @@ class Batch:
 
 def query_metrics(model, params, task: Batch, recipe: InnerLoop) -> tuple:
     out = forward(model, params, task.query_x)
-    loss = output_loss(out, task.query_y, recipe.loss)
+    return output_loss(out, task.query_y, recipe.loss), _accuracy(out, task.query_y, recipe)
+
+
+def _accuracy(out: torch.Tensor, y: torch.Tensor, recipe: InnerLoop) -> float:
     if recipe.loss != "cross_entropy":
-        return loss, float("nan")
-    return loss, (out.detach().argmax(1) == task.query_y).float().mean().item()
+        return float("nan")
+    return (out.detach().argmax(1) == y).float().mean().item()
 
 
 @dataclass
@@ -56,8 +59,13 @@ class Chunks:
 
 
 def meta_gradient(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop,
-                  vectorize: bool = False, workers: int = 1, chunks: Chunks | None = None) -> tuple:
+                  vectorize: bool = False, workers: int = 1, chunks: Chunks | None = None,
+                  step_weights: tuple | None = None) -> tuple:
     """Average meta-gradient over ``tasks`` -> (grads dict, mean query loss, mean query accuracy).
+
+    ``step_weights`` (MAML++'s multi-step loss; not for reptile): the meta-objective is
+    sum_t w_t L_query(phi_t) over the parameters after each inner step t = 1..k instead of L_query(phi_k)
+    alone; the loss and accuracy returned are still those after the last step.
 
     ``workers`` > 1: the per-task loop runs on that many threads, each with its share of torch's
     intra-op threads (see ``_meta_gradient_threads``); the result equals the loop's up to
@@ -85,15 +93,17 @@ def meta_gradient(algorithm: str, model, meta_params: dict, tasks: list, recipe:
         raise ValueError("meta_gradient needs at least one task")
     if algorithm == "reptile" and LEARNED_LRS in meta_params:
         raise ValueError("reptile has no gradient for learned inner rates; use maml, fomaml or anil")
+    if step_weights is not None and (algorithm == "reptile" or len(step_weights) != recipe.steps):
+        raise ValueError(f"step_weights: one weight per inner step ({recipe.steps}), and not for reptile")
     if vectorize and _stackable(tasks) and can_vectorize(algorithm, model):
-        return _meta_gradient_chunked(algorithm, model, meta_params, tasks, recipe, chunks or Chunks())
+        return _meta_gradient_chunked(algorithm, model, meta_params, tasks, recipe, chunks or Chunks(), step_weights)
     if workers > 1 and len(tasks) > 1:
-        return _meta_gradient_threads(algorithm, model, meta_params, tasks, recipe, workers)
-    return _meta_gradient_loop(algorithm, model, meta_params, tasks, recipe)
+        return _meta_gradient_threads(algorithm, model, meta_params, tasks, recipe, workers, step_weights)
+    return _meta_gradient_loop(algorithm, model, meta_params, tasks, recipe, step_weights)
 
 
 def _meta_gradient_threads(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop,
-                           workers: int) -> tuple:
+                           workers: int, step_weights: tuple | None = None) -> tuple:
     """The per-task loop split over ``workers`` threads (torch releases the GIL inside its operators).
 
     Why: a few-shot task is too small to keep several cores busy from inside each operator (Conv4 on
@@ -109,7 +119,7 @@ def _meta_gradient_threads(algorithm: str, model, meta_params: dict, tasks: list
 
     def work(module, chunk):
         torch.set_num_threads(max(1, threads // workers))
-        return _meta_gradient_loop(algorithm, module, meta_params, chunk, recipe)
+        return _meta_gradient_loop(algorithm, module, meta_params, chunk, recipe, step_weights)
 
     try:
         with ThreadPoolExecutor(workers) as pool:
@@ -129,7 +139,7 @@ def _weighted_mean(results: list, sizes: list, names) -> tuple:
 
 
 def _meta_gradient_chunked(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop,
-                           chunks: Chunks) -> tuple:
+                           chunks: Chunks, step_weights: tuple | None = None) -> tuple:
     """The vectorised path over consecutive chunks of at most ``chunks.size`` tasks.
 
     A CUDA out-of-memory error frees what the failed attempt held, halves the size and starts the batch
@@ -139,7 +149,7 @@ def _meta_gradient_chunked(algorithm: str, model, meta_params: dict, tasks: list
         size = min(chunks.size or len(tasks), len(tasks))
         try:
             parts = [tasks[i:i + size] for i in range(0, len(tasks), size)]
-            results = [_meta_gradient_vmap(algorithm, model, meta_params, part, recipe) for part in parts]
+            results = [_meta_gradient_vmap(algorithm, model, meta_params, part, recipe, step_weights) for part in parts]
             return results[0] if len(parts) == 1 else _weighted_mean(results, [len(p) for p in parts], meta_params)
         except torch.cuda.OutOfMemoryError:
             if size == 1:
@@ -173,7 +183,21 @@ def _stackable(tasks: list) -> bool:
         for t in tasks[1:])
 
 
-def _meta_gradient_loop(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop) -> tuple:
+def _query_objective(model, trajectory: list, task_x, task_y, recipe: InnerLoop, step_weights: tuple | None):
+    """(what is differentiated, the last step's query outputs and loss): L_query(phi_k), or with
+    ``step_weights`` sum_t w_t L_query(phi_t) over steps t = 1..k."""
+    out = forward(model, trajectory[-1], task_x)
+    loss = output_loss(out, task_y, recipe.loss)
+    if step_weights is None:
+        return loss, out, loss
+    objective = step_weights[-1] * loss
+    for w, params in zip(step_weights[:-1], trajectory[1:-1]):
+        objective = objective + w * output_loss(forward(model, params, task_x), task_y, recipe.loss)
+    return objective, out, loss
+
+
+def _meta_gradient_loop(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop,
+                        step_weights: tuple | None = None) -> tuple:
     """One task at a time (ragged batches, and the reference for the vectorised path)."""
     names = list(meta_params)
     total = {k: torch.zeros_like(v) for k, v in meta_params.items()}
@@ -187,10 +211,12 @@ def _meta_gradient_loop(algorithm: str, model, meta_params: dict, tasks: list, r
                 total[k] += (meta_params[k].detach() - fast[k].detach()) / recipe.lr
             loss, acc = query_metrics(model, fast, task, recipe)
         else:
-            fast = adapt(model, meta_params, task.support_x, task.support_y, task.ways, recipe,
-                         first_order=(algorithm == "fomaml"))
-            loss, acc = query_metrics(model, fast, task, recipe)
-            grads = torch.autograd.grad(loss, [meta_params[k] for k in names], allow_unused=True)
+            trajectory = adapt_steps(model, meta_params, task.support_x, task.support_y, task.ways, recipe,
+                                     first_order=(algorithm == "fomaml"))
+            objective, out, loss = _query_objective(model, trajectory, task.query_x, task.query_y, recipe,
+                                                    step_weights)
+            acc = _accuracy(out, task.query_y, recipe)
+            grads = torch.autograd.grad(objective, [meta_params[k] for k in names], allow_unused=True)
             for k, g in zip(names, grads):
                 if g is not None:
                     total[k] += g
@@ -200,7 +226,8 @@ def _meta_gradient_loop(algorithm: str, model, meta_params: dict, tasks: list, r
     return {k: v / n for k, v in total.items()}, sum(losses) / n, sum(accs) / n
 
 
-def _meta_gradient_vmap(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop) -> tuple:
+def _meta_gradient_vmap(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop,
+                        step_weights: tuple | None = None) -> tuple:
     """The loop's computation for all tasks at once: ``vmap`` over a new leading task dimension of the
     per-task function below (meta-parameters broadcast, ``in_dims=None``). MAML stays second order:
     ``adapt``'s ``torch.func.grad`` runs inside the vmap and ordinary autograd then differentiates the
@@ -224,12 +251,13 @@ def _meta_gradient_vmap(algorithm: str, model, meta_params: dict, tasks: list, r
         grads = {k: deltas[k].mean(0) for k in names}
     else:
         def per_task(sx, sy, qx, qy):
-            fast = adapt(model, meta_params, sx, sy, ways, recipe, first_order=(algorithm == "fomaml"), in_vmap=True)
-            out = forward(model, fast, qx)
-            return output_loss(out, qy, recipe.loss), out
+            trajectory = adapt_steps(model, meta_params, sx, sy, ways, recipe, first_order=(algorithm == "fomaml"),
+                                     in_vmap=True)
+            objective, out, loss = _query_objective(model, trajectory, qx, qy, recipe, step_weights)
+            return objective, loss, out
 
-        losses, out = vmap(per_task)(sx, sy, qx, qy)
-        g = torch.autograd.grad(losses.mean(), [meta_params[k] for k in names], allow_unused=True)
+        objectives, losses, out = vmap(per_task)(sx, sy, qx, qy)
+        g = torch.autograd.grad(objectives.mean(), [meta_params[k] for k in names], allow_unused=True)
         grads = {k: torch.zeros_like(meta_params[k]) if gk is None else gk for k, gk in zip(names, g)}
     losses = losses.detach()
     if recipe.loss != "cross_entropy":
@@ -244,6 +272,15 @@ def outer_optimizer(algorithm: str, params: list, meta_lr: float) -> torch.optim
     if algorithm == "reptile":
         return torch.optim.SGD(params, lr=meta_lr)  # lr set every iteration by reptile_step
     return torch.optim.Adam(params, lr=meta_lr)
+
+
+def multi_step_weights(steps: int, iteration: int, anneal: int) -> tuple:
+    """MAML++'s multi-step loss weights for ``iteration`` (0-based): every step's query loss counts 1/k at
+    first; the weights of steps 1..k-1 fall linearly over ``anneal`` iterations to 0.03/k (MAML++'s
+    minimum, Antoniou et al. 2019) and the last step takes the rest."""
+    low = 0.03 / steps
+    others = max(low, 1.0 / steps - iteration * (1.0 / steps - low) / anneal)
+    return (others,) * (steps - 1) + (1.0 - (steps - 1) * others,)
 
 
 def cosine_step(optimizer: torch.optim.Optimizer, meta_lr: float, iteration: int, iterations: int) -> None:

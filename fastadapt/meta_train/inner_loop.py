@@ -172,10 +172,20 @@ def adapt(model, meta_params: dict, support_x, support_y, ways: int, recipe: Inn
 
     The rates: ``lr`` when given (one for every step and tensor), else the learned rates in
     ``meta_params`` (``LEARNED_LRS``) when it holds them, else the recipe's lr."""
+    return adapt_steps(model, meta_params, support_x, support_y, ways, recipe, steps, lr, first_order, in_vmap)[-1]
+
+
+def adapt_steps(model, meta_params: dict, support_x, support_y, ways: int, recipe: InnerLoop,
+                steps: int | None = None, lr: float | None = None, first_order: bool = False,
+                in_vmap: bool = False) -> list:
+    """``adapt``, keeping every step: [parameters after the head initialisation, after step 1, ..., k]
+    (MAML++'s multi-step loss scores each of them on the query set)."""
     rates = meta_params.get(LEARNED_LRS) if lr is None else None
     params = init_head(model, network_params(meta_params), support_x, support_y, ways, recipe)
     steps = recipe.steps if steps is None else steps
     lr = rates if rates is not None else (recipe.lr if lr is None else lr)
+    trajectory = [params]
     for t in range(steps):
         params = sgd_step(model, params, support_x, support_y, recipe, step_rate(lr, t), first_order, in_vmap)
-    return params
+        trajectory.append(params)
+    return trajectory

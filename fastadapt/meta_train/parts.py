@@ -41,10 +41,10 @@ def check_config(c: TrainConfig) -> None:
         raise FastadaptError(f"--pretrain-schedule must be constant or cosine, got '{c.pretrain_schedule}'")
     if c.meta_lr_schedule not in ("constant", "cosine"):
         raise FastadaptError(f"--meta-lr-schedule must be constant or cosine, got '{c.meta_lr_schedule}'")
-    if c.algorithm == "reptile" and (c.learn_inner_lr or c.meta_lr_schedule != "constant"):
-        raise FastadaptError("--algorithm reptile has its own schedule (its outer step anneals to 0) and no "
-                             "gradient for inner rates; drop --learn-inner-lr / --meta-lr-schedule, or use maml, "
-                             "fomaml or anil")
+    if c.algorithm == "reptile" and (c.learn_inner_lr or c.meta_lr_schedule != "constant" or c.multi_step_loss):
+        raise FastadaptError("--algorithm reptile has its own schedule (its outer step anneals to 0), no "
+                             "gradient for inner rates and no query loss per step; drop --learn-inner-lr / "
+                             "--meta-lr-schedule / --multi-step-loss, or use maml, fomaml or anil")
     if c.regression and c.augment != "none":
         raise FastadaptError("--augment distorts images; it does not apply to --data sinusoid")
     if c.channels not in (1, 3):

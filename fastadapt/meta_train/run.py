@@ -78,6 +78,7 @@ class TrainConfig:
     augment: str = "none"  # training-time distortions (augment.AUGMENTS), pre-training and meta-training tasks
     learn_inner_lr: bool = False  # meta-learn one inner rate per adapted tensor and step (MAML++ LSLR)
     meta_lr_schedule: str = "constant"  # constant | cosine (the meta learning rate annealed to 0 over --iterations)
+    multi_step_loss: int = 0  # MAML++ multi-step loss annealed over this many iterations; 0 = off
     stop_at: float = 0.0  # stop once validation accuracy (%) reaches it (regression: MSE falls to it); 0 = never
     max_minutes: float = 0.0  # stop after this much meta-training wall time; 0 = no limit
     init_from: str = ""  # a run folder (its best.npz) or a checkpoint .npz to start the meta-parameters from
@@ -125,7 +126,7 @@ LIMITS = {
     "val_tasks": (1, 100_000), "val_classes": (0, 100_000), "checkpoint_every": (1, 10**8),
     "pretrain_epochs": (0, 10_000), "inner_lr": (0.0, 1e6), "meta_lr": (0.0, 1e6), "pretrain_lr": (0.0, 1e6),
     "pretrain_smoothing": (0.0, 0.99),
-    "stop_at": (0.0, 1e9), "max_minutes": (0.0, 1e7),
+    "stop_at": (0.0, 1e9), "max_minutes": (0.0, 1e7), "multi_step_loss": (0, 10**8),
 }
 POSITIVE = {"inner_lr", "meta_lr", "pretrain_lr"}  # learning rates: above their low end, not equal to it
 MAX_TASK_IMAGES = 20_000  # ways * (shots + query): one task is held in memory at once

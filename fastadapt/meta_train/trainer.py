@@ -21,7 +21,7 @@ from ..errors import FastadaptError
 from ..progress import progress_bar
 from ..models import ModelSpec, build_model
 from . import distributed
-from .algorithms import Chunks, cosine_step, meta_gradient, outer_optimizer, reptile_step
+from .algorithms import Chunks, cosine_step, meta_gradient, multi_step_weights, outer_optimizer, reptile_step
 from .evaluate import evaluate_classification, evaluate_regression
 from .inner_loop import LEARNED_LRS, InnerLoop, network_params
 from .parts import (Samplers, batched_path, check_config, describe_data, init_meta_params, make_samplers,
@@ -250,8 +250,10 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                 try:  # this rank's share of the iteration's tasks; every rank stops if one fails
                     tasks = s.sample_tasks([it * c.meta_batch + j for j in share])
                     chunk_before = chunks.size
+                    weights = (multi_step_weights(c.inner_steps, it, c.multi_step_loss)
+                               if c.multi_step_loss and c.inner_steps > 1 else None)
                     grads, loss, acc = meta_gradient(c.algorithm, s.model, params, tasks, s.recipe, vectorize=batched,
-                                                     workers=workers, chunks=chunks)
+                                                     workers=workers, chunks=chunks, step_weights=weights)
                     if chunks.size != chunk_before:
                         log(f"out of GPU memory at iteration {it + 1}: each meta-batch now runs in chunks of "
                             f"{chunks.size} tasks (the same gradient; a smaller --meta-batch avoids the retry)")
