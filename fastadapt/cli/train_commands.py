@@ -60,7 +60,9 @@ def train(
     channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB). [default: 1]"),
     val_every: Optional[int] = typer.Option(None, help="Validate (and checkpoint) every N iterations. [default: 100]"),
     val_tasks: Optional[int] = typer.Option(None, help="Validation tasks per validation. [default: 100]"),
-    val_classes: Optional[int] = typer.Option(None, help="Train classes held out for validation. [default: 100]"),
+    val_classes: Optional[int] = typer.Option(None, help="Training classes held out for validation: N exactly, or left out "
+                                            "(the default 100) 10% of the classes, at most 100; at least --ways. "
+                                            "[default: 100]"),
     checkpoint_every: Optional[int] = typer.Option(None, help="Save last.npz every N iterations. [default: 25]"),
     stop_at: Optional[float] = typer.Option(None, help="Stop once validation accuracy (%) reaches this, e.g. 95 "
                                             "(sinusoid: once validation MSE falls to it). [default: off]"),
