@@ -171,11 +171,11 @@ def test_out_of_memory_halves_the_chunks_and_keeps_the_gradient(one_thread, monk
     expected = meta_gradient("fomaml", model, params, batch, recipe, vectorize=True, chunks=Chunks(size=2))
     real, calls = alg._meta_gradient_vmap, []
 
-    def tight_memory(algorithm, model, meta_params, tasks, recipe):
+    def tight_memory(algorithm, model, meta_params, tasks, recipe, *rest):
         calls.append(len(tasks))
         if len(tasks) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(algorithm, model, meta_params, tasks, recipe)
+        return real(algorithm, model, meta_params, tasks, recipe, *rest)
 
     monkeypatch.setattr(alg, "_meta_gradient_vmap", tight_memory)
     chunks = Chunks()
