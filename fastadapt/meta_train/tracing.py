@@ -80,6 +80,12 @@ def _to_onnx(fn, args, dynamic: list, input_names: list, output_names: list, dec
     return program.model_proto.SerializeToString()
 
 
+# Graphs already traced in this process. The parameters are graph inputs, so the graphs depend only on
+# the architecture and the recipe's shape, never on the values: exporting a second run of the same
+# architecture (a sweep, the test suite) skips the ~30 s trace. Bytes, a few hundred KB each.
+_TRACED: dict = {}
+
+
 def build_graphs(model, spec, recipe: il.InnerLoop, params: dict, per_tensor_lr: bool = False) -> tuple:
     """(forward.onnx, step.onnx) bytes, with the bundle's input/output names (see ``fastadapt.bundle``).
 
@@ -91,6 +97,13 @@ def build_graphs(model, spec, recipe: il.InnerLoop, params: dict, per_tensor_lr:
     check_supported(spec, recipe)
     ways, batch = _example_sizes(spec, model)
     params = with_head(model, params, ways)
+    key = (spec, recipe.adapt, recipe.loss, per_tensor_lr, tuple((k, tuple(v.shape)) for k, v in params.items()))
+    if key not in _TRACED:
+        _TRACED[key] = _trace(model, spec, recipe, params, per_tensor_lr, ways, batch)
+    return _TRACED[key]
+
+
+def _trace(model, spec, recipe: il.InnerLoop, params: dict, per_tensor_lr: bool, ways: int, batch: int) -> tuple:
     names, adapted = list(params), recipe.adapted_names(params)
     b, n = Dim("B", min=1, max=100000), Dim("N", min=1, max=100000)
     per_param = [{0: n} if k in il.HEAD else None for k in names]
