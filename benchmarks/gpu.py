@@ -93,7 +93,7 @@ def higher_rate(c, samplers) -> float:
     import torch
     from torch import nn
 
-    from fastadapt.meta_train.parts import model_spec_of, to_batch
+    from fastadapt.meta_train.run_setup import model_spec_of, to_tensors
     from fastadapt.models import build_model
 
     device = torch.device(DEVICE)
@@ -106,7 +106,7 @@ def higher_rate(c, samplers) -> float:
     times = []
     for it in range(c.iterations):
         start = time.perf_counter()
-        tasks = [to_batch(samplers.train.task(it * c.meta_batch + j), samplers.preprocess, device, c.ways)
+        tasks = [to_tensors(samplers.train.task(it * c.meta_batch + j), samplers.preprocess, device, c.ways)
                  for j in range(c.meta_batch)]
         higher_meta_step(net, inner_opt, meta_opt, tasks, c.inner_steps, second_order)
         _sync()
@@ -119,12 +119,12 @@ def flops_per_task(c, samplers) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from fastadapt.meta_train.algorithms import meta_gradient
-    from fastadapt.meta_train.parts import init_meta_params, model_spec_of, recipe_of, to_batch
+    from fastadapt.meta_train.run_setup import init_meta_params, model_spec_of, recipe_of, to_tensors
     from fastadapt.models import build_model
 
     model = build_model(model_spec_of(c)).to(DEVICE)
     params = init_meta_params(model, c, DEVICE)
-    task = to_batch(samplers.train.task(0), samplers.preprocess, DEVICE, c.ways)
+    task = to_tensors(samplers.train.task(0), samplers.preprocess, DEVICE, c.ways)
     with FlopCounterMode(display=False) as counter:
         meta_gradient(c.algorithm, model, params, [task], recipe_of(c))
     return counter.get_total_flops()
@@ -175,7 +175,7 @@ def run(iterations: int = 8, minutes: float = 3.0, peak_size: int = 8192) -> dic
         require_cuda()
     import torch
 
-    from fastadapt.meta_train.parts import make_samplers, resolve_device
+    from fastadapt.meta_train.run_setup import make_samplers, resolve_device
 
     resolve_device(DEVICE)  # the trainer's numerics (on CUDA: no TF32), so the peak below is the right one
     data = data_source()

@@ -21,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-from fastadapt.meta_train.parts import make_samplers, model_spec_of, to_batch
+from fastadapt.meta_train.run_setup import make_samplers, model_spec_of, to_tensors
 from fastadapt.meta_train.run import TrainConfig, read_metrics
 from fastadapt.meta_train.trainer import train
 from fastadapt.models import build_model
@@ -62,7 +62,7 @@ def higher_rate(algorithm: str, steps: int, iterations: int, data: str, samplers
     times = []
     for it in range(iterations):
         start = time.perf_counter()
-        tasks = [to_batch(samplers.train.task(it * META_BATCH + j), samplers.preprocess, "cpu", WAYS)
+        tasks = [to_tensors(samplers.train.task(it * META_BATCH + j), samplers.preprocess, "cpu", WAYS)
                  for j in range(META_BATCH)]
         higher_meta_step(net, inner_opt, meta_opt, tasks, steps, second_order)
         times.append(time.perf_counter() - start)
@@ -75,12 +75,12 @@ def flops_per_task(algorithm: str, steps: int, data: str, samplers) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from fastadapt.meta_train.algorithms import meta_gradient
-    from fastadapt.meta_train.parts import init_meta_params, recipe_of
+    from fastadapt.meta_train.run_setup import init_meta_params, recipe_of
 
     c = config(algorithm, steps, 1, data)
     model = build_model(model_spec_of(c))
     params = init_meta_params(model, c, "cpu")
-    task = to_batch(samplers.train.task(0), samplers.preprocess, "cpu", WAYS)
+    task = to_tensors(samplers.train.task(0), samplers.preprocess, "cpu", WAYS)
     with FlopCounterMode(display=False) as counter:
         meta_gradient(algorithm, model, params, [task], recipe_of(c))
     return counter.get_total_flops()

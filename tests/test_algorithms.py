@@ -18,7 +18,7 @@ import math
 import pytest
 import torch
 
-from fastadapt.meta_train.algorithms import Batch, meta_gradient
+from fastadapt.meta_train.algorithms import TaskTensors, meta_gradient
 from fastadapt.meta_train.inner_loop import InnerLoop, adapt, forward, init_head, sgd_step
 from fastadapt.models.networks import ModelSpec, build_model
 
@@ -122,7 +122,7 @@ def reg_task(seed, n_s=6, n_q=5):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(IN, 1, generator=g, dtype=DT)
     xs, xq = torch.randn(n_s, IN, generator=g, dtype=DT), torch.randn(n_q, IN, generator=g, dtype=DT)
-    return Batch(xs, torch.sin(xs @ w), xq, torch.sin(xq @ w), 1)
+    return TaskTensors(xs, torch.sin(xs @ w), xq, torch.sin(xq @ w), 1)
 
 
 def cls_task(seed, ways=3, shots=2, n_q=6):
@@ -132,7 +132,7 @@ def cls_task(seed, ways=3, shots=2, n_q=6):
     yq = torch.arange(n_q) % ways
     xs = centres[ys] + 0.8 * torch.randn(len(ys), IN, generator=g, dtype=DT)
     xq = centres[yq] + 0.8 * torch.randn(n_q, IN, generator=g, dtype=DT)
-    return Batch(xs, ys, xq, yq, ways)
+    return TaskTensors(xs, ys, xq, yq, ways)
 
 
 SETUPS = {  # name -> (loss, head_init, task maker, learned head outputs)
@@ -406,7 +406,7 @@ def test_prototype_head_is_nearest_class_mean_before_any_step():
 def conv_tasks(n, ways=3, shots=2, n_q=4, side=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     ys, yq = torch.arange(ways).repeat_interleave(shots), torch.arange(n_q) % ways
-    return [Batch(torch.rand(len(ys), 1, side, side, generator=g, dtype=DT), ys,
+    return [TaskTensors(torch.rand(len(ys), 1, side, side, generator=g, dtype=DT), ys,
                   torch.rand(n_q, 1, side, side, generator=g, dtype=DT), yq, ways) for _ in range(n)]
 
 

@@ -10,7 +10,7 @@ from fastadapt.data.classes import ImageClasses
 from fastadapt.data.sampler import TaskSampler
 from fastadapt.images import Preprocess, to_float
 from fastadapt.meta_train.augment import AUGMENTS, augment
-from fastadapt.meta_train.parts import DeviceTasks
+from fastadapt.meta_train.run_setup import DeviceTasks
 from test_cli_runtime import run_cli
 from test_outputs import one_error
 

@@ -23,9 +23,9 @@ from fastadapt.data.classes import ImageClasses
 from fastadapt.data.sampler import Task, TaskSampler
 from fastadapt.errors import FastadaptError
 from fastadapt.images import Preprocess, to_float
-from fastadapt.meta_train.algorithms import Batch, Chunks, meta_gradient
-from fastadapt.meta_train.parts import (DeviceTasks, batched_path, check_config, model_spec_of, recipe_of,
-                                       resolve_device, to_batch)
+from fastadapt.meta_train.algorithms import TaskTensors, Chunks, meta_gradient
+from fastadapt.meta_train.run_setup import (DeviceTasks, batched_path, check_config, model_spec_of, recipe_of,
+                                       resolve_device, to_tensors)
 from fastadapt.meta_train.run import TrainConfig
 from fastadapt.models import build_model
 
@@ -64,7 +64,7 @@ def setup(c: TrainConfig, device, dtype, tasks: int = 3, seed: int = 0):
             xs = torch.rand(len(ys), c.channels, side, side, generator=g)
             xq = torch.rand(len(yq), c.channels, side, side, generator=g)
         cast = lambda t: t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)  # noqa: E731
-        batches.append(Batch(cast(xs), cast(ys), cast(xq), cast(yq), ways))
+        batches.append(TaskTensors(cast(xs), cast(ys), cast(xq), cast(yq), ways))
     return model, params, recipe_of(c), batches
 
 
@@ -298,7 +298,7 @@ def test_device_tasks_are_the_samplers_tasks(device, channels):
         now = sampler.task(i)
         for f in ("support_x", "support_y", "query_x", "query_y", "classes"):
             assert np.array_equal(getattr(now, f), getattr(before, f)), f  # the same task stream as before
-        expected = to_batch(before, preprocess, "cpu", sampler.ways)
+        expected = to_tensors(before, preprocess, "cpu", sampler.ways)
         assert got.ways == expected.ways and got.support_x.device.type == torch.device(device).type
         for f in ("support_y", "query_y"):
             assert torch.equal(getattr(got, f).cpu(), getattr(expected, f)), f
@@ -355,7 +355,7 @@ def test_tf32_is_opt_in_and_recorded(tmp_path):
     assert c.tf32 is True and TrainConfig().tf32 is False
     before = torch.backends.cudnn.allow_tf32
     try:
-        from fastadapt.meta_train.parts import cuda_precision
+        from fastadapt.meta_train.run_setup import cuda_precision
 
         cuda_precision(True)
         assert torch.backends.cudnn.allow_tf32 is True

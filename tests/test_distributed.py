@@ -46,7 +46,7 @@ def instrument(setattr_, log: dict, fail_on_call: int | None = None) -> None:
     of this rank, and the all-reduced gradients and loss; reuse samplers (the synthetic glyphs take ~1 s)."""
     import fastadapt.meta_train.trainer as trainer
     from fastadapt.meta_train.distributed import Job
-    from fastadapt.meta_train.parts import make_samplers
+    from fastadapt.meta_train.run_setup import make_samplers
 
     real_gradient, real_average = trainer.meta_gradient, Job.average
 

@@ -18,7 +18,7 @@ import torch
 from fastadapt.errors import FastadaptError
 from fastadapt.meta_train import inner_loop as il
 from fastadapt.meta_train.algorithms import cosine_step, meta_gradient
-from fastadapt.meta_train.parts import check_config, init_meta_params
+from fastadapt.meta_train.run_setup import check_config, init_meta_params
 from fastadapt.meta_train.run import TrainConfig, load_checkpoint
 from fastadapt.meta_train.trainer import train
 

@@ -13,7 +13,7 @@ import torch
 
 from fastadapt.errors import FastadaptError
 from fastadapt.meta_train.algorithms import meta_gradient, multi_step_weights
-from fastadapt.meta_train.parts import check_config
+from fastadapt.meta_train.run_setup import check_config
 from fastadapt.meta_train.run import TrainConfig
 from fastadapt.meta_train.trainer import train
 

@@ -86,7 +86,7 @@ def test_fit_is_recorded_new_runs_pad_and_old_run_folders_stretch(tmp_path, caps
     """New runs keep the aspect ratio ("pad"); a config.json from before the field resized by stretching."""
     import json
 
-    from fastadapt.meta_train.parts import preprocess_of
+    from fastadapt.meta_train.run_setup import preprocess_of
     from fastadapt.meta_train.run import read_config
 
     assert preprocess_of(TrainConfig()).fit == "pad"

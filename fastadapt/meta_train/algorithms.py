@@ -29,7 +29,7 @@ ALGORITHMS = ("maml", "fomaml", "reptile", "anil")
 
 
 @dataclass
-class Batch:
+class TaskTensors:
     """One task as tensors: support/query inputs and targets, and the number of outputs."""
 
     support_x: torch.Tensor
@@ -39,7 +39,7 @@ class Batch:
     ways: int
 
 
-def query_metrics(model, params, task: Batch, recipe: InnerLoop) -> tuple:
+def query_metrics(model, params, task: TaskTensors, recipe: InnerLoop) -> tuple:
     out = forward(model, params, task.query_x)
     return output_loss(out, task.query_y, recipe.loss), _accuracy(out, task.query_y, recipe)
 

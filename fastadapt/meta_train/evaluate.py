@@ -14,14 +14,14 @@ from torch.func import vmap
 from ..data.sampler import TaskSampler
 from ..errors import FastadaptError
 from ..evaluation import evaluate_tasks, mean_ci95, unseen_class_sampler
-from .algorithms import Batch
+from .algorithms import TaskTensors
 from .inner_loop import InnerLoop, adapt, forward
-from .parts import DeviceTasks, preprocess_of, to_batch
+from .run_setup import DeviceTasks, preprocess_of, to_tensors
 
 EVAL_CHUNK = 16  # tasks per batched evaluation computation (no second-order graph: less than a meta-batch)
 
 
-def predict_queries(model, params: dict, batch: Batch, norm: str, transductive: bool) -> torch.Tensor:
+def predict_queries(model, params: dict, batch: TaskTensors, norm: str, transductive: bool) -> torch.Tensor:
     with torch.no_grad():
         if norm != "batch" or transductive:
             return forward(model, params, batch.query_x)
@@ -32,7 +32,7 @@ def predict_queries(model, params: dict, batch: Batch, norm: str, transductive: 
         return torch.stack(outputs)
 
 
-def adapt_and_predict(model, meta_params: dict, recipe: InnerLoop, batch: Batch, steps: int, lr: float | None,
+def adapt_and_predict(model, meta_params: dict, recipe: InnerLoop, batch: TaskTensors, steps: int, lr: float | None,
                       norm: str, transductive: bool) -> torch.Tensor:
     """Outputs for the query set after adapting to the support set (the shared evaluation step)."""
     with torch.enable_grad():
@@ -83,7 +83,7 @@ def evaluate_classification(model, meta_params, recipe, sampler: TaskSampler, pr
             return pending.pop(0)
     else:
         def predict_task(task):
-            batch = to_batch(task, preprocess, device, sampler.ways)
+            batch = to_tensors(task, preprocess, device, sampler.ways)
             out = adapt_and_predict(model, meta_params, recipe, batch, steps, lr, norm, transductive)
             return out.argmax(1).cpu().numpy()
 
@@ -97,7 +97,7 @@ def evaluate_regression(model, meta_params, recipe, sampler, device, tasks: int,
     """Mean squared error on the query points after ``steps`` SGD steps on the K support points."""
     errors = []
     for i in range(tasks):
-        batch = to_batch(sampler.task(i), None, device, 1)
+        batch = to_tensors(sampler.task(i), None, device, 1)
         out = adapt_and_predict(model, meta_params, recipe, batch, steps, lr, "none", False)
         errors.append(float(((out - batch.query_y) ** 2).mean()))
         if progress is not None:
@@ -120,7 +120,7 @@ def load_meta_params(rundir: str, checkpoint: str, device) -> tuple:
     import os
 
     from ..models import build_model
-    from .parts import model_spec_of, recipe_of
+    from .run_setup import model_spec_of, recipe_of
     from .run import load_checkpoint, read_config
 
     if checkpoint not in ("best", "last"):
@@ -154,7 +154,7 @@ def evaluate_run(rundir: str, data: str | None = None, protocol: str = "auto", w
     import os
 
     from ..data.sinusoid import SinusoidSampler
-    from .parts import resolve_device
+    from .run_setup import resolve_device
 
     dev = resolve_device(device)
     config, spec, recipe, model, params, ckpt_progress = load_meta_params(rundir, checkpoint, dev)

@@ -29,7 +29,7 @@ def verification_task(config, ways: int = 5):
     """A real task of the run's unseen classes (preprocessed), or None when the data is not here."""
     from ..data.sampler import TaskSampler
     from ..evaluation import unseen_classes
-    from .parts import preprocess_of
+    from .run_setup import preprocess_of
 
     preprocess = preprocess_of(config)
     try:
@@ -70,7 +70,7 @@ def export_run(rundir: str, out: str, checkpoint: str = "best", say=lambda stage
     recipe = dataclasses.replace(recipe, steps=config.test_steps)
     if config.regression:
         raise FastadaptError(f"{rundir} is a sinusoid regression run; export supports image classification runs")
-    from .parts import preprocess_of
+    from .run_setup import preprocess_of
 
     provenance = {
         "algorithm": config.algorithm,

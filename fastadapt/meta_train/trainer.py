@@ -24,7 +24,7 @@ from . import distributed
 from .algorithms import Chunks, cosine_step, meta_gradient, multi_step_weights, outer_optimizer, reptile_step
 from .evaluate import evaluate_classification, evaluate_regression
 from .inner_loop import LEARNED_LRS, InnerLoop, network_params
-from .parts import (Samplers, batched_path, check_config, describe_data, init_meta_params, make_samplers,
+from .run_setup import (Samplers, batched_path, check_config, describe_data, init_meta_params, make_samplers,
                     model_spec_of, recipe_of, resolve_device, task_stream)
 from .recorder import Diverged, RunRecorder
 from .run import (RESUMABLE, RunLock, TrainConfig, check_limits, config_path, has_checkpoint, load_checkpoint,
@@ -116,7 +116,7 @@ class _Start:
     c: TrainConfig
     device: torch.device
     samplers: Samplers
-    sample_tasks: Callable  # task indices -> Batches on the device (parts.task_stream)
+    sample_tasks: Callable  # task indices -> TaskTensors on the device (run_setup.task_stream)
     spec: ModelSpec
     recipe: InnerLoop
     model: torch.nn.Module

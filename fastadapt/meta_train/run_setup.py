@@ -14,7 +14,7 @@ from ..errors import FastadaptError
 from ..images import Preprocess, to_float
 from ..models import ModelSpec, build_model
 from ..models.networks import NORMS
-from .algorithms import ALGORITHMS, Batch
+from .algorithms import ALGORITHMS, TaskTensors
 from .augment import AUGMENTS, augment
 from .inner_loop import HEAD, HEAD_INITS, LEARNED_LRS, InnerLoop, initial_rates
 from .run import TrainConfig, check_limits
@@ -162,15 +162,15 @@ def make_samplers(c: TrainConfig) -> Samplers:
     return Samplers(train, val, spec)
 
 
-def to_batch(task, preprocess: Preprocess | None, device, ways: int) -> Batch:
+def to_tensors(task, preprocess: Preprocess | None, device, ways: int) -> TaskTensors:
     """A sampled task (uint8 images or regression arrays) -> tensors on the training device."""
     if isinstance(task, RegressionTask):
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-        return Batch(t(task.support_x), t(task.support_y), t(task.query_x), t(task.query_y), 1)
+        return TaskTensors(t(task.support_x), t(task.support_y), t(task.query_x), t(task.query_y), 1)
     assert isinstance(task, Task)
     x = lambda a: torch.from_numpy(to_float(a, preprocess)).to(device)  # noqa: E731
     y = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    return Batch(x(task.support_x), y(task.support_y), x(task.query_x), y(task.query_y), ways)
+    return TaskTensors(x(task.support_x), y(task.support_y), x(task.query_x), y(task.query_y), ways)
 
 
 class DeviceTasks:
@@ -182,7 +182,7 @@ class DeviceTasks:
     torch's threads only slow this small element-wise work down on a busy CPU) and copied over in one go.
 
     Task ``i`` is ``sampler.choose(i)``'s images, exactly the images and labels of ``sampler.task(i)``
-    and normalised with the same float32 operations as ``to_batch``, so the task stream stays a pure
+    and normalised with the same float32 operations as ``to_tensors``, so the task stream stays a pure
     function of (seed, task index) whichever way it is built.
     """
 
@@ -201,7 +201,7 @@ class DeviceTasks:
         self.query_y = labels.repeat_interleave(sampler.query)
 
     def tasks(self, indices) -> list:
-        """Tasks ``indices`` of the sampler as Batches on the device (views of one gathered tensor)."""
+        """Tasks ``indices`` of the sampler as TaskTensors on the device (views of one gathered tensor)."""
         s, n = self.sampler, len(indices)
         rows = np.stack([self.first[classes][:, None] + picks for classes, picks in map(s.choose, indices)])
         # every task's support rows (class by class), then every task's query rows: both halves are views
@@ -218,7 +218,7 @@ class DeviceTasks:
             support, query = (torch.stack([augment(part[b], self.augment_kind, [s.seed, 9, int(i), half],
                                                    self.preprocess.mean, self.preprocess.std)
                                            for b, i in enumerate(indices)]) for half, part in enumerate((support, query)))
-        return [Batch(support[b], self.support_y, query[b], self.query_y, s.ways) for b in range(n)]
+        return [TaskTensors(support[b], self.support_y, query[b], self.query_y, s.ways) for b in range(n)]
 
 
 def _fits(nbytes: int, device) -> bool:
@@ -227,9 +227,9 @@ def _fits(nbytes: int, device) -> bool:
 
 
 def task_stream(c: TrainConfig, samplers: Samplers, device):
-    """The training tasks: a function from task indices to a list of Batches on ``device``."""
+    """The training tasks: a function from task indices to a list of TaskTensors on ``device``."""
     if c.regression:
-        return lambda indices: [to_batch(samplers.train.task(i), None, device, 1) for i in indices]
+        return lambda indices: [to_tensors(samplers.train.task(i), None, device, 1) for i in indices]
     return DeviceTasks(samplers.train, samplers.preprocess, device, c.augment).tasks
 
 
