@@ -71,6 +71,10 @@ def _session_options(threads: int | None = None):
     # No memory arena: it keeps the largest activations of every call reserved. Measured on 20-way
     # 5-shot adaptation: peak RSS 240 -> 155 MB, at the same speed.
     options.enable_cpu_mem_arena = False
+    # Subnormal floats (|x| < 1.2e-38) run 10-100x slower on x86 and change nothing a model can see.
+    # The photos model's SGD steps made them: 5-way 5-shot adaptation 0.66 s -> 0.15 s flushed to zero,
+    # the same losses; the characters model (none) unchanged.
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return options
 
 
