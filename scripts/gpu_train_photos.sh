@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The photos model on a GPU machine, in one device call: supervised pre-training on the 140 training classes
+# of Tiny ImageNet (--protocol split --seed 0), optionally first-order MAML from it for a fixed wall-time
+# budget, export, and evaluation through the runtime on the 40 test classes (the model card's numbers, each
+# beside --steps 0 on the same tasks: with MINUTES=0 that is the transfer baseline). Everything lands in $OUT
+# (or ./gpu_train_photos_out).
+#
+#   SIZE=64 WIDTH=96 EPOCHS=30 MINUTES=4 TASKS=600 bash scripts/gpu_train_photos.sh PHOTOS_ZIP [extra train flags]
+#
+# PHOTOS_ZIP: a git-ignored zip of this checkout made by scripts/pack_photos_for_device.py (its validation and
+# test classes are the shared 100-per-class zip's, byte for byte, so test numbers equal evaluation on that zip):
+#   python scripts/pack_photos_for_device.py /work/data/tin500 \
+#       /work/shared/data/tinyimagenet/tiny-imagenet-200-train-100.zip data/tin_device.zip
+# then, with the device tool: run(command="bash scripts/gpu_train_photos.sh data/tin_device.zip",
+#                                 carry=["data/tin_device.zip"], timeout_s=...)
+# Settings (environment): SIZE image side (64), WIDTH Conv4 filters (96), EPOCHS pre-training epochs (30),
+# MINUTES meta-training minutes (4; 0 skips meta-training and exports the pre-trained run), TASKS evaluation
+# tasks per shape (600), DEVICE the trainer's --device (auto: CUDA when torch sees it; DEVICE=cuda on the GPU
+# machine fails at once instead of training on its CPU). Extra flags go to the meta-training stage only
+# (e.g. --tf32, --learn-inner-lr).
+# The pre-training run records --inner-lr 0.001 (the shipped photos model's device recipe: 3 SGD steps at
+# 0.001); it does not change pre-training, only the recipe a MINUTES=0 export carries.
+# Budget: start-up and data loading ~15-25 s per command; pre-training (30 epochs of 140 x 197 photos, about
+# 6,500 batches of 128: estimated 1-2 min on an H100/H200); MINUTES of meta-training plus a final validation;
+# ~1 min export; then evaluation on the CPU (onnxruntime), the costly part at 64x64/width 96: one task of each
+# of the six evaluations costs ~10 CPU-core-seconds with the meta-trained 1-step recipe (~16 with the
+# pre-trained run's 3 steps; 20-way 5-shot is three quarters of it; measured on a 2-core dev machine), so
+# TASKS=600 is ~10 min even on 16 cores and TASKS=100 ~2 min. A device call is at most 10 minutes: lower
+# TASKS there (the bundle is written before evaluation starts, and evaluates anywhere later: no GPU needed).
+# $OUT: machine.txt, pre/ and meta/ (run folders without last.npz), *.log, photos.fadapt, evaluation.jsonl
+# (one JSON object per evaluation: 5w1s, 5w5s, 20w5s, each with the recipe's steps and then "steps": 0),
+# timings.txt (seconds per stage).
+set -euo pipefail
+zip="${1:?usage: bash scripts/gpu_train_photos.sh PHOTOS_ZIP [train flags]}"
+shift
+[ -f "$zip" ] || { echo "error: $zip is not a file (make it with scripts/pack_photos_for_device.py)" >&2; exit 2; }
+out="${OUT:-$PWD/gpu_train_photos_out}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+zip="$(cd "$(dirname "$zip")" && pwd)/$(basename "$zip")"
+cd "$(dirname "$0")/.."
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+size="${SIZE:-64}" width="${WIDTH:-96}" epochs="${EPOCHS:-30}" minutes="${MINUTES:-4}" tasks="${TASKS:-600}"
+device="${DEVICE:-auto}"
+fa() { python3 -m fastadapt "$@"; }
+stage() { echo "$1 $((SECONDS - started))" >> "$out/timings.txt"; started=$SECONDS; }
+started=$SECONDS
+{ nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"; nproc; } > "$out/machine.txt" 2>&1 || true
+echo "SIZE=$size WIDTH=$width EPOCHS=$epochs MINUTES=$minutes TASKS=$tasks DEVICE=$device extra: $*" > "$out/timings.txt"
+common=(--data "$zip" --protocol split --channels 3 --image-size "$size" --no-invert --fit crop --no-rotations
+        --augment photo --norm layer --width "$width" --device "$device")
+fa train "${common[@]}" --pretrain-epochs "$epochs" --pretrain-schedule cosine --pretrain-lr 2e-3 --iterations 0 \
+    --head-init prototype --inner-lr 0.001 --ways 5 --shots 5 --val-tasks 300 --quiet --out "$out/pre" 2>&1 \
+    | tee "$out/pre.log"
+stage pre
+run="$out/pre"
+if awk "BEGIN { exit !($minutes > 0) }"; then
+    fa train "${common[@]}" --init-from "$out/pre" --algorithm fomaml --head-init prototype --ways 5 --shots 5 \
+        --query 15 --meta-batch 16 --inner-steps 1 --inner-lr 0.001 --meta-lr 5e-5 --iterations 1000000 \
+        --val-every 100 --val-tasks 300 --max-minutes "$minutes" "$@" --out "$out/meta" 2>&1 | tail -n 5 \
+        | tee "$out/meta.log"
+    run="$out/meta"
+    stage meta
+fi
+fa export "$run" --out "$out/photos.fadapt" 2>&1 | tee "$out/export.log"
+stage export
+for shape in "5 1" "5 5" "20 5"; do
+    set -- $shape
+    for steps in "" "--steps 0"; do  # the exported recipe, then prototypes alone on the same tasks (--steps 0)
+        fa evaluate "$out/photos.fadapt" --data "$zip" --ways "$1" --shots "$2" --query 15 --tasks "$tasks" \
+            --json $steps | tee -a "$out/evaluation.jsonl"
+        stage "evaluate ${1}w${2}s ${steps:-recipe}"
+    done
+done
+rm -f "$out"/pre/last.npz "$out"/meta/last.npz  # best.npz is what was exported; keep what comes back small
+echo "gpu_train_photos: done; results in $out" >&2
