@@ -71,10 +71,6 @@ def _session_options(threads: int | None = None):
     # No memory arena: it keeps the largest activations of every call reserved. Measured on 20-way
     # 5-shot adaptation: peak RSS 240 -> 155 MB, at the same speed.
     options.enable_cpu_mem_arena = False
-    # Subnormal floats (|x| < 1.2e-38) run 10-100x slower on x86 and change nothing a model can see.
-    # The photos model's SGD steps made them: 5-way 5-shot adaptation 0.66 s -> 0.15 s flushed to zero,
-    # the same losses; the characters model (none) unchanged.
-    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return options
 
 
@@ -89,6 +85,47 @@ def make_session(onnx_bytes: bytes, where: str, threads: int | None = None):
                              f"re-export the bundle with a matching fastadapt version") from None
 
 
+# Subnormal floats (|x| < 1.2e-38) run 10-100x slower on x86 and change nothing a model can see. The
+# photos model's SGD steps make them: 5-way 5-shot adaptation 0.66 s -> 0.17 s with them flushed to zero,
+# the same losses. But flushing is a per-thread CPU mode, and onnxruntime's option for it sets that mode,
+# once per process, on the thread that creates the process's first session; threads inherit it from the
+# thread that starts them. Set on the caller's thread it would change the arithmetic of the whole host
+# program (Hypothesis noticed). So a thread of our own creates that first session, and the step threads
+# are started from it: only they flush. If the program made an onnxruntime session before fastadapt did,
+# nothing flushes (the same results, slower).
+_flush_lock = threading.Lock()
+_flushing_starter = None  # one thread in flush-to-zero mode that starts the step threads
+
+
+def _starter(onnx_bytes: bytes) -> ThreadPoolExecutor:
+    global _flushing_starter
+    with _flush_lock:
+        if _flushing_starter is None:
+            import onnxruntime as ort
+
+            def claim_flush_mode():
+                options = _session_options(1)
+                options.add_session_config_entry("session.set_denormal_as_zero", "1")
+                ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+            _flushing_starter = ThreadPoolExecutor(1, thread_name_prefix="fastadapt-start")
+            _flushing_starter.submit(claim_flush_mode).result()
+        return _flushing_starter
+
+
+def _step_threads(count: int, onnx_bytes: bytes) -> ThreadPoolExecutor:
+    """``count`` threads for SGD steps, all started from the flushing starter thread (so they flush too)."""
+    pool = ThreadPoolExecutor(count, thread_name_prefix="fastadapt-step")
+    started = threading.Barrier(count)
+
+    def start_all():  # each submit starts a thread while the others wait at the barrier
+        for future in [pool.submit(started.wait) for _ in range(count)]:
+            future.result()
+
+    _starter(onnx_bytes).submit(start_all).result()
+    return pool
+
+
 class Graphs:
     """The forward and step graphs of one bundle. ``forward`` and ``step`` take a parameter dict."""
 
@@ -99,6 +136,7 @@ class Graphs:
         self._pool = None
         self._lock = threading.Lock()
         self.workers = configured_threads()
+        _starter(forward_onnx)  # before this process's first session: see _starter
         self._forward = make_session(forward_onnx, f"{where} (forward.onnx)")
         self.forward_inputs = [i.name for i in self._forward.get_inputs()]
         self._check(self.forward_inputs[:1] == ["images"], "forward.onnx's first input is not 'images'")
@@ -130,8 +168,7 @@ class Graphs:
             if self._step is None:
                 # one intra-op thread: the parallelism is across chunks (see step)
                 self._step = make_session(self._step_onnx, f"{self.where} (step.onnx)", threads=1)
-                if self.workers > 1:
-                    self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fastadapt-step")
+                self._pool = _step_threads(self.workers, self._step_onnx)  # steps run there, even one chunk
                 names = [i.name for i in self._step.get_inputs()]
                 self._check(names[:3] == ["images", "labels", "lr"],
                             "step.onnx's first inputs are not images, labels, lr")
@@ -175,15 +212,13 @@ class Graphs:
         chunks = -(-n // STEP_CHUNK)
         if self.workers > 1:  # a multiple of the threads, so none of them waits for a last odd chunk
             chunks = min(n, -(-chunks // self.workers) * self.workers)
-        if chunks <= 1:
-            return self._step_once(session, images, labels, lr, params)
         parts = np.array_split(np.arange(n), chunks)
         return self._combine(session, images, labels, lr, params, parts, [len(part) / n for part in parts])
 
     def _combine(self, session, images, labels, lr, params, parts: list, weights: list) -> tuple:
         """Run the step on each part (side by side) -> (sum_c w_c loss_c, sum_c w_c new_c)."""
         run = lambda part: self._step_once(session, images[part], labels[part], lr, params)  # noqa: E731
-        results = list(self._pool.map(run, parts)) if self._pool else [run(part) for part in parts]
+        results = list(self._pool.map(run, parts))
         loss, sums = 0.0, {}
         with np.errstate(all="ignore"):  # a diverging step (inf/NaN) is the caller's to judge, not a warning
             for weight, (part_loss, part_new) in zip(weights, results):  # a fixed order: independent of timing
