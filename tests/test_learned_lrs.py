@@ -138,14 +138,14 @@ def test_reptile_and_bad_schedules_are_refused_in_one_line(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def learned_bundle(tmp_path_factory):
-    """A width-8 Conv4 bundle with non-uniform learned rates for 2 steps, through the real exporter
-    (which verifies runtime == torch before writing)."""
+    """A width-16 Conv4 bundle with non-uniform learned rates for 2 steps, through the real exporter (which
+    verifies runtime == torch before writing). Width 16 is conftest's: its forward graph is traced once."""
     from fastadapt.images import Preprocess
     from fastadapt.meta_train.bundle_export import export_bundle
     from fastadapt.models import ModelSpec, build_model
 
     torch.manual_seed(0)
-    spec = ModelSpec(width=8)
+    spec = ModelSpec(width=16)
     model = build_model(spec)
     recipe = il.InnerLoop(steps=2, lr=0.3, head_init="prototype")
     params = with_rates({k: v.detach().clone() for k, v in model.named_parameters()}, recipe, 2)

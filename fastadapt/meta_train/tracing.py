@@ -81,8 +81,8 @@ def _to_onnx(fn, args, dynamic: list, input_names: list, output_names: list, dec
 
 
 # Graphs already traced in this process. The parameters are graph inputs, so the graphs depend only on
-# the architecture and the recipe's shape, never on the values: exporting a second run of the same
-# architecture (a sweep, the test suite) skips the ~30 s trace. Bytes, a few hundred KB each.
+# the architecture (forward) and the recipe's shape (step), never on the values: exporting a second run
+# of the same architecture (a sweep, the test suite) skips the ~30 s trace. Bytes, a few hundred KB each.
 _TRACED: dict = {}
 
 
@@ -97,13 +97,17 @@ def build_graphs(model, spec, recipe: il.InnerLoop, params: dict, per_tensor_lr:
     check_supported(spec, recipe)
     ways, batch = _example_sizes(spec, model)
     params = with_head(model, params, ways)
-    key = (spec, recipe.adapt, recipe.loss, per_tensor_lr, tuple((k, tuple(v.shape)) for k, v in params.items()))
-    if key not in _TRACED:
-        _TRACED[key] = _trace(model, spec, recipe, params, per_tensor_lr, ways, batch)
-    return _TRACED[key]
+    shapes = tuple((k, tuple(v.shape)) for k, v in params.items())
+    forward_key, step_key = ("forward", spec, shapes), ("step", spec, shapes, recipe.adapt, recipe.loss, per_tensor_lr)
+    for key in (forward_key, step_key):
+        if key not in _TRACED:
+            _TRACED[key] = _trace(key[0], model, spec, recipe, params, per_tensor_lr, ways, batch)
+    return _TRACED[forward_key], _TRACED[step_key]
 
 
-def _trace(model, spec, recipe: il.InnerLoop, params: dict, per_tensor_lr: bool, ways: int, batch: int) -> tuple:
+def _trace(graph: str, model, spec, recipe: il.InnerLoop, params: dict, per_tensor_lr: bool, ways: int,
+           batch: int) -> bytes:
+    """The ``graph`` ("forward" or "step") as ONNX bytes."""
     names, adapted = list(params), recipe.adapted_names(params)
     b, n = Dim("B", min=1, max=100000), Dim("N", min=1, max=100000)
     per_param = [{0: n} if k in il.HEAD else None for k in names]
@@ -123,11 +127,11 @@ def _trace(model, spec, recipe: il.InnerLoop, params: dict, per_tensor_lr: bool,
         return (loss, *[new[k] for k in adapted])
 
     values = list(params.values())
-    forward_bytes = _to_onnx(forward_fn, [images, *values], [{0: b}, *per_param],
-                             ["images", *names], ["logits", "features"], FORWARD_DECOMPOSITIONS)
+    if graph == "forward":
+        return _to_onnx(forward_fn, [images, *values], [{0: b}, *per_param],
+                        ["images", *names], ["logits", "features"], FORWARD_DECOMPOSITIONS)
     lr = torch.full((len(adapted),), float(recipe.lr)) if per_tensor_lr else torch.tensor(recipe.lr)
-    step_bytes = _to_onnx(step_fn, [images, labels, lr, *values],
-                          [{0: b}, {0: b}, None, *per_param],
-                          ["images", "labels", "lr", *names], ["loss", *[f"new.{k}" for k in adapted]],
-                          DECOMPOSITIONS)
-    return forward_bytes, step_bytes
+    return _to_onnx(step_fn, [images, labels, lr, *values],
+                    [{0: b}, {0: b}, None, *per_param],
+                    ["images", "labels", "lr", *names], ["loss", *[f"new.{k}" for k in adapted]],
+                    DECOMPOSITIONS)
