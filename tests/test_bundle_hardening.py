@@ -8,6 +8,8 @@ import io
 import json
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -155,6 +157,16 @@ def test_bad_parameters_are_refused(bundles, tmp_path, case):
         data = npz_with(first, {"descr": "<f4", "fortran_order": False, "shape": params[first].shape}, bytes(8))
     path = craft(bundles["zero"], tmp_path / f"{case}.fadapt", params_npz=data)
     refused(lambda: read_bundle(path), "params.npz")
+
+
+def test_a_graph_onnxruntime_cannot_load_is_one_line_in_a_fresh_process(bundles, tmp_path):
+    """The process's first session is made on the runtime's own thread (sessions._starter): a graph that
+    fails there still reaches the user as one line, not a traceback."""
+    path = craft(bundles["zero"], tmp_path / "garbage.fadapt", forward_onnx=b"not an onnx graph")
+    code = "import sys, fastadapt\ntry:\n    fastadapt.load(sys.argv[1])\nexcept fastadapt.FastadaptError as e:\n    print(e)\n"
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert "onnxruntime cannot load the graph" in out.stdout and "forward.onnx" in out.stdout, out.stdout
 
 
 def test_parameter_shape_not_matching_the_graph_is_refused_on_load(bundles, tmp_path):

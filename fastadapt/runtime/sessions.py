@@ -106,7 +106,10 @@ def _starter(onnx_bytes: bytes) -> ThreadPoolExecutor:
             def claim_flush_mode():
                 options = _session_options(1)
                 options.add_session_config_entry("session.set_denormal_as_zero", "1")
-                ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+                try:
+                    ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+                except Exception:  # a graph onnxruntime cannot load: make_session, next, says so in one line
+                    pass
 
             _flushing_starter = ThreadPoolExecutor(1, thread_name_prefix="fastadapt-start")
             _flushing_starter.submit(claim_flush_mode).result()
