@@ -145,6 +145,26 @@ def test_only_the_step_threads_flush_subnormal_floats():
     assert out.stdout.split() == ["True", "False"], out.stdout + out.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_adapts_with_models_loaded_before_and_after_the_fork():
+    """A child has none of its parent's threads; the runtime's step threads must not be waited on there."""
+    code = textwrap.dedent("""
+        import os, signal, numpy as np, fastadapt
+        model = fastadapt.load('characters')
+        images, labels = np.random.default_rng(0).random((10, 1, 28, 28), dtype=np.float32), np.arange(10) % 5
+        model.adapt_arrays(images, labels, list('abcde'), steps=1)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(60)  # a hang fails the test instead of blocking it
+            model.adapt_arrays(images, labels, list('abcde'), steps=1)
+            fastadapt.load('characters').adapt_arrays(images, labels, list('abcde'), steps=1)
+            os._exit(0)
+        print(os.waitpid(pid, 0)[1])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "0", out.stdout + out.stderr
+
+
 def test_single_image_equals_batch_and_threads(bundles, glyphs):
     adapted = fastadapt.load(bundles["zero"]).adapt(glyphs["shots"], steps=5)
     queries = [im for items in glyphs["images"].values() for im in items[3:]]

@@ -116,6 +116,16 @@ def _starter(onnx_bytes: bytes) -> ThreadPoolExecutor:
         return _flushing_starter
 
 
+def _forget_threads_in_child() -> None:
+    """A forked child has none of its parent's threads: it starts its own (a submit to a dead pool waits forever)."""
+    global _flush_lock, _flushing_starter
+    _flush_lock, _flushing_starter = threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_forget_threads_in_child)
+
+
 def _step_threads(count: int, onnx_bytes: bytes) -> ThreadPoolExecutor:
     """``count`` threads for SGD steps, all started from the flushing starter thread (so they flush too)."""
     pool = ThreadPoolExecutor(count, thread_name_prefix="fastadapt-step")
@@ -137,6 +147,7 @@ class Graphs:
         self._step_onnx = step_onnx
         self._step = None
         self._pool = None
+        self._pool_pid = None
         self._lock = threading.Lock()
         self.workers = configured_threads()
         _starter(forward_onnx)  # before this process's first session: see _starter
@@ -170,15 +181,18 @@ class Graphs:
         with self._lock:
             if self._step is None:
                 # one intra-op thread: the parallelism is across chunks (see step)
-                self._step = make_session(self._step_onnx, f"{self.where} (step.onnx)", threads=1)
-                self._pool = _step_threads(self.workers, self._step_onnx)  # steps run there, even one chunk
-                names = [i.name for i in self._step.get_inputs()]
+                step = make_session(self._step_onnx, f"{self.where} (step.onnx)", threads=1)
+                names = [i.name for i in step.get_inputs()]
                 self._check(names[:3] == ["images", "labels", "lr"],
                             "step.onnx's first inputs are not images, labels, lr")
                 self.step_inputs = names
-                self.step_lr_shape = self._step.get_inputs()[2].shape  # []; [tensors] for learned rates
-                self.step_outputs = [o.name for o in self._step.get_outputs()]
+                self.step_lr_shape = step.get_inputs()[2].shape  # []; [tensors] for learned rates
+                self.step_outputs = [o.name for o in step.get_outputs()]
                 self.updated = [name[4:] for name in self.step_outputs if name.startswith("new.")]
+                self._step = step
+            if self._pool_pid != os.getpid():  # first use, or a forked child (its parent's threads are gone)
+                self._pool = _step_threads(self.workers, self._step_onnx)  # steps run there, even one chunk
+                self._pool_pid = os.getpid()
             return self._step
 
     def step(self, images: np.ndarray, labels: np.ndarray, lr: float, params: dict,
