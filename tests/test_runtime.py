@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -142,7 +143,10 @@ def test_only_the_step_threads_flush_subnormal_floats():
         "print(kept(), model.graphs._pool.submit(kept).result())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "False"], out.stdout + out.stderr
+    caller_kept, step_thread_kept = out.stdout.split()
+    assert caller_kept == "True", out.stdout + out.stderr
+    if platform.machine().lower() in ("x86_64", "amd64"):  # onnxruntime can flush only on x86 (SSE)
+        assert step_thread_kept == "False", out.stdout + out.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
