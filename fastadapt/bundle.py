@@ -53,7 +53,7 @@ import numpy as np
 from . import signing
 from .errors import FastadaptError
 from .manifest import FORMAT, FORMAT_VERSION, HEAD, MAX_MANIFEST_BYTES, MAX_PARAMETERS, MEMBERS, \
-    OPTIONAL_MEMBERS, printable, validate_manifest
+    OPTIONAL_MEMBERS, format_version_of, printable, validate_manifest
 from .outputs import write_atomic  # noqa: F401  (re-exported: older imports use fastadapt.bundle.write_atomic)
 
 __all__ = ["Bundle", "read_bundle", "save_bundle", "FORMAT", "FORMAT_VERSION", "MEMBERS", "MEMBER_LIMITS"]
@@ -187,7 +187,7 @@ def save_bundle(path: str, bundle: Bundle) -> None:
         members["shots.npz"] = arrays_to_bytes({"images": np.asarray(bundle.shots["images"], np.uint8),
                                                 "labels": np.asarray(bundle.shots["labels"], "<i8")})
     manifest = dict(bundle.manifest)
-    manifest["format"], manifest["format_version"] = FORMAT, FORMAT_VERSION
+    manifest["format"], manifest["format_version"] = FORMAT, format_version_of(manifest)
     manifest["parameters"] = list(bundle.params)
     manifest["members"] = {name: sha256(data) for name, data in members.items()}
     # never write a bundle that read_bundle would refuse (e.g. a 300-character class name)

@@ -20,7 +20,7 @@ import unicodedata
 from .errors import FastadaptError
 
 FORMAT = "fastadapt-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this fastadapt reads; 2 adds inner_loop.head_scale
 MEMBERS = ("forward.onnx", "step.onnx", "params.npz")
 # adapted bundles that can add or remove classes: both, or neither (see bundle.py)
 OPTIONAL_MEMBERS = ("meta_params.npz", "shots.npz")
@@ -33,6 +33,7 @@ MAX_IMAGE_SIZE = 1024  # preprocess.size; memory per image grows with its square
 MIN_IMAGE_SIZE = 8  # as images.Preprocess
 MAX_STEPS = 1000  # inner_loop.steps; meta-trained recipes use 1..10, each step is a full pass of the graph
 MAX_LR = 1e6  # inner_loop.lr: finite and positive; beyond this, nothing sensible was meta-trained
+MAX_HEAD_SCALE = 1e6  # inner_loop.head_scale: finite and positive (the prototype head's temperature)
 MAX_PARAMETERS = 1000  # tensors; a Conv4 has 16 + head
 MAX_NAME_CHARS = 256  # a parameter name
 MAX_CLASSES = 10_000  # adapted bundles: head rows
@@ -119,6 +120,12 @@ def _optional_dict(manifest: dict, key: str) -> dict:
     return value or {}
 
 
+def format_version_of(manifest: dict) -> int:
+    """The lowest format version that describes ``manifest``: 1 unless it uses a version-2 field (a prototype
+    head scale other than 1), so that bundles which need nothing new stay readable by older runtimes."""
+    return 2 if (manifest.get("inner_loop") or {}).get("head_scale", 1.0) != 1 else 1
+
+
 def _check_version(manifest: dict) -> None:
     _need(manifest.get("format") == FORMAT, "format", f"'{FORMAT}' (this is not a fastadapt bundle)",
           manifest.get("format"))
@@ -179,6 +186,10 @@ def _check_inner_loop(manifest: dict, names: list) -> None:
     if head_init not in HEAD_INITS or not isinstance(head_init, str):
         raise _Invalid(f"manifest field inner_loop.head_init must be one of {', '.join(HEAD_INITS)}, got "
                        f"{_show(head_init)} (a newer fastadapt may know it: 'pip install -U fastadapt')")
+    head_scale = loop.get("head_scale", 1.0)
+    _need(_is_number(head_scale) and 0 < head_scale <= MAX_HEAD_SCALE and (head_scale == 1 or head_init == "prototype"),
+          "inner_loop.head_scale", f"a finite number in (0, {MAX_HEAD_SCALE:g}], and 1 unless head_init is 'prototype'",
+          head_scale)
     for key, allowed in (("adapt", ("all", "head")), ("loss", ("cross_entropy", "mse"))):
         if key in loop:
             _need(isinstance(loop[key], str) and loop[key] in allowed, f"inner_loop.{key}", " or ".join(allowed),

@@ -199,6 +199,10 @@ CRAFTED = {  # name: (what replaces the manifest, or changes to it), the field n
     "lr-nan": ({"inner_loop": {"lr": float("nan")}}, "inner_loop.lr"),
     "lr-negative": ({"inner_loop": {"lr": -1}}, "inner_loop.lr"),
     "head-init": ({"inner_loop": {"head_init": "magic"}}, "inner_loop.head_init"),
+    "head-scale-zero": ({"inner_loop": {"head_init": "prototype", "head_scale": 0}}, "inner_loop.head_scale"),
+    "head-scale-string": ({"inner_loop": {"head_init": "prototype", "head_scale": "0.1"}}, "inner_loop.head_scale"),
+    "head-scale-nan": ({"inner_loop": {"head_init": "prototype", "head_scale": float("nan")}}, "inner_loop.head_scale"),
+    "head-scale-zero-head": ({"inner_loop": {"head_scale": 0.5}}, "inner_loop.head_scale"),
     "adapted-unknown": ({"inner_loop": {"adapted": ["nope"]}}, "inner_loop.adapted"),
     "inner-loop-list": ({"inner_loop": [3, 0.1]}, "inner_loop"),
     "size-huge": ({"preprocess": {"size": 100_000}}, "preprocess.size"),
@@ -249,8 +253,8 @@ def test_version_string_is_not_called_newer(bundles, tmp_path):
     path = tmp_path / "v.fadapt"
     rewrite_manifest(bundles["zero"], path, format_version="1")
     assert "newer" not in refused(lambda: read_bundle(str(path)))
-    rewrite_manifest(bundles["zero"], path, format_version=2)
-    assert "newer than this fastadapt reads (1); upgrade" in refused(lambda: read_bundle(str(path)))
+    rewrite_manifest(bundles["zero"], path, format_version=3)
+    assert "newer than this fastadapt reads (2); upgrade" in refused(lambda: read_bundle(str(path)))
 
 
 def test_exporter_bundles_and_forward_compatible_keys_pass(bundles, tmp_path):

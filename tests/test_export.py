@@ -40,11 +40,55 @@ def _in_memory(exported, recipe):
     return bundle_export.meta_bundle(model, SPEC, recipe, params, forward_bytes, step_bytes, Preprocess(), {}, [])
 
 
-@pytest.mark.parametrize("head_init", ["zero", "prototype"])
-def test_three_steps_match_torch(exported, head_init):
+@pytest.mark.parametrize("head_init, head_scale", [("zero", 1.0), ("prototype", 1.0), ("prototype", 0.1)])
+def test_three_steps_match_torch(exported, head_init, head_scale):
     model, _, recipe, _, _ = exported
-    recipe = il.InnerLoop(adapt=recipe.adapt, head_init=head_init, steps=3, lr=0.4)
+    recipe = il.InnerLoop(adapt=recipe.adapt, head_init=head_init, head_scale=head_scale, steps=3, lr=0.4)
     assert verification.verify(_in_memory(exported, recipe), model, steps=3) <= 1e-4
+
+
+def test_head_scale_multiplies_the_prototype_head_in_torch_and_the_runtime(exported):
+    """Both heads scale by head_scale (so the parity above covers a scaled head, not an ignored scale), and the
+    bundle says format version 2 exactly when it needs it."""
+    from fastadapt.runtime import Model
+    from fastadapt.runtime.head import init_head
+
+    model, params, recipe, _, _ = exported
+    support_x, support_y, _ = verification.sample_task((1, 28, 28))
+    heads = {}
+    for scale in (1.0, 0.1):
+        scaled = il.InnerLoop(adapt=recipe.adapt, head_init="prototype", head_scale=scale, steps=3, lr=0.4)
+        bundle = _in_memory(exported, scaled)
+        runtime = Model(bundle)
+        heads[scale] = (il.init_head(model, params, support_x, support_y, 5, scaled),
+                        init_head(bundle.manifest, runtime.params, runtime.graphs, support_x.numpy(), support_y.numpy(), 5, "t"))
+    for name in il.HEAD:
+        torch_1, torch_01 = heads[1.0][0][name].numpy(), heads[0.1][0][name].numpy()
+        runtime_1, runtime_01 = heads[1.0][1][name], heads[0.1][1][name]
+        assert np.abs(torch_1).max() > 0 and not np.allclose(torch_01, torch_1)
+        np.testing.assert_allclose(torch_01, 0.1 * torch_1, rtol=1e-6, atol=0)
+        np.testing.assert_allclose(runtime_01, 0.1 * runtime_1, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("head_scale, version", [(1.0, 1), (0.1, 2)])
+def test_format_version_is_the_lowest_that_describes_the_bundle(exported, tmp_path, head_scale, version):
+    model, _, recipe, _, _ = exported
+    scaled = il.InnerLoop(adapt=recipe.adapt, head_init="prototype", head_scale=head_scale, steps=3, lr=0.4)
+    path = tmp_path / "b.fadapt"
+    from fastadapt.bundle import save_bundle
+
+    save_bundle(str(path), _in_memory(exported, scaled))
+    manifest = read_bundle(str(path)).manifest
+    assert manifest["format_version"] == version and manifest["inner_loop"]["head_scale"] == head_scale
+
+
+def test_head_scale_needs_a_prototype_head():
+    with pytest.raises(ValueError, match="head_scale"):
+        il.InnerLoop(head_init="zero", head_scale=0.5)
+    with pytest.raises(ValueError, match="head_scale"):
+        il.InnerLoop(head_init="prototype", head_scale=0.0)
+    assert il.InnerLoop.from_dict({"steps": 1, "lr": 0.1, "adapt": "all", "loss": "cross_entropy",
+                                   "head_init": "prototype"}).head_scale == 1.0  # bundles from before the field
 
 
 def test_verify_adapts_through_the_runtime(exported, monkeypatch):
@@ -56,7 +100,7 @@ def test_verify_adapts_through_the_runtime(exported, monkeypatch):
     adapt_arrays = Model.adapt_arrays
     monkeypatch.setattr(Model, "adapt_arrays", lambda self, *a, **k: calls.append(k) or adapt_arrays(self, *a, **k))
     verification.verify(_in_memory(exported, recipe), model, steps=2)
-    assert calls == [{"steps": 2, "safeguard": False, "quiet": True}]
+    assert calls == [{"steps": t, "safeguard": False, "quiet": True} for t in range(3)]
 
 
 def test_a_runtime_failure_is_a_verification_failure(exported):
@@ -161,7 +205,7 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch, exported):
     model, params, recipe = _cached_graphs(monkeypatch, exported)
     monkeypatch.setattr(verification, "agrees", lambda *args: False)  # no difference can pass
     out = tmp_path / "m.fadapt"
-    with pytest.raises(FastadaptError, match="verification failed: after 3 SGD steps"):
+    with pytest.raises(FastadaptError, match="verification failed: at SGD step 0 of 3"):
         bundle_export.export_bundle(out, model, SPEC, recipe, params, Preprocess(), {}, [])
     assert not out.exists()
 
@@ -172,7 +216,7 @@ def test_verify_catches_a_wrong_step_graph(exported):
     if recipe.adapt != "head":
         pytest.skip("needs the head-only graph")
     wrong = il.InnerLoop(adapt="all", head_init="prototype", steps=3, lr=0.4)
-    with pytest.raises(FastadaptError, match="verification failed: after 3 SGD steps"):
+    with pytest.raises(FastadaptError, match="verification failed: at SGD step 1 of 3"):
         verification.verify(_in_memory(exported, wrong), model, steps=3)
 
 

@@ -15,6 +15,7 @@ from fastadapt.errors import FastadaptError
 from fastadapt.meta_train.run import RunLock, TrainConfig, load_checkpoint
 from fastadapt.meta_train.trainer import Diverged, train
 
+from conftest import rewrite_manifest
 from sample_data import REPO
 from test_outputs import one_error, run_cli
 
@@ -248,3 +249,25 @@ def test_export_sign_writes_a_bundle_that_a_device_requiring_the_key_accepts(run
     code, out, err = run_cli(capsys, "export", run, "--out", tmp_path / "n.fadapt", "--sign", tmp_path / "missing.key")
     one_error(code, out, err, "missing.key")
     assert not (tmp_path / "n.fadapt").exists()
+
+
+def test_head_scale_goes_from_the_flag_to_the_bundle_and_the_device(tmp_path, capsys, glyphs):
+    """train --head-scale is the recipe the run validates with, the bundle carries and the runtime adapts with."""
+    import fastadapt
+
+    run, bundle = tmp_path / "run", tmp_path / "scaled.fadapt"
+    args = ["--data", "synthetic", "--algorithm", "fomaml", "--width", "16", "--meta-batch", "2", "--query", "2",
+            "--val-tasks", "4", "--iterations", "1", "--inner-steps", "2", "--head-init", "prototype"]
+    code, _, err = run_cli(capsys, "train", *args, "--head-scale", "0.25", "--quiet", "--out", run)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["head_scale"] == 0.25
+    code, _, err = run_cli(capsys, "export", run, "--out", bundle)
+    assert code == 0, err
+    model = fastadapt.load(str(bundle))
+    assert model.manifest["inner_loop"]["head_scale"] == 0.25 and model.manifest["format_version"] == 2
+    unscaled = tmp_path / "unscaled.fadapt"
+    rewrite_manifest(str(bundle), str(unscaled), inner_loop={"head_scale": 1.0})
+    scaled_head = model.adapt(glyphs["shots"], steps=0).params["head.weight"]
+    plain_head = fastadapt.load(str(unscaled)).adapt(glyphs["shots"], steps=0).params["head.weight"]
+    assert np.abs(plain_head).max() > 0
+    np.testing.assert_allclose(scaled_head, 0.25 * plain_head, rtol=1e-6, atol=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastadapt.errors import FastadaptError
-from fastadapt.meta_train.run import LIMITS, TrainConfig
+from fastadapt.meta_train.run import LIMITS, POSITIVE, TrainConfig
 
 from test_outputs import one_error, run_cli
 
@@ -18,6 +18,7 @@ BASE = ["train", "--iterations", "1", "--width", "8", "--meta-batch", "1", "--qu
     ("--stop-at", "nan"), ("--image-size", "100000"), ("--meta-batch", "1000000000"),
     ("--iterations", "100000000000000000000"), ("--inner-steps", "1000000"), ("--val-tasks", "10000000"),
     ("--checkpoint-every", "0"), ("--pretrain-epochs", "-1"), ("--dist-timeout", "nan"), ("--query", "100000"),
+    ("--head-scale", "0"), ("--head-scale", "nan"),
 ])
 def test_bad_train_flags_are_one_line_naming_the_flag(tmp_path, capsys, flag, value):
     out = tmp_path / "run"
@@ -25,6 +26,12 @@ def test_bad_train_flags_are_one_line_naming_the_flag(tmp_path, capsys, flag, va
     line = one_error(code, stdout, err, flag)
     assert value in line or "finite" in line or "positive" in line or "above" in line
     assert not out.exists()
+
+
+def test_head_scale_needs_the_prototype_head(tmp_path, capsys):
+    code, stdout, err = run_cli(capsys, *BASE, "--head-scale", "0.1", "--out", tmp_path / "run")
+    one_error(code, stdout, err, "--head-scale", "--head-init prototype")
+    assert not (tmp_path / "run").exists()
 
 
 def test_images_per_task_are_bounded(tmp_path, capsys):
@@ -59,8 +66,8 @@ def test_config_values_are_type_checked(change, needle):
 def test_the_ends_of_every_range_are_accepted():
     for name, (low, high) in LIMITS.items():
         for value in (low, high):
-            if name in ("inner_lr", "meta_lr", "pretrain_lr") and value == low:
-                continue  # learning rates must be above 0
+            if name in POSITIVE and value == low:
+                continue  # learning rates (and the head's scale) must be above 0
             TrainConfig.from_dict({**TrainConfig().to_dict(), name: value})
     TrainConfig.from_dict({**TrainConfig().to_dict(), "ways": 1000, "shots": 5, "query": 15})  # 20,000 images
     TrainConfig.from_dict({**TrainConfig().to_dict(), "inner_lr": 7})  # an int where a float is expected

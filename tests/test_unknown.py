@@ -143,3 +143,23 @@ def test_predict_warns_once_about_light_strokes_on_dark(bundles, glyphs, capsys)
     assert err.count("light strokes on a dark background") == 1 and "3 of 10" in err
     adapted.predict(queries)
     assert "light strokes" not in capsys.readouterr().err
+
+
+def test_the_score_reads_the_same_with_a_scaled_prototype_head(tmp_path):
+    """A head scale s multiplies the logits by s; the score divides them back, so before any step (where the
+    heads differ only by s) the scores agree to float32 rounding of the terms they are computed from."""
+    from conftest import rewrite_manifest
+
+    scaled_path = str(tmp_path / "scaled.fadapt")
+    rewrite_manifest(fastadapt.runtime.DEFAULT_MODEL, scaled_path, inner_loop={"head_scale": 0.1})
+    shots = {k: [os.path.join(SHOTS, k, f"{k}_1.png")] for k in KNOWN}
+    plain, scaled = (fastadapt.load(p).adapt(shots, steps=0) for p in (fastadapt.runtime.DEFAULT_MODEL, scaled_path))
+    assert scaled.manifest["unknown"]["scale"] == pytest.approx(plain.manifest["unknown"]["scale"], rel=1e-5)
+    x = np.stack([fastadapt.images.to_float(fastadapt.images.to_uint8(q, plain.preprocess)[None],
+                                            plain.preprocess)[0] for q in QUERIES])
+    (p_plain, s_plain), (p_scaled, s_scaled) = plain.scores(x), scaled.scores(x)
+    assert np.array_equal(p_plain.argmax(1), p_scaled.argmax(1)) and not np.allclose(p_plain, p_scaled)
+    logits, features = plain.graphs.forward(x, plain.params)
+    # the score subtracts |f|^2 from the top logit: float32 rounding of either, relative to the prototype spacing
+    magnitude = (np.abs(logits).max() + (features.astype(np.float64) ** 2).sum(1).max()) / plain._scale
+    np.testing.assert_allclose(s_scaled, s_plain, rtol=0, atol=64 * np.finfo(np.float32).eps * magnitude)

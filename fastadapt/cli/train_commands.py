@@ -54,6 +54,9 @@ def train(
                                         "results no longer true float32. [default: off]"),
     head_init: Optional[str] = typer.Option(None, help="How the per-task head starts: zero | prototype (class-mean "
                                             "features). Both work for any number of classes. [default: zero]"),
+    head_scale: Optional[float] = typer.Option(None, help="Prototype head only: its rows and biases times this (a softmax "
+                                               "temperature). Below 1 when the body's feature distances are large, e.g. "
+                                               "0.1 when meta-training from a pre-trained body (--init-from). [default: 1]"),
     norm: Optional[str] = typer.Option(None, help="instance | layer (both per-sample, non-transductive) | batch (batch statistics, transductive) | none. [default: instance]"),
     width: Optional[int] = typer.Option(None, help="Conv4 filters per layer. [default: 64]"),
     image_size: Optional[int] = typer.Option(None, help="Square input size in pixels. [default: 28]"),

@@ -10,7 +10,10 @@ A model's parameters are a flat dict: the body's (``layers.0.weight`` ...) plus 
              learned row repeated N times is exactly equivalent: adding one vector to every row
              adds a constant to every logit, which softmax ignores, so it cannot be meta-learned.)
   prototype  row c = 2 * mean feature of class c, bias c = -|mean|^2 (Proto-MAML, Triantafillou
-             et al. 2020): before any step the model is a prototypical network.
+             et al. 2020): before any step the model is a prototypical network. Both are multiplied
+             by ``head_scale`` (a softmax temperature, 1 by default): a body whose squared feature
+             distances are large (a supervised pre-trained one) saturates the softmax at scale 1, and
+             meta-training from it then lowers accuracy; ~0.1 lets it help (README photos card).
   learned    the head is an ordinary meta-parameter with a fixed output size (regression).
 
 Learned inner learning rates (MAML++'s per-layer, per-step rates, Antoniou et al. 2019; a coarse
@@ -43,6 +46,7 @@ class InnerLoop:
     adapt: str = "all"  # "all" parameters, or only the "head" (ANIL)
     loss: str = "cross_entropy"
     head_init: str = "zero"
+    head_scale: float = 1.0  # the prototype head's rows and biases times this (a softmax temperature)
 
     def __post_init__(self):
         if self.adapt not in ("all", "head"):
@@ -51,13 +55,16 @@ class InnerLoop:
             raise ValueError(f"loss must be one of {LOSSES}, got '{self.loss}'")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, got '{self.head_init}'")
+        if not (self.head_scale > 0) or (self.head_scale != 1 and self.head_init != "prototype"):
+            raise ValueError(f"head_scale must be above 0, and 1 unless head_init is 'prototype', got "
+                             f"{self.head_scale} with '{self.head_init}'")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "InnerLoop":
-        return cls(**{k: d[k] for k in ("steps", "lr", "adapt", "loss", "head_init")})
+        return cls(**{k: d[k] for k in ("steps", "lr", "adapt", "loss", "head_init")}, head_scale=d.get("head_scale", 1.0))
 
     def adapted_names(self, params: dict) -> list:
         return [k for k in params if k != LEARNED_LRS and (self.adapt == "all" or k in HEAD)]
@@ -118,8 +125,8 @@ def init_head(model, meta_params: dict, support_x, support_y, ways: int, recipe:
     feats = features(model, params, support_x)
     onehot = F.one_hot(support_y, ways).to(feats.dtype)
     protos = (onehot.t() @ feats) / onehot.sum(0).unsqueeze(1)
-    params["head.weight"] = 2 * protos
-    params["head.bias"] = -(protos * protos).sum(1)
+    params["head.weight"] = (2 * recipe.head_scale) * protos
+    params["head.bias"] = -recipe.head_scale * (protos * protos).sum(1)
     return params
 
 

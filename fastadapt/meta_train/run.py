@@ -60,6 +60,7 @@ class TrainConfig:
     seed: int = DEFAULT_SEED
     device: str = "auto"
     head_init: str = "zero"
+    head_scale: float = 1.0  # the prototype head times this (inner_loop.InnerLoop.head_scale)
     norm: str = "instance"
     width: int = 64
     image_size: int = 28
@@ -125,10 +126,10 @@ LIMITS = {
     "width": (1, 1024), "image_size": (16, 512), "channels": (1, 3), "val_every": (1, 10**8),
     "val_tasks": (1, 100_000), "val_classes": (0, 100_000), "checkpoint_every": (1, 10**8),
     "pretrain_epochs": (0, 10_000), "inner_lr": (0.0, 1e6), "meta_lr": (0.0, 1e6), "pretrain_lr": (0.0, 1e6),
-    "pretrain_smoothing": (0.0, 0.99),
+    "pretrain_smoothing": (0.0, 0.99), "head_scale": (0.0, 1e6),
     "stop_at": (0.0, 1e9), "max_minutes": (0.0, 1e7), "multi_step_loss": (0, 10**8),
 }
-POSITIVE = {"inner_lr", "meta_lr", "pretrain_lr"}  # learning rates: above their low end, not equal to it
+POSITIVE = {"inner_lr", "meta_lr", "pretrain_lr", "head_scale"}  # learning rates (and the head's scale): above their low end
 MAX_TASK_IMAGES = 20_000  # ways * (shots + query): one task is held in memory at once
 
 

@@ -35,6 +35,9 @@ def check_config(c: TrainConfig) -> None:
         raise FastadaptError(f"--norm must be one of {', '.join(NORMS)}, got '{c.norm}'")
     if c.head_init not in HEAD_INITS:
         raise FastadaptError(f"--head-init must be zero or prototype, got '{c.head_init}'")
+    if c.head_scale != 1 and c.head_init != "prototype":
+        raise FastadaptError(f"--head-scale scales the prototype head; add --head-init prototype or drop --head-scale "
+                             f"(got {c.head_scale:g} with --head-init {c.head_init})")
     if c.augment not in AUGMENTS:
         raise FastadaptError(f"--augment must be one of {', '.join(AUGMENTS)}, got '{c.augment}'")
     if c.pretrain_schedule not in ("constant", "cosine"):
@@ -114,7 +117,7 @@ def recipe_of(c: TrainConfig) -> InnerLoop:
     if c.regression:
         return InnerLoop(steps=c.inner_steps, lr=c.inner_lr, adapt="all", loss="mse", head_init="learned")
     return InnerLoop(steps=c.inner_steps, lr=c.inner_lr, adapt="head" if c.algorithm == "anil" else "all",
-                     loss="cross_entropy", head_init=c.head_init)
+                     loss="cross_entropy", head_init=c.head_init, head_scale=c.head_scale)
 
 
 def model_spec_of(c: TrainConfig) -> ModelSpec:

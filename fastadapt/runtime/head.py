@@ -3,7 +3,7 @@
 Mirrors ``fastadapt.meta_train.inner_loop.init_head`` (which the meta-learner optimised for):
   zero       head.weight = zeros(N, D), head.bias = zeros(N)
   prototype  row c = 2 * mean feature of class c, bias c = -|mean_c|^2 (features from forward.onnx,
-             run with a dummy one-row head)
+             run with a dummy one-row head), both times inner_loop.head_scale (1 when absent)
   learned    the bundle's own head, whose size is fixed
 """
 
@@ -14,6 +14,11 @@ import numpy as np
 from ..errors import FastadaptError
 
 HEAD = ("head.weight", "head.bias")
+
+
+def head_scale(manifest: dict) -> float:
+    """The prototype head's scale (a softmax temperature; validated by manifest.py)."""
+    return float((manifest.get("inner_loop") or {}).get("head_scale", 1.0))
 
 
 def _body(params: dict) -> dict:
@@ -57,8 +62,9 @@ def init_head(manifest: dict, meta_params: dict, graphs, images: np.ndarray, lab
         _, feats = graphs.forward(images, dummy)
         onehot = np.eye(ways, dtype=np.float32)[labels]  # (n, N)
         protos = (onehot.T @ feats) / onehot.sum(0)[:, None]
-        params["head.weight"] = np.ascontiguousarray(2 * protos, dtype=np.float32)
-        params["head.bias"] = np.ascontiguousarray(-(protos * protos).sum(1), dtype=np.float32)
+        scale = head_scale(manifest)
+        params["head.weight"] = np.ascontiguousarray((2 * scale) * protos, dtype=np.float32)
+        params["head.bias"] = np.ascontiguousarray(-scale * (protos * protos).sum(1), dtype=np.float32)
         return params
     raise FastadaptError(f"{where}: unknown head initialisation '{head_init}' in the manifest; "
                          f"upgrade fastadapt ('pip install -U fastadapt')")

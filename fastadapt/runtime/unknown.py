@@ -8,6 +8,9 @@ same for every task and model:
 
     score = -(squared distance to the nearest prototype) / (median squared distance between prototypes)
 
+With a head scale s (``inner_loop.head_scale``) the head is s times that: rows 2 s mu_c, logits divided
+by s give the same distances.
+
 0 is on a prototype; the calibrated threshold THRESHOLD = -0.5 rejects images farther than ~0.7 typical
 class spacings from every class. Measured on Omniglot evaluation alphabets (5-way, 15 queries per class,
 5 characters outside each task as unknowns, ``evaluate_unknown``): 97% of in-set images accepted, AUROC
@@ -21,15 +24,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .head import head_scale
+
 NEAREST_PROTOTYPE = "nearest_prototype"
 MAX_PROBABILITY = "max_probability"
 THRESHOLD = -0.5
 MAX_PAIRS_CLASSES = 256  # the prototype spacing is the median over the first 256 classes' pairs
 
 
-def prototype_scale(params: dict) -> float:
-    """Median squared distance between the head's implied prototypes (rows / 2)."""
-    protos = params["head.weight"][:MAX_PAIRS_CLASSES].astype(np.float64) / 2
+def prototype_scale(params: dict, head_scale: float = 1.0) -> float:
+    """Median squared distance between the head's implied prototypes (rows / (2 head_scale))."""
+    protos = params["head.weight"][:MAX_PAIRS_CLASSES].astype(np.float64) / (2 * head_scale)
     sq = (protos * protos).sum(1)
     d2 = sq[:, None] + sq[None, :] - 2 * protos @ protos.T
     scale = float(np.median(d2[~np.eye(len(protos), dtype=bool)]))
@@ -39,15 +44,17 @@ def prototype_scale(params: dict) -> float:
 def describe(manifest: dict, params: dict) -> dict:
     """manifest["unknown"] of an adapted model: the score it uses and the calibrated threshold."""
     if (manifest.get("inner_loop") or {}).get("head_init") == "prototype":
-        return {"score": NEAREST_PROTOTYPE, "threshold": THRESHOLD, "scale": round(prototype_scale(params), 6)}
+        return {"score": NEAREST_PROTOTYPE, "threshold": THRESHOLD,
+                "scale": round(prototype_scale(params, head_scale(manifest)), 6)}
     return {"score": MAX_PROBABILITY, "threshold": None}
 
 
-def scores(kind: str, scale: float, logits: np.ndarray, features: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+def scores(kind: str, scale: float, logits: np.ndarray, features: np.ndarray, probabilities: np.ndarray,
+           head_scale: float = 1.0) -> np.ndarray:
     """In-set score of each image (higher = more likely one of the classes)."""
     if kind == NEAREST_PROTOTYPE:
         f = features.astype(np.float64)
-        return (logits.astype(np.float64).max(1) - (f * f).sum(1)) / scale
+        return (logits.astype(np.float64).max(1) / head_scale - (f * f).sum(1)) / scale
     return probabilities.max(1)
 
 
