@@ -22,7 +22,7 @@ Members
 Manifest keys
   format ("fastadapt-bundle"), format_version, kind ("meta" | "adapted"), architecture,
   preprocess (images.Preprocess.to_dict), parameters (ordered names), inner_loop (steps, lr, adapt,
-  loss, head_init, adapted), classes (adapted bundles: label names in head-row order), provenance,
+  loss, head_init, head_scale, adapted), classes (adapted bundles: label names in head-row order), provenance,
   evaluation (list of results), model_card ({section: text}), members ({name: sha256}).
   manifest.validate_manifest checks them.
 
