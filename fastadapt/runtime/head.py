@@ -16,7 +16,7 @@ from ..errors import FastadaptError
 HEAD = ("head.weight", "head.bias")
 
 
-def head_scale(manifest: dict) -> float:
+def head_scale_of(manifest: dict) -> float:
     """The prototype head's scale (a softmax temperature; validated by manifest.py)."""
     return float((manifest.get("inner_loop") or {}).get("head_scale", 1.0))
 
@@ -62,7 +62,7 @@ def init_head(manifest: dict, meta_params: dict, graphs, images: np.ndarray, lab
         _, feats = graphs.forward(images, dummy)
         onehot = np.eye(ways, dtype=np.float32)[labels]  # (n, N)
         protos = (onehot.T @ feats) / onehot.sum(0)[:, None]
-        scale = head_scale(manifest)
+        scale = head_scale_of(manifest)
         params["head.weight"] = np.ascontiguousarray((2 * scale) * protos, dtype=np.float32)
         params["head.bias"] = np.ascontiguousarray(-scale * (protos * protos).sum(1), dtype=np.float32)
         return params

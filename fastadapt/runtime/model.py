@@ -26,7 +26,7 @@ from ..errors import FastadaptError, FastadaptWarning, warn
 from ..images import Preprocess, is_image_source, polarity_warning, to_float, to_uint8
 from ..manifest import MAX_STEPS, printable  # the same bound as a bundle's recipe: a typo such as 10**12 would never end
 from .adaptation import check_finite, choose_steps, run_steps, softmax
-from .head import head_scale, init_head
+from .head import head_scale_of, init_head
 from .describe import describe_bundle, model_card
 from .sessions import Graphs
 from .shots import Shots, _folder_classes, load_shots
@@ -381,7 +381,7 @@ class AdaptedModel(_Loaded):
         described = unknown_detection.describe(self.manifest, self.params)
         self.unknown_score = described["score"]
         self.unknown_threshold = stored.get("threshold", described["threshold"])
-        self._head_scale = head_scale(self.manifest)
+        self._head_scale = head_scale_of(self.manifest)
         self._scale = unknown_detection.prototype_scale(self.params, self._head_scale) \
             if self.unknown_score == unknown_detection.NEAREST_PROTOTYPE else 1.0
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .head import head_scale
+from .head import head_scale_of
 
 NEAREST_PROTOTYPE = "nearest_prototype"
 MAX_PROBABILITY = "max_probability"
@@ -45,7 +45,7 @@ def describe(manifest: dict, params: dict) -> dict:
     """manifest["unknown"] of an adapted model: the score it uses and the calibrated threshold."""
     if (manifest.get("inner_loop") or {}).get("head_init") == "prototype":
         return {"score": NEAREST_PROTOTYPE, "threshold": THRESHOLD,
-                "scale": round(prototype_scale(params, head_scale(manifest)), 6)}
+                "scale": round(prototype_scale(params, head_scale_of(manifest)), 6)}
     return {"score": MAX_PROBABILITY, "threshold": None}
 
 
