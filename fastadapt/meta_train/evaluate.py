@@ -15,6 +15,7 @@ from ..data.sampler import TaskSampler
 from ..errors import FastadaptError
 from ..evaluation import evaluate_tasks, mean_ci95, unseen_class_sampler
 from .algorithms import TaskTensors
+from .denormals import flushing_denormals
 from .inner_loop import InnerLoop, adapt, forward
 from .run_setup import DeviceTasks, preprocess_of, to_tensors
 
@@ -173,13 +174,15 @@ def evaluate_run(rundir: str, data: str | None = None, protocol: str = "auto", w
             raise FastadaptError(f"{rundir} is a sinusoid regression run; evaluate it with --data sinusoid")
         # 100 query points per task; task seeds offset from the training/validation streams
         sampler = SinusoidSampler(config.shots if shots is None else shots, 100, seed + 10_000)
-        result = evaluate_regression(model, params, recipe, sampler, dev, tasks, steps, lr, progress)
+        with flushing_denormals():
+            result = evaluate_regression(model, params, recipe, sampler, dev, tasks, steps, lr, progress)
     else:
         if data == "sinusoid":
             raise FastadaptError(f"{rundir} is an image classification run; --data sinusoid does not apply")
         sampler, spec_pre = unseen_task_sampler(config, data, protocol, ways, 1 if shots is None else shots, query, seed)
-        result = evaluate_classification(model, params, recipe, sampler, spec_pre, dev, tasks, steps, lr, spec.norm,
-                                         transductive, progress, dev.type == "cuda" if batched is None else batched)
+        with flushing_denormals():
+            result = evaluate_classification(model, params, recipe, sampler, spec_pre, dev, tasks, steps, lr, spec.norm,
+                                             transductive, progress, dev.type == "cuda" if batched is None else batched)
         result["protocol"] = protocol
     result.update(data=data, checkpoint=checkpoint, iteration=ckpt_progress.get("iteration"),
                   algorithm=config.algorithm, evaluated_with="torch")

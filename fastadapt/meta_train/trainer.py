@@ -22,6 +22,7 @@ from ..progress import progress_bar
 from ..models import ModelSpec, build_model
 from . import distributed
 from .algorithms import Chunks, cosine_step, meta_gradient, multi_step_weights, outer_optimizer, reptile_step
+from .denormals import flushing_denormals
 from .evaluate import evaluate_classification, evaluate_regression
 from .inner_loop import LEARNED_LRS, InnerLoop, network_params
 from .run_setup import (Samplers, batched_path, check_config, describe_data, init_meta_params, make_samplers,
@@ -95,7 +96,8 @@ def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False
     job = distributed.setup(c.device, dist_timeout)
     lock = RunLock(rundir)
     try:
-        summary = _train(job, c, rundir, resume, quiet, given, lock)
+        with flushing_denormals():
+            summary = _train(job, c, rundir, resume, quiet, given, lock)
     except OSError as exc:  # a full disk, a read-only folder, a name too long: one line, the run resumable
         job.teardown(clean=False)
         raise FastadaptError(f"{exc.filename or rundir}: {exc.strerror or exc} (training into {rundir}); "
