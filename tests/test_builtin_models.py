@@ -51,6 +51,23 @@ def test_info_prints_the_photos_model_card(capsys):
     assert "photos.fadapt" in out and "Tiny ImageNet" in out and "non-commercial" in out
 
 
+def test_a_bare_unknown_name_says_which_built_in_names_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("default", "photo"):
+        with pytest.raises(FastadaptError, match=f"^{name}: no such model file, and no built-in model .*characters, photos"):
+            model_path(name)
+    assert model_path("mine.fadapt") == "mine.fadapt"  # a path: read_bundle says it is missing
+
+
+@needs_photos
+def test_info_takes_the_model_as_an_option_too(capsys):
+    code, out, err = run_cli(capsys, "info", "--model", "photos")
+    assert code == 0, err
+    assert "photos.fadapt" in out
+    code, out, err = run_cli(capsys, "info", "photos", "--model", "characters")
+    assert code != 0 and "two models" in err
+
+
 @needs_photos
 def test_demo_with_the_photos_model_learns_the_photos(capsys):
     code, out, err = run_cli(capsys, "demo", "--model", "photos", "--shots", "5")

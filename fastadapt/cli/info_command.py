@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import FastadaptError
 from . import app
 
 
@@ -28,6 +29,8 @@ def info(
     model: Optional[Path] = typer.Argument(None, help="A .fadapt bundle (meta or adapted) or a built-in model's "
                                            "name (characters, photos). Default: the shipped characters model, whose "
                                            "model card this prints.", show_default=False),
+    model_option: Optional[Path] = typer.Option(None, "--model", help="The same as the argument, as 'adapt' and "
+                                                "'evaluate' name a model: e.g. --model photos.", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON instead."),
 ) -> None:
     """Describe a bundle: kind, architecture, preprocessing, inner-loop recipe, classes, provenance, evaluation.
@@ -39,7 +42,9 @@ def info(
     from ..runtime.describe import describe_bundle
     from ..runtime.loading import model_path
 
-    bundle = read_bundle(model_path(model))
+    if model is not None and model_option is not None and model != model_option:
+        raise FastadaptError(f"info got two models, '{model}' and --model '{model_option}'; name one")
+    bundle = read_bundle(model_path(model if model is not None else model_option))
     if as_json:
         print(json.dumps(_finite(bundle.manifest), indent=2))  # JSON escapes control characters itself
         return

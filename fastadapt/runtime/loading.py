@@ -7,6 +7,7 @@ from typing import Callable, Iterable
 
 from ..bundle import read_bundle
 from ..errors import FastadaptError
+from ..manifest import printable
 from .head import HEAD
 from .model import AdaptedModel, Model
 
@@ -31,6 +32,10 @@ def model_path(model: str | os.PathLike | None) -> str:
         return model  # read_bundle refuses it in one line, naming what a path is
     name = os.fspath(model)
     if name not in BUILT_IN or os.path.isfile(name):
+        if isinstance(name, str) and name and not os.path.exists(name) and not os.path.splitext(name)[1] \
+                and os.sep not in name and "/" not in name:  # a bare word: a mistyped built-in name, most likely
+            raise FastadaptError(f"{printable(name)}: no such model file, and no built-in model has that name "
+                                 f"({', '.join(BUILT_IN)}); pass one of those or a .fadapt bundle's path")
         return name
     path = os.path.join(ASSETS, BUILT_IN[name])
     if not os.path.exists(path):
