@@ -1,0 +1,41 @@
+"""A run's best checkpoint on the validation tasks of another task shape (the README's ablation rows I, J):
+
+    python scripts/validation_score.py RUN [RUN ...] [--ways 20] [--shots 1] [--tasks 300]
+
+The tasks are the ones the trainer itself validates on for a run of that shape (its validation
+sampler: the run's seed + 1, 5 queries), so runs trained on different task shapes compare on the
+same tasks. Validation classes only: the test classes are never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import torch
+
+from fastadapt.meta_train.denormals import flushing_denormals
+from fastadapt.meta_train.evaluate import evaluate_classification, load_meta_params
+from fastadapt.meta_train.run_setup import make_samplers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--ways", type=int, default=20)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--tasks", type=int, default=300)
+    args = parser.parse_args()
+    cpu = torch.device("cpu")
+    for run in args.runs:
+        config, spec, recipe, model, params, progress = load_meta_params(run, "best", cpu)
+        samplers = make_samplers(dataclasses.replace(config, ways=args.ways, shots=args.shots, query=5))
+        with flushing_denormals():
+            r = evaluate_classification(model, params, recipe, samplers.val, samplers.preprocess, cpu, args.tasks,
+                                        config.test_steps, norm=spec.norm)
+        print(f"{run} (iteration {progress.get('iteration')}): {args.ways}-way {args.shots}-shot validation "
+              f"{r['accuracy_pct']:.2f} ± {r['ci95_pct']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
