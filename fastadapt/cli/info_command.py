@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -29,9 +29,10 @@ def info(
     model: Optional[Path] = typer.Argument(None, help="A .fadapt bundle (meta or adapted) or a built-in model's "
                                            "name (characters, photos). Default: the shipped characters model, whose "
                                            "model card this prints.", show_default=False),
-    model_option: Optional[Path] = typer.Option(None, "--model", help="The same as the argument, as 'adapt' and "
-                                                "'evaluate' name a model: e.g. --model photos.", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON instead."),
+    # Annotated, so that a direct call info(path, False) gets None here, not Typer's option object
+    model_option: Annotated[Optional[Path], typer.Option("--model", help="The same as the argument, as 'adapt' and "
+                            "'evaluate' name a model: e.g. --model photos.", show_default=False)] = None,
 ) -> None:
     """Describe a bundle: kind, architecture, preprocessing, inner-loop recipe, classes, provenance, evaluation.
 
