@@ -21,7 +21,9 @@
 # TASKS evaluation
 # tasks per shape (600), DEVICE the trainer's --device (auto: CUDA when torch sees it; DEVICE=cuda on the GPU
 # machine fails at once instead of training on its CPU). Extra flags go to the meta-training stage only
-# (e.g. --tf32, --learn-inner-lr).
+# (e.g. --tf32, --learn-inner-lr). TASKS=0 skips the evaluation (evaluate the returned bundle elsewhere);
+# DEADLINE (seconds since the epoch, e.g. $(( $(date +%s) + 540 ))) shortens the meta-training so that export
+# can still finish before it (it leaves 150 s), for a device call whose length is fixed.
 # The pre-training run records --inner-lr 0.001 (the pre-trained body's device recipe: 3 SGD steps at
 # 0.001); it does not change pre-training, only the recipe a MINUTES=0 export carries.
 # Budget: start-up and data loading ~15-25 s per command; pre-training (30 epochs of 140 x 197 photos, about
@@ -59,6 +61,10 @@ fa train "${common[@]}" --pretrain-epochs "$epochs" --pretrain-schedule cosine -
     | tee "$out/pre.log"
 stage pre
 run="$out/pre"
+if [ -n "${DEADLINE:-}" ]; then  # leave 150 s for loading, the final validation and the export
+    minutes="$(awk -v m="$minutes" -v left="$(( DEADLINE - $(date +%s) - 150 ))" 'BEGIN { l = left / 60; print (l < m ? (l > 0 ? l : 0) : m) }')"
+    echo "meta-training minutes after the DEADLINE: $minutes" >> "$out/timings.txt"
+fi
 if awk "BEGIN { exit !($minutes > 0) }"; then
     fa train "${common[@]}" --init-from "$out/pre" --algorithm fomaml --head-init prototype --head-scale 0.1 \
         --ways 5 --shots 5 --query 15 --meta-batch 16 --inner-steps 1 --inner-lr 0.001 --meta-lr 2e-4 --iterations 1000000 \
@@ -69,13 +75,15 @@ if awk "BEGIN { exit !($minutes > 0) }"; then
 fi
 fa export "$run" --out "$out/photos.fadapt" 2>&1 | tee "$out/export.log"
 stage export
-for shape in "5 1" "5 5" "20 5"; do
-    set -- $shape
-    for steps in "" "--steps 0"; do  # the exported recipe, then prototypes alone on the same tasks (--steps 0)
-        fa evaluate "$out/photos.fadapt" --data "$zip" --ways "$1" --shots "$2" --query 15 --tasks "$tasks" \
-            --json $steps | tee -a "$out/evaluation.jsonl"
-        stage "evaluate ${1}w${2}s ${steps:-recipe}"
+if [ "$tasks" -gt 0 ]; then
+    for shape in "5 1" "5 5" "20 5"; do
+        set -- $shape
+        for steps in "" "--steps 0"; do  # the exported recipe, then prototypes alone on the same tasks (--steps 0)
+            fa evaluate "$out/photos.fadapt" --data "$zip" --ways "$1" --shots "$2" --query 15 --tasks "$tasks" \
+                --json $steps | tee -a "$out/evaluation.jsonl"
+            stage "evaluate ${1}w${2}s ${steps:-recipe}"
+        done
     done
-done
+fi
 rm -f "$out"/pre/last.npz "$out"/meta/last.npz  # best.npz is what was exported; keep what comes back small
 echo "gpu_train_photos: done; results in $out" >&2
