@@ -1,10 +1,12 @@
 """A run's best checkpoint on the validation tasks of another task shape (the README's ablation rows I, J):
 
-    python scripts/validation_score.py RUN [RUN ...] [--ways 20] [--shots 1] [--tasks 300]
+    python scripts/validation_score.py RUN [RUN ...] [--ways 20] [--shots 1] [--query 5] [--tasks 300] [--data PATH]
 
 The tasks are the ones the trainer itself validates on for a run of that shape (its validation
-sampler: the run's seed + 1, 5 queries), so runs trained on different task shapes compare on the
-same tasks. Validation classes only: the test classes are never touched.
+sampler: the run's seed + 1), so runs trained on different task shapes compare on the same tasks.
+--data reads the validation classes from another copy of the run's dataset (the same class names,
+so the same split: e.g. a run trained on a GPU machine, scored here on this machine's copy).
+Validation classes only: the test classes are never touched.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ def main() -> None:
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--ways", type=int, default=20)
     parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--query", type=int, default=5)
     parser.add_argument("--tasks", type=int, default=300)
+    parser.add_argument("--data", help="the dataset, if not where the run was trained")
     args = parser.parse_args()
     cpu = torch.device("cpu")
     for run in args.runs:
         config, spec, recipe, model, params, progress = load_meta_params(run, "best", cpu)
-        samplers = make_samplers(dataclasses.replace(config, ways=args.ways, shots=args.shots, query=5))
+        shape = dict(ways=args.ways, shots=args.shots, query=args.query)
+        samplers = make_samplers(dataclasses.replace(config, **shape, **({"data": args.data} if args.data else {})))
         with flushing_denormals():
             r = evaluate_classification(model, params, recipe, samplers.val, samplers.preprocess, cpu, args.tasks,
                                         config.test_steps, norm=spec.norm)
