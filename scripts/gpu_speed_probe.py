@@ -1,0 +1,110 @@
+"""What else pays on a GPU (issue 12, item 3)? The trainer's batched meta-step, timed as it is and with one
+change each: TF32, bf16 autocast, torch.compile, torch.compile with CUDA graphs ("reduce-overhead").
+
+    python scripts/gpu_speed_probe.py --data OMNIGLOT [--device cuda] [--seconds 40] [--variants fp32,tf32,...]
+
+Every variant starts from the same initialisation and meets the same tasks (the default model's recipe:
+first-order MAML, prototype head, 20-way 1-shot, 5 queries, meta-batch 16, 3 steps at lr 0.1, Adam 5e-4).
+Reported per variant: tasks/s after 3 warm-up iterations, and the mean training query loss of its first
+ITERATIONS_COMPARED iterations beside fp32's (a change of numerics shows there first). One JSON line per
+variant on stdout, so a device call can bring the lines back. A variant that fails says why and the next
+one runs. Nothing here changes the trainer: a variant goes into it only once a GPU measured it faster
+with an unchanged validation curve.
+
+On the GPU machine (the Omniglot zips copied into a git-ignored folder of the checkout, see gpu_check.sh):
+    run(command="PYTHONPATH=. python3 scripts/gpu_speed_probe.py --data data/omniglot --seconds 30 "
+                "| tee $OUT/probe.jsonl", carry=["data/omniglot"], timeout_s=420)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+
+import torch
+
+from fastadapt.meta_train.algorithms import meta_gradient, outer_optimizer
+from fastadapt.meta_train.run import TrainConfig
+from fastadapt.meta_train.run_setup import init_meta_params, make_samplers, model_spec_of, recipe_of, task_stream
+from fastadapt.models.networks import build_model
+
+VARIANTS = ("fp32", "tf32", "bf16", "compile", "compile-cudagraphs")
+ITERATIONS_COMPARED = 30
+
+
+def recipe_config(data: str, device: str) -> TrainConfig:
+    return TrainConfig(data=data, algorithm="fomaml", head_init="prototype", ways=20, shots=1, query=5,
+                       meta_batch=16, inner_steps=3, inner_lr=0.1, meta_lr=5e-4, device=device)
+
+
+def set_tf32(on: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+def run_variant(variant: str, c: TrainConfig, device: torch.device, seconds: float) -> dict:
+    samplers = make_samplers(c)
+    model = build_model(model_spec_of(c)).to(device)
+    torch.manual_seed(c.seed)
+    params = init_meta_params(model, c, device)
+    optimizer = outer_optimizer(c.algorithm, list(params.values()), c.meta_lr)
+    sample = task_stream(c, samplers, device)
+    recipe = recipe_of(c)
+    set_tf32(variant == "tf32")
+    step = lambda tasks: meta_gradient(c.algorithm, model, params, tasks, recipe, vectorize=True)  # noqa: E731
+    if variant.startswith("compile"):
+        step = torch.compile(step, mode="reduce-overhead" if variant == "compile-cudagraphs" else None)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if variant == "bf16" else contextlib.nullcontext()
+    losses, it, timed_tasks, started = [], 0, 0, None
+    while True:
+        tasks = sample([it * c.meta_batch + j for j in range(c.meta_batch)])
+        with autocast:
+            grads, loss, _ = step(tasks)
+        optimizer.zero_grad(set_to_none=True)
+        for k, v in params.items():
+            v.grad = grads[k].to(v.dtype)
+        optimizer.step()
+        if it < ITERATIONS_COMPARED:
+            losses.append(float(loss))
+        it += 1
+        if it == 3:  # warm-up done (compilation, cuDNN autotuning)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+        elif started is not None:
+            timed_tasks += c.meta_batch
+            if time.perf_counter() - started >= seconds and it > ITERATIONS_COMPARED:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    return {"variant": variant, "tasks_per_s": round(timed_tasks / elapsed, 1), "iterations": it,
+            "mean_query_loss_first": round(sum(losses) / len(losses), 5)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="Omniglot: a folder with images_background.zip")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--seconds", type=float, default=40.0, help="timed seconds per variant")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    c = recipe_config(args.data, args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(json.dumps({"device": name, "torch": torch.__version__}), flush=True)
+    for variant in args.variants.split(","):
+        if variant not in VARIANTS:
+            raise SystemExit(f"error: --variants: unknown variant '{variant}', choose from {', '.join(VARIANTS)}")
+        try:
+            print(json.dumps(run_variant(variant, c, device, args.seconds)), flush=True)
+        except Exception as exc:  # report and go on: one failing variant must not cost the others
+            print(json.dumps({"variant": variant, "failed": f"{type(exc).__name__}: {str(exc)[:300]}"}), flush=True)
+        finally:
+            set_tf32(False)
+
+
+if __name__ == "__main__":
+    main()
