@@ -12,8 +12,8 @@ one runs. Nothing here changes the trainer: a variant goes into it only once a G
 with an unchanged validation curve.
 
 On the GPU machine (the Omniglot zips copied into a git-ignored folder of the checkout, see gpu_check.sh):
-    run(command="PYTHONPATH=. python3 scripts/gpu_speed_probe.py --data data/omniglot --seconds 30 "
-                "| tee $OUT/probe.jsonl", carry=["data/omniglot"], timeout_s=420)
+    run(command="PYTHONPATH=. python3 scripts/gpu_speed_probe.py --data data/omniglot --seconds 20 "
+                "| tee $OUT/probe.jsonl", carry=["data/omniglot"], timeout_s=540)
 """
 
 from __future__ import annotations
