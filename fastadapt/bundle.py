@@ -52,7 +52,7 @@ import numpy as np
 
 from . import signing
 from .errors import FastadaptError
-from .manifest import FORMAT, FORMAT_VERSION, HEAD, MAX_MANIFEST_BYTES, MAX_PARAMETERS, MEMBERS, \
+from .manifest import COLOUR, FORMAT, FORMAT_VERSION, HEAD, MAX_MANIFEST_BYTES, MAX_PARAMETERS, MEMBERS, \
     OPTIONAL_MEMBERS, format_version_of, printable, validate_manifest
 from .outputs import write_atomic  # noqa: F401  (re-exported: older imports use fastadapt.bundle.write_atomic)
 
@@ -357,7 +357,7 @@ def _check_optional(manifest: dict, params: dict, meta_params: dict, shots: dict
 
     need(manifest.get("kind") == "adapted", "only adapted bundles hold meta_params.npz and shots.npz")
     learned = manifest["inner_loop"].get("head_init", "zero") == "learned"
-    expected = [name for name in params if learned or name not in HEAD]
+    expected = [name for name in params if (learned or name not in HEAD) and name not in COLOUR]
     need(list(meta_params) == expected, "meta_params.npz does not hold the parameters params.npz has")
     for name, value in meta_params.items():
         same = value.shape == params[name].shape if name not in HEAD else \
@@ -390,3 +390,18 @@ def _check_params(params: dict, manifest: dict, where: str) -> None:
     if manifest.get("kind") == "adapted" and weight.shape[0] != len(manifest["classes"]):
         raise FastadaptError(f"{where}: adapted bundle has {len(manifest['classes'])} class names for "
                              f"{weight.shape[0]} head rows; re-run 'fastadapt adapt'")
+    _check_colour_head(params, manifest, weight.shape[0], where)
+
+
+def _check_colour_head(params: dict, manifest: dict, rows: int, where: str) -> None:
+    """The colour head (runtime/colour.py) is there exactly when manifest["colour"] is, one row per class."""
+    cue = manifest.get("colour")
+    if not cue:
+        if any(name in params for name in COLOUR):
+            raise FastadaptError(f"{where}: params.npz holds a colour head but the manifest has no 'colour' entry; "
+                                 f"re-run 'fastadapt adapt'")
+        return
+    weight, bias = params[COLOUR[0]], params[COLOUR[1]]
+    if weight.shape != (rows, cue["bins"] ** 3) or bias.shape != (rows,):
+        raise FastadaptError(f"{where}: the colour head has shapes {weight.shape} and {bias.shape}, not "
+                             f"({rows}, {cue['bins'] ** 3}) and ({rows},); re-run 'fastadapt adapt'")

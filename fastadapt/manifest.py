@@ -20,11 +20,13 @@ import unicodedata
 from .errors import FastadaptError
 
 FORMAT = "fastadapt-bundle"
-FORMAT_VERSION = 2  # the newest this fastadapt reads; 2 adds inner_loop.head_scale
+FORMAT_VERSION = 3  # the newest this fastadapt reads; 2 adds inner_loop.head_scale, 3 the colour cue
 MEMBERS = ("forward.onnx", "step.onnx", "params.npz")
 # adapted bundles that can add or remove classes: both, or neither (see bundle.py)
 OPTIONAL_MEMBERS = ("meta_params.npz", "shots.npz")
 HEAD = ("head.weight", "head.bias")
+COLOUR = ("colour.weight", "colour.bias")  # an adapted model's colour head (runtime/colour.py), outside the graphs
+MAX_COLOUR_BINS = 16
 
 # Limits. Each is far above what a real bundle needs and low enough that a crafted one stays cheap.
 MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB; the shipped default's manifest is 5 KB
@@ -122,7 +124,10 @@ def _optional_dict(manifest: dict, key: str) -> dict:
 
 def format_version_of(manifest: dict) -> int:
     """The lowest format version that describes ``manifest``: 1 unless it uses a version-2 field (a prototype
-    head scale other than 1), so that bundles which need nothing new stay readable by older runtimes."""
+    head scale other than 1) or a version-3 one (the colour cue, which an older runtime would silently
+    leave out of its predictions), so that bundles which need nothing new stay readable by older runtimes."""
+    if manifest.get("colour"):
+        return 3
     return 2 if (manifest.get("inner_loop") or {}).get("head_scale", 1.0) != 1 else 1
 
 
@@ -278,6 +283,22 @@ def _check_free_form(manifest: dict) -> None:
 REEXPORT = "the bundle is damaged or was not made by 'fastadapt export'/'fastadapt adapt', re-export it"
 
 
+def _check_colour(manifest: dict, names: list) -> None:
+    """manifest["colour"] (adapted models only): {"bins": levels per channel, "scale": a}; see runtime/colour.py."""
+    cue = manifest.get("colour")
+    if cue is None:
+        return
+    _need(isinstance(cue, dict) and manifest.get("kind") == "adapted", "colour", "an object, in adapted bundles only",
+          cue if not isinstance(cue, dict) else manifest.get("kind"))
+    bins, scale = cue.get("bins"), cue.get("scale")
+    _need(_is_int(bins) and 2 <= bins <= MAX_COLOUR_BINS, "colour.bins", f"a whole number 2..{MAX_COLOUR_BINS}", bins)
+    _need(_is_number(scale) and scale > 0, "colour.scale", "a finite number > 0", scale)
+    _need((manifest.get("preprocess") or {}).get("channels") == 3, "colour", "only in 3-channel models",
+          (manifest.get("preprocess") or {}).get("channels"))
+    _need(all(name in names for name in COLOUR), "parameters", f"to list {' and '.join(COLOUR)} (the colour head)",
+          f"{len(names)} names")
+
+
 def validate_manifest(manifest, where: str, fix: str = REEXPORT) -> dict:
     """``manifest`` if every field the runtime uses has the right type and range, else a one-line
     FastadaptError naming ``where`` (the bundle), the field and ``fix``."""
@@ -297,6 +318,7 @@ def validate_manifest(manifest, where: str, fix: str = REEXPORT) -> dict:
         names = _check_parameters(manifest)
         _check_inner_loop(manifest, names)
         _check_classes(manifest)
+        _check_colour(manifest, names)
     except _Invalid as exc:
         raise FastadaptError(f"{printable(where)}: {exc}; {fix}") from None
     except FastadaptError as exc:

@@ -63,7 +63,9 @@ def recipe(adapted, onnx_name: str) -> dict:
         "input": {"name": "images", "dtype": "float32", "layout": "NCHW",
                   "shape": ["batch", spec.channels, spec.size, spec.size]},
         "outputs": {"probabilities": "float32 (batch, classes): softmax, in the order of 'classes'",
-                    "features": "float32 (batch, feature_dim): the embedding the head classifies"},
+                    "features": "float32 (batch, feature_dim): the embedding the head classifies" +
+                    (" (the network's features, then the colour histogram times the colour scale)"
+                     if adapted.manifest.get("colour") else "")},
         "classes": list(adapted.classes),
         "steps": ["decode; apply the EXIF orientation",
                   "transparent pixels onto white; convert to 'L' (channels 1) or 'RGB' (channels 3)",
@@ -89,8 +91,11 @@ def _build_onnx(adapted, described: dict) -> bytes:
     for given in weights:
         graph.initializer.append(numpy_helper.from_array(adapted.params[given.name], given.name))
         graph.input.remove(given)
-    graph.node.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1, name="probabilities"))
-    features = next(o for o in graph.output if o.name == "features")
+    logits, features = "logits", next(o for o in graph.output if o.name == "features")
+    if adapted.manifest.get("colour"):
+        logits = _add_colour(graph, adapted, helper, numpy_helper)
+        features = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", None])
+    graph.node.append(helper.make_node("Softmax", [logits], ["probabilities"], axis=1, name="probabilities"))
     del graph.output[:]
     graph.output.extend([helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
                                                        ["B", len(adapted.classes)]), features])
@@ -103,6 +108,47 @@ def _build_onnx(adapted, described: dict) -> bytes:
         raise FastadaptError(f"{adapted.path or 'model'}: the standalone ONNX graph does not check "
                              f"({str(exc).splitlines()[0][:200]}); re-export the bundle") from None
     return model.SerializeToString()
+
+
+def _add_colour(graph, adapted, helper, numpy_helper) -> str:
+    """The colour cue (runtime/colour.py) in ONNX: the histogram of the input, its head added to the logits,
+    and "features" made the joint [network features, a h] -> the name of the joint logits."""
+    from .manifest import COLOUR
+
+    for node in graph.node:  # the network's own features keep flowing into its head under a new name
+        node.input[:] = ["network_features" if n == "features" else n for n in node.input]
+        node.output[:] = ["network_features" if n == "features" else n for n in node.output]
+    spec, cue = adapted.preprocess, adapted.manifest["colour"]
+    bins = int(cue["bins"])
+
+    def const(name, value, dtype=np.float32):
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    channel = lambda values: np.asarray(values, np.float32).reshape(1, -1, 1, 1)  # noqa: E731
+    nodes = [("Mul", ["images", const("colour.std", channel(spec.std))], "colour.scaled"),
+             ("Add", ["colour.scaled", const("colour.mean", channel(spec.mean))], "colour.pixels"),
+             ("Clip", ["colour.pixels", const("colour.low", 0.0), const("colour.high", 1 - 1e-6)], "colour.clipped"),
+             ("Mul", ["colour.clipped", const("colour.bins", float(bins))], "colour.binned"),
+             ("Floor", ["colour.binned"], "colour.levels"),
+             ("Mul", ["colour.levels", const("colour.place", channel([bins * bins, bins, 1]))], "colour.placed"),
+             ("ReduceSum", ["colour.placed", const("colour.channel_axis", [1], np.int64)], "colour.codes"),
+             ("Reshape", ["colour.codes", const("colour.flat", [0, -1], np.int64)], "colour.code_rows"),
+             ("Cast", ["colour.code_rows"], "colour.indices"),
+             ("OneHot", ["colour.indices", const("colour.depth", [bins ** 3], np.int64),
+                         const("colour.values", [0.0, 1.0])], "colour.onehot"),
+             ("ReduceMean", ["colour.onehot", const("colour.pixel_axis", [1], np.int64)], "colour.shares"),
+             ("Sqrt", ["colour.shares"], "colour.histogram"),
+             ("Mul", ["colour.histogram", const("colour.scale", float(cue["scale"]))], "colour.features"),
+             ("MatMul", ["colour.features", const("colour.rows", adapted.params[COLOUR[0]].T)], "colour.products"),
+             ("Add", ["colour.products", const("colour.offsets", adapted.params[COLOUR[1]])], "colour.logits"),
+             ("Add", ["logits", "colour.logits"], "joint_logits"),
+             ("Concat", ["network_features", "colour.features"], "features")]
+    attributes = {"ReduceSum": {"keepdims": 0}, "ReduceMean": {"keepdims": 0}, "Cast": {"to": 7},  # 7: int64
+                  "OneHot": {"axis": -1}, "Concat": {"axis": 1}}
+    for op, inputs, output in nodes:
+        graph.node.append(helper.make_node(op, inputs, [output], name=output, **attributes.get(op, {})))
+    return "joint_logits"
 
 
 def _check(adapted, data: bytes) -> dict:

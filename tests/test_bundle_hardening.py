@@ -24,7 +24,7 @@ from fastadapt import bundle as bundle_module
 from fastadapt import signing
 from fastadapt.bundle import read_bundle
 from fastadapt.errors import FastadaptError
-from fastadapt.manifest import MAX_STEPS, printable, validate_manifest
+from fastadapt.manifest import FORMAT_VERSION, MAX_STEPS, printable, validate_manifest
 from test_cli_runtime import run_cli  # the one in-process CLI runner
 
 
@@ -253,8 +253,8 @@ def test_version_string_is_not_called_newer(bundles, tmp_path):
     path = tmp_path / "v.fadapt"
     rewrite_manifest(bundles["zero"], path, format_version="1")
     assert "newer" not in refused(lambda: read_bundle(str(path)))
-    rewrite_manifest(bundles["zero"], path, format_version=3)
-    assert "newer than this fastadapt reads (2); upgrade" in refused(lambda: read_bundle(str(path)))
+    rewrite_manifest(bundles["zero"], path, format_version=FORMAT_VERSION + 1)
+    assert f"newer than this fastadapt reads ({FORMAT_VERSION}); upgrade" in refused(lambda: read_bundle(str(path)))
 
 
 def test_exporter_bundles_and_forward_compatible_keys_pass(bundles, tmp_path):

@@ -50,6 +50,11 @@ def adapt(
     safeguard: bool = typer.Option(True, "--safeguard/--no-safeguard", help="Keep only steps that do not raise "
                                    "the support loss (when a step raises it, adaptation keeps its start: 0 steps, with a warning). "
                                    "--no-safeguard runs the plain recipe; both agree when no step raises the loss."),
+    colour: Optional[str] = typer.Option(None, "--colour", help="Colour models (such as 'photos'): 'auto' adds a colour "
+                                         "histogram to what tells the classes apart when leave-one-shot-out on the shots "
+                                         "says it helps (needs >= 2 shots per class); 'off' never. Grey models ignore it. "
+                                         "[default: auto; with --add/--remove: as the model was adapted]",
+                                         show_default=False),
 ) -> None:
     """Teach a meta-trained model your classes from a few images each, and save the adapted model.
 
@@ -78,9 +83,10 @@ def adapt(
     try:
         if changing:
             adapted = loaded.update_classes(add=add, remove=remove or (), steps=steps, lr=lr, progress=reporter,
-                                            safeguard=safeguard)
+                                            safeguard=safeguard, colour=colour)
         else:
-            adapted = loaded.adapt(shots, steps=steps, lr=lr, progress=reporter, safeguard=safeguard)
+            adapted = loaded.adapt(shots, steps=steps, lr=lr, progress=reporter, safeguard=safeguard,
+                                   colour="auto" if colour is None else colour)
     finally:
         reporter.close()
     adapted.save(str(out))
@@ -113,7 +119,24 @@ def adaptation_summary(info: dict) -> str:
                  + " steps)")
     if info.get("rejected"):
         line += f", step {info['rejected_step']['step']} rejected (it raised the loss: back to the start)"
-    return f"{line}; support loss {info['loss_before']:.4f} -> {info['loss_after']:.4f}"
+    line = f"{line}; support loss {info['loss_before']:.4f} -> {info['loss_after']:.4f}"
+    return line + colour_summary(info.get("colour"))
+
+
+def colour_summary(report: dict | None) -> str:
+    """'; colour: ...' for colour models (runtime/colour.py), '' for grey ones."""
+    if not report:
+        return ""
+    if report["mode"] == "off":
+        return "; colour: off"
+    if "reason" in report:
+        return f"; colour: not used ({report['reason']})"
+    right = report["held_out_right"]
+    without = f"{right['0']} of {report['of']} held-out shots right without colour"
+    if not report["chosen"]:
+        return f"; colour: not used ({without}, at most {max(right.values())} with it)"
+    chosen = report["chosen"]
+    return f"; colour: used, weight {chosen:g} ({without}, {right[f'{chosen:g}']} with it)"
 
 
 def _expand(inputs: List[Path]) -> list:

@@ -166,6 +166,9 @@ def evaluate(
                                              "or run the plain meta-trained recipe (the same numbers as the run "
                                              "folder's torch evaluation, task by task). Run folders: always the plain "
                                              "recipe. [default: safeguarded]"),
+    colour: Optional[str] = typer.Option(None, "--colour", help="Bundles of colour models: adapt with the colour cue "
+                                         "as 'fastadapt adapt' does ('auto') or without it ('off', the same numbers as "
+                                         "the run folder's torch evaluation). [default: auto]", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a sentence."),
     record: bool = typer.Option(False, "--record", help="Bundles: also store the result in the bundle's manifest "
                                 "(its model card; the file is rewritten atomically). Run folders always record "
@@ -191,15 +194,16 @@ def evaluate(
                                  "the runtime one task at a time: drop the flag")
         result = evaluate_bundle(model, data=data, protocol=protocol, ways=ways, shots=1 if shots is None else shots, query=query,
                                  tasks=tasks, seed=seed, steps=steps, lr=lr, transductive=transductive,
-                                 safeguard=safeguard is not False, progress=None if as_json else _task_progress(tasks))
+                                 safeguard=safeguard is not False, colour="auto" if colour is None else colour,
+                                 progress=None if as_json else _task_progress(tasks))
         if record:
             from ..runtime.evaluate import record_evaluation
 
             record_evaluation(model, result)
     else:
-        if safeguard:
-            raise FastadaptError("--safeguard applies to bundles (the runtime's adaptation); a run folder is evaluated "
-                                 "with the plain meta-trained recipe: drop the flag")
+        if safeguard or colour is not None:
+            raise FastadaptError(f"--{'safeguard' if safeguard else 'colour'} applies to bundles (the runtime's "
+                                 f"adaptation); a run folder is evaluated with the plain meta-trained recipe: drop the flag")
         _need_torch("evaluate RUNDIR")
         from ..meta_train.evaluate import evaluate_run
 
@@ -248,6 +252,9 @@ def _print_result(result: dict, as_json: bool) -> None:
                    f"{result['ci95_pct']:.2f}% (95% CI) over {result['tasks']} tasks, {result['steps']} steps, "
                    f"{'transductive' if result['transductive'] else 'non-transductive'}"
                    + (", safeguarded" if result.get("safeguard") else "")
+                   + (f", colour {result['colour']}" + (f" (used in {result['colour_used_pct']:.0f}% of the tasks)"
+                                                          if result["colour"] == "auto" else "")
+                      if "colour" in result else "")
                    + (f", adaptation {result['adapt_ms_median']:.1f} ms per task (median)" if "adapt_ms_median" in result else ""))
 
 

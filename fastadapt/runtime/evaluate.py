@@ -49,11 +49,11 @@ def _check_tasks(tasks: int) -> None:
 def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5, shots: int = 1,
                     query: int = 15, tasks: int = 600, seed: int = 0, progress: Callable[[int], None] | None = None,
                     steps: int | str | None = None, lr: float | None = None, transductive: bool = False,
-                    safeguard: bool = False) -> dict:
+                    safeguard: bool = False, colour: str = "off") -> dict:
     """Mean accuracy and 95% CI of the meta bundle at ``path`` over ``tasks`` unseen-class tasks.
 
-    ``safeguard`` (off by default, so the numbers compare task by task with the torch evaluation of the
-    same recipe) and ``steps="auto"`` evaluate what ``Model.adapt`` does with them.
+    ``safeguard`` and ``colour`` (off by default, so the numbers compare task by task with the torch
+    evaluation of the same recipe) and ``steps="auto"`` evaluate what ``Model.adapt`` does with them.
 
     ``seed`` is the task seed (as in ``fastadapt evaluate --seed``); ``transductive`` changes nothing
     for exported models (their norm is per sample) and is recorded for comparison with torch results.
@@ -69,19 +69,22 @@ def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5,
                                    **split_settings(model.manifest))
     classes = [str(i) for i in range(ways)]
     steps = int(model.recipe["steps"]) if steps is None else steps
-    kept = []
+    kept, coloured = [], []
 
     adapt_seconds = []
 
     def predict_task(task: Task) -> np.ndarray:
         start = time.perf_counter()
         adapted = model.adapt_arrays(to_float(task.support_x, spec), task.support_y, classes, steps=steps, lr=lr,
-                                     safeguard=safeguard, quiet=True)
+                                     safeguard=safeguard, quiet=True, colour=colour)
         adapt_seconds.append(time.perf_counter() - start)
         kept.append(adapted.adaptation["steps"])
+        coloured.append("colour" in adapted.manifest)
         return adapted.probabilities(to_float(task.query_x, spec)).argmax(1)
 
     result = evaluate_tasks(sampler, tasks, predict_task, progress)
+    if spec.channels == 3:  # colour models: how often the colour cue was used (runtime/colour.py)
+        result.update(colour=colour, colour_used_pct=round(100 * float(np.mean(coloured)), 2))
     result.update(steps=steps, safeguard=safeguard, steps_kept_mean=round(float(np.mean(kept)), 3),
                   transductive=transductive, protocol=protocol, data=data,
                   evaluated_with="onnxruntime", adapt_ms_median=round(1000 * float(np.median(adapt_seconds)), 2))

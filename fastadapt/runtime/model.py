@@ -26,6 +26,7 @@ from ..errors import FastadaptError, FastadaptWarning, warn
 from ..images import Preprocess, is_image_source, polarity_warning, to_float, to_uint8
 from ..manifest import MAX_STEPS, printable  # the same bound as a bundle's recipe: a typo such as 10**12 would never end
 from .adaptation import check_finite, choose_steps, run_steps, softmax
+from . import colour as colour_cue
 from .head import head_scale_of, init_head
 from .describe import describe_bundle, model_card
 from .sessions import Graphs
@@ -215,7 +216,8 @@ class Model(_Loaded):
     """
 
     def adapt(self, shots, steps: int | str | None = None, lr: float | None = None,
-              progress: Callable[[int, int], None] | None = None, safeguard: bool = True) -> "AdaptedModel":
+              progress: Callable[[int, int], None] | None = None, safeguard: bool = True,
+              colour: str = "auto") -> "AdaptedModel":
         """Learn the classes in ``shots`` with the inner loop the model was meta-trained for.
 
         shots     a folder with one subfolder of images per class, or a dict {label: [images]} (paths,
@@ -227,6 +229,9 @@ class Model(_Loaded):
         safeguard when a step raises the support loss, keep the start (0 steps) and warn; unbalanced shots
                   use the class-balanced loss. False runs the plain recipe. Both give the recipe's
                   result, bit for bit, when the shots are balanced and no step raises the loss.
+        colour    colour models (3 channels, prototype head): "auto" adds a colour histogram to the
+                  features when leave-one-shot-out on the shots says it helps (>= 2 shots per class;
+                  runtime/colour.py); "off" never. Grey models ignore it.
 
         >>> adapted = fastadapt.load().adapt("examples/shots", steps="auto")
         >>> adapted.kind, len(adapted.classes)
@@ -234,11 +239,13 @@ class Model(_Loaded):
         """
         data = load_shots(shots, self.preprocess)
         return self.adapt_arrays(to_float(data.images, self.preprocess), data.labels, data.classes,
-                                 steps=steps, lr=lr, progress=progress, shots=data, safeguard=safeguard)
+                                 steps=steps, lr=lr, progress=progress, shots=data, safeguard=safeguard,
+                                 colour=colour)
 
     def adapt_arrays(self, images: np.ndarray, labels: np.ndarray, classes: list, steps: int | str | None = None,
                      lr: float | None = None, progress: Callable[[int, int], None] | None = None,
-                     shots: Shots | None = None, safeguard: bool = True, quiet: bool = False) -> "AdaptedModel":
+                     shots: Shots | None = None, safeguard: bool = True, quiet: bool = False,
+                     colour: str = "auto") -> "AdaptedModel":
         """``adapt`` on already preprocessed float32 images (B, C, H, W) and int labels 0..N-1 naming
         ``classes`` (for evaluations and benchmarks: no image decoding).
 
@@ -255,6 +262,7 @@ class Model(_Loaded):
         """
         if not isinstance(safeguard, (bool, np.bool_)):
             raise FastadaptError(f"{{safeguard}} must be True or False, got {safeguard!r}", "safeguard")
+        colour = colour_cue.check_mode(colour)
         recipe_steps = int(self.recipe["steps"])
         steps = _steps_argument(steps, recipe_steps)
         reported = "learned" if lr is None and "learned_lrs" in self.recipe else float(_lr_argument(lr, self.recipe["lr"]))
@@ -272,6 +280,7 @@ class Model(_Loaded):
         trajectory = run_steps(self.graphs, images, labels, self._init_head(images, labels, ways), steps, lr,
                                safeguard=bool(safeguard), progress=progress)
         check_finite(trajectory, lr)
+        params, cue, colour_report = self._colour_head(trajectory.params, images, labels, ways, colour)
         seconds = time.perf_counter() - start
         counts = shots.counts if shots is not None else np.bincount(labels, minlength=ways).tolist()
         # nothing from the clock: the same shots give the same bundle, byte for byte (the time taken is
@@ -282,6 +291,8 @@ class Model(_Loaded):
                          "params_sha256": self.manifest.get("members", {}).get("params.npz")}}
         if auto is not None:
             info["auto"] = auto
+        if colour_report is not None:
+            info["colour"] = colour_report
         if shots is not None and shots.skipped:
             info["skipped"] = list(shots.skipped)
         warning = self._unlike_training_data(info)  # may name the parameter lr
@@ -291,11 +302,13 @@ class Model(_Loaded):
                 warn(warning, "lr")
         manifest = dict(self.manifest)
         manifest.update(kind="adapted", classes=[str(c) for c in classes], adaptation=info,
-                        unknown=unknown_detection.describe(self.manifest, trajectory.params))
+                        unknown=unknown_detection.describe(self.manifest, params))
+        if cue:
+            manifest["colour"] = cue
         # the shots (uint8, as preprocessed) and this meta-initialisation travel with the adapted bundle, so
         # classes can later be added or removed without the user's images (AdaptedModel.update_classes)
         kept = {"images": shots.images, "labels": shots.labels} if shots is not None else None
-        bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, trajectory.params, None,
+        bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, params, None,
                         meta_params=self.params if kept else None, shots=kept)
         return AdaptedModel(bundle, self.graphs, seconds=round(seconds, 4))
 
@@ -309,6 +322,25 @@ class Model(_Loaded):
         if lr is None:
             return np.asarray(learned, dtype=np.float32)
         return np.full((1, len(learned[0])), _lr_argument(lr, self.recipe["lr"]), dtype=np.float32)
+
+    def _colour_head(self, params: dict, images: np.ndarray, labels: np.ndarray, ways: int, mode: str) -> tuple:
+        """(params, manifest["colour"] or None, adaptation["colour"] or None): the adapted parameters with the
+        colour head added when ``mode`` is "auto" and leave-one-shot-out chooses a colour weight."""
+        if self.preprocess.channels != 3 or self.recipe.get("head_init") != "prototype":
+            return params, None, None
+        if mode == "off":
+            return params, None, {"mode": "off"}
+        body = {k: v for k, v in self.params.items() if k not in ("head.weight", "head.bias")}
+        dim = params["head.weight"].shape[1]
+        _, features = self.graphs.forward(images, {**body, "head.weight": np.zeros((1, dim), np.float32),
+                                                   "head.bias": np.zeros((1,), np.float32)})
+        colours = colour_cue.histograms(images, self.preprocess)
+        scale, report = colour_cue.choose_scale(features, colours, labels, ways)
+        report = {"mode": mode, **report}
+        if scale == 0:
+            return params, None, report
+        head = colour_cue.colour_head(colours, labels, ways, scale, head_scale_of(self.manifest))
+        return {**params, **head}, {"bins": colour_cue.BINS, "scale": round(scale, 6)}, report
 
     def _init_head(self, images: np.ndarray, labels: np.ndarray, ways: int) -> dict:
         return init_head(self.manifest, self.params, self.graphs, images, labels, ways, _where(self.bundle))
@@ -382,6 +414,7 @@ class AdaptedModel(_Loaded):
         self.unknown_score = described["score"]
         self.unknown_threshold = stored.get("threshold", described["threshold"])
         self._head_scale = head_scale_of(self.manifest)
+        self._colour = self.manifest.get("colour")
         self._scale = unknown_detection.prototype_scale(self.params, self._head_scale) \
             if self.unknown_score == unknown_detection.NEAREST_PROTOTYPE else 1.0
 
@@ -401,6 +434,8 @@ class AdaptedModel(_Loaded):
         probabilities, scores = [], []
         for i in range(0, len(images), PREDICT_CHUNK):
             logits, features = self.graphs.forward(images[i:i + PREDICT_CHUNK], self.params)
+            logits, features = colour_cue.joint(logits, features, images[i:i + PREDICT_CHUNK], self.params,
+                                                self._colour, self.preprocess)
             p = softmax(logits)
             probabilities.append(p)
             scores.append(unknown_detection.scores(self.unknown_score, self._scale, logits, features, p,
@@ -555,8 +590,9 @@ class AdaptedModel(_Loaded):
 
     def update_classes(self, add=None, remove: str | list[str] = (), steps: int | str | None = None,
                        lr: float | None = None, progress: Callable[[int, int], None] | None = None,
-                       safeguard: bool | None = None) -> "AdaptedModel":
-        """``remove_classes(remove)`` and ``add_classes(add)`` in one re-adaptation.
+                       safeguard: bool | None = None, colour: str | None = None) -> "AdaptedModel":
+        """``remove_classes(remove)`` and ``add_classes(add)`` in one re-adaptation (``colour``: see
+        ``Model.adapt``; default: as this model was adapted).
 
         >>> adapted = fastadapt.load().adapt("examples/shots")
         >>> adapted.update_classes(add={"dot": ["examples/queries/circle/circle_1.png"]}, remove=["star"]).classes[-2:]
@@ -595,7 +631,8 @@ class AdaptedModel(_Loaded):
             to_float(data.images, self.preprocess), data.labels, data.classes, shots=data, progress=progress,
             steps=steps if steps is not None else ("auto" if "auto" in info else info.get("steps_requested")),
             lr=lr if lr is not None else (None if info.get("lr") == "learned" else info.get("lr")),
-            safeguard=safeguard if safeguard is not None else info.get("safeguard", True))
+            safeguard=safeguard if safeguard is not None else info.get("safeguard", True),
+            colour=colour if colour is not None else (info.get("colour") or {}).get("mode", "auto"))
         adapted.manifest["adaptation"]["from"] = info.get("from")  # the meta bundle, not the in-memory copy
         return adapted
 
@@ -607,7 +644,7 @@ class AdaptedModel(_Loaded):
                                  f"by an older fastadapt, or with adapt_arrays); adapt the meta model again with all "
                                  f"the images: fastadapt adapt --model {printable(source)} --shots DIR --out ... "
                                  f"(Python: fastadapt.load('{printable(source)}').adapt(...))")
-        manifest = {k: v for k, v in self.manifest.items() if k not in ("adaptation", "unknown")}
+        manifest = {k: v for k, v in self.manifest.items() if k not in ("adaptation", "unknown", "colour")}
         manifest.update(kind="meta", classes=None, parameters=list(self.bundle.meta_params),
                         members={"params.npz": (self.adaptation.get("from") or {}).get("params_sha256")})
         bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, self.bundle.meta_params, None)

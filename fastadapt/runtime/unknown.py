@@ -33,8 +33,10 @@ MAX_PAIRS_CLASSES = 256  # the prototype spacing is the median over the first 25
 
 
 def prototype_scale(params: dict, head_scale: float = 1.0) -> float:
-    """Median squared distance between the head's implied prototypes (rows / (2 head_scale))."""
-    protos = params["head.weight"][:MAX_PAIRS_CLASSES].astype(np.float64) / (2 * head_scale)
+    """Median squared distance between the head's implied prototypes (rows / (2 head_scale)), with the
+    colour head's columns where there is one (the joint prototypes [P_c, a Q_c] of runtime/colour.py)."""
+    rows = np.concatenate([params[name] for name in ("head.weight", "colour.weight") if name in params], 1)
+    protos = rows[:MAX_PAIRS_CLASSES].astype(np.float64) / (2 * head_scale)
     sq = (protos * protos).sum(1)
     d2 = sq[:, None] + sq[None, :] - 2 * protos @ protos.T
     scale = float(np.median(d2[~np.eye(len(protos), dtype=bool)]))
