@@ -166,7 +166,8 @@ def real_images(r: dict) -> str:
         "Adapted through the public API on the files (`model.adapt({label: [paths]}, ...)`, "
         "`adapted.predict(paths)`): 0 steps `steps=0`; today's recipe `safeguard=False` (the meta-trained "
         "steps, kept whatever they do); safeguarded: the default call; auto `steps=\"auto\"` (mean number of "
-        "steps chosen). Baseline: 1-nearest-neighbour on 28x28 grey pixels or colour/grey histograms of the files "
+        "steps chosen); a colour model adapts with its colour cue as the default call does (`colour=\"auto\"`, "
+        "runtime/colour.py) in every column. Baseline: 1-nearest-neighbour on 28x28 grey pixels or colour/grey histograms of the files "
         "as stored. Target: safeguarded ≥ the better of 0 steps and today's recipe − 0.5 points; beside it the "
         "episode-by-episode difference from that better variant (mean ± 95% CI, points).",
         "",

@@ -1,14 +1,14 @@
-"""Would a colour cue help the photos model? Nearest-prototype accuracy when a colour histogram of each
-image is appended to the body's features with weight a (README, photos model card, "attempts"):
+"""How much does the colour cue (fastadapt/runtime/colour.py) help the photos model, and where does it cost?
 
     python scripts/colour_cue_probe.py RUN DATA [--tasks 300] [--episodes 100]
 
-RUN: a photos run folder (its best checkpoint's body; no SGD steps). DATA: its dataset (the validation
-classes are scored: 5-way 5-shot, 15 queries, the sampler seed of the trainer's validation); then the
-colour photo crops of `python -m benchmarks --only real` (6-way 5-shot, its episodes). For each fixed
-weight, and for a weight chosen per task by leave-one-shot-out on the shots: the weight with the most
-leave-one-out hits among those that beat a = 0 by at least MARGIN shots (1-3 reported; "on" = the share
-of tasks where a colour weight was chosen).
+RUN: a photos run folder (its best checkpoint's body; nearest prototype, no SGD step). DATA: its dataset (the
+validation classes are scored: 5-way 5-shot, 15 queries, the sampler seed of the trainer's validation); then
+the colour photo crops of `python -m benchmarks --only real` (6-way 5-shot, its episodes). Rows: a fixed
+colour weight w (relative to the task's feature spacing, as the runtime scales it), and the runtime's
+per-task choice by leave-one-shot-out (``colour.choose_scale``) with several candidate weights and margins
+("on" = the share of tasks where colour was chosen). The module docstring of runtime/colour.py lists the
+results.
 """
 
 from __future__ import annotations
@@ -25,53 +25,38 @@ from fastadapt.data.sampler import TaskSampler
 from fastadapt.data.sources import load_splits
 from fastadapt.images import preprocess
 from fastadapt.meta_train import inner_loop
+from fastadapt.runtime import colour
 from fastadapt.meta_train.evaluate import load_meta_params
 from fastadapt.meta_train.run_setup import preprocess_of, to_tensors
 
-WEIGHTS = (0, 3, 10, 30, 100)
-BINS = 8  # levels per channel: 512 colours
+FIXED = (0.0, 1.0, 2.0, 4.0)
+RULES = (((1.0, 2.0, 4.0, 8.0), 2), ((2.0,), 2), ((4.0,), 2), ((4.0,), 3))  # (candidate weights, margin)
 
 
-def histogram(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Square-rooted share of the pixels in each of BINS^3 colours, from normalised images (B, 3, H, W)."""
-    levels = ((x * std + mean).clamp(0, 1 - 1e-6) * BINS).floor().long()
-    codes = (levels[:, 0] * BINS + levels[:, 1]) * BINS + levels[:, 2]
-    return torch.nn.functional.one_hot(codes.flatten(1), BINS ** 3).float().mean(1).sqrt()
+def nearest_prototype(support, labels, queries, ways: int) -> np.ndarray:
+    prototypes = np.stack([support[labels == c].mean(0) for c in range(ways)])
+    return ((queries[:, None] - prototypes[None]) ** 2).sum(-1).argmin(1)
 
 
-def nearest_prototype(support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, ways: int) -> torch.Tensor:
-    prototypes = torch.stack([support[labels == c].mean(0) for c in range(ways)])
-    return torch.cdist(queries, prototypes).argmin(1)
-
-
-def leave_one_out_counts(features, colours, labels, ways: int) -> dict:
-    """Per weight: how many shots the other shots' prototypes classify right."""
-    counts = {}
-    for a in WEIGHTS:
-        s = torch.cat([features, a * colours], 1)
-        counts[a] = sum(int(nearest_prototype(s[np.arange(len(s)) != i], labels[np.arange(len(s)) != i],
-                                              s[i:i + 1], ways)[0] == labels[i]) for i in range(len(s)))
-    return counts
-
-
-def score_task(scores: dict, body, support, labels, queries, truth, ways: int, mean, std) -> None:
+def score_task(scores: dict, body, support, labels, queries, truth, ways: int, spec) -> None:
     fs, fq = body(support), body(queries)
-    cs, cq = histogram(support, mean, std), histogram(queries, mean, std)
+    cs, cq = (colour.histograms(x.numpy(), spec).astype(np.float64) for x in (support, queries))
+    labels, truth = labels.numpy(), truth.numpy()
+    # a = w * sqrt(ratio): the weight relative to the task's spacing, as choose_scale scales it
+    ratio = colour._median_spacing(colour._class_means(fs, labels, ways)) / \
+        colour._median_spacing(colour._class_means(cs, labels, ways))
 
     def accuracy(a):
-        answer = nearest_prototype(torch.cat([fs, a * cs], 1), labels, torch.cat([fq, a * cq], 1), ways)
-        return 100.0 * float((answer == truth).float().mean())
+        answer = nearest_prototype(np.hstack([fs, a * cs]), labels, np.hstack([fq, a * cq]), ways)
+        return 100.0 * float((answer == truth).mean())
 
-    for a in WEIGHTS:
-        scores.setdefault(f"a = {a}", []).append(accuracy(a))
-    counts = leave_one_out_counts(fs, cs, labels, ways)
-    for margin in (1, 2, 3):
-        chosen = 0  # the weight with the most leave-one-out hits among those margin above a = 0; ties: smaller
-        for a in WEIGHTS[1:]:
-            if counts[a] >= counts[0] + margin and counts[a] > counts[chosen]:
-                chosen = a
-        scores.setdefault(f"per task, margin {margin}", []).append(accuracy(chosen))
-        scores.setdefault(f"per task, margin {margin}: on", []).append(100.0 * (chosen > 0))
+    for w in FIXED:
+        scores.setdefault(f"w = {w:g} always", []).append(accuracy(w * np.sqrt(ratio)))
+    for weights, margin in RULES:
+        a, _ = colour.choose_scale(fs, cs, labels, ways, weights=weights, margin=margin)
+        name = f"w in {', '.join(f'{w:g}' for w in weights)}, margin {margin}"
+        scores.setdefault(name, []).append(accuracy(a))
+        scores.setdefault(name + ": on", []).append(100.0 * (a > 0))
 
 
 def report(name: str, scores: dict) -> None:
@@ -90,12 +75,11 @@ def main() -> None:
     cpu = torch.device("cpu")
     config, spec, recipe, model, params, _ = load_meta_params(args.run, "best", cpu)
     spec_pp = preprocess_of(config)
-    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (spec_pp.mean, spec_pp.std))
     weights = inner_loop.body_params(params)
 
     def body(x):
         with torch.no_grad():
-            return functional_call(model, weights, (x,))
+            return functional_call(model, weights, (x,)).double().numpy()
 
     splits = load_splits(args.data, config.protocol, config.seed, config.val_classes, config.rotations, spec_pp,
                          need_train=False, ways=5)
@@ -103,7 +87,7 @@ def main() -> None:
     scores = {}
     for i in range(args.tasks):
         t = to_tensors(sampler.task(i), spec_pp, cpu, 5)
-        score_task(scores, body, t.support_x, t.support_y, t.query_x, t.query_y, 5, mean, std)
+        score_task(scores, body, t.support_x, t.support_y, t.query_x, t.query_y, 5, spec_pp)
     report("validation 5w5s", scores)
     crops = real_images.photo_crops(tempfile.mkdtemp(), 0, colour=True)
     scores = {}
@@ -114,7 +98,7 @@ def main() -> None:
         ys = torch.tensor([labels.index(c) for c, paths in shots.items() for _ in paths])
         xq = torch.from_numpy(preprocess(queries, spec_pp))
         yq = torch.tensor([labels.index(c) for c in truth])
-        score_task(scores, body, xs, ys, xq, yq, len(labels), mean, std)
+        score_task(scores, body, xs, ys, xq, yq, len(labels), spec_pp)
     report(f"colour crops {crops.ways}w{crops.shots}s", scores)
 
 
