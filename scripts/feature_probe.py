@@ -5,9 +5,9 @@ validation classes with the body's features post-processed (README, photos model
 
 RUN: a photos run folder (its best checkpoint's body; no SGD step). DATA: its dataset. Variants: raw features;
 L2N (L2-normalised); CL2N (centred on the mean feature of 3,000 training-class images, then L2-normalised,
-SimpleShot's); sqrt (square-rooted, a power transform, then L2N / CL2N); each also with "+flip": the features
-averaged with those of the horizontally mirrored image. 5-way 1-shot and 5-shot, 15 queries, the sampler
-seed of the trainer's validation.
+SimpleShot's); sqrt (square-rooted, a power transform, then L2N / CL2N); each also with "+flip": the
+features averaged with those of the horizontally mirrored image, and "+flip shots": that for the shots only.
+5-way 1-shot and 5-shot, 15 queries, the sampler seed of the trainer's validation.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def main() -> None:
                 scores.setdefault(name, []).append(prototype_accuracy(v(fs), t.support_y, v(fq), t.query_y, 5))
                 scores.setdefault(name + " +flip", []).append(
                     prototype_accuracy(v(flipped_s), t.support_y, v(flipped_q), t.query_y, 5))
+                scores.setdefault(name + " +flip shots", []).append(  # the shots only: prediction unchanged
+                    prototype_accuracy(v(flipped_s), t.support_y, v(fq), t.query_y, 5))
         for name, values in scores.items():
             v = np.array(values)
             print(f"5-way {shots}-shot  {name:15s} {v.mean():.2f} ± {1.96 * v.std() / np.sqrt(len(v)):.2f}", flush=True)
