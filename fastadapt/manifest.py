@@ -27,6 +27,7 @@ OPTIONAL_MEMBERS = ("meta_params.npz", "shots.npz")
 HEAD = ("head.weight", "head.bias")
 COLOUR = ("colour.weight", "colour.bias")  # an adapted model's colour head (runtime/colour.py), outside the graphs
 MAX_COLOUR_BINS = 16
+MAX_COLOUR_SCALE = 1e6  # a = w sqrt(feature spacing / colour spacing): tens for the photos model
 
 # Limits. Each is far above what a real bundle needs and low enough that a crafted one stays cheap.
 MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB; the shipped default's manifest is 5 KB
@@ -292,7 +293,8 @@ def _check_colour(manifest: dict, names: list) -> None:
           cue if not isinstance(cue, dict) else manifest.get("kind"))
     bins, scale = cue.get("bins"), cue.get("scale")
     _need(_is_int(bins) and 2 <= bins <= MAX_COLOUR_BINS, "colour.bins", f"a whole number 2..{MAX_COLOUR_BINS}", bins)
-    _need(_is_number(scale) and scale > 0, "colour.scale", "a finite number > 0", scale)
+    _need(_is_number(scale) and 0 < scale <= MAX_COLOUR_SCALE, "colour.scale", f"a number in (0, {MAX_COLOUR_SCALE:g}]",
+          scale)
     _need((manifest.get("preprocess") or {}).get("channels") == 3, "colour", "only in 3-channel models",
           (manifest.get("preprocess") or {}).get("channels"))
     _need(all(name in names for name in COLOUR), "parameters", f"to list {' and '.join(COLOUR)} (the colour head)",

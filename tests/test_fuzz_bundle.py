@@ -119,10 +119,12 @@ def write(path: str, data: bytes) -> str:
 FIELDS = ["format", "format_version", "kind", "preprocess", "inner_loop", "parameters", "members", "classes",
           "size", "channels", "invert", "mean", "std", "fit", "steps", "lr", "head_init", "adapted", "adapt",
           "provenance", "evaluation", "verification", "adaptation", "unknown", "threshold", "architecture",
-          "feature_dim", "accuracy_pct", "ci95_pct", "config", "seed", "val_classes", "shots_per_class", "from"]
+          "feature_dim", "accuracy_pct", "ci95_pct", "config", "seed", "val_classes", "shots_per_class", "from",
+          "colour", "bins", "scale"]
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.integers(-3, 1100)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
-           | st.sampled_from(["meta", "adapted", "zero", "prototype", "learned", "pad", "crop", "\x1b[31m", "head.weight"]))
+           | st.sampled_from(["meta", "adapted", "zero", "prototype", "learned", "pad", "crop", "\x1b[31m", "head.weight",
+                              "colour.weight", "colour.bias"]))
 keys = st.sampled_from(FIELDS) | st.text(max_size=8)
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=5),
                            max_leaves=25)
@@ -189,6 +191,48 @@ def test_validate_manifest_mutations_of_a_real_one(real, data):
 def test_read_mutated_manifests_with_matching_checksums(real, data):
     manifest = data.draw(mutated(real["manifest"]))
     check_read(write(real["scratch"], bundle_bytes(real["members"], manifest)))
+
+
+@pytest.fixture(scope="module")
+def coloured(tmp_path_factory) -> dict:
+    """An adapted photos bundle with a colour head (runtime/colour.py): its members and manifest."""
+    import fastadapt
+    from fastadapt.runtime import loading
+
+    shots = Path(loading.ASSETS) / "photo_examples" / "shots"
+    if not shots.is_dir() or not (Path(loading.ASSETS) / loading.BUILT_IN["photos"]).exists():
+        pytest.skip("no photos model shipped in this checkout")
+    path = str(tmp_path_factory.mktemp("fuzz-colour") / "coloured.fadapt")
+    adapted = fastadapt.load("photos").adapt(str(shots))
+    assert "colour" in adapted.manifest
+    adapted.save(path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    return {"members": members, "manifest": json.loads(members["manifest.json"]), "scratch": path + ".fuzzed",
+            "image": np.random.default_rng(0).integers(0, 256, (1, 3, 32, 32), dtype=np.uint8)}
+
+
+@fuzz(150)
+@given(data=st.data())
+def test_mutated_colour_manifests_read_and_predict_or_fail_in_one_line(coloured, data):
+    """The colour cue's manifest entry and head: any mutation reads and predicts finite probabilities, or is a
+    one-line FastadaptError."""
+    import fastadapt
+    from fastadapt.images import to_float
+
+    manifest = data.draw(mutated(coloured["manifest"]))
+    path = write(coloured["scratch"], bundle_bytes(coloured["members"], manifest))
+    if check_read(path) is None:
+        return
+    try:
+        model = fastadapt.load(path)
+        if model.kind != "adapted":  # a meta model has nothing to predict
+            return
+        probabilities = model.probabilities(to_float(coloured["image"], model.preprocess))
+    except FastadaptError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert np.isfinite(probabilities).all()
 
 
 @fuzz(250)
