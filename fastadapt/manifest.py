@@ -284,6 +284,17 @@ def _check_free_form(manifest: dict) -> None:
 REEXPORT = "the bundle is damaged or was not made by 'fastadapt export'/'fastadapt adapt', re-export it"
 
 
+def _check_unknown_calibration(manifest: dict) -> None:
+    """manifest["unknown_calibration"]: {"threshold": the nearest-prototype score threshold for "unknown"} that
+    adaptation stores in adapted models instead of the default (runtime/unknown.py); other keys describe it."""
+    calibration = manifest.get("unknown_calibration")
+    if calibration is None:
+        return
+    _need(isinstance(calibration, dict), "unknown_calibration", "an object", calibration)
+    _need(_is_number(calibration.get("threshold")), "unknown_calibration.threshold", "a finite number",
+          calibration.get("threshold"))
+
+
 def _check_colour(manifest: dict, names: list) -> None:
     """manifest["colour"] (adapted models only): {"bins": levels per channel, "scale": a}; see runtime/colour.py."""
     cue = manifest.get("colour")
@@ -321,6 +332,7 @@ def validate_manifest(manifest, where: str, fix: str = REEXPORT) -> dict:
         _check_inner_loop(manifest, names)
         _check_classes(manifest)
         _check_colour(manifest, names)
+        _check_unknown_calibration(manifest)
     except _Invalid as exc:
         raise FastadaptError(f"{printable(where)}: {exc}; {fix}") from None
     except FastadaptError as exc:

@@ -185,3 +185,20 @@ def test_cli_colour_flag(tmp_path, capsys):
     assert_user_error(code, out, err, "--colour must be 'auto' or 'off'", tmp_path / "c.fadapt")
     with zipfile.ZipFile(tmp_path / "a.fadapt") as bundle:
         assert json.loads(bundle.read("manifest.json"))["colour"]["bins"] == colour_cue.BINS
+
+
+@needs_photos
+def test_the_photos_model_carries_its_own_unknown_threshold(photos, tmp_path):
+    """Calibrated on its validation classes (scripts/calibrate_unknown.py); adapted models store it, and keep it
+    through add_classes; a bad value is refused in one line."""
+    threshold = photos.manifest["unknown_calibration"]["threshold"]
+    assert threshold < unknown.THRESHOLD
+    adapted = photos.adapt(examples("shots"))
+    assert adapted.manifest["unknown"]["threshold"] == adapted.unknown_threshold == threshold
+    first = list(examples("shots"))[0]
+    assert adapted.remove_classes([first]).unknown_threshold == threshold
+    assert fastadapt.load().adapt(glyph_images(3, 2, seed=5)).unknown_threshold == unknown.THRESHOLD
+    path = str(tmp_path / "bad.fadapt")
+    rewrite_manifest(photos.path, path, unknown_calibration={"threshold": "low"})
+    with pytest.raises(FastadaptError, match="unknown_calibration.threshold"):
+        fastadapt.load(path)

@@ -12,7 +12,9 @@ With a head scale s (``inner_loop.head_scale``) the head is s times that: rows 2
 by s give the same distances.
 
 0 is on a prototype; the calibrated threshold THRESHOLD = -0.5 rejects images farther than ~0.7 typical
-class spacings from every class. Measured on Omniglot evaluation alphabets (5-way, 15 queries per class,
+class spacings from every class. A meta bundle may carry its own (manifest["unknown_calibration"]["threshold"],
+``scripts/calibrate_unknown.py``): the photos model's features spread its queries farther from the prototypes,
+and at -0.5 it accepted 0.04% of the in-set queries of its test classes. Measured on Omniglot evaluation alphabets (5-way, 15 queries per class,
 5 characters outside each task as unknowns, ``evaluate_unknown``): 97% of in-set images accepted, AUROC
 0.99 with 5 shots; 93% accepted, AUROC 0.97 with 1 shot (README "Unknown images").
 
@@ -46,7 +48,8 @@ def prototype_scale(params: dict, head_scale: float = 1.0) -> float:
 def describe(manifest: dict, params: dict) -> dict:
     """manifest["unknown"] of an adapted model: the score it uses and the calibrated threshold."""
     if (manifest.get("inner_loop") or {}).get("head_init") == "prototype":
-        return {"score": NEAREST_PROTOTYPE, "threshold": THRESHOLD,
+        threshold = (manifest.get("unknown_calibration") or {}).get("threshold", THRESHOLD)
+        return {"score": NEAREST_PROTOTYPE, "threshold": threshold,
                 "scale": round(prototype_scale(params, head_scale_of(manifest)), 6)}
     return {"score": MAX_PROBABILITY, "threshold": None}
 
