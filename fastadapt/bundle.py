@@ -394,12 +394,10 @@ def _check_params(params: dict, manifest: dict, where: str) -> None:
 
 
 def _check_colour_head(params: dict, manifest: dict, rows: int, where: str) -> None:
-    """The colour head (runtime/colour.py) is there exactly when manifest["colour"] is, one row per class."""
+    """The colour head (runtime/colour.py), one row per class (validate_manifest saw to it that it is there
+    exactly when manifest["colour"] is)."""
     cue = manifest.get("colour")
     if not cue:
-        if any(name in params for name in COLOUR):
-            raise FastadaptError(f"{where}: params.npz holds a colour head but the manifest has no 'colour' entry; "
-                                 f"re-run 'fastadapt adapt'")
         return
     weight, bias = params[COLOUR[0]], params[COLOUR[1]]
     if weight.shape != (rows, cue["bins"] ** 3) or bias.shape != (rows,):

@@ -26,7 +26,7 @@ MEMBERS = ("forward.onnx", "step.onnx", "params.npz")
 OPTIONAL_MEMBERS = ("meta_params.npz", "shots.npz")
 HEAD = ("head.weight", "head.bias")
 COLOUR = ("colour.weight", "colour.bias")  # an adapted model's colour head (runtime/colour.py), outside the graphs
-MAX_COLOUR_BINS = 16
+COLOUR_BINS = (2, 4, 8, 16)  # levels per channel a colour head may use
 MAX_COLOUR_SCALE = 1e6  # a = w sqrt(feature spacing / colour spacing): tens for the photos model
 
 # Limits. Each is far above what a real bundle needs and low enough that a crafted one stays cheap.
@@ -299,11 +299,14 @@ def _check_colour(manifest: dict, names: list) -> None:
     """manifest["colour"] (adapted models only): {"bins": levels per channel, "scale": a}; see runtime/colour.py."""
     cue = manifest.get("colour")
     if cue is None:
+        _need(not any(name in names for name in COLOUR), "parameters", f"no colour head ({', '.join(COLOUR)}) "
+              f"without a 'colour' entry", [name for name in names if name in COLOUR])
         return
     _need(isinstance(cue, dict) and manifest.get("kind") == "adapted", "colour", "an object, in adapted bundles only",
           cue if not isinstance(cue, dict) else manifest.get("kind"))
     bins, scale = cue.get("bins"), cue.get("scale")
-    _need(_is_int(bins) and 2 <= bins <= MAX_COLOUR_BINS, "colour.bins", f"a whole number 2..{MAX_COLOUR_BINS}", bins)
+    # powers of two share no factor with 255, so no uint8 pixel lands on a bin edge (runtime/colour.py)
+    _need(bins in COLOUR_BINS and _is_int(bins), "colour.bins", " or ".join(map(str, COLOUR_BINS)), bins)
     _need(_is_number(scale) and 0 < scale <= MAX_COLOUR_SCALE, "colour.scale", f"a number in (0, {MAX_COLOUR_SCALE:g}]",
           scale)
     _need((manifest.get("preprocess") or {}).get("channels") == 3, "colour", "only in 3-channel models",

@@ -129,8 +129,10 @@ def test_unknown_score_is_the_joint_distance_to_the_nearest_prototype(photos):
     # float32 rounding: the logits are differences of terms of the size of |joint features|^2
     size = float((joint(x) ** 2).sum(1).max()) / np.median(pairs)
     assert np.abs(scores - expected).max() <= 1e-4 * size
+    # the head holds float32 copies of the prototypes: relative rounding eps32 on terms of size max |prototype|^2
+    rounding = 16 * np.finfo(np.float32).eps * float((prototypes ** 2).sum(1).max()) / np.median(pairs)
     assert unknown.prototype_scale(adapted.params, adapted.manifest["inner_loop"]["head_scale"]) == \
-        pytest.approx(np.median(pairs), rel=1e-4)
+        pytest.approx(np.median(pairs), rel=rounding)
 
 
 @needs_photos
@@ -166,7 +168,8 @@ def test_tampered_colour_entries_are_refused(coloured, tmp_path):
     path = str(tmp_path / "t.fadapt")
     for changes, message in (({"colour": {"bins": 8, "scale": -1}}, "colour.scale"),
                              ({"colour": {"bins": 4, "scale": 1.0}}, "colour head has shapes"),
-                             ({"colour": None}, "holds a colour head but the manifest has no 'colour'")):
+                             ({"colour": {"bins": 3, "scale": 1.0}}, "colour.bins"),
+                             ({"colour": None}, "no colour head .* without a 'colour' entry")):
         rewrite_manifest(coloured.path, path, **changes)
         with pytest.raises(FastadaptError, match=message):
             fastadapt.load(path)
@@ -198,7 +201,39 @@ def test_the_photos_model_carries_its_own_unknown_threshold(photos, tmp_path):
     first = list(examples("shots"))[0]
     assert adapted.remove_classes([first]).unknown_threshold == threshold
     assert fastadapt.load().adapt(glyph_images(3, 2, seed=5)).unknown_threshold == unknown.THRESHOLD
+    adapted.save(str(tmp_path / "kept.fadapt"))
+    assert fastadapt.load(str(tmp_path / "kept.fadapt")).unknown_threshold == threshold
     path = str(tmp_path / "bad.fadapt")
     rewrite_manifest(photos.path, path, unknown_calibration={"threshold": "low"})
     with pytest.raises(FastadaptError, match="unknown_calibration.threshold"):
         fastadapt.load(path)
+
+
+@needs_photos
+def test_a_meta_bundle_with_a_colour_head_is_refused(photos, tmp_path):
+    from fastadapt.bundle import Bundle, save_bundle
+
+    params = {**photos.params, "colour.weight": np.zeros((2, 512), np.float32), "colour.bias": np.zeros(2, np.float32)}
+    manifest = {**photos.manifest, "parameters": list(params)}
+    with pytest.raises(FastadaptError, match="no colour head"):
+        save_bundle(str(tmp_path / "m.fadapt"), Bundle(manifest, photos.bundle.forward_onnx, photos.bundle.step_onnx,
+                                                       params, None))
+    assert not (tmp_path / "m.fadapt").exists()
+
+
+@needs_photos
+def test_a_crafted_colour_record_re_adapts_with_the_default(coloured, tmp_path):
+    path = str(tmp_path / "crafted.fadapt")
+    for record in ("off", [1], {"mode": 5}):
+        rewrite_manifest(coloured.path, path, adaptation={"colour": record})
+        adapted = fastadapt.load(path).remove_classes([coloured.classes[0]])
+        assert adapted.adaptation["colour"]["mode"] == "auto"
+
+
+def test_identical_colours_are_no_colour_cue():
+    """Classes of the very same colours: the colour spacing is exactly 0, never rounding noise scaled up."""
+    rng = np.random.default_rng(0)
+    colours = np.tile(np.sqrt(rng.dirichlet(np.ones(512)))[None], (12, 1)).astype(np.float32)
+    features, labels = rng.normal(size=(12, 8)), np.repeat(np.arange(4), 3)
+    scale, report = colour_cue.choose_scale(features, colours, labels, 4)
+    assert scale == 0 and "same" in report["reason"]

@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..images import Preprocess
-from ..manifest import COLOUR
+from ..manifest import COLOUR, MAX_COLOUR_SCALE
 
 BINS = 8  # levels per channel: 512 colours
 WEIGHTS = (4.0,)  # w: the colour distance's weight relative to the feature distance (see the docstring)
@@ -63,8 +63,8 @@ def histograms(images: np.ndarray, spec: Preprocess, bins: int = BINS) -> np.nda
     """Square-rooted colour shares (B, bins^3) of preprocessed float32 images (B, 3, H, W).
 
     The pixel levels come back exactly from the normalised values: a uint8 pixel p lands at p / 255 * bins,
-    which is never within 0.004 of a bin edge, far more than float32 rounding (standalone.py builds the same
-    computation in ONNX)."""
+    which for bins a power of two (no factor shared with 255) is never within 1/255 of a bin edge, far more
+    than float32 rounding (standalone.py builds the same computation in ONNX)."""
     mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
     levels = np.floor(np.clip(images * std + mean, 0.0, np.float32(1 - 1e-6)) * np.float32(bins)).astype(np.int64)
@@ -80,8 +80,8 @@ def _class_means(x: np.ndarray, labels: np.ndarray, ways: int) -> np.ndarray:
 
 
 def _median_spacing(prototypes: np.ndarray) -> float:
-    sq = (prototypes * prototypes).sum(1)
-    d2 = sq[:, None] + sq[None, :] - 2 * prototypes @ prototypes.T
+    """Median squared distance between class prototypes, by direct differences: identical ones give exactly 0."""
+    d2 = ((prototypes[:, None, :] - prototypes[None]) ** 2).sum(-1)
     return float(np.median(d2[~np.eye(len(prototypes), dtype=bool)]))
 
 
@@ -104,7 +104,8 @@ def choose_scale(features: np.ndarray, colours: np.ndarray, labels: np.ndarray, 
     f, h = features.astype(np.float64), colours.astype(np.float64)
     spacing_f = _median_spacing(_class_means(f, labels, ways))
     spacing_h = _median_spacing(_class_means(h, labels, ways))
-    if not (spacing_f > 0 and spacing_h > 0):
+    # |h| = 1, so colour spacings below 1e-9 are rounding; a scale above the manifest's bound is no use either
+    if not (spacing_f > 0 and spacing_h > 1e-9 and max(weights) * np.sqrt(spacing_f / spacing_h) <= MAX_COLOUR_SCALE):
         return 0.0, {"chosen": 0, "reason": "the classes' colours (or features) are the same"}
     df, dh = _held_out_distances(f, labels, ways), _held_out_distances(h, labels, ways)
     ratio = spacing_f / spacing_h
@@ -114,7 +115,7 @@ def choose_scale(features: np.ndarray, colours: np.ndarray, labels: np.ndarray, 
         if right[w] >= right[0.0] + margin and right[w] > right[chosen]:
             chosen = w
     report = {"chosen": chosen, "held_out_right": {f"{w:g}": n for w, n in right.items()}, "of": len(labels)}
-    return float(chosen * np.sqrt(ratio)), report
+    return round(float(chosen * np.sqrt(ratio)), 6), report  # rounded as the manifest stores it
 
 
 def colour_head(colours: np.ndarray, labels: np.ndarray, ways: int, scale: float, head_scale: float) -> dict:

@@ -18,6 +18,7 @@ from ..data.sampler import Task
 from ..data.sources import DEFAULT_SEED, DEFAULT_VAL_CLASSES, DEFAULT_WAYS
 from ..errors import FastadaptError
 from ..evaluation import evaluate_tasks, mean_ci95, unseen_class_sampler
+from .colour import check_mode
 from ..images import to_float
 from .loading import load
 from .model import Model
@@ -64,6 +65,7 @@ def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5,
     """
     model = _meta_model(path, "evaluation adapts to every task itself, so pass the meta bundle it came from")
     _check_tasks(tasks)
+    colour = check_mode(colour)
     spec = model.preprocess
     sampler = unseen_class_sampler(data, protocol, preprocess=spec, ways=ways, shots=shots, query=query, seed=seed,
                                    **split_settings(model.manifest))

@@ -60,6 +60,13 @@ def _loss(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
+def _stored_colour_mode(info: dict) -> str:
+    """The colour mode an adapted model was adapted with (adaptation["colour"]["mode"]); "auto" if unreadable."""
+    stored = info.get("colour")
+    mode = stored.get("mode") if isinstance(stored, dict) else None
+    return mode if mode in colour_cue.MODES else "auto"
+
+
 def _steps_argument(steps, recipe_steps: int) -> int | str:
     """``steps`` as given by the API or the CLI (a string there) -> an int in 0..MAX_STEPS, or "auto"."""
     if steps is None:
@@ -340,7 +347,7 @@ class Model(_Loaded):
         if scale == 0:
             return params, None, report
         head = colour_cue.colour_head(colours, labels, ways, scale, head_scale_of(self.manifest))
-        return {**params, **head}, {"bins": colour_cue.BINS, "scale": round(scale, 6)}, report
+        return {**params, **head}, {"bins": colour_cue.BINS, "scale": scale}, report
 
     def _init_head(self, images: np.ndarray, labels: np.ndarray, ways: int) -> dict:
         return init_head(self.manifest, self.params, self.graphs, images, labels, ways, _where(self.bundle))
@@ -632,7 +639,7 @@ class AdaptedModel(_Loaded):
             steps=steps if steps is not None else ("auto" if "auto" in info else info.get("steps_requested")),
             lr=lr if lr is not None else (None if info.get("lr") == "learned" else info.get("lr")),
             safeguard=safeguard if safeguard is not None else info.get("safeguard", True),
-            colour=colour if colour is not None else (info.get("colour") or {}).get("mode", "auto"))
+            colour=colour if colour is not None else _stored_colour_mode(info))
         adapted.manifest["adaptation"]["from"] = info.get("from")  # the meta bundle, not the in-memory copy
         return adapted
 
