@@ -70,7 +70,8 @@ def test_info_takes_the_model_as_an_option_too(capsys):
 
 @needs_photos
 def test_demo_with_the_photos_model_learns_the_photos(capsys):
-    code, out, err = run_cli(capsys, "demo", "--model", "photos", "--shots", "5")
+    code, out, err = run_cli(capsys, "demo", "--model", "photos")  # 5 shots: as the photos model was trained
     assert code == 0, err
     correct, total = map(int, out.split("accuracy ")[1].split(" ")[0].split("/"))
     assert total == 30 and correct >= 24  # 6 photos, 5 crops each; chance is 5 of 30
+    assert "learned from 5 picture(s) each" in out

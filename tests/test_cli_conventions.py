@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import filecmp
 import inspect
+import re
 import io
 import os
 import shutil
@@ -62,7 +63,29 @@ def test_help_shows_defaults(capsys, wide):
     _, out, _ = run_cli(capsys, "predict", "--help")
     assert "--csv" in out and "[default: 3]" in out
     _, out, _ = run_cli(capsys, "demo", "--help")
-    assert "[default: 1]" in out and "1<=x<=5" in out
+    flat = re.sub(r"[\s│]+", " ", out)  # rich wraps the help text inside a box
+    assert "[default: as many as the model was meta-trained with" in flat and "1<=x<=5" in out
+
+
+def test_defaults_written_in_help_texts_are_shown(capsys, wide):
+    """Rich markup swallows an unescaped "[default: ...]" written in a help text (it reads as a style tag):
+    every such default must appear in the rendered --help."""
+    import typer
+
+    from fastadapt.cli import app
+
+    checked = 0
+    for name, command in typer.main.get_command(app).commands.items():
+        written = [p.help for p in command.params if "[default" in (getattr(p, "help", None) or "")]
+        if not written:
+            continue
+        _, out, _ = run_cli(capsys, name, "--help")
+        flat = re.sub(r"[\s│]+", " ", out)  # rich wraps the help text inside a box
+        for text in written:
+            default = re.sub(r"\s+", " ", "[default" + text.split("[default", 1)[1].split("]", 1)[0] + "]")
+            assert default in flat, (name, default)
+            checked += 1
+    assert checked >= 10
 
 
 def test_cli_and_api_share_the_top_default():

@@ -24,9 +24,19 @@ def _images(folder: Path) -> list:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
 
 
+def _trained_shots(manifest: dict) -> int:
+    """The shots per class of the model's training tasks (provenance), within the demo's 1..5; else 1."""
+    provenance = manifest.get("provenance") if isinstance(manifest.get("provenance"), dict) else {}
+    config = provenance.get("config") if isinstance(provenance.get("config"), dict) else provenance
+    shots = config.get("shots")
+    return min(max(shots, 1), 5) if isinstance(shots, int) and not isinstance(shots, bool) else 1
+
+
 @app.command(rich_help_panel="On the device")
 def demo(
-    shots: int = typer.Option(1, "--shots", min=1, max=5, help="Pictures per class to learn from (1-5)."),
+    shots: Optional[int] = typer.Option(None, "--shots", min=1, max=5, help="Pictures per class to learn from (1-5). "
+                                        "\\[default: as many as the model was meta-trained with, at most 5: 1 for "
+                                        "characters, 5 for photos]", show_default=False),
     model: Optional[Path] = typer.Option(None, "--model", help="A meta-trained bundle or a built-in model: "
                                          "characters (the default: 8 drawn shapes) or photos (6 photos)."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Also write a contact sheet PNG of the predictions."),
@@ -49,6 +59,7 @@ def demo(
     if sheet is not None:
         check_out(sheet, "--sheet", "demo.png", inputs=[model, EXAMPLES, PHOTO_EXAMPLES], suffix=".png")
     loaded = load(model)
+    shots = shots or _trained_shots(loaded.manifest)
     photos = loaded.preprocess.channels == 3
     examples, kind = (PHOTO_EXAMPLES, ("photo", "photos")) if photos else (EXAMPLES, ("shape", "drawings"))
     shot_root, query_root = examples / "shots", examples / "queries"

@@ -53,7 +53,7 @@ def adapt(
     colour: Optional[str] = typer.Option(None, "--colour", help="Colour models (such as 'photos'): 'auto' adds a colour "
                                          "histogram to what tells the classes apart when leave-one-shot-out on the shots "
                                          "says it helps (needs >= 2 shots per class); 'off' never. Grey models ignore it. "
-                                         "[default: auto; with --add/--remove: as the model was adapted]",
+                                         "\\[default: auto; with --add/--remove: as the model was adapted]",
                                          show_default=False),
 ) -> None:
     """Teach a meta-trained model your classes from a few images each, and save the adapted model.

@@ -29,79 +29,79 @@ def train(
     out: str = typer.Option(..., "--out", help="Run folder: config, checkpoints, metrics.jsonl, curves.png."),
     data: Optional[str] = typer.Option(None, help="An Omniglot folder (holding images_background.zip and "
                              "images_evaluation.zip), a folder or zip of class folders, 'synthetic' (drawn glyphs, "
-                             "no download) or 'sinusoid' (the MAML regression family). [default: synthetic]"),
+                             "no download) or 'sinusoid' (the MAML regression family). \\[default: synthetic]"),
     protocol: Optional[str] = typer.Option(None, help="lake | vinyals (Omniglot), split (70/10/20 of the classes), "
-                                           "auto: lake for Omniglot, split otherwise. [default: auto]"),
+                                           "auto: lake for Omniglot, split otherwise. \\[default: auto]"),
     algorithm: Optional[str] = typer.Option(None, help="maml (second order) | fomaml | reptile | anil (head-only "
-                                            "inner loop). [default: maml]"),
-    ways: Optional[int] = typer.Option(None, help="Classes per task (N). [default: 5]"),
-    shots: Optional[int] = typer.Option(None, help="Support images per class (K). [default: 1; sinusoid 10]"),
-    query: Optional[int] = typer.Option(None, help="Query images per class. [default: 15; sinusoid 10]"),
-    inner_steps: Optional[int] = typer.Option(None, help="SGD steps of the inner loop. [default: 3]"),
-    inner_lr: Optional[float] = typer.Option(None, help="Inner-loop learning rate alpha. [default: 0.4; sinusoid 0.01]"),
+                                            "inner loop). \\[default: maml]"),
+    ways: Optional[int] = typer.Option(None, help="Classes per task (N). \\[default: 5]"),
+    shots: Optional[int] = typer.Option(None, help="Support images per class (K). \\[default: 1; sinusoid 10]"),
+    query: Optional[int] = typer.Option(None, help="Query images per class. \\[default: 15; sinusoid 10]"),
+    inner_steps: Optional[int] = typer.Option(None, help="SGD steps of the inner loop. \\[default: 3]"),
+    inner_lr: Optional[float] = typer.Option(None, help="Inner-loop learning rate alpha. \\[default: 0.4; sinusoid 0.01]"),
     eval_inner_steps: Optional[int] = typer.Option(None, help="Inner steps at validation/evaluation; 0 = --inner-steps."),
-    meta_batch: Optional[int] = typer.Option(None, help="Tasks per meta-update. [default: 16; sinusoid 25]"),
+    meta_batch: Optional[int] = typer.Option(None, help="Tasks per meta-update. \\[default: 16; sinusoid 25]"),
     meta_lr: Optional[float] = typer.Option(None, help="Outer learning rate beta (Adam), or Reptile's initial "
-                                            "outer step size epsilon (annealed linearly to 0). [default: 1e-3; reptile 1.0]"),
-    iterations: Optional[int] = typer.Option(None, help="Meta-updates. [default: 1000]"),
-    seed: Optional[int] = typer.Option(None, help="Seeds the model init, the class splits and the task stream. [default: 0]"),
-    device: Optional[str] = typer.Option(None, help="auto (CUDA when present) | cpu | cuda. [default: auto]"),
+                                            "outer step size epsilon (annealed linearly to 0). \\[default: 1e-3; reptile 1.0]"),
+    iterations: Optional[int] = typer.Option(None, help="Meta-updates. \\[default: 1000]"),
+    seed: Optional[int] = typer.Option(None, help="Seeds the model init, the class splits and the task stream. \\[default: 0]"),
+    device: Optional[str] = typer.Option(None, help="auto (CUDA when present) | cpu | cuda. \\[default: auto]"),
     batched: Optional[bool] = typer.Option(None, "--batched/--no-batched", help="Compute each meta-batch as one "
-                                           "batched (vmap) computation, or task by task. [default: batched on "
+                                           "batched (vmap) computation, or task by task. \\[default: batched on "
                                            "CUDA, task by task on a CPU, where that is faster]"),
     tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="CUDA: let convolutions use TF32 (a 10-bit "
                                         "mantissa): faster batched training on NVIDIA Ampere or newer (an H200: 1.0-1.6x), "
-                                        "results no longer true float32. [default: off]"),
+                                        "results no longer true float32. \\[default: off]"),
     head_init: Optional[str] = typer.Option(None, help="How the per-task head starts: zero | prototype (class-mean "
-                                            "features). Both work for any number of classes. [default: zero]"),
+                                            "features). Both work for any number of classes. \\[default: zero]"),
     head_scale: Optional[float] = typer.Option(None, help="Prototype head only: its rows and biases times this (a softmax "
                                                "temperature). Below 1 when the body's feature distances are large, e.g. "
-                                               "0.1 when meta-training from a pre-trained body (--init-from). [default: 1]"),
-    norm: Optional[str] = typer.Option(None, help="instance | layer (both per-sample, non-transductive) | batch (batch statistics, transductive) | none. [default: instance]"),
-    width: Optional[int] = typer.Option(None, help="Conv4 filters per layer. [default: 64]"),
-    image_size: Optional[int] = typer.Option(None, help="Square input size in pixels. [default: 28]"),
-    channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB). [default: 1]"),
-    val_every: Optional[int] = typer.Option(None, help="Validate (and checkpoint) every N iterations. [default: 100]"),
-    val_tasks: Optional[int] = typer.Option(None, help="Validation tasks per validation. [default: 100]"),
+                                               "0.1 when meta-training from a pre-trained body (--init-from). \\[default: 1]"),
+    norm: Optional[str] = typer.Option(None, help="instance | layer (both per-sample, non-transductive) | batch (batch statistics, transductive) | none. \\[default: instance]"),
+    width: Optional[int] = typer.Option(None, help="Conv4 filters per layer. \\[default: 64]"),
+    image_size: Optional[int] = typer.Option(None, help="Square input size in pixels. \\[default: 28]"),
+    channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB). \\[default: 1]"),
+    val_every: Optional[int] = typer.Option(None, help="Validate (and checkpoint) every N iterations. \\[default: 100]"),
+    val_tasks: Optional[int] = typer.Option(None, help="Validation tasks per validation. \\[default: 100]"),
     val_classes: Optional[int] = typer.Option(None, help="Training classes held out for validation: N exactly, or left out "
                                             "(the default 100) 10% of the classes, at most 100; at least --ways. "
-                                            "[default: 100]"),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Save last.npz every N iterations. [default: 25]"),
+                                            "\\[default: 100]"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Save last.npz every N iterations. \\[default: 25]"),
     stop_at: Optional[float] = typer.Option(None, help="Stop once validation accuracy (%) reaches this, e.g. 95 "
-                                            "(sinusoid: once validation MSE falls to it). [default: off]"),
+                                            "(sinusoid: once validation MSE falls to it). \\[default: off]"),
     max_minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of meta-training (validated "
-                                                "and checkpointed; --resume continues). [default: no limit]"),
+                                                "and checkpointed; --resume continues). \\[default: no limit]"),
     rotations: Optional[bool] = typer.Option(None, "--rotations/--no-rotations", help="Add 90/180/270 degree "
-                                             "rotations of the train classes as new classes. [default: on]"),
+                                             "rotations of the train classes as new classes. \\[default: on]"),
     pretrain_epochs: Optional[int] = typer.Option(None, help="First pre-train the body as a plain classifier over "
                                                   "all training classes for this many epochs, then meta-train from it. "
-                                                  "[default: 0]"),
-    pretrain_lr: Optional[float] = typer.Option(None, help="Adam learning rate of pre-training. [default: 1e-3]"),
+                                                  "\\[default: 0]"),
+    pretrain_lr: Optional[float] = typer.Option(None, help="Adam learning rate of pre-training. \\[default: 1e-3]"),
     pretrain_smoothing: Optional[float] = typer.Option(None, help="Label smoothing of the pre-training loss "
-                                                       "(0 = plain cross-entropy). [default: 0]"),
+                                                       "(0 = plain cross-entropy). \\[default: 0]"),
     pretrain_schedule: Optional[str] = typer.Option(None, help="Pre-training learning rate: constant | cosine "
-                                                    "(annealed to 0 over the epochs). [default: constant]"),
+                                                    "(annealed to 0 over the epochs). \\[default: constant]"),
     augment: Optional[str] = typer.Option(None, help="Random distortions of training images (pre-training and "
                                           "meta-training tasks; never on the device): none | affine (small rotation, "
                                           "shear, scale, shift: characters) | photo (flip, shift, zoom, colour "
-                                          "jitter). Seeded, so the task stream stays reproducible. [default: none]"),
+                                          "jitter). Seeded, so the task stream stays reproducible. \\[default: none]"),
     learn_inner_lr: Optional[bool] = typer.Option(None, "--learn-inner-lr/--fixed-inner-lr", help="Meta-learn one "
                                                   "inner learning rate per adapted tensor and step (MAML++), starting "
                                                   "at --inner-lr; the bundle carries them, so the device repeats them "
-                                                  "(maml, fomaml, anil). [default: fixed]"),
+                                                  "(maml, fomaml, anil). \\[default: fixed]"),
     meta_lr_schedule: Optional[str] = typer.Option(None, help="Meta learning rate: constant | cosine (annealed to 0 "
-                                                   "over --iterations, MAML++). [default: constant]"),
+                                                   "over --iterations, MAML++). \\[default: constant]"),
     multi_step_loss: Optional[int] = typer.Option(None, help="MAML++ multi-step loss: the query loss after every "
                                                   "inner step counts, annealed to mostly the last step over this many "
-                                                  "iterations (maml, fomaml, anil); 0 = off. [default: 0]"),
+                                                  "iterations (maml, fomaml, anil); 0 = off. \\[default: 0]"),
     init_from: Optional[str] = typer.Option(None, help="Start from another run's best checkpoint (a run folder, "
                                             "e.g. a pre-training-only run) instead of a random initialisation."),
     invert: Optional[bool] = typer.Option(None, "--invert/--no-invert", help="Invert gray levels so dark strokes "
                                           "on a light background become bright on zero (drawings); --no-invert for "
-                                          "photos. Recorded in the bundle, so the device does the same. [default: on]"),
+                                          "photos. Recorded in the bundle, so the device does the same. \\[default: on]"),
     fit: Optional[str] = typer.Option(None, help="Non-square images: 'pad' (fit inside the square, pad with the "
                                       "border's colour), 'crop' (centre square) or 'stretch'. Recorded in the bundle, "
-                                      "so the device does the same. [default: pad]"),
+                                      "so the device does the same. \\[default: pad]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or log lines."),
     dist_timeout: float = typer.Option(300.0, help="Under torchrun: seconds a process waits for the others "
@@ -146,29 +146,29 @@ def evaluate(
     model: str = typer.Argument(..., help="A run folder (evaluated in torch), a .fadapt bundle or a built-in "
                                 "model's name (characters, photos), evaluated through the torch-free runtime on "
                                 "the same tasks."),
-    data: Optional[str] = typer.Option(None, help="Dataset whose test classes to use. [default: the run's --data]"),
+    data: Optional[str] = typer.Option(None, help="Dataset whose test classes to use. \\[default: the run's --data]"),
     protocol: str = typer.Option("auto", help="As for train; 'all' uses every class of --data as a test class."),
     ways: int = typer.Option(5, help="Classes per task (N)."),
-    shots: Optional[int] = typer.Option(None, help="Support images per class (K). [default: 1; sinusoid: the run's]"),
+    shots: Optional[int] = typer.Option(None, help="Support images per class (K). \\[default: 1; sinusoid: the run's]"),
     query: int = typer.Option(15, help="Query images per class; lower it if classes have fewer than shots+query images."),
     tasks: int = typer.Option(600, help="Number of unseen-class tasks."),
     seed: int = typer.Option(0, help="Task seed: the same seed gives the same tasks for a run folder and a bundle."),
-    steps: Optional[int] = typer.Option(None, help="Inner steps. [default: the run's --eval-inner-steps / the bundle's recipe]"),
-    lr: Optional[float] = typer.Option(None, help="Inner learning rate. [default: the meta-trained one]"),
+    steps: Optional[int] = typer.Option(None, help="Inner steps. \\[default: the run's --eval-inner-steps / the bundle's recipe]"),
+    lr: Optional[float] = typer.Option(None, help="Inner learning rate. \\[default: the meta-trained one]"),
     transductive: bool = typer.Option(False, "--transductive", help="Predict each task's queries as one batch "
                                       "(matters only for --norm batch models; per-sample norm is never transductive)."),
     checkpoint: str = typer.Option("best", help="best | last (run folders only)."),
     batched: Optional[bool] = typer.Option(None, "--batched/--no-batched", help="Run folders: adapt to several "
-                                           "tasks as one batched computation, or one task at a time. [default: "
+                                           "tasks as one batched computation, or one task at a time. \\[default: "
                                            "batched on CUDA]"),
     safeguard: Optional[bool] = typer.Option(None, "--safeguard/--no-safeguard", help="Bundles: adapt as 'fastadapt "
                                              "adapt' does (safeguarded: steps that raise the support loss are not kept) "
                                              "or run the plain meta-trained recipe (the same numbers as the run "
                                              "folder's torch evaluation, task by task). Run folders: always the plain "
-                                             "recipe. [default: safeguarded]"),
+                                             "recipe. \\[default: safeguarded]"),
     colour: Optional[str] = typer.Option(None, "--colour", help="Bundles of colour models: adapt with the colour cue "
                                          "as 'fastadapt adapt' does ('auto') or without it ('off', the same numbers as "
-                                         "the run folder's torch evaluation). [default: auto]", show_default=False),
+                                         "the run folder's torch evaluation). \\[default: auto]", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a sentence."),
     record: bool = typer.Option(False, "--record", help="Bundles: also store the result in the bundle's manifest "
                                 "(its model card; the file is rewritten atomically). Run folders always record "
