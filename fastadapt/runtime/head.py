@@ -36,9 +36,18 @@ def _feature_dim(params: dict, graphs, manifest: dict) -> int:
     return int(dim)
 
 
+def support_features(manifest: dict, meta_params: dict, graphs, images: np.ndarray) -> np.ndarray:
+    """forward.onnx's features (B, D) of preprocessed images under the meta-initialisation's body (a dummy
+    one-row head: the features do not depend on it)."""
+    dim = _feature_dim(meta_params, graphs, manifest)
+    dummy = {**_body(meta_params), "head.weight": np.zeros((1, dim), np.float32), "head.bias": np.zeros((1,), np.float32)}
+    return graphs.forward(images, dummy)[1]
+
+
 def init_head(manifest: dict, meta_params: dict, graphs, images: np.ndarray, labels: np.ndarray,
-              ways: int, where: str) -> dict:
-    """Meta-parameters with a head for ``ways`` classes. ``images`` are the preprocessed support set."""
+              ways: int, where: str, features: np.ndarray | None = None) -> dict:
+    """Meta-parameters with a head for ``ways`` classes. ``images`` are the preprocessed support set;
+    ``features``: their ``support_features`` when already computed."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images) or labels.dtype.kind not in "iu" \
             or not np.array_equal(np.unique(labels), np.arange(ways)):
@@ -58,8 +67,7 @@ def init_head(manifest: dict, meta_params: dict, graphs, images: np.ndarray, lab
         params["head.bias"] = np.zeros((ways,), dtype=np.float32)
         return params
     if head_init == "prototype":
-        dummy = {**params, "head.weight": np.zeros((1, dim), np.float32), "head.bias": np.zeros((1,), np.float32)}
-        _, feats = graphs.forward(images, dummy)
+        feats = support_features(manifest, meta_params, graphs, images) if features is None else features
         onehot = np.eye(ways, dtype=np.float32)[labels]  # (n, N)
         protos = (onehot.T @ feats) / onehot.sum(0)[:, None]
         scale = head_scale_of(manifest)

@@ -27,7 +27,7 @@ from ..images import Preprocess, is_image_source, polarity_warning, to_float, to
 from ..manifest import MAX_STEPS, printable  # the same bound as a bundle's recipe: a typo such as 10**12 would never end
 from .adaptation import check_finite, choose_steps, run_steps, softmax
 from . import colour as colour_cue
-from .head import head_scale_of, init_head
+from .head import head_scale_of, init_head, support_features
 from .describe import describe_bundle, model_card
 from .sessions import Graphs
 from .shots import Shots, _folder_classes, load_shots
@@ -284,10 +284,13 @@ class Model(_Loaded):
         if steps == "auto":
             steps, auto = choose_steps(self.graphs, lambda x, y: self._init_head(x, y, ways), images, labels,
                                        ways, recipe_steps, lr, bool(safeguard))
-        trajectory = run_steps(self.graphs, images, labels, self._init_head(images, labels, ways), steps, lr,
+        # the shots' features, once: the prototype head and the colour cue both start from them
+        features = support_features(self.manifest, self.params, self.graphs, images) \
+            if self.recipe.get("head_init") == "prototype" else None
+        trajectory = run_steps(self.graphs, images, labels, self._init_head(images, labels, ways, features), steps, lr,
                                safeguard=bool(safeguard), progress=progress)
         check_finite(trajectory, lr)
-        params, cue, colour_report = self._colour_head(trajectory.params, images, labels, ways, colour)
+        params, cue, colour_report = self._colour_head(trajectory.params, images, features, labels, ways, colour)
         seconds = time.perf_counter() - start
         counts = shots.counts if shots is not None else np.bincount(labels, minlength=ways).tolist()
         # nothing from the clock: the same shots give the same bundle, byte for byte (the time taken is
@@ -330,17 +333,14 @@ class Model(_Loaded):
             return np.asarray(learned, dtype=np.float32)
         return np.full((1, len(learned[0])), _lr_argument(lr, self.recipe["lr"]), dtype=np.float32)
 
-    def _colour_head(self, params: dict, images: np.ndarray, labels: np.ndarray, ways: int, mode: str) -> tuple:
+    def _colour_head(self, params: dict, images: np.ndarray, features: np.ndarray | None, labels: np.ndarray,
+                     ways: int, mode: str) -> tuple:
         """(params, manifest["colour"] or None, adaptation["colour"] or None): the adapted parameters with the
         colour head added when ``mode`` is "auto" and leave-one-shot-out chooses a colour weight."""
         if self.preprocess.channels != 3 or self.recipe.get("head_init") != "prototype":
             return params, None, None
         if mode == "off":
             return params, None, {"mode": "off"}
-        body = {k: v for k, v in self.params.items() if k not in ("head.weight", "head.bias")}
-        dim = params["head.weight"].shape[1]
-        _, features = self.graphs.forward(images, {**body, "head.weight": np.zeros((1, dim), np.float32),
-                                                   "head.bias": np.zeros((1,), np.float32)})
         colours = colour_cue.histograms(images, self.preprocess)
         scale, report = colour_cue.choose_scale(features, colours, labels, ways)
         report = {"mode": mode, **report}
@@ -349,8 +349,8 @@ class Model(_Loaded):
         head = colour_cue.colour_head(colours, labels, ways, scale, head_scale_of(self.manifest))
         return {**params, **head}, {"bins": colour_cue.BINS, "scale": scale}, report
 
-    def _init_head(self, images: np.ndarray, labels: np.ndarray, ways: int) -> dict:
-        return init_head(self.manifest, self.params, self.graphs, images, labels, ways, _where(self.bundle))
+    def _init_head(self, images: np.ndarray, labels: np.ndarray, ways: int, features: np.ndarray | None = None) -> dict:
+        return init_head(self.manifest, self.params, self.graphs, images, labels, ways, _where(self.bundle), features)
 
     def _unlike_training_data(self, info: dict) -> str | None:
         """One warning when the shots look unlike the model's training data, naming what it is good for."""
