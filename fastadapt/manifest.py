@@ -162,7 +162,7 @@ def _check_preprocess(manifest: dict) -> None:
     arch = manifest.get("architecture") or {}
     # the graph's input shape is fixed at export: a preprocess that disagrees would only fail later
     for key, arch_key in (("size", "image_size"), ("channels", "channels")):
-        if arch.get("name", "conv4") == "conv4" and arch_key in arch:
+        if arch.get("name", "conv4") in ("conv4", "resnet12") and arch_key in arch:
             _need(arch[arch_key] == pre[key], f"preprocess.{key}", f"architecture.{arch_key} ({_show(arch[arch_key])})",
                   pre[key])
 

@@ -168,7 +168,7 @@ def test_refuses_unsupported(tmp_path, spec, recipe):
     model, params = _model_and_params(spec)
     out = tmp_path / "m.fadapt"
     what = "head_init 'zero' or 'prototype'" if recipe.head_init == "learned" and spec.name == "conv4" else \
-        "export supports Conv4 classification with per-sample norm"
+        "export supports Conv4 or ResNet-12 classification with per-sample norm"
     with pytest.raises(FastadaptError, match=what):
         bundle_export.export_bundle(out, model, spec, recipe, params, Preprocess(), {}, [])
     assert not out.exists()

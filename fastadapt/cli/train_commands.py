@@ -58,7 +58,11 @@ def train(
                                                "temperature). Below 1 when the body's feature distances are large, e.g. "
                                                "0.1 when meta-training from a pre-trained body (--init-from). \\[default: 1]"),
     norm: Optional[str] = typer.Option(None, help="instance | layer (both per-sample, non-transductive) | batch (batch statistics, transductive) | none. \\[default: instance]"),
-    width: Optional[int] = typer.Option(None, help="Conv4 filters per layer. \\[default: 64]"),
+    arch: Optional[str] = typer.Option(None, help="The network: conv4 (4 x conv, norm, ReLU, pool: the papers' "
+                                       "backbone) | resnet12 (4 residual blocks of widths w, 2w, 4w, 5w, averaged "
+                                       "into 5w features). \\[default: conv4]"),
+    width: Optional[int] = typer.Option(None, help="Conv4: filters per layer; resnet12: w, the first block's "
+                                        "filters. \\[default: 64]"),
     image_size: Optional[int] = typer.Option(None, help="Square input size in pixels. \\[default: 28]"),
     channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB). \\[default: 1]"),
     val_every: Optional[int] = typer.Option(None, help="Validate (and checkpoint) every N iterations. \\[default: 100]"),

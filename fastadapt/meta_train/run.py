@@ -62,6 +62,7 @@ class TrainConfig:
     head_init: str = "zero"
     head_scale: float = 1.0  # the prototype head times this (inner_loop.InnerLoop.head_scale)
     norm: str = "instance"
+    arch: str = "conv4"  # the image body: conv4 | resnet12 (models.networks)
     width: int = 64
     image_size: int = 28
     channels: int = 1

@@ -13,7 +13,7 @@ from ..data.sources import default_protocol, load_splits
 from ..errors import FastadaptError
 from ..images import Preprocess, to_float
 from ..models import ModelSpec, build_model
-from ..models.networks import NORMS
+from ..models.networks import ARCHS, NORMS
 from .algorithms import ALGORITHMS, TaskTensors
 from .augment import AUGMENTS, augment
 from .inner_loop import HEAD, HEAD_INITS, LEARNED_LRS, InnerLoop, initial_rates
@@ -33,6 +33,8 @@ def check_config(c: TrainConfig) -> None:
         raise FastadaptError("--pretrain-epochs needs classes to pre-train on; it does not apply to --data sinusoid")
     if c.norm not in NORMS:
         raise FastadaptError(f"--norm must be one of {', '.join(NORMS)}, got '{c.norm}'")
+    if c.arch not in ARCHS:
+        raise FastadaptError(f"--arch must be one of {', '.join(ARCHS)}, got '{c.arch}'")
     if c.head_init not in HEAD_INITS:
         raise FastadaptError(f"--head-init must be zero or prototype, got '{c.head_init}'")
     if c.head_scale != 1 and c.head_init != "prototype":
@@ -123,7 +125,7 @@ def recipe_of(c: TrainConfig) -> InnerLoop:
 def model_spec_of(c: TrainConfig) -> ModelSpec:
     if c.regression:
         return ModelSpec(name="mlp", in_features=1, hidden=(40, 40), norm="none")
-    return ModelSpec(name="conv4", channels=c.channels, image_size=c.image_size, width=c.width, norm=c.norm)
+    return ModelSpec(name=c.arch, channels=c.channels, image_size=c.image_size, width=c.width, norm=c.norm)
 
 
 def preprocess_of(c: TrainConfig) -> Preprocess | None:

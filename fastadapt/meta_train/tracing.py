@@ -6,7 +6,7 @@ inner loop: it is ``inner_loop.sgd_step_with_loss`` (step + its loss) traced to 
 with ``torch.onnx.export(dynamo=True)``. Plain onnxruntime then runs forward, loss, backward and
 update; no onnxruntime-training.
 
-Supported: Conv4 with per-sample norm ("instance", "layer" or "none"), cross-entropy, adapt "all"/"head",
+Supported: Conv4 or ResNet-12 with per-sample norm ("instance", "layer" or "none"), cross-entropy, adapt "all"/"head",
 head_init "zero"/"prototype" (the runtime builds the head for any number of classes from the
 "features" output).
 """
@@ -28,8 +28,8 @@ from .onnx_rewrites import DECOMPOSITIONS, FORWARD_DECOMPOSITIONS
 
 
 def check_supported(spec, recipe: il.InnerLoop) -> None:
-    if spec.name != "conv4" or spec.norm == "batch" or recipe.loss != "cross_entropy":
-        raise FastadaptError(f"export supports Conv4 classification with per-sample norm (norm 'instance', 'layer' or 'none', "
+    if spec.name not in ("conv4", "resnet12") or spec.norm == "batch" or recipe.loss != "cross_entropy":
+        raise FastadaptError(f"export supports Conv4 or ResNet-12 classification with per-sample norm (norm 'instance', 'layer' or 'none', "
                              f"loss cross_entropy); this model is {spec.name} with norm '{spec.norm}' and loss "
                              f"'{recipe.loss}'")
     if recipe.head_init not in ("zero", "prototype"):  # 'learned' is regression's, and regression runs are not exported

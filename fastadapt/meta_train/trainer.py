@@ -72,7 +72,7 @@ def load_initialisation(params: dict, source: str) -> None:
     rates = params.get(LEARNED_LRS)
     if rates is not None and (LEARNED_LRS not in saved or tuple(saved[LEARNED_LRS].shape) != tuple(rates.shape)):
         params = network_params(params)  # a source without (these) learned rates: start them at --inner-lr
-    copy_params(params, saved, f"--init-from {source}", "use the same --width/--channels/--norm as that run")
+    copy_params(params, saved, f"--init-from {source}", "use the same --arch/--width/--channels/--norm as that run")
 
 
 def copy_params(params: dict, saved: dict, source: str, fix: str) -> None:

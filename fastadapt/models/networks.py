@@ -1,4 +1,4 @@
-"""Conv4 (the few-shot papers' backbone) and the sinusoid MLP, as plain nn.Modules.
+"""Conv4 (the few-shot papers' backbone), a small ResNet-12 and the sinusoid MLP, as plain nn.Modules.
 
 Both are a *body* that maps inputs to features; the linear head lives outside the module because
 its size (the number of classes) is only known when a task arrives (see ``inner_loop.init_head``).
@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("instance", "layer", "batch", "none")
+ARCHS = ("conv4", "resnet12")  # the image bodies (--arch)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str = "conv4"  # conv4 | mlp
+    name: str = "conv4"  # conv4 | resnet12 | mlp
     channels: int = 1
     image_size: int = 28
     width: int = 64
@@ -91,6 +92,45 @@ class Conv4(nn.Module):
         return self.layers(x).flatten(1)
 
 
+class ResidualBlock(nn.Module):
+    """ResNet-12's block: 3 x conv3x3 (norm, ReLU between), plus a 1x1 convolution shortcut, ReLU, maxpool2.
+    Stride-1 convolutions and 2x2 pooling only: the ops the SGD-step export supports (onnx_rewrites)."""
+
+    def __init__(self, channels: int, width: int, norm: str):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1, bias=False), _norm(norm, width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), _norm(norm, width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), _norm(norm, width))
+        self.shortcut = nn.Sequential(nn.Conv2d(channels, width, 1, bias=False), _norm(norm, width))
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        return self.pool(F.relu(self.convs(x) + self.shortcut(x)))
+
+
+class ResNet12(nn.Module):
+    """4 residual blocks of widths (w, 2w, 4w, 5w), then the mean over the last feature map -> 5w features.
+
+    The few-shot papers' ResNet-12 (Lee et al. 2019, Tian et al. 2020) is w = 64 with widths (64, 160, 320,
+    640), 12M parameters; these widths keep it an edge model: w = 32 is 1.1M parameters (4.5 MB)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        widths = (spec.width, 2 * spec.width, 4 * spec.width, 5 * spec.width)
+        blocks, channels = [], spec.channels
+        for width in widths:
+            blocks.append(ResidualBlock(channels, width, spec.norm))
+            channels = width
+        self.blocks = nn.Sequential(*blocks)
+        if spec.image_size // 16 < 1:
+            raise ValueError(f"image size {spec.image_size} is too small for 4 pooling layers (min 16)")
+        self.feature_dim = widths[-1]
+
+    def forward(self, x):
+        return self.blocks(x).mean((2, 3))
+
+
 class MLP(nn.Module):
     """The MAML sinusoid network: in -> 40 -> 40 (ReLU) features; the head maps to the output."""
 
@@ -110,6 +150,8 @@ class MLP(nn.Module):
 def build_model(spec: ModelSpec) -> nn.Module:
     if spec.name == "conv4":
         return Conv4(spec)
+    if spec.name == "resnet12":
+        return ResNet12(spec)
     if spec.name == "mlp":
         return MLP(spec)
     raise ValueError(f"unknown model '{spec.name}'")

@@ -86,7 +86,7 @@ def _rows(bundle: Bundle) -> list:
     """(name, value) rows: architecture, preprocessing, recipe, classes, provenance, verification, signature."""
     m = bundle.manifest
     arch = dict(m.get("architecture") or {})
-    if arch.get("name") == "conv4":
+    if arch.get("name") in ("conv4", "resnet12"):
         arch.pop("hidden", None), arch.pop("in_features", None)  # MLP-only fields
     recipe = dict(m.get("inner_loop") or {})
     adapted = recipe.pop("adapted", None)
