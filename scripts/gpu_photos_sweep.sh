@@ -7,7 +7,7 @@
 #
 #   BUDGET=480 bash scripts/gpu_photos_sweep.sh PHOTOS_ZIP "WIDTH=64" "WIDTH=96" "WIDTH=64 EPOCHS=60"
 #
-# Each quoted argument: settings of gpu_train_photos.sh (SIZE, WIDTH, NORM, EPOCHS, MINUTES; DEVICE=cuda and
+# Each quoted argument: settings of gpu_train_photos.sh (SIZE, ARCH, WIDTH, NORM, EPOCHS, MINUTES; DEVICE=cuda and
 # MINUTES=10 unless given). BUDGET: seconds until the deadline (480); a configuration still running 60 s after
 # it is stopped. Results: $OUT/config-N.tar.gz (that run's output folder: pre/, meta/, photos.fadapt, logs,
 # timings.txt), $OUT/sweep.log (which configuration is which, and how each ended), $OUT/machine.txt.

@@ -5,7 +5,7 @@
 # beside --steps 0 on the same tasks: with MINUTES=0 that is the transfer baseline). Everything lands in $OUT
 # (or ./gpu_train_photos_out).
 #
-#   SIZE=64 WIDTH=96 NORM=instance EPOCHS=30 MINUTES=0 TASKS=600 bash scripts/gpu_train_photos.sh PHOTOS_ZIP [extra train flags]
+#   SIZE=64 ARCH=conv4 WIDTH=96 NORM=instance EPOCHS=30 MINUTES=0 TASKS=600 bash scripts/gpu_train_photos.sh PHOTOS_ZIP [extra train flags]
 #
 # PHOTOS_ZIP: a git-ignored zip of this checkout made by scripts/pack_photos_for_device.py (its validation and
 # test classes are the shared 100-per-class zip's, byte for byte, so test numbers equal evaluation on that zip):
@@ -13,7 +13,8 @@
 #       /work/shared/data/tinyimagenet/tiny-imagenet-200-train-100.zip data/tin_device.zip
 # then, with the device tool: run(command="bash scripts/gpu_train_photos.sh data/tin_device.zip",
 #                                 carry=["data/tin_device.zip"], timeout_s=...)
-# Settings (environment): SIZE image side (64), WIDTH Conv4 filters (96), EPOCHS pre-training epochs (30),
+# Settings (environment): SIZE image side (64), ARCH the network (conv4; or resnet12: its WIDTH is the first
+# block's, e.g. 16 or 32), WIDTH Conv4 filters (96), EPOCHS pre-training epochs (30),
 # NORM instance | layer (instance; at 32x32 on the CPU layer norm scored 87.0 vs 81.0 on colour sample-photo
 # crops but 60.4 vs 62.8 on validation 5-way 5-shot), MINUTES meta-training minutes (0: skip it and export the
 # pre-trained run; the shipped model's recipe: FOMAML with the prototype head scaled by 0.1, 1 step at lr 0.001,
@@ -47,15 +48,15 @@ zip="$(cd "$(dirname "$zip")" && pwd)/$(basename "$zip")"
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 size="${SIZE:-64}" width="${WIDTH:-96}" epochs="${EPOCHS:-30}" minutes="${MINUTES:-0}" tasks="${TASKS:-600}"
-norm="${NORM:-instance}"
+norm="${NORM:-instance}" arch="${ARCH:-conv4}"
 device="${DEVICE:-auto}"
 fa() { python3 -m fastadapt "$@"; }
 stage() { echo "$1 $((SECONDS - started))" >> "$out/timings.txt"; started=$SECONDS; }
 started=$SECONDS
 { nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"; nproc; } > "$out/machine.txt" 2>&1 || true
-echo "SIZE=$size WIDTH=$width NORM=$norm EPOCHS=$epochs MINUTES=$minutes TASKS=$tasks DEVICE=$device extra: $*" > "$out/timings.txt"
+echo "SIZE=$size ARCH=$arch WIDTH=$width NORM=$norm EPOCHS=$epochs MINUTES=$minutes TASKS=$tasks DEVICE=$device extra: $*" > "$out/timings.txt"
 common=(--data "$zip" --protocol split --channels 3 --image-size "$size" --no-invert --fit crop --no-rotations
-        --augment photo --norm "$norm" --width "$width" --device "$device")
+        --augment photo --norm "$norm" --arch "$arch" --width "$width" --device "$device")
 fa train "${common[@]}" --pretrain-epochs "$epochs" --pretrain-schedule cosine --pretrain-lr 2e-3 --iterations 0 \
     --head-init prototype --inner-lr 0.001 --ways 5 --shots 5 --val-tasks 300 --quiet --out "$out/pre" 2>&1 \
     | tee "$out/pre.log"

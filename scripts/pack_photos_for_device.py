@@ -1,7 +1,7 @@
 """Pack Tiny ImageNet into one zip small enough to carry to a GPU machine (a device call carries at most 64 MiB
 of git-ignored files; the 500-photos-per-class folder is 190 MiB).
 
-    python scripts/pack_photos_for_device.py DATA500 SHARED_ZIP OUT_ZIP [--per-class N] [--quality Q]
+    python scripts/pack_photos_for_device.py DATA500 SHARED_ZIP OUT_ZIP [--per-class N] [--quality Q] [--size S]
 
 DATA500: a folder of 200 class folders (<wnid>/<photo>.JPEG, 500 each); SHARED_ZIP: the shared 100-per-class
 zip of the same classes. OUT_ZIP holds <wnid>/<file>.JPEG for all 200 classes:
@@ -11,6 +11,11 @@ zip of the same classes. OUT_ZIP holds <wnid>/<file>.JPEG for all 200 classes:
   file is kept: the same train/validation/test class names from both zips, the same bytes);
 - the 140 training classes get up to N photos each from DATA500 (sorted file order), re-encoded with Pillow as
   JPEG at quality Q (default 80); N defaults to the most that keeps OUT_ZIP within 60 MiB.
+
+--size S (for training at S x S, e.g. 32: all 500 photos per class fit at quality 80): every photo, the
+validation and test classes' too, is first brought to S x S exactly as the trainer and the runtime do it
+(``fastadapt.images.to_uint8``: centre crop, Lanczos), then encoded as JPEG at quality Q. The held-out
+classes are then no longer byte-identical: evaluate such a run on SHARED_ZIP (TASKS=0 on the device).
 
 Deterministic (sorted members, fixed timestamps, ZIP_STORED: JPEG does not compress), written atomically.
 Refused with a one-line error when the zip would exceed 62 MiB.
@@ -32,7 +37,7 @@ from PIL import Image  # noqa: E402
 
 from fastadapt.data.sources import DEFAULT_VAL_CLASSES, DEFAULT_WAYS, load_splits  # noqa: E402
 from fastadapt.errors import FastadaptError  # noqa: E402
-from fastadapt.images import Preprocess, is_image_name  # noqa: E402
+from fastadapt.images import Preprocess, is_image_name, to_uint8  # noqa: E402
 
 MIB = 1 << 20
 TARGET, LIMIT = 60 * MIB, 62 * MIB
@@ -74,13 +79,20 @@ def shared_members(path: str) -> dict:
     return {k: sorted(v) for k, v in sorted(by_class.items())}
 
 
-def encode(path: str, quality: int) -> bytes:
-    with Image.open(path) as im:
-        im.load()
-        if im.mode not in ("RGB", "L"):
-            im = im.convert("RGB")
-        out = io.BytesIO()
-        im.save(out, "JPEG", quality=quality, optimize=True)
+def encode(source, quality: int, size: int) -> bytes:
+    """``source`` (a path or encoded bytes) as a JPEG at ``quality``; with ``size``, first brought to
+    size x size by the project's own preprocessing."""
+    if size:
+        chw = to_uint8(io.BytesIO(source) if isinstance(source, bytes) else source,
+                       Preprocess(size=size, channels=3, invert=False, fit="crop"))
+        im = Image.fromarray(chw.transpose(1, 2, 0))
+    else:
+        with Image.open(source) as im:
+            im.load()
+            if im.mode not in ("RGB", "L"):
+                im = im.convert("RGB")
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=quality, optimize=True)
     return out.getvalue()
 
 
@@ -101,9 +113,12 @@ def main() -> None:
     parser.add_argument("out_zip")
     parser.add_argument("--per-class", type=int, default=0, help="training photos per class (default: most that fit)")
     parser.add_argument("--quality", type=int, default=80, help="JPEG quality of the training photos")
+    parser.add_argument("--size", type=int, default=0, help="bring every photo to SIZE x SIZE first (default: as is)")
     a = parser.parse_args()
     if not 1 <= a.quality <= 95:
         fail(f"--quality must be 1..95, got {a.quality}")
+    if a.size and not 16 <= a.size <= 64:
+        fail(f"--size must be 16..64 (the photos are 64 x 64), got {a.size}")
     if a.per_class < 0:
         fail(f"--per-class must be >= 1 (or left out), got {a.per_class}")
     t0 = time.time()
@@ -126,7 +141,8 @@ def main() -> None:
     members = []  # (name, bytes)
     with zipfile.ZipFile(a.shared_zip) as z:
         for wnid in held_out:
-            members += [(f"{wnid}/{file}", z.read(name)) for file, name in by_class[wnid]]
+            members += [(f"{wnid}/{file}", encode(z.read(name), a.quality, a.size) if a.size else z.read(name))
+                        for file, name in by_class[wnid]]
     fixed = END_RECORD + sum(member_bytes(n, d) for n, d in members)
 
     photos = {w: sorted(f for f in os.listdir(os.path.join(a.data500, w)) if is_image_name(f)) for w in sorted(train)}
@@ -138,7 +154,7 @@ def main() -> None:
         for w, files in photos.items():
             while len(encoded[w]) < min(n, len(files)):
                 f = files[len(encoded[w])]
-                encoded[w].append((f"{w}/{f}", encode(os.path.join(a.data500, w, f), a.quality)))
+                encoded[w].append((f"{w}/{f}", encode(os.path.join(a.data500, w, f), a.quality, a.size)))
         return fixed + sum(member_bytes(m, d) for w in photos for m, d in encoded[w][:n])
 
     say(f"{len(held_out)} validation+test classes copied ({len(members)} photos, {fixed / MIB:.2f} MiB); "
@@ -179,7 +195,7 @@ def main() -> None:
             if names != {f"{w}/{f}" for w in held_out for f, _ in by_class[w]}:
                 fail(f"the validation+test members of {out} are not those of {a.shared_zip}")
             for w in held_out:
-                for f, name in by_class[w]:
+                for f, name in by_class[w] if not a.size else []:  # resized: not the same bytes by design
                     if mine.read(f"{w}/{f}") != shared.read(name):
                         fail(f"{out}: {w}/{f} differs from {a.shared_zip}:{name}")
         os.replace(tmp, out)
@@ -188,8 +204,9 @@ def main() -> None:
             os.remove(tmp)
     trained = sum(min(n, len(v)) for v in photos.values())
     print(f"{out}: {actual} bytes ({actual / MIB:.2f} MiB); {len(photos)} training classes x {n} photos "
-          f"({trained}) at JPEG quality {a.quality}, {len(held_out)} validation+test classes ({len(val)}+{len(test)}) "
-          f"byte-identical to {os.path.basename(a.shared_zip)}; split verified ({time.time() - t0:.0f} s)")
+          f"({trained}) at JPEG quality {a.quality}{f', {a.size} x {a.size}' if a.size else ''}, {len(held_out)} validation+test "
+          f"classes ({len(val)}+{len(test)}) {'resized' if a.size else 'byte-identical'} from "
+          f"{os.path.basename(a.shared_zip)}; split verified ({time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
