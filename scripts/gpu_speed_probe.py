@@ -5,13 +5,19 @@ change each: TF32, bf16 autocast, torch.compile, torch.compile with CUDA graphs 
 
 Every variant starts from the same initialisation and meets the same tasks (the default model's recipe:
 first-order MAML, prototype head, 20-way 1-shot, 5 queries, meta-batch 16, 3 steps at lr 0.1, Adam 5e-4).
+"profile" is not a change but a look inside fp32: PROFILED_ITERATIONS meta-steps under torch.profiler, reporting
+per iteration the wall time, the GPU's busy time (sum of its kernels' times) and the number of kernels, and
+the operators that take the most GPU time: a GPU busy for a small share of the wall time is waiting for the
+host (Python, autograd, kernel launches), which compilation or CUDA graphs can remove; a busy GPU needs
+faster kernels (TF32, bf16) instead.
 Reported per variant: tasks/s after 3 warm-up iterations, and the mean training query loss of its first
 ITERATIONS_COMPARED iterations beside fp32's (a change of numerics shows there first). One JSON line per
 variant on stdout, so a device call can bring the lines back. A variant that fails says why and the next
 one runs. Nothing here changes the trainer: a variant goes into it only once a GPU measured it faster
 with an unchanged validation curve.
 
-On the GPU machine (the Omniglot zips copied into a git-ignored folder of the checkout, see gpu_check.sh):
+On the GPU machine (the Omniglot zips copied into a git-ignored folder of the checkout, see gpu_check.sh;
+"profile" first, as it takes seconds and says which of the others can pay):
     run(command="PYTHONPATH=. python3 scripts/gpu_speed_probe.py --data data/omniglot --seconds 20 "
                 "| tee $OUT/probe.jsonl", carry=["data/omniglot"], timeout_s=540)
 """
@@ -30,7 +36,8 @@ from fastadapt.meta_train.run import TrainConfig
 from fastadapt.meta_train.run_setup import init_meta_params, make_samplers, model_spec_of, recipe_of, task_stream
 from fastadapt.models.networks import build_model
 
-VARIANTS = ("fp32", "tf32", "bf16", "compile", "compile-cudagraphs")
+VARIANTS = ("fp32", "tf32", "bf16", "compile", "compile-cudagraphs", "profile")
+PROFILED_ITERATIONS = 5
 ITERATIONS_COMPARED = 30
 
 
@@ -84,6 +91,41 @@ def run_variant(variant: str, c: TrainConfig, device: torch.device, seconds: flo
             "mean_query_loss_first": round(sum(losses) / len(losses), 5)}
 
 
+def profile_variant(c: TrainConfig, device: torch.device) -> dict:
+    """fp32 meta-steps under torch.profiler: where the wall time goes (see the module docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    samplers = make_samplers(c)
+    model = build_model(model_spec_of(c)).to(device)
+    params = init_meta_params(model, c, device)
+    sample, recipe = task_stream(c, samplers, device), recipe_of(c)
+    batches = [sample([it * c.meta_batch + j for j in range(c.meta_batch)]) for it in range(PROFILED_ITERATIONS + 2)]
+    for tasks in batches[:2]:  # warm-up: cuDNN autotuning, allocator
+        meta_gradient(c.algorithm, model, params, tasks, recipe, vectorize=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for tasks in batches[2:]:
+            meta_gradient(c.algorithm, model, params, tasks, recipe, vectorize=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    wall = (time.perf_counter() - started) / PROFILED_ITERATIONS
+    events = prof.key_averages()
+    device_time = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))  # noqa: E731
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"] if device.type == "cuda" else []
+    busy_us = sum(e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total for e in kernels)
+    top = sorted(events, key=device_time if device.type == "cuda" else (lambda e: e.self_cpu_time_total),
+                 reverse=True)[:12]
+    return {"variant": "profile", "wall_ms_per_iteration": round(1000 * wall, 2),
+            "gpu_busy_ms_per_iteration": round(busy_us / 1000 / PROFILED_ITERATIONS, 2),
+            "kernels_per_iteration": len(kernels) // PROFILED_ITERATIONS,
+            "top_ops": [{"op": e.key, "device_ms": round(device_time(e) / 1000 / PROFILED_ITERATIONS, 3),
+                         "cpu_ms": round(e.self_cpu_time_total / 1000 / PROFILED_ITERATIONS, 3),
+                         "calls": e.count // PROFILED_ITERATIONS} for e in top]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="Omniglot: a folder with images_background.zip")
@@ -99,7 +141,8 @@ def main() -> None:
         if variant not in VARIANTS:
             raise SystemExit(f"error: --variants: unknown variant '{variant}', choose from {', '.join(VARIANTS)}")
         try:
-            print(json.dumps(run_variant(variant, c, device, args.seconds)), flush=True)
+            result = profile_variant(c, device) if variant == "profile" else run_variant(variant, c, device, args.seconds)
+            print(json.dumps(result), flush=True)
         except Exception as exc:  # report and go on: one failing variant must not cost the others
             print(json.dumps({"variant": variant, "failed": f"{type(exc).__name__}: {str(exc)[:300]}"}), flush=True)
         finally:
