@@ -13,6 +13,9 @@
 #       /work/shared/data/tinyimagenet/tiny-imagenet-200-train-100.zip data/tin_device.zip
 # then, with the device tool: run(command="bash scripts/gpu_train_photos.sh data/tin_device.zip",
 #                                 carry=["data/tin_device.zip"], timeout_s=...)
+# A pack made with --size 32 holds all 499 training photos per class, every photo already 32 x 32 (its held-out
+# classes resized too, so not the card's bytes): train it with SIZE=32 TASKS=0 and evaluate the returned bundle
+# on the shared zip here.
 # Settings (environment): SIZE image side (64), ARCH the network (conv4; or resnet12: its WIDTH is the first
 # block's, e.g. 16 or 32), WIDTH Conv4 filters (96), EPOCHS pre-training epochs (30),
 # NORM instance | layer (instance; at 32x32 on the CPU layer norm scored 87.0 vs 81.0 on colour sample-photo
