@@ -100,7 +100,7 @@ def test_verify_adapts_through_the_runtime(exported, monkeypatch):
     adapt_arrays = Model.adapt_arrays
     monkeypatch.setattr(Model, "adapt_arrays", lambda self, *a, **k: calls.append(k) or adapt_arrays(self, *a, **k))
     verification.verify(_in_memory(exported, recipe), model, steps=2)
-    assert calls == [{"steps": t, "safeguard": False, "quiet": True} for t in range(3)]
+    assert calls == [{"steps": t, "safeguard": False, "quiet": True, "colour": "off"} for t in range(3)]
 
 
 def test_a_runtime_failure_is_a_verification_failure(exported):

@@ -44,7 +44,9 @@ def resnet_bundle(tmp_path_factory):
     """A tiny resnet12 trained for 2 iterations and exported with the CLI (the export is the slow part)."""
     root = tmp_path_factory.mktemp("resnet")
     runner = CliRunner()
-    common = ["--data", "synthetic", "--arch", "resnet12", "--width", str(WIDTH), "--image-size", str(SIZE)]
+    # 3 channels: the export's verification of a colour model (whose adaptation may add a colour head)
+    common = ["--data", "synthetic", "--arch", "resnet12", "--width", str(WIDTH), "--image-size", str(SIZE),
+              "--channels", "3", "--no-invert"]
     result = runner.invoke(app, ["train", *common, "--algorithm", "fomaml", "--head-init", "prototype", "--ways", "3",
                                  "--shots", "1", "--query", "2", "--meta-batch", "2", "--iterations", "2",
                                  "--val-every", "2", "--val-tasks", "3", "--quiet", "--out", str(root / "run")])
@@ -68,7 +70,7 @@ def test_runtime_steps_match_torch_for_other_task_shapes(resnet_bundle, ways, sh
     bundle = read_bundle(str(resnet_bundle / "rn.fadapt"))
     arch = {k: v for k, v in bundle.manifest["architecture"].items() if k != "feature_dim"}
     model = build_model(ModelSpec.from_dict(arch))
-    task = verification.sample_task((1, SIZE, SIZE), ways=ways, shots=shots, seed=ways)
+    task = verification.sample_task((3, SIZE, SIZE), ways=ways, shots=shots, seed=ways)
     verification.verify(bundle, model, steps=3, task=task)  # raises unless every step agrees
 
 

@@ -53,8 +53,10 @@ def verify(bundle: Bundle, model, steps: int, task: tuple | None = None) -> floa
         ways = int(support_y.max()) + 1
         names = [str(c) for c in range(ways)]
         # the runtime is deterministic, so the parameters after t steps are those of a t-step adaptation
+        # colour off: a colour model's adaptation may add a colour head (runtime/colour.py) beside the
+        # network, which is not torch's inner loop; the graphs are what is verified here
         visited = [runtime_model.adapt_arrays(support_x.numpy(), support_y.numpy(), names, steps=t, safeguard=False,
-                                              quiet=True).params for t in range(steps + 1)]
+                                              quiet=True, colour="off").params for t in range(steps + 1)]
         logits, _ = runtime_model.graphs.forward(query_x.numpy(), visited[-1])
     except FastadaptError as exc:  # e.g. a diverged adaptation: the bundle would fail on a device too
         raise FastadaptError(f"export verification failed: the runtime could not adapt the sample task ({exc}); "
