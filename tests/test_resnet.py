@@ -89,6 +89,9 @@ def test_unknown_arch_is_one_line_naming_the_flag(tmp_path, capsys):
     code, stdout, err = run_cli(capsys, "train", "--arch", "vgg16", "--iterations", "1", "--out", tmp_path / "r")
     one_error(code, stdout, err, "--arch", "vgg16")
     assert not (tmp_path / "r").exists()
+    code, stdout, err = run_cli(capsys, "train", "--data", "sinusoid", "--arch", "resnet12", "--iterations", "1",
+                                "--out", tmp_path / "s")
+    one_error(code, stdout, err, "--arch", "sinusoid")
 
 
 def test_init_from_another_architecture_names_arch(resnet_bundle, tmp_path, capsys):

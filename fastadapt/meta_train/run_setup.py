@@ -50,6 +50,8 @@ def check_config(c: TrainConfig) -> None:
         raise FastadaptError("--algorithm reptile has its own schedule (its outer step anneals to 0), no "
                              "gradient for inner rates and no query loss per step; drop --learn-inner-lr / "
                              "--meta-lr-schedule / --multi-step-loss, or use maml, fomaml or anil")
+    if c.regression and c.arch != "conv4":
+        raise FastadaptError("--arch picks an image network; --data sinusoid trains the MAML regression MLP: drop --arch")
     if c.regression and c.augment != "none":
         raise FastadaptError("--augment distorts images; it does not apply to --data sinusoid")
     if c.channels not in (1, 3):

@@ -1,6 +1,6 @@
 """Conv4 (the few-shot papers' backbone), a small ResNet-12 and the sinusoid MLP, as plain nn.Modules.
 
-Both are a *body* that maps inputs to features; the linear head lives outside the module because
+Each is a *body* that maps inputs to features; the linear head lives outside the module because
 its size (the number of classes) is only known when a task arrives (see ``inner_loop.init_head``).
 Inner loops call them functionally (``torch.func.functional_call``) with a parameter dict.
 
