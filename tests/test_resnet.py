@@ -44,7 +44,7 @@ def resnet_bundle(tmp_path_factory):
     """A tiny resnet12 trained for 2 iterations and exported with the CLI (the export is the slow part)."""
     root = tmp_path_factory.mktemp("resnet")
     runner = CliRunner()
-    # 3 channels: the export's verification of a colour model (whose adaptation may add a colour head)
+    # 3 channels: the export of a colour model (its runtime adaptation may add a colour head; verification turns it off)
     common = ["--data", "synthetic", "--arch", "resnet12", "--width", str(WIDTH), "--image-size", str(SIZE),
               "--channels", "3", "--no-invert"]
     result = runner.invoke(app, ["train", *common, "--algorithm", "fomaml", "--head-init", "prototype", "--ways", "3",
