@@ -47,7 +47,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seeds the model init, the class splits and the task stream. \\[default: 0]"),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present) | cpu | cuda. \\[default: auto]"),
     batched: Optional[bool] = typer.Option(None, "--batched/--no-batched", help="Compute each meta-batch as one "
-                                           "batched (vmap) computation, or task by task. \\[default: batched on "
+                                           "batched computation (all tasks through each layer at once), or task by task. \\[default: batched on "
                                            "CUDA, task by task on a CPU, where that is faster]"),
     tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="CUDA: let convolutions use TF32 (a 10-bit "
                                         "mantissa): faster batched training on NVIDIA Ampere or newer (an H200: 1.0-1.6x), "

@@ -9,15 +9,15 @@ batch, the papers' transductive setting (the same as non-transductive for per-sa
 from __future__ import annotations
 
 import torch
-from torch.func import vmap
 
 from ..data.sampler import TaskSampler
 from ..errors import FastadaptError
 from ..evaluation import evaluate_tasks, mean_ci95, unseen_class_sampler
 from .algorithms import TaskTensors
 from .denormals import flushing_denormals
-from .inner_loop import InnerLoop, adapt, forward
+from .inner_loop import LEARNED_LRS, InnerLoop, adapt, forward
 from .run_setup import DeviceTasks, preprocess_of, to_tensors
+from .task_batched import task_batched
 
 EVAL_CHUNK = 16  # tasks per batched evaluation computation (no second-order graph: less than a meta-batch)
 
@@ -45,18 +45,15 @@ def adapt_and_predict(model, meta_params: dict, recipe: InnerLoop, batch: TaskTe
 
 def adapt_and_predict_tasks(model, meta_params: dict, recipe: InnerLoop, batches: list, steps: int,
                             lr: float | None) -> torch.Tensor:
-    """``adapt_and_predict`` for tasks of equal shapes as one computation (``vmap`` over tasks of the same
-    ``adapt`` and ``forward``) -> outputs (tasks, queries, ways). Per-sample norm (or transductive) only."""
-    ways = batches[0].ways
+    """``adapt_and_predict`` for tasks of equal shapes as one computation (the same ``adapt`` and ``forward``
+    on a ``TaskBatched`` model) -> outputs (tasks, queries, ways). Per-sample norm (or transductive) only."""
+    n = len(batches)
     sx, sy, qx = (torch.stack([getattr(b, f) for b in batches]) for f in ("support_x", "support_y", "query_x"))
-    params = {k: v.detach() for k, v in meta_params.items()}
-
-    def per_task(sx, sy, qx):
-        fast = adapt(model, params, sx, sy, ways, recipe, steps=steps, lr=lr, first_order=True, in_vmap=True)
-        return forward(model, fast, qx)
-
-    with torch.no_grad():  # torch.func.grad still takes the inner gradients; no graph to the meta-parameters
-        return vmap(per_task)(sx, sy, qx)
+    params = {k: v.detach() if k == LEARNED_LRS else v.detach().expand(n, *v.shape) for k, v in meta_params.items()}
+    batched = task_batched(model, n)
+    with torch.no_grad():  # the inner steps still take their gradients; no graph to the meta-parameters
+        fast = adapt(batched, params, sx, sy, batches[0].ways, recipe, steps=steps, lr=lr, first_order=True)
+        return forward(batched, fast, qx)
 
 
 def evaluate_classification(model, meta_params, recipe, sampler: TaskSampler, preprocess, device, tasks: int,

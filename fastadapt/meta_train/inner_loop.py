@@ -29,7 +29,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad
+from torch.func import functional_call
+
+from .task_batched import TaskBatched
 
 HEAD = ("head.weight", "head.bias")
 LEARNED_LRS = "inner.lrs"  # (steps, adapted tensors) learned rates among the meta-parameters, when learned
@@ -93,22 +95,32 @@ def step_rate(lr, step: int):
 
 
 def features(model, params: dict, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(model, TaskBatched):
+        return model.features(body_params(params), x)
     return functional_call(model, body_params(params), (x,))
 
 
 def forward(model, params: dict, x: torch.Tensor) -> torch.Tensor:
-    """Outputs (logits, or regression values) of body + head."""
-    return F.linear(features(model, params, x), params["head.weight"], params["head.bias"])
+    """Outputs (logits, or regression values) of body + head. For a ``TaskBatched`` model every tensor has a
+    leading task dimension, and so do the outputs: (tasks, N, outputs)."""
+    f = features(model, params, x)
+    if isinstance(model, TaskBatched):
+        return params["head.bias"].unsqueeze(1) + f @ params["head.weight"].transpose(1, 2)
+    return F.linear(f, params["head.weight"], params["head.bias"])
 
 
-def output_loss(out: torch.Tensor, y, loss: str) -> torch.Tensor:
+def output_loss(out: torch.Tensor, y, loss: str, tasks_first: bool = False) -> torch.Tensor:
+    """The mean loss over the outputs; ``tasks_first`` (outputs of a ``TaskBatched`` model): the SUM over
+    tasks of each task's mean, so its gradient w.r.t. task t's parameters is task t's own gradient."""
+    if not tasks_first:
+        return F.cross_entropy(out, y) if loss == "cross_entropy" else F.mse_loss(out, y)
     if loss == "cross_entropy":
-        return F.cross_entropy(out, y)
-    return F.mse_loss(out, y)
+        return F.cross_entropy(out.flatten(0, 1), y.flatten(0, 1), reduction="sum") / out.shape[1]
+    return F.mse_loss(out, y, reduction="sum") / out[0].numel()
 
 
 def task_loss(model, params: dict, x, y, loss: str) -> torch.Tensor:
-    return output_loss(forward(model, params, x), y, loss)
+    return output_loss(forward(model, params, x), y, loss, tasks_first=isinstance(model, TaskBatched))
 
 
 def init_head(model, meta_params: dict, support_x, support_y, ways: int, recipe: InnerLoop) -> dict:
@@ -116,54 +128,43 @@ def init_head(model, meta_params: dict, support_x, support_y, ways: int, recipe:
     if recipe.head_init == "learned":
         return network_params(meta_params)
     params = body_params(meta_params)
+    tasks = tuple(support_y.shape[:-1])  # (T,) for a TaskBatched model, else ()
     if recipe.head_init == "zero":
         some = next(iter(params.values()))
-        dim = model.feature_dim
-        params["head.weight"] = some.new_zeros(ways, dim)
-        params["head.bias"] = some.new_zeros(ways)
+        params["head.weight"] = some.new_zeros(*tasks, ways, model.feature_dim)
+        params["head.bias"] = some.new_zeros(*tasks, ways)
         return params
     feats = features(model, params, support_x)
     onehot = F.one_hot(support_y, ways).to(feats.dtype)
-    protos = (onehot.t() @ feats) / onehot.sum(0).unsqueeze(1)
+    protos = (onehot.transpose(-1, -2) @ feats) / onehot.sum(-2).unsqueeze(-1)
     params["head.weight"] = (2 * recipe.head_scale) * protos
-    params["head.bias"] = -recipe.head_scale * (protos * protos).sum(1)
+    params["head.bias"] = -recipe.head_scale * (protos * protos).sum(-1)
     return params
 
 
-def sgd_step(model, params: dict, x, y, recipe: InnerLoop, lr: float, first_order: bool = False,
-             in_vmap: bool = False) -> dict:
+def sgd_step(model, params: dict, x, y, recipe: InnerLoop, lr: float, first_order: bool = False) -> dict:
     """One SGD step on the adapted subset. Second order unless ``first_order`` (gradients detached)."""
-    return sgd_step_with_loss(model, params, x, y, recipe, lr, first_order, in_vmap)[0]
+    return sgd_step_with_loss(model, params, x, y, recipe, lr, first_order)[0]
 
 
-def sgd_step_with_loss(model, params: dict, x, y, recipe: InnerLoop, lr: float, first_order: bool = False,
-                       in_vmap: bool = False) -> tuple:
+def sgd_step_with_loss(model, params: dict, x, y, recipe: InnerLoop, lr: float, first_order: bool = False) -> tuple:
     """``sgd_step`` -> (new parameters, the support loss before the step), one forward pass.
 
     Second order (``first_order`` False, autograd recording): the gradient keeps its graph, so the
     meta-gradient differentiates through the step. First order: the gradient is taken w.r.t.
     detached copies, so no graph of it is built at all (cheaper than building one and detaching it).
-    ``in_vmap``: called under ``torch.func.vmap``, where ``torch.autograd.grad`` cannot run;
-    ``torch.func.grad`` computes the same gradient there.
+    A ``TaskBatched`` model steps every task at once (its loss is the sum of the tasks' losses).
     """
     names = recipe.adapted_names(params)
     frozen = {k: v for k, v in params.items() if k not in names}
-    if in_vmap:
-        def loss_of(adapted_params):
-            loss = task_loss(model, {**frozen, **adapted_params}, x, y, recipe.loss)
-            return loss, loss
-
-        grads, loss = grad(loss_of, has_aux=True)({k: params[k] for k in names})
-        grads = [grads[k].detach() if first_order else grads[k] for k in names]
-    else:
-        second_order = not first_order and torch.is_grad_enabled()
-        with torch.enable_grad():
-            # one fresh node per parameter, so each gradient is a partial derivative even where one
-            # parameter is computed from another (the prototype head from the body)
-            leaves = {k: params[k].view_as(params[k]) if second_order and params[k].requires_grad
-                      else params[k].detach().requires_grad_() for k in names}
-            loss = task_loss(model, {**frozen, **leaves}, x, y, recipe.loss)
-            grads = torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=second_order)
+    second_order = not first_order and torch.is_grad_enabled()
+    with torch.enable_grad():
+        # one fresh node per parameter, so each gradient is a partial derivative even where one
+        # parameter is computed from another (the prototype head from the body)
+        leaves = {k: params[k].view_as(params[k]) if second_order and params[k].requires_grad
+                  else params[k].detach().requires_grad_() for k in names}
+        loss = task_loss(model, {**frozen, **leaves}, x, y, recipe.loss)
+        grads = torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=second_order)
     # lr: one rate for every tensor, or (learned rates) a vector with one rate per adapted tensor
     per_tensor = isinstance(lr, torch.Tensor) and lr.dim() == 1
     new = dict(params)
@@ -173,18 +174,16 @@ def sgd_step_with_loss(model, params: dict, x, y, recipe: InnerLoop, lr: float, 
 
 
 def adapt(model, meta_params: dict, support_x, support_y, ways: int, recipe: InnerLoop,
-          steps: int | None = None, lr: float | None = None, first_order: bool = False,
-          in_vmap: bool = False) -> dict:
+          steps: int | None = None, lr: float | None = None, first_order: bool = False) -> dict:
     """Head initialisation, then ``steps`` SGD steps on the support set -> task-specific parameters.
 
     The rates: ``lr`` when given (one for every step and tensor), else the learned rates in
     ``meta_params`` (``LEARNED_LRS``) when it holds them, else the recipe's lr."""
-    return adapt_steps(model, meta_params, support_x, support_y, ways, recipe, steps, lr, first_order, in_vmap)[-1]
+    return adapt_steps(model, meta_params, support_x, support_y, ways, recipe, steps, lr, first_order)[-1]
 
 
 def adapt_steps(model, meta_params: dict, support_x, support_y, ways: int, recipe: InnerLoop,
-                steps: int | None = None, lr: float | None = None, first_order: bool = False,
-                in_vmap: bool = False) -> list:
+                steps: int | None = None, lr: float | None = None, first_order: bool = False) -> list:
     """``adapt``, keeping every step: [parameters after the head initialisation, after step 1, ..., k]
     (MAML++'s multi-step loss scores each of them on the query set)."""
     rates = meta_params.get(LEARNED_LRS) if lr is None else None
@@ -193,6 +192,6 @@ def adapt_steps(model, meta_params: dict, support_x, support_y, ways: int, recip
     lr = rates if rates is not None else (recipe.lr if lr is None else lr)
     trajectory = [params]
     for t in range(steps):
-        params = sgd_step(model, params, support_x, support_y, recipe, step_rate(lr, t), first_order, in_vmap)
+        params = sgd_step(model, params, support_x, support_y, recipe, step_rate(lr, t), first_order)
         trajectory.append(params)
     return trajectory

@@ -84,7 +84,7 @@ class TrainConfig:
     stop_at: float = 0.0  # stop once validation accuracy (%) reaches it (regression: MSE falls to it); 0 = never
     max_minutes: float = 0.0  # stop after this much meta-training wall time; 0 = no limit
     init_from: str = ""  # a run folder (its best.npz) or a checkpoint .npz to start the meta-parameters from
-    batched: bool | None = None  # a meta-batch as one vmap computation; None: auto (on CUDA; run_setup.batched_path)
+    batched: bool | None = None  # a meta-batch as one computation (task_batched); None: auto (on CUDA; run_setup.batched_path)
     tf32: bool = False  # CUDA: let cuDNN convolutions use TF32 (faster, 10-bit mantissa); off = true float32
     command: list = field(default_factory=list)
 

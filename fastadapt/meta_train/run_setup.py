@@ -77,9 +77,6 @@ def check_config(c: TrainConfig) -> None:
         raise FastadaptError(f"--device must be auto, cpu or cuda, got '{c.device}'")
     if c.device == "cuda" and not torch.cuda.is_available():
         raise FastadaptError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu or auto")
-    if c.batched and c.algorithm == "maml" and c.norm == "batch" and not c.regression:
-        raise FastadaptError("--batched: full MAML with --norm batch must run task by task (vmap's second-order "
-                             "gradient through batch statistics is wrong); drop --batched or use --norm instance")
 
 
 def batched_path(c: TrainConfig, device) -> tuple:
@@ -87,11 +84,8 @@ def batched_path(c: TrainConfig, device) -> tuple:
     True)``) or a per-task loop, and the reason, for the log line at the start of a run.
 
     Automatic (``c.batched`` None): batched on CUDA, where the per-task loop leaves the GPU waiting on
-    kernel launches; the loop on a CPU, where it is faster (algorithms.meta_gradient). Never batched for
-    full MAML with batch-statistics norm, whose vectorised second-order gradient is wrong.
+    kernel launches; the loop on a CPU, where it is faster (algorithms.meta_gradient).
     """
-    if c.algorithm == "maml" and c.norm == "batch" and not c.regression:
-        return False, "per-task loop: full MAML with --norm batch cannot be batched"
     if c.batched is not None:
         return c.batched, "batched tasks (--batched)" if c.batched else "per-task loop (--no-batched)"
     if torch.device(device).type == "cuda":
