@@ -1,5 +1,7 @@
 """What else pays on a GPU (issue 12, item 3)? The trainer's batched meta-step, timed as it is and with one
-change each: TF32, bf16 autocast, torch.compile, torch.compile with CUDA graphs ("reduce-overhead").
+change each: TF32, bf16 autocast, torch.compile, torch.compile with CUDA graphs ("reduce-overhead"), and
+"cudagraph": the whole training iteration (batched meta-gradient + Adam) captured once as one CUDA graph by
+hand and replayed for every meta-batch, each new batch copied into the captured input buffers.
 
     python scripts/gpu_speed_probe.py --data OMNIGLOT [--device cuda] [--seconds 40] [--variants fp32,tf32,...]
 
@@ -31,12 +33,12 @@ import time
 
 import torch
 
-from fastadapt.meta_train.algorithms import meta_gradient, outer_optimizer
+from fastadapt.meta_train.algorithms import TaskTensors, batched_meta_gradient, meta_gradient, outer_optimizer
 from fastadapt.meta_train.run import TrainConfig
 from fastadapt.meta_train.run_setup import init_meta_params, make_samplers, model_spec_of, recipe_of, task_stream
 from fastadapt.models.networks import build_model
 
-VARIANTS = ("fp32", "tf32", "bf16", "compile", "compile-cudagraphs", "profile")
+VARIANTS = ("fp32", "tf32", "bf16", "compile", "compile-cudagraphs", "cudagraph", "profile")
 PROFILED_ITERATIONS = 5
 ITERATIONS_COMPARED = 30
 
@@ -91,6 +93,65 @@ def run_variant(variant: str, c: TrainConfig, device: torch.device, seconds: flo
             "mean_query_loss_first": round(sum(losses) / len(losses), 5)}
 
 
+def run_cudagraph(c: TrainConfig, device: torch.device, seconds: float) -> dict:
+    """One training iteration captured as a CUDA graph (torch.cuda.graph, whole-network capture as in torch's
+    docs): ``batched_meta_gradient`` waits for nothing on the host, and Adam runs with ``capturable=True``."""
+    if device.type != "cuda":
+        raise RuntimeError("CUDA graphs need --device cuda")
+    samplers = make_samplers(c)
+    model = build_model(model_spec_of(c)).to(device)
+    torch.manual_seed(c.seed)
+    params = init_meta_params(model, c, device)
+    optimizer = torch.optim.Adam(list(params.values()), lr=c.meta_lr, capturable=True)
+    sample, recipe = task_stream(c, samplers, device), recipe_of(c)
+    fields = ("support_x", "support_y", "query_x", "query_y")
+    first = sample(list(range(c.meta_batch)))
+    static = {f: torch.stack([getattr(t, f) for t in first]) for f in fields}  # the graph's input buffers
+    tasks = [TaskTensors(*(static[f][j] for f in fields), first[0].ways) for j in range(c.meta_batch)]
+
+    def iteration():
+        grads, loss, _ = batched_meta_gradient(c.algorithm, model, params, tasks, recipe)
+        for k, v in params.items():
+            v.grad = grads[k]
+        optimizer.step()
+        return loss / c.meta_batch
+
+    def load(it):
+        batch = sample([it * c.meta_batch + j for j in range(c.meta_batch)])
+        for f in fields:
+            static[f].copy_(torch.stack([getattr(t, f) for t in batch]))
+
+    side = torch.cuda.Stream()  # warm-up on a side stream, as capture requires
+    side.wait_stream(torch.cuda.current_stream())
+    losses = []
+    with torch.cuda.stream(side):
+        for it in range(3):
+            load(it)
+            losses.append(float(iteration()))
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = iteration()
+    it, timed_tasks, started = 3, 0, None
+    while True:
+        load(it)
+        graph.replay()
+        if it < ITERATIONS_COMPARED:
+            losses.append(float(static_loss))
+        it += 1
+        if it == 6:
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+        elif started is not None:
+            timed_tasks += c.meta_batch
+            if time.perf_counter() - started >= seconds and it > ITERATIONS_COMPARED:
+                break
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    return {"variant": "cudagraph", "tasks_per_s": round(timed_tasks / elapsed, 1), "iterations": it,
+            "mean_query_loss_first": round(sum(losses) / len(losses), 5)}
+
+
 def profile_variant(c: TrainConfig, device: torch.device) -> dict:
     """fp32 meta-steps under torch.profiler: where the wall time goes (see the module docstring)."""
     from torch.profiler import ProfilerActivity, profile
@@ -141,7 +202,9 @@ def main() -> None:
         if variant not in VARIANTS:
             raise SystemExit(f"error: --variants: unknown variant '{variant}', choose from {', '.join(VARIANTS)}")
         try:
-            result = profile_variant(c, device) if variant == "profile" else run_variant(variant, c, device, args.seconds)
+            result = (profile_variant(c, device) if variant == "profile" else
+                      run_cudagraph(c, device, args.seconds) if variant == "cudagraph" else
+                      run_variant(variant, c, device, args.seconds))
             print(json.dumps(result), flush=True)
         except Exception as exc:  # report and go on: one failing variant must not cost the others
             print(json.dumps({"variant": variant, "failed": f"{type(exc).__name__}: {str(exc)[:300]}"}), flush=True)

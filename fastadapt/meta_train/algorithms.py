@@ -220,7 +220,18 @@ def _meta_gradient_loop(algorithm: str, model, meta_params: dict, tasks: list, r
 
 def _meta_gradient_batched(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop,
                            step_weights: tuple | None = None) -> tuple:
-    """The loop's computation for all tasks at once: the same ``adapt`` / ``forward`` / ``output_loss`` on
+    """The loop's computation for all tasks at once (``batched_meta_gradient``), its means as numbers."""
+    grads, loss, correct = batched_meta_gradient(algorithm, model, meta_params, tasks, recipe, step_weights)
+    n = len(tasks)
+    return grads, loss.item() / n, float("nan") if correct is None else correct.item() / n
+
+
+def batched_meta_gradient(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop,
+                          step_weights: tuple | None = None) -> tuple:
+    """-> (mean meta-gradient, the tasks' query losses summed, their query accuracies summed (None for
+    regression)), all tensors: nothing here waits for the device, so a GPU can capture it as a graph.
+
+    The loop's computation for all tasks at once: the same ``adapt`` / ``forward`` / ``output_loss`` on
     a ``TaskBatched`` model, every parameter given a leading task dimension (the meta-parameters expanded,
     so autograd sums the tasks' gradients into them). MAML stays second order (FOMAML: the inner
     gradients are detached); the loss summed over tasks is divided by their number, as the loop averages."""
@@ -249,11 +260,8 @@ def _meta_gradient_batched(algorithm: str, model, meta_params: dict, tasks: list
         objective, out, loss = _query_objective(batched, trajectory, qx, qy, recipe, step_weights)
         g = torch.autograd.grad(objective / n, [meta_params[k] for k in names], allow_unused=True)
         grads = {k: torch.zeros_like(meta_params[k]) if gk is None else gk for k, gk in zip(names, g)}
-    if recipe.loss != "cross_entropy":
-        acc = float("nan")
-    else:
-        acc = (out.detach().argmax(-1) == qy).float().mean(1).sum().item() / n
-    return grads, loss.detach().item() / n, acc
+    correct = (out.detach().argmax(-1) == qy).float().mean(1).sum() if recipe.loss == "cross_entropy" else None
+    return grads, loss.detach(), correct
 
 
 def outer_optimizer(algorithm: str, params: list, meta_lr: float) -> torch.optim.Optimizer:
