@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from fastadapt.errors import FastadaptError
 from fastadapt.meta_train.run import RunLock, TrainConfig, load_checkpoint
@@ -217,6 +218,23 @@ def test_a_diverged_run_without_checkpoint_says_so_and_its_folder_is_reused(tmp_
     assert summary["iterations"] == 1
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if "loss" in r] == [1]  # the diverged run's rows are gone
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_stops_the_run(tmp_path, monkeypatch, one_thread):
+    """The one fused check of all gradients finds an inf in a single element of one tensor."""
+    import fastadapt.meta_train.trainer as trainer
+
+    real = trainer.meta_gradient
+
+    def inf_gradient(*args, **kwargs):
+        grads, loss, acc = real(*args, **kwargs)
+        last = list(grads)[-1]
+        grads[last] = grads[last].clone().reshape(-1).index_fill(0, torch.tensor([0]), float("inf")).view_as(grads[last])
+        return grads, loss, acc
+
+    monkeypatch.setattr(trainer, "meta_gradient", inf_gradient)
+    with pytest.raises(Diverged, match="diverged at iteration 1"):
+        train(TrainConfig(iterations=2, **TINY), str(tmp_path / "run"), quiet=True)
 
 
 def test_a_run_with_checkpoints_is_never_reused(run):

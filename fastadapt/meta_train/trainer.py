@@ -86,6 +86,12 @@ def copy_params(params: dict, saved: dict, source: str, fix: str) -> None:
             v.copy_(torch.from_numpy(saved[k]))
 
 
+def _all_finite(grads: dict) -> bool:
+    """Whether every gradient is finite, as one check: on a GPU a check per tensor would make the host wait
+    for the device once per parameter tensor, every iteration."""
+    return bool(torch.isfinite(torch.cat([g.detach().reshape(-1) for g in grads.values()])).all())
+
+
 def train(c: TrainConfig, rundir: str, resume: bool = False, quiet: bool = False, given: set | None = None,
           dist_timeout: float = distributed.DEFAULT_TIMEOUT_S) -> dict:
     """Meta-train into ``rundir``; returns a summary. ``given``: flags set explicitly (for --resume).
@@ -268,7 +274,7 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                 except Exception as exc:
                     grads, loss, acc, error = None, 0.0, 0.0, exc
                 grads, loss, acc = job.average(grads, loss, acc, len(share), error, params, f"iteration {it + 1}")
-                if not math.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads.values()):
+                if not math.isfinite(loss) or not _all_finite(grads):
                     raise Diverged(f"training diverged at iteration {it + 1} (loss {loss}): lower --meta-lr or "
                                    f"--inner-lr and train again; {record.last_good()}")
                 optimizer.zero_grad(set_to_none=True)
