@@ -13,7 +13,12 @@ the operators that take the most GPU time: a GPU busy for a small share of the w
 host (Python, autograd, kernel launches), which compilation or CUDA graphs can remove; a busy GPU needs
 faster kernels (TF32, bf16) instead.
 Reported per variant: tasks/s after 3 warm-up iterations, and the mean training query loss of its first
-ITERATIONS_COMPARED iterations beside fp32's (a change of numerics shows there first). One JSON line per
+ITERATIONS_COMPARED iterations beside fp32's (a change of numerics shows there first). Rounding alone
+moves that mean by a few per cent, so only a larger change means anything: measured on CPU (2 threads)
+it was 2.96 for vmap's fp32 (before session 12), 2.90 for the task-batched fp32 and 3.10 for compile, whose
+first six iteration losses nevertheless agreed with eager's to 1e-3 (4.8033 / 4.0165 / 3.2878 / 3.1594 /
+2.6807 / 2.4788 against 4.8033 / 4.0164 / 3.2881 / 3.1583 / 2.6771 / 2.4790). On that CPU compile ran the
+batched step 2.7x as fast as eager (3.8 against 1.4 tasks/s), still slower than the per-task loop there. One JSON line per
 variant on stdout, so a device call can bring the lines back. A variant that fails says why and the next
 one runs. Nothing here changes the trainer: a variant goes into it only once a GPU measured it faster
 with an unchanged validation curve.
