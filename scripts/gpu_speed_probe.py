@@ -71,19 +71,29 @@ def run_variant(variant: str, c: TrainConfig, device: torch.device, seconds: flo
     if variant.startswith("compile"):
         step = torch.compile(step, mode="reduce-overhead" if variant == "compile-cudagraphs" else None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if variant == "bf16" else contextlib.nullcontext()
-    losses, it, timed_tasks, started = [], 0, 0, None
-    while True:
-        tasks = sample([it * c.meta_batch + j for j in range(c.meta_batch)])
+
+    def one(it):
         with autocast:
-            grads, loss, _ = step(tasks)
+            grads, loss, _ = step(sample([it * c.meta_batch + j for j in range(c.meta_batch)]))
         optimizer.zero_grad(set_to_none=True)
         for k, v in params.items():
             v.grad = grads[k].to(v.dtype)
         optimizer.step()
+        return loss
+
+    return {"variant": variant, **timed(one, c, device, seconds)}
+
+
+def timed(one, c: TrainConfig, device: torch.device, seconds: float, start: int = 0, losses: list | None = None) -> dict:
+    """Runs ``one(it)`` (an iteration -> its loss) from iteration ``start``: tasks/s over ``seconds`` after 3 more
+    warm-up iterations (compilation, cuDNN autotuning), and the mean loss of the first ITERATIONS_COMPARED."""
+    losses, it, timed_tasks, started = losses or [], start, 0, None
+    while True:
+        loss = one(it)
         if it < ITERATIONS_COMPARED:
             losses.append(float(loss))
         it += 1
-        if it == 3:  # warm-up done (compilation, cuDNN autotuning)
+        if it == start + 3:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
@@ -94,7 +104,7 @@ def run_variant(variant: str, c: TrainConfig, device: torch.device, seconds: flo
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
-    return {"variant": variant, "tasks_per_s": round(timed_tasks / elapsed, 1), "iterations": it,
+    return {"tasks_per_s": round(timed_tasks / elapsed, 1), "iterations": it,
             "mean_query_loss_first": round(sum(losses) / len(losses), 5)}
 
 
@@ -137,24 +147,13 @@ def run_cudagraph(c: TrainConfig, device: torch.device, seconds: float) -> dict:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_loss = iteration()
-    it, timed_tasks, started = 3, 0, None
-    while True:
+
+    def one(it):
         load(it)
         graph.replay()
-        if it < ITERATIONS_COMPARED:
-            losses.append(float(static_loss))
-        it += 1
-        if it == 6:
-            torch.cuda.synchronize()
-            started = time.perf_counter()
-        elif started is not None:
-            timed_tasks += c.meta_batch
-            if time.perf_counter() - started >= seconds and it > ITERATIONS_COMPARED:
-                break
-    torch.cuda.synchronize()
-    elapsed = time.perf_counter() - started
-    return {"variant": "cudagraph", "tasks_per_s": round(timed_tasks / elapsed, 1), "iterations": it,
-            "mean_query_loss_first": round(sum(losses) / len(losses), 5)}
+        return static_loss
+
+    return {"variant": "cudagraph", **timed(one, c, device, seconds, start=3, losses=losses)}
 
 
 def profile_variant(c: TrainConfig, device: torch.device) -> dict:
