@@ -224,6 +224,26 @@ def test_out_of_memory_halves_the_chunks_and_keeps_the_gradient(one_thread, monk
 
 # --------------------------------------------------------------------------- which path, and the flag
 
+def test_a_network_it_cannot_batch_takes_the_loop(one_thread, monkeypatch):
+    """A layer task_batched has no batched form for (here a reflect-padded convolution): the per-task loop,
+    never a wrong batched result."""
+    from torch import nn
+
+    from fastadapt.meta_train.task_batched import TaskBatched, supports
+
+    c = TrainConfig(algorithm="fomaml", **CLASSIFICATION)
+    model, params, recipe, batch = setup(c, "cpu", torch.float32)
+    assert supports(model)
+    model.layers[0] = nn.Conv2d(1, c.width, 3, padding=1, padding_mode="reflect")
+    assert not supports(model)
+    with pytest.raises(ValueError, match="cannot be batched over tasks"):
+        TaskBatched(model, 3)
+    expected = meta_gradient("fomaml", model, params, batch, recipe, vectorize=False)
+    monkeypatch.setattr(alg, "_meta_gradient_batched", None)
+    got = meta_gradient("fomaml", model, params, batch, recipe, vectorize=True)
+    assert all(torch.equal(got[0][k], expected[0][k]) for k in expected[0]) and got[1:] == expected[1:]
+
+
 def test_which_path_runs_and_why():
     c = TrainConfig(algorithm="fomaml")
     assert batched_path(c, "cuda")[0] is True and "automatic on CUDA" in batched_path(c, "cuda")[1]

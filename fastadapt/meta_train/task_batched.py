@@ -82,22 +82,27 @@ class _TaskLinear(nn.Module):
         return out if self.bias is None else out + self.bias.unsqueeze(1)
 
 
-def _task_layer(module: nn.Module, tasks: int) -> nn.Module | None:
-    """The task-batched version of one layer, or None for a layer that is not supported."""
-    if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros":
+def _has_task_layer(module: nn.Module) -> bool:
+    """Whether ``_task_layer`` batches this layer over tasks."""
+    return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+            or isinstance(module, nn.GroupNorm) and module.affine
+            or isinstance(module, (BatchStatsNorm, nn.Linear)))
+
+
+def _task_layer(module: nn.Module, tasks: int) -> nn.Module:
+    """The task-batched version of a layer that ``_has_task_layer``."""
+    if isinstance(module, nn.Conv2d):
         return _TaskConv2d(module, tasks)
-    if isinstance(module, nn.GroupNorm) and module.affine:
+    if isinstance(module, nn.GroupNorm):
         return _TaskGroupNorm(module, tasks)
     if isinstance(module, BatchStatsNorm):
         return _TaskBatchStatsNorm()
-    if isinstance(module, nn.Linear):
-        return _TaskLinear(module)
-    return None
+    return _TaskLinear(module)
 
 
 def supports(model: nn.Module) -> bool:
     """Whether ``TaskBatched`` computes this body: the project's networks, built from the layers above."""
-    return all(isinstance(m, _CONTAINERS + _STATELESS) or _task_layer(m, 1) is not None for m in model.modules())
+    return all(isinstance(m, _CONTAINERS + _STATELESS) or _has_task_layer(m) for m in model.modules())
 
 
 class TaskBatched:
@@ -111,9 +116,8 @@ class TaskBatched:
         self.images = any(isinstance(m, nn.Conv2d) for m in model.modules())
         self.body = copy.deepcopy(model)
         for name, module in list(self.body.named_modules()):
-            layer = _task_layer(module, tasks)
-            if layer is not None:
-                self.body.set_submodule(name, layer)
+            if _has_task_layer(module):
+                self.body.set_submodule(name, _task_layer(module, tasks))
 
     def features(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         if not self.images:
