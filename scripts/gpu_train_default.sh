@@ -3,7 +3,7 @@
 # batched CUDA path for a fixed wall-time budget, export it, and evaluate the bundle through the runtime on
 # the evaluation alphabets (the model card's four numbers). Everything lands in $OUT (or ./gpu_train_out).
 #
-#   MINUTES=6 TASKS=600 bash scripts/gpu_train_default.sh OMNIGLOT_ZIPS [extra fastadapt train flags]
+#   MINUTES=6 TASKS=600 [EPOCHS=3] [IMAGE_SIZE=28] bash scripts/gpu_train_default.sh OMNIGLOT_ZIPS [extra fastadapt train flags]
 #
 # OMNIGLOT_ZIPS: a git-ignored folder of this checkout with images_background.zip and images_evaluation.zip
 # (see scripts/gpu_check.sh for carrying it). Extra flags go to the meta-training stage, e.g.
@@ -21,12 +21,12 @@ mkdir -p "$out"
 zips="$(cd "$zips" && pwd)"
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1
-minutes="${MINUTES:-6}" tasks="${TASKS:-600}" epochs="${EPOCHS:-3}"
+minutes="${MINUTES:-6}" tasks="${TASKS:-600}" epochs="${EPOCHS:-3}" size="${IMAGE_SIZE:-28}"
 fa() { python3 -m fastadapt "$@"; }
 { nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"; } > "$out/machine.txt" 2>&1 || true
 fa train --data "$zips" --pretrain-epochs "$epochs" --pretrain-lr 3e-3 --iterations 0 --head-init prototype \
-    --quiet --out "$out/pre" 2>&1 | tee "$out/pre.log"
-fa train --data "$zips" --init-from "$out/pre" --algorithm fomaml --head-init prototype --ways 20 --shots 1 \
+    --image-size "$size" --quiet --out "$out/pre" 2>&1 | tee "$out/pre.log"
+fa train --data "$zips" --image-size "$size" --init-from "$out/pre" --algorithm fomaml --head-init prototype --ways 20 --shots 1 \
     --query 5 --meta-batch 16 --inner-steps 3 --inner-lr 0.1 --meta-lr 5e-4 --iterations 1000000 \
     --val-every 250 --val-tasks 300 --max-minutes "$minutes" "$@" --out "$out/meta" 2>&1 | tail -n 5 | tee "$out/meta.log"
 fa export "$out/meta" --out "$out/default.fadapt" 2>&1 | tee "$out/export.log"
