@@ -218,6 +218,12 @@ def _meta_gradient_loop(algorithm: str, model, meta_params: dict, tasks: list, r
     return {k: v / n for k, v in total.items()}, sum(losses) / n, sum(accs) / n
 
 
+def per_task(params: dict, tasks: int) -> dict:
+    """Meta-parameters for a ``TaskBatched`` model: each given a leading task dimension (a view, so autograd
+    sums the tasks' gradients back into it); the learned inner rates are shared by every task."""
+    return {k: v if k == LEARNED_LRS else v.expand(tasks, *v.shape) for k, v in params.items()}
+
+
 def _meta_gradient_batched(algorithm: str, model, meta_params: dict, tasks: list, recipe: InnerLoop,
                            step_weights: tuple | None = None) -> tuple:
     """The loop's computation for all tasks at once (``batched_meta_gradient``), its means as numbers."""
@@ -241,13 +247,10 @@ def batched_meta_gradient(algorithm: str, model, meta_params: dict, tasks: list,
     sx, sy, qx, qy = (torch.stack([getattr(t, f) for t in tasks])
                       for f in ("support_x", "support_y", "query_x", "query_y"))
 
-    def per_task(params: dict) -> dict:  # the learned inner rates are shared by every task
-        return {k: v if k == LEARNED_LRS else v.expand(n, *v.shape) for k, v in params.items()}
-
     if algorithm == "reptile":
         # first order and no meta-gradient through autograd: adapt detached copies of phi
         phi = {k: v.detach() for k, v in meta_params.items()}
-        fast = adapt(batched, per_task(phi), torch.cat([sx, qx], 1), torch.cat([sy, qy], 1), ways, recipe,
+        fast = adapt(batched, per_task(phi, n), torch.cat([sx, qx], 1), torch.cat([sy, qy], 1), ways, recipe,
                      first_order=True)
         out = forward(batched, fast, qx)
         # each task's step first, then their mean: phi - phi_k is small, and averaging the phi_k first would
@@ -255,7 +258,7 @@ def batched_meta_gradient(algorithm: str, model, meta_params: dict, tasks: list,
         grads = {k: (phi[k] - fast[k].detach()).mean(0) / recipe.lr for k in names}
         loss = output_loss(out, qy, recipe.loss, tasks_first=True)
     else:
-        trajectory = adapt_steps(batched, per_task(meta_params), sx, sy, ways, recipe,
+        trajectory = adapt_steps(batched, per_task(meta_params, n), sx, sy, ways, recipe,
                                  first_order=(algorithm == "fomaml"))
         objective, out, loss = _query_objective(batched, trajectory, qx, qy, recipe, step_weights)
         g = torch.autograd.grad(objective / n, [meta_params[k] for k in names], allow_unused=True)

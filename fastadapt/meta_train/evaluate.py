@@ -13,9 +13,9 @@ import torch
 from ..data.sampler import TaskSampler
 from ..errors import FastadaptError
 from ..evaluation import evaluate_tasks, mean_ci95, unseen_class_sampler
-from .algorithms import TaskTensors
+from .algorithms import TaskTensors, per_task
 from .denormals import flushing_denormals
-from .inner_loop import LEARNED_LRS, InnerLoop, adapt, forward
+from .inner_loop import InnerLoop, adapt, forward
 from .run_setup import DeviceTasks, preprocess_of, to_tensors
 from .task_batched import task_batched
 
@@ -49,7 +49,7 @@ def adapt_and_predict_tasks(model, meta_params: dict, recipe: InnerLoop, batches
     on a ``TaskBatched`` model) -> outputs (tasks, queries, ways). Per-sample norm (or transductive) only."""
     n = len(batches)
     sx, sy, qx = (torch.stack([getattr(b, f) for b in batches]) for f in ("support_x", "support_y", "query_x"))
-    params = {k: v.detach() if k == LEARNED_LRS else v.detach().expand(n, *v.shape) for k, v in meta_params.items()}
+    params = per_task({k: v.detach() for k, v in meta_params.items()}, n)
     batched = task_batched(model, n)
     with torch.no_grad():  # the inner steps still take their gradients; no graph to the meta-parameters
         fast = adapt(batched, params, sx, sy, batches[0].ways, recipe, steps=steps, lr=lr, first_order=True)
