@@ -1,0 +1,44 @@
+"""Set how a meta bundle makes non-square pictures square: python scripts/set_preprocess_fit.py BUNDLE.fadapt FIT
+
+FIT is crop (the centre square), pad (fitted inside, padded with the border's colour) or stretch. A run
+trained on square images (Omniglot) exports with its training --fit, usually pad; on such images the three
+are identical, so the choice is made for the pictures users bring (the shipped characters model: crop,
+benchmarks/RESULTS.md section 6). The bundle records the change in provenance.preprocess_fit, is validated
+and rewritten atomically; adapted bundles inherit the setting.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+
+from fastadapt.bundle import read_bundle, save_bundle
+from fastadapt.errors import FastadaptError
+
+FITS = ("crop", "pad", "stretch")
+
+
+def main(bundle_path: str, fit: str) -> None:
+    if fit not in FITS:
+        raise FastadaptError(f"FIT: '{fit}' is not one of {', '.join(FITS)}")
+    bundle = read_bundle(bundle_path)
+    if bundle.manifest.get("kind") != "meta":
+        raise FastadaptError(f"{bundle_path}: not a meta bundle; set the fit before adapting")
+    before = bundle.manifest["preprocess"].get("fit")
+    bundle.manifest["preprocess"]["fit"] = fit
+    bundle.manifest.setdefault("provenance", {})["preprocess_fit"] = (
+        f"set to '{fit}' after training ({date.today().isoformat()}; exported with '{before}'): how non-square "
+        f"pictures are made square on the device; the training images are square, where crop, pad and stretch "
+        f"are identical")
+    save_bundle(bundle_path, bundle)  # validates the manifest before writing
+    read_bundle(bundle_path)
+    print(f"{bundle_path}: preprocess.fit {before} -> {fit}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__.splitlines()[0])
+    try:
+        main(sys.argv[1], sys.argv[2])
+    except FastadaptError as exc:
+        sys.exit(f"error: {exc}")
