@@ -78,7 +78,7 @@ def test_demo_with_the_photos_model_learns_the_photos(capsys):
 
 
 def test_the_shipped_characters_model_crops_non_square_pictures():
-    """The default's preprocess.fit is crop (benchmarks/RESULTS.md section 6: symbols in 16:9 frames lose 21.7
-    points padded). A re-exported run says pad, its training --fit, so the bundle is set after export
+    """The default's preprocess.fit is crop (benchmarks/RESULTS.md section 6: symbols in 16:9 frames lose 17.5
+    points padded, 5.2 stretched). A re-exported run says pad, its training --fit, so the bundle is set after export
     (scripts/set_preprocess_fit.py); the default of 2026-11-27 02:51 shipped without it, unnoticed."""
     assert fastadapt.load().preprocess.fit == "crop"
