@@ -8,9 +8,8 @@ validated after the change and rewritten atomically; adapted bundles inherit the
 from __future__ import annotations
 
 import json
-import sys
 
-from fastadapt.bundle import read_bundle, save_bundle
+from bundle_edit import edit_manifest, run
 from fastadapt.errors import FastadaptError
 
 
@@ -19,17 +18,9 @@ def main(bundle_path: str, card_path: str) -> None:
         card = json.load(f)
     if not isinstance(card, dict) or not all(isinstance(v, str) for v in card.values()):
         raise FastadaptError(f"{card_path}: a model card is a JSON object of section -> text")
-    bundle = read_bundle(bundle_path)
-    bundle.manifest["model_card"] = card
-    save_bundle(bundle_path, bundle)  # validates the manifest (manifest.validate_manifest) before writing
-    read_bundle(bundle_path)
+    edit_manifest(bundle_path, lambda manifest: manifest.update(model_card=card))
     print(f"{bundle_path}: model card with {len(card)} sections")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__.splitlines()[0])
-    try:
-        main(sys.argv[1], sys.argv[2])
-    except FastadaptError as exc:
-        sys.exit(f"error: {exc}")
+    run(main, __doc__)

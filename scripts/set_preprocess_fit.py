@@ -9,10 +9,10 @@ and rewritten atomically; adapted bundles inherit the setting.
 
 from __future__ import annotations
 
-import sys
 from datetime import date
 
-from fastadapt.bundle import read_bundle, save_bundle
+from bundle_edit import edit_manifest, run
+from fastadapt.bundle import read_bundle
 from fastadapt.errors import FastadaptError
 
 FITS = ("crop", "pad", "stretch")
@@ -21,24 +21,21 @@ FITS = ("crop", "pad", "stretch")
 def main(bundle_path: str, fit: str) -> None:
     if fit not in FITS:
         raise FastadaptError(f"FIT: '{fit}' is not one of {', '.join(FITS)}")
-    bundle = read_bundle(bundle_path)
-    if bundle.manifest.get("kind") != "meta":
+    manifest = read_bundle(bundle_path).manifest
+    if manifest.get("kind") != "meta":
         raise FastadaptError(f"{bundle_path}: not a meta bundle; set the fit before adapting")
-    before = bundle.manifest["preprocess"].get("fit")
-    bundle.manifest["preprocess"]["fit"] = fit
-    bundle.manifest.setdefault("provenance", {})["preprocess_fit"] = (
-        f"set to '{fit}' after training ({date.today().isoformat()}; exported with '{before}'): how non-square "
-        f"pictures are made square on the device; the training images are square, where crop, pad and stretch "
-        f"are identical")
-    save_bundle(bundle_path, bundle)  # validates the manifest before writing
-    read_bundle(bundle_path)
+    before = manifest["preprocess"].get("fit")
+
+    def set_fit(manifest: dict) -> None:
+        manifest["preprocess"]["fit"] = fit
+        manifest.setdefault("provenance", {})["preprocess_fit"] = (
+            f"set to '{fit}' after training ({date.today().isoformat()}; exported with '{before}'): how "
+            f"non-square pictures are made square on the device; the training images are square, where crop, "
+            f"pad and stretch are identical")
+
+    edit_manifest(bundle_path, set_fit)
     print(f"{bundle_path}: preprocess.fit {before} -> {fit}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__.splitlines()[0])
-    try:
-        main(sys.argv[1], sys.argv[2])
-    except FastadaptError as exc:
-        sys.exit(f"error: {exc}")
+    run(main, __doc__)
