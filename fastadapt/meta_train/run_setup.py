@@ -90,8 +90,9 @@ def batched_path(c: TrainConfig, device) -> tuple:
         return c.batched, "batched tasks (--batched)" if c.batched else "per-task loop (--no-batched)"
     if torch.device(device).type == "cuda":
         return True, "batched tasks (automatic on CUDA: one computation per meta-batch; --no-batched for the loop)"
-    return False, (f"per-task loop on {torch.get_num_threads()} threads (automatic on a CPU, where it is faster "
-                   f"than batching; --batched forces batching)")
+    threads = torch.get_num_threads()
+    return False, (f"per-task loop on {threads} thread{'s' if threads > 1 else ''} (automatic on a CPU, where it "
+                   f"is faster than batching; --batched forces batching)")
 
 
 def resolve_device(name: str, tf32: bool = False) -> torch.device:
