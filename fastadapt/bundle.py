@@ -55,6 +55,7 @@ from .errors import FastadaptError
 from .manifest import COLOUR, FORMAT, FORMAT_VERSION, HEAD, MAX_MANIFEST_BYTES, MAX_PARAMETERS, MEMBERS, \
     OPTIONAL_MEMBERS, format_version_of, printable, validate_manifest
 from .outputs import write_atomic  # noqa: F401  (re-exported: older imports use fastadapt.bundle.write_atomic)
+from .onnx_wire import refuse_external_data
 
 __all__ = ["Bundle", "read_bundle", "save_bundle", "FORMAT", "FORMAT_VERSION", "MEMBERS", "MEMBER_LIMITS"]
 
@@ -335,6 +336,8 @@ def read_bundle(path, trusted_keys=None, check_trust: bool = True) -> Bundle:
     except ZIP_ERRORS as exc:
         raise FastadaptError(f"{where}: not a readable bundle ({exc.__class__.__name__}: truncated, damaged or "
                              f"not a zip); re-export it") from None
+    for graph in ("forward.onnx", "step.onnx"):
+        refuse_external_data(data[graph], f"{where} ({graph})")
     params = params_from_bytes(data["params.npz"], path)
     _check_params(params, manifest, where)
     meta_params = shots = None

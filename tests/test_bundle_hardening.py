@@ -162,7 +162,7 @@ def test_bad_parameters_are_refused(bundles, tmp_path, case):
 def test_a_graph_onnxruntime_cannot_load_is_one_line_in_a_fresh_process(bundles, tmp_path):
     """The process's first session is made on the runtime's own thread (sessions._starter): a graph that
     fails there still reaches the user as one line, not a traceback."""
-    path = craft(bundles["zero"], tmp_path / "garbage.fadapt", forward_onnx=b"not an onnx graph")
+    path = craft(bundles["zero"], tmp_path / "garbage.fadapt", forward_onnx=b"\x08\x08")  # ir_version 8, no graph
     code = "import sys, fastadapt\ntry:\n    fastadapt.load(sys.argv[1])\nexcept fastadapt.FastadaptError as e:\n    print(e)\n"
     out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
@@ -431,7 +431,7 @@ def test_trusted_keys_require_a_valid_signature(bundles, tmp_path, keys, monkeyp
     # the issue's attack: forward.onnx replaced, checksums recomputed, signature kept
     members = members_of(signed)
     forged = tmp_path / "forged.fadapt"
-    craft(signed, forged, step_onnx=members["step.onnx"] + b"\0")
+    craft(signed, forged, step_onnx=members["step.onnx"] + b"\x32\x00")  # an empty doc_string field appended
     fastadapt.load(forged)  # checksums alone cannot tell
     refused(lambda: fastadapt.load(forged, trusted_keys=[ours]), "modified after signing")
     monkeypatch.setenv("FASTADAPT_TRUSTED_KEYS", ours)
