@@ -37,6 +37,9 @@ MIN_IMAGE_SIZE = 8  # as images.Preprocess
 MAX_STEPS = 1000  # inner_loop.steps; meta-trained recipes use 1..10, each step is a full pass of the graph
 MAX_LR = 1e6  # inner_loop.lr: finite and positive; beyond this, nothing sensible was meta-trained
 MAX_HEAD_SCALE = 1e6  # inner_loop.head_scale: finite and positive (the prototype head's temperature)
+MIN_HEAD_SCALE = 1e-6  # the photos model's is 0.1; far below, float32 distances and scores underflow
+MAX_NORMALISATION = 1e3  # |preprocess.mean| and preprocess.std, of pixels in [0, 1]: beyond, float32 overflows
+MIN_STD = 1e-3  # preprocess.std: images are divided by it (the shipped models' are 0.2-0.5)
 MAX_PARAMETERS = 1000  # tensors; a Conv4 has 16 + head
 MAX_NAME_CHARS = 256  # a parameter name
 MAX_CLASSES = 10_000  # adapted bundles: head rows
@@ -154,7 +157,10 @@ def _check_preprocess(manifest: dict) -> None:
         values = pre.get(key)
         _need(isinstance(values, list) and len(values) in (1, channels) and all(map(_is_number, values)),
               f"preprocess.{key}", f"a list of 1 or {channels} finite numbers", values)
-    _need(all(v > 0 for v in pre["std"]), "preprocess.std", "positive (images are divided by it)", pre["std"])
+    _need(all(abs(v) <= MAX_NORMALISATION for v in pre["mean"]), "preprocess.mean",
+          f"numbers in [-{MAX_NORMALISATION:g}, {MAX_NORMALISATION:g}] (pixels are in [0, 1])", pre["mean"])
+    _need(all(MIN_STD <= v <= MAX_NORMALISATION for v in pre["std"]), "preprocess.std",
+          f"numbers in [{MIN_STD:g}, {MAX_NORMALISATION:g}] (images are divided by it)", pre["std"])
     if "fit" in pre:
         _need(pre["fit"] in FITS and isinstance(pre["fit"], str), "preprocess.fit", " or ".join(FITS), pre["fit"])
     if "resize" in pre:
@@ -193,8 +199,9 @@ def _check_inner_loop(manifest: dict, names: list) -> None:
         raise _Invalid(f"manifest field inner_loop.head_init must be one of {', '.join(HEAD_INITS)}, got "
                        f"{_show(head_init)} (a newer fastadapt may know it: 'pip install -U fastadapt')")
     head_scale = loop.get("head_scale", 1.0)
-    _need(_is_number(head_scale) and 0 < head_scale <= MAX_HEAD_SCALE and (head_scale == 1 or head_init == "prototype"),
-          "inner_loop.head_scale", f"a finite number in (0, {MAX_HEAD_SCALE:g}], and 1 unless head_init is 'prototype'",
+    _need(_is_number(head_scale) and MIN_HEAD_SCALE <= head_scale <= MAX_HEAD_SCALE
+          and (head_scale == 1 or head_init == "prototype"), "inner_loop.head_scale",
+          f"a number in [{MIN_HEAD_SCALE:g}, {MAX_HEAD_SCALE:g}], and 1 unless head_init is 'prototype'",
           head_scale)
     for key, allowed in (("adapt", ("all", "head")), ("loss", ("cross_entropy", "mse"))):
         if key in loop:

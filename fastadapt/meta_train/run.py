@@ -26,6 +26,7 @@ import numpy as np
 from ..data.sources import DEFAULT_SEED, DEFAULT_VAL_CLASSES, DEFAULT_WAYS
 from ..outputs import write_atomic
 from ..errors import FastadaptError
+from ..manifest import MAX_HEAD_SCALE, MIN_HEAD_SCALE
 
 # Defaults that depend on the data or the algorithm (the field defaults below are for image classification
 # with an Adam outer loop): MAML's sinusoid setting, and Reptile's outer step size epsilon (Nichol et al.).
@@ -127,10 +128,10 @@ LIMITS = {
     "width": (1, 1024), "image_size": (16, 512), "channels": (1, 3), "val_every": (1, 10**8),
     "val_tasks": (1, 100_000), "val_classes": (0, 100_000), "checkpoint_every": (1, 10**8),
     "pretrain_epochs": (0, 10_000), "inner_lr": (0.0, 1e6), "meta_lr": (0.0, 1e6), "pretrain_lr": (0.0, 1e6),
-    "pretrain_smoothing": (0.0, 0.99), "head_scale": (0.0, 1e6),
+    "pretrain_smoothing": (0.0, 0.99), "head_scale": (MIN_HEAD_SCALE, MAX_HEAD_SCALE),  # what a bundle may hold
     "stop_at": (0.0, 1e9), "max_minutes": (0.0, 1e7), "multi_step_loss": (0, 10**8),
 }
-POSITIVE = {"inner_lr", "meta_lr", "pretrain_lr", "head_scale"}  # learning rates (and the head's scale): above their low end
+POSITIVE = {"inner_lr", "meta_lr", "pretrain_lr"}  # learning rates: above their low end
 MAX_TASK_IMAGES = 20_000  # ways * (shots + query): one task is held in memory at once
 
 

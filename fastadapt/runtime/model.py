@@ -24,7 +24,7 @@ import numpy as np
 from ..bundle import Bundle, save_bundle
 from ..errors import FastadaptError, FastadaptWarning, warn
 from ..images import Preprocess, is_image_source, polarity_warning, to_float, to_uint8
-from ..manifest import MAX_STEPS, printable  # the same bound as a bundle's recipe: a typo such as 10**12 would never end
+from ..manifest import MAX_LR, MAX_STEPS, printable  # the bounds of a bundle's recipe: a typo such as 10**12 would never end
 from .adaptation import check_finite, choose_steps, run_steps, softmax
 from . import colour as colour_cue
 from .head import head_scale_of, init_head, support_features
@@ -75,7 +75,7 @@ def _steps_argument(steps, recipe_steps: int) -> int | str:
         text = steps.strip().lower()
         if text == "auto":
             return "auto"
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # "²".isdigit() is true, and int() refuses it
             raise FastadaptError(f"{{steps}} must be a whole number >= 0 or 'auto', got '{steps}'", "steps")
         steps = int(text)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
@@ -90,10 +90,18 @@ def _lr_argument(lr, recipe_lr) -> float:
     """``lr`` as given (any real number type, numpy's included) -> a positive finite float."""
     value = recipe_lr if lr is None else lr
     if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(value)) or float(value) <= 0:
-        raise FastadaptError(f"{{lr}} must be a positive number, got {value!r}"
+            or not 0 < _as_float(value) <= MAX_LR:
+        raise FastadaptError(f"{{lr}} must be a positive number up to {MAX_LR:g}, got {value!r:.40}"
                              + ("" if lr is not None else " from the model's manifest; re-export it"), "lr")
     return float(value)
+
+
+def _as_float(value) -> float:
+    """A real number as a float; NaN when it has none (10**400 overflows)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.nan
 
 
 def _check_top(top) -> int:
@@ -132,6 +140,22 @@ class Prediction:
 
     def __getitem__(self, key):  # dict-style access: prediction["label"]
         return self.to_dict()[key]
+
+
+def _preprocessed(images, preprocess: Preprocess, what: str) -> np.ndarray:
+    """Images given already preprocessed (``adapt_arrays``, ``scores``) -> float32 (B, C, H, W) of the
+    model's shape, all finite; else one line naming what was wrong (onnxruntime's own would name graph
+    internals, and NaN would come back as NaN probabilities)."""
+    shape = (preprocess.channels, preprocess.size, preprocess.size)
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[1:] != shape \
+            or images.dtype.kind not in "fiu":
+        got = f"shape {images.shape}, {images.dtype}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise FastadaptError(f"{what} takes preprocessed images, a float32 array (B, {', '.join(map(str, shape))}) "
+                             f"made by fastadapt.images.to_float; got {got}")
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if not np.isfinite(images).all():
+        raise FastadaptError(f"{what}: the images hold NaN or inf values")
+    return images
 
 
 def _where(bundle: Bundle) -> str:
@@ -277,8 +301,15 @@ class Model(_Loaded):
         ways = len(classes)
         if ways < 2:
             raise FastadaptError(f"adaptation needs at least 2 classes, got {ways}")
-        images = np.ascontiguousarray(images, dtype=np.float32)
+        images = _preprocessed(images, self.preprocess, "adapt_arrays")
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "iu":  # 0.9 would silently become class 0
+            raise FastadaptError(f"adapt_arrays: labels must be whole numbers 0..{ways - 1}, got {labels.dtype} values")
         labels = np.ascontiguousarray(labels, dtype=np.int64)
+        if len({str(c) for c in classes}) < ways:
+            raise FastadaptError(f"adapt_arrays: class names must be distinct, got {[str(c) for c in classes]}"[:300])
+        if progress is not None and not callable(progress):
+            raise FastadaptError(f"{{progress}} must be a function progress(done, total), got {progress!r}", "progress")
         start = time.perf_counter()
         auto = None
         if steps == "auto":
@@ -438,11 +469,16 @@ class AdaptedModel(_Loaded):
         >>> probabilities.shape, scores.shape
         ((1, 8), (1,))
         """
+        images = _preprocessed(images, self.preprocess, "scores")
         probabilities, scores = [], []
         for i in range(0, len(images), PREDICT_CHUNK):
             logits, features = self.graphs.forward(images[i:i + PREDICT_CHUNK], self.params)
-            logits, features = colour_cue.joint(logits, features, images[i:i + PREDICT_CHUNK], self.params,
-                                                self._colour, self.preprocess)
+            with np.errstate(over="ignore", invalid="ignore"):  # checked below, in one line rather than warnings
+                logits, features = colour_cue.joint(logits, features, images[i:i + PREDICT_CHUNK], self.params,
+                                                    self._colour, self.preprocess)
+            if not (np.isfinite(logits).all() and np.isfinite(features).all()):  # finite images in: a broken bundle
+                raise FastadaptError(f"{self.path or 'this model'}: the model's outputs are not finite numbers (its "
+                                     f"weights or preprocessing overflow float32); re-adapt it from a good meta model")
             p = softmax(logits)
             probabilities.append(p)
             scores.append(unknown_detection.scores(self.unknown_score, self._scale, logits, features, p,
@@ -520,9 +556,9 @@ class AdaptedModel(_Loaded):
                                      f"not a prototype head; the score is the top probability): pass a number as "
                                      f"{{unknown}}, e.g. 0.9", "unknown")
             return float(self.unknown_threshold)
-        if isinstance(unknown, (int, float, np.integer, np.floating)) and math.isfinite(float(unknown)):
+        if isinstance(unknown, (int, float, np.integer, np.floating)) and math.isfinite(_as_float(unknown)):
             return float(unknown)
-        raise FastadaptError(f"{{unknown}} must be a finite number, got {unknown!r} (the calibrated threshold: "
+        raise FastadaptError(f"{{unknown}} must be a finite number, got {unknown!r:.40} (the calibrated threshold: "
                              f"{self.unknown_threshold})", "unknown")
 
     def _predictions(self, probabilities: np.ndarray, top: int, scores: np.ndarray,
@@ -606,7 +642,10 @@ class AdaptedModel(_Loaded):
         ['zigzag', 'dot']
         """
         meta = self._meta_model()
-        remove = [remove] if isinstance(remove, str) else [str(label) for label in remove or ()]
+        remove = () if remove is None else remove
+        if not isinstance(remove, (str, list, tuple, set, frozenset)):
+            raise FastadaptError(f"remove_classes takes a class label or a list of them, got {type(remove).__name__}")
+        remove = [remove] if isinstance(remove, str) else [str(label) for label in remove]
         missing = [label for label in remove if label not in self.classes]
         if missing:
             raise FastadaptError(f"cannot remove class '{printable(missing[0])}': {self.path or 'this model'} has no "
@@ -666,7 +705,7 @@ class AdaptedModel(_Loaded):
         Traceback (most recent call last):
         fastadapt.errors.FastadaptError: this model: is already adapted ...
         """
-        source = (self.manifest.get("adaptation") or {}).get("from", {}).get("path") or "the meta model"
+        source = ((self.manifest.get("adaptation") or {}).get("from") or {}).get("path") or "the meta model"
         raise FastadaptError(f"{self.path or 'this model'}: is already adapted (classes: {', '.join(self.classes[:5])}"
                              f"{', ...' if len(self.classes) > 5 else ''}); adaptation starts from a meta model, "
                              f"so pass the meta bundle it came from ({source}) instead; to add or remove classes "

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FastadaptError, warn
-from ..images import Preprocess, polarity_warning, to_uint8
+from ..images import Preprocess, is_image_source, polarity_warning, to_uint8
 
 
 @dataclass
@@ -94,13 +94,13 @@ def load_shots(shots, spec: Preprocess) -> Shots:
                 raise FastadaptError(f"shots dict: labels {given[str(label)]!r} and {label!r} are both named "
                                      f"'{label}'; give every class a distinct label")
             given[str(label)] = label
-            if isinstance(items, (str, bytes, os.PathLike)) or not hasattr(items, "__iter__") or (
-                    isinstance(items, np.ndarray) and items.ndim < 4):
-                items = [items]  # one image given on its own
+            if not hasattr(items, "__iter__") or (is_image_source(items) and not (
+                    isinstance(items, np.ndarray) and items.ndim == 4)):
+                items = [items]  # one image given on its own (a file object is iterable, by lines: not a list)
             classes[str(label)] = list(items)
             if not classes[str(label)]:
                 raise FastadaptError(f"shots dict: class '{label}' has no images; give at least one")
-        folder_of = {name: f"class '{name}'" for name in classes}
+        folder_of = {name: source for name in classes}
     else:
         raise FastadaptError(f"shots must be a folder path or a dict {{label: [images]}}, got {type(shots).__name__}")
     if len(classes) < 2:
