@@ -11,10 +11,14 @@ import time
 LOG_WIDTH = 240
 
 
+def _interactive() -> bool:
+    return sys.stderr.isatty() if hasattr(sys.stderr, "isatty") else False
+
+
 def stderr_console():
     from rich.console import Console
 
-    interactive = sys.stderr.isatty() if hasattr(sys.stderr, "isatty") else False
+    interactive = _interactive()
     width = None if interactive or os.environ.get("COLUMNS") else LOG_WIDTH
     return Console(stderr=True, width=width)
 
@@ -29,12 +33,13 @@ def progress_bar(quiet: bool = False):
 
 
 def lazy_reporter(label: str, after_s: float = 1.0):
-    """A ``progress(done, total)`` callback that shows a bar only once the work will last > after_s seconds."""
-    state = {"start": time.perf_counter(), "bar": None, "task": None}
+    """A ``progress(done, total)`` callback that shows a bar only once the work will last > after_s seconds,
+    and only on a terminal: the bar is transient, so in a log or a pipe it would leave only blank lines."""
+    state = {"start": time.perf_counter(), "bar": None, "task": None, "shown": _interactive()}
 
     def report(done: int, total: int) -> None:
         elapsed = time.perf_counter() - state["start"]
-        if state["bar"] is None and 0 < done < total and elapsed / done * total > after_s:
+        if state["shown"] and state["bar"] is None and 0 < done < total and elapsed / done * total > after_s:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             state["bar"] = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -298,3 +298,15 @@ def test_sheet_thumbnails_are_decoded_at_reduced_scale(tmp_path, monkeypatch):
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", spy)
     contact_sheet([str(big)], [Prediction("a")], str(tmp_path / "sheet.png"))
     assert decoded and max(w * h for w, h in decoded) <= 4000 * 3000 // 4  # libjpeg draft: 1/2..1/8 a side
+
+
+def test_progress_of_short_work_leaves_no_blank_lines_in_a_log(capsys):
+    """The adapt/evaluate bar is transient: on a terminal it vanishes; in a log or a pipe it would leave
+    only empty lines (two after every `fastadapt adapt 2> log`), so it is not shown there."""
+    from fastadapt.progress import lazy_reporter
+
+    report = lazy_reporter("adapting", after_s=0.0)
+    for done in range(1, 4):
+        report(done, 3)
+    report.close()
+    assert capsys.readouterr().err == ""
