@@ -212,6 +212,6 @@ def export_command(source: str, out: str, fmt: str, sign=None) -> None:
                              f"then export the adapted bundle")
     described = export_onnx(model, out)
     check = described["verification"]
-    print(f"wrote {out} ({os.path.getsize(out) / 1e6:.2f} MB, {len(model.classes)} classes) and "
-          f"{_recipe_path(out)}; probabilities agree with 'fastadapt predict' on {check['images']} images "
+    print(f"wrote {printable(out)} ({os.path.getsize(out) / 1e6:.2f} MB, {len(model.classes)} classes) and "
+          f"{printable(_recipe_path(out))}; probabilities agree with 'fastadapt predict' on {check['images']} images "
           f"(max |difference| {check['max_abs_diff']:.1e})")

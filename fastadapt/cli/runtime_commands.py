@@ -92,13 +92,13 @@ def adapt(
     adapted.save(str(out))
     info = adapted.adaptation
     counts = info["shots_per_class"]
-    print(f"adapted {os.path.basename(str(loaded.path))} to {len(counts)} classes "
+    print(f"adapted {printable(os.path.basename(str(loaded.path)))} to {len(counts)} classes "
           f"({sum(counts.values())} images) in {adapted.seconds:.2f} s")
     width = max(len(c) for c in counts)
     for name, n in counts.items():
         print(f"  {printable(name):<{width}}  {n} shot{'s' if n != 1 else ''}")
     print(adaptation_summary(info))
-    print(f"wrote {out}")
+    print(f"wrote {printable(out)}")  # escaped as predict's paths: an undecodable name must not fail after the write
 
 
 def adaptation_summary(info: dict) -> str:
@@ -169,13 +169,15 @@ def predict(
                                  '{"path", "label", "probability", "top": [{"label", "probability"}], "unknown", '
                                  '"score"} (strict JSON).'),
     as_csv: bool = typer.Option(False, "--csv", help="CSV with a header row: path, label, probability, unknown, "
-                                "score, then top1_label, top1_probability ... up to --top."),
+                                "score, then top1_label, top1_probability ... up to --top (at most the model's "
+                                "number of classes)."),
     unknown: bool = typer.Option(False, "--unknown", help="Answer 'unknown' for images that look like none of "
                                  "the classes: score below the threshold calibrated when the model was adapted "
                                  "(see 'fastadapt info'). The closest class is still shown."),
     unknown_threshold: Optional[float] = typer.Option(None, "--unknown-threshold", help="Like --unknown, with "
-                                                      "this threshold on the score (higher rejects more; the "
-                                                      "calibrated one is about -0.5 for prototype-head models)."),
+                                                      "this threshold on the score instead of the model's own "
+                                                      "calibrated one, which --unknown uses (see 'unknown ... "
+                                                      "threshold=' in 'fastadapt info MODEL'); higher rejects more."),
     trusted_key: Optional[List[str]] = typer.Option(None, "--trusted-key", help="Accept only bundles signed by this "
                                                     "Ed25519 public key (hex, from 'fastadapt keygen'); repeat for several. "
                                                     "FASTADAPT_TRUSTED_KEYS adds to them."),
@@ -201,7 +203,7 @@ def predict(
     kept = [path for path, answer in zip(paths, answers) if answer is not None]
     results = [answer for answer in answers if answer is not None]
     if as_csv:
-        _write_csv(kept, results, top)
+        _write_csv(kept, results, min(top, len(loaded.classes)))  # as text and --json: no columns past the classes
     for path, result in zip(kept, [] if as_csv else results):
         if as_json:
             print(json.dumps({"path": path, **result.to_dict()}, allow_nan=False))
@@ -217,11 +219,12 @@ def predict(
         from .sheet import contact_sheet
 
         contact_sheet(kept, results, str(sheet))
-        print(f"wrote {sheet}", file=sys.stderr)  # stdout holds only the results
+        print(f"wrote {printable(sheet)}", file=sys.stderr)  # stdout holds only the results
 
 
 def _write_csv(paths: list, results: list, top: int) -> None:
-    """predict --csv: one row per image; top columns up to --top (empty where the model has fewer classes)."""
+    """predict --csv: one row per image, with ``top`` (label, probability) column pairs. Paths and labels
+    are escaped as in the text output (printable), so an undecodable file name cannot fail the write."""
     import csv
 
     columns = ["path", "label", "probability", "unknown", "score"]
@@ -230,12 +233,12 @@ def _write_csv(paths: list, results: list, top: int) -> None:
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(columns)
     for path, result in zip(paths, results):
-        row = [path, result.label, repr(result.probability), str(result.unknown).lower(),
+        row = [printable(path), printable(result.label), repr(result.probability), str(result.unknown).lower(),
                "" if result.score is None else repr(result.score)]  # full precision, as --json
         for rank in range(top):
             if rank < len(result.top):
                 label, probability = result.top[rank]
-                row += [label, repr(probability)]
+                row += [printable(label), repr(probability)]
             else:
                 row += ["", ""]
         writer.writerow(row)

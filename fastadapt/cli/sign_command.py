@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from ..errors import FastadaptError
+from ..manifest import printable
 from . import app
 
 PANEL = "Signing"
@@ -29,9 +31,18 @@ def keygen(
     from ..outputs import write_atomic
     from ..signing import write_private_key
 
+    # both files checked before either is written: an old OUT.pub beside a new key would not match it
+    for path in (str(out), f"{out}.pub"):
+        if os.path.lexists(path):
+            raise FastadaptError(f"--out {printable(out)}: {printable(path)} already exists; a key is never "
+                                 f"overwritten, choose another --out")
     public = write_private_key(str(out)).hex()
-    write_atomic(f"{out}.pub", (public + "\n").encode())
-    print(f"wrote private key {out} (keep it secret) and public key {out}.pub", file=sys.stderr)
+    try:
+        write_atomic(f"{out}.pub", (public + "\n").encode())
+    except BaseException:  # no private key left without its public key
+        os.remove(str(out))
+        raise
+    print(f"wrote private key {printable(out)} (keep it secret) and public key {printable(out)}.pub", file=sys.stderr)
     print(f"public key: {public}")
     print(f"devices trust it with FASTADAPT_TRUSTED_KEYS={public}", file=sys.stderr)
 
@@ -57,6 +68,6 @@ def sign(
 
         check_out(out, example="signed.fadapt")
     public = sign_bundle(str(model), read_private_key(str(key)), None if out is None else str(out))
-    print(f"signed {out if out is not None else model} with key {public}")
+    print(f"signed {printable(out if out is not None else model)} with key {public}")
     if out is not None and os.path.abspath(str(out)) != os.path.abspath(str(model)):
-        print(f"(the original {model} is unchanged and unsigned)", file=sys.stderr)
+        print(f"(the original {printable(model)} is unchanged and unsigned)", file=sys.stderr)

@@ -13,6 +13,7 @@ import typer
 from . import app, check_out
 from ..outputs import check_inputs
 from ..errors import FastadaptError
+from ..manifest import printable
 
 SERVER_PANEL = "On the server (pip install 'fastadapt\\[train]')"
 
@@ -141,7 +142,7 @@ def train(
         return
     best = summary["best"]
     typer.echo(f"done: {summary['iterations']} iterations in {summary['seconds']} s, best validation "
-               f"{'MSE' if data == 'sinusoid' else 'accuracy %'} {best}; run folder {out}"
+               f"{'MSE' if data == 'sinusoid' else 'accuracy %'} {best}; run folder {printable(out)}"
                + (f" (stopped: {summary['stopped']})" if summary.get("stopped") else ""))
 
 
@@ -186,11 +187,14 @@ def evaluate(
     _check_evaluate_flags(ways=ways, shots=shots, query=query, tasks=tasks, seed=seed, steps=steps, lr=lr)
     from ..runtime.loading import BUILT_IN, model_path
 
+    given = model
     if model in BUILT_IN:  # a built-in model's name (characters, photos): its shipped bundle
         model = model_path(model)
     if os.path.isfile(model):
         from ..runtime import evaluate_bundle
 
+        if record:
+            _check_record(model, given)
         if data is None:
             raise FastadaptError("--data is required to evaluate a bundle (e.g. an Omniglot folder)")
         if batched is not None:
@@ -215,6 +219,31 @@ def evaluate(
                               seed=seed, steps=steps, lr=lr, transductive=transductive, checkpoint=checkpoint,
                               progress=None if as_json else _task_progress(tasks), batched=batched)
     _print_result(result, as_json)
+
+
+def _check_record(path: str, given: str) -> None:
+    """Refuse evaluate --record up front (before minutes of evaluation) where rewriting the bundle would harm it."""
+    import zipfile
+
+    from ..bundle import ZIP_ERRORS
+    from ..runtime.loading import ASSETS, BUILT_IN
+    from ..signing import SIGNATURES
+
+    if os.path.dirname(os.path.realpath(path)) == os.path.realpath(ASSETS):  # by name or by its path
+        where = f" (its path is the first line of 'fastadapt info {given}')" if given in BUILT_IN else ""
+        raise FastadaptError(f"--record: {printable(given)} is a built-in model inside the installed fastadapt, "
+                             f"which --record would rewrite; copy it to a file first{where}, then evaluate the "
+                             f"copy with --record")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            signed = SIGNATURES in archive.namelist()
+    except ZIP_ERRORS:
+        return  # not a readable bundle: the evaluation says why
+    if signed:
+        # the signature covers the manifest, which recording changes: the rewritten bundle would be unsigned
+        raise FastadaptError(f"--record: {printable(given)} is signed ('fastadapt sign'), and recording the result "
+                             f"rewrites it without its signature; record into an unsigned copy (the bundle before "
+                             f"signing), then sign it again with 'fastadapt sign', or drop --record")
 
 
 def check_run_out(out: str, inputs: list) -> None:
@@ -264,8 +293,10 @@ def _print_result(result: dict, as_json: bool) -> None:
 
 @app.command(rich_help_panel=SERVER_PANEL)
 def export(
-    rundir: str = typer.Argument(..., help="A run folder made by 'fastadapt train'."),
-    out: str = typer.Option(..., "--out", help="Where to write the .fadapt bundle (atomically)."),
+    rundir: str = typer.Argument(..., help="A run folder made by 'fastadapt train'; with --format onnx, an "
+                                 "adapted .fadapt made by 'fastadapt adapt'."),
+    out: str = typer.Option(..., "--out", help="Where to write the .fadapt bundle (with --format onnx: the .onnx "
+                                               "file), atomically."),
     checkpoint: str = typer.Option("best", help="best | last."),
     sign: Optional[Path] = typer.Option(None, "--sign", help="Also sign the bundle with this private key (made by "
                                         "'fastadapt keygen'), for devices that require a trusted key."),
@@ -298,9 +329,9 @@ def export(
     manifest = export_run(rundir, out, checkpoint, say=lambda stage: print(f"export: {stage} ...", file=sys.stderr,
                                                                           flush=True))
     size = os.path.getsize(out) / 1e6
-    typer.echo(f"wrote {out} ({size:.2f} MB); runtime vs torch after {manifest['verification']['steps']} steps: "
+    typer.echo(f"wrote {printable(out)} ({size:.2f} MB); runtime vs torch after {manifest['verification']['steps']} steps: "
                f"max abs diff {manifest['verification']['max_abs_diff']:.2e}")
     if secret is not None:
         from ..signing import sign_bundle
 
-        typer.echo(f"signed {out} with key {sign_bundle(out, secret)}")
+        typer.echo(f"signed {printable(out)} with key {sign_bundle(out, secret)}")

@@ -106,7 +106,7 @@ def load_splits(data: str, protocol: str = "auto", seed: int = DEFAULT_SEED, val
     if sizes is None:
         too_large = val_classes_too_large(data, len(classes), val_classes, ways)
         if too_large is None:
-            raise FastadaptError(too_few_classes(data, len(classes), ways))
+            raise FastadaptError(too_few_classes(data, len(classes), ways, training=need_train))
         if need_train:
             raise FastadaptError(too_large)
         # evaluation only needs the test classes, which do not depend on --val-classes
@@ -120,9 +120,16 @@ def load_splits(data: str, protocol: str = "auto", seed: int = DEFAULT_SEED, val
     return Splits(train, val, test)
 
 
-def too_few_classes(data: str, classes: int, ways: int) -> str:
-    """Why ``classes`` cannot be split for ``ways``-way tasks, and what to do instead."""
+def too_few_classes(data: str, classes: int, ways: int, training: bool = True) -> str:
+    """Why ``classes`` cannot be split for ``ways``-way tasks, and what to do instead. ``training=False``: an
+    evaluation, where ``ways`` is the model's training --ways (it sets the split), not the evaluation's."""
     ways = max(2, ways)
+    if not training:
+        # the evaluation's own --ways does not enter the split, so advising a smaller one would loop
+        return (f"--data {data}: {classes} classes are too few for the class split the model was trained with "
+                f"(--ways {ways} in training: training, validation and test each need {ways} classes, {3 * ways} in "
+                f"all), so no test classes can be set apart; if the model never saw these classes, evaluate on all "
+                f"of them with --protocol all, or add classes")
     fix = f"use --ways {classes // 3} or fewer, or add classes" if classes >= 6 else "add classes"
     return (f"--data {data}: {classes} classes are too few for --ways {ways}: training, validation and test "
             f"each need {ways} classes of their own ({3 * ways} in all); {fix} (--protocol all evaluates on "

@@ -1,0 +1,139 @@
+"""CLI edge cases found in review: predict --csv with a huge --top, evaluate --record on signed or built-in
+bundles, keygen next to an old OUT.pub, the too-few-classes advice of evaluate, help texts, and output of
+file names that are not valid UTF-8. Each runs the shipped characters model (no torch, a few seconds)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import fastadapt
+from conftest import ROOT
+from sample_data import REPO
+from test_cli_runtime import run_cli  # the one in-process CLI runner
+from test_outputs import one_error
+
+EXAMPLES = REPO / "examples"
+DEFAULT = REPO / "fastadapt" / "assets" / "default.fadapt"  # the shipped characters model (a meta bundle)
+STAR = str(EXAMPLES / "queries" / "star" / "star_1.png")
+
+pytestmark = pytest.mark.skipif(not DEFAULT.exists(), reason="no default model shipped")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> str:
+    """The shipped characters model adapted to the 8 example shapes (as 'fastadapt adapt --shots examples/shots')."""
+    path = tmp_path_factory.mktemp("edges") / "a.fadapt"
+    fastadapt.load().adapt(str(EXAMPLES / "shots")).save(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def no_evaluation(monkeypatch):
+    """evaluate --record must refuse before evaluating or rewriting anything: both fail the test if reached."""
+    def reached(*args, **kwargs):
+        raise AssertionError("evaluated or recorded although --record should have been refused up front")
+
+    monkeypatch.setattr("fastadapt.runtime.evaluate_bundle", reached)
+    monkeypatch.setattr("fastadapt.runtime.evaluate.record_evaluation", reached)
+
+
+def test_predict_csv_top_is_capped_at_the_classes(shapes, capsys):
+    code, out, err = run_cli(capsys, "predict", "--model", shapes, STAR, "--csv", "--top", 10**5)  # unfixed: 100,000 column pairs
+    assert code == 0, err
+    header, row = list(csv.reader(io.StringIO(out)))
+    assert len(header) == len(row) == 5 + 2 * 8  # 8 classes, as the text and --json outputs show
+    assert header[-2:] == ["top8_label", "top8_probability"] and row[-2] != ""
+
+
+def test_evaluate_record_refuses_a_signed_bundle(tmp_path, capsys, no_evaluation):
+    key, signed = tmp_path / "k", tmp_path / "signed.fadapt"
+    assert run_cli(capsys, "keygen", "--out", key)[0] == 0
+    assert run_cli(capsys, "sign", DEFAULT, "--key", key, "--out", signed)[0] == 0
+    before = signed.read_bytes()
+    code, out, err = run_cli(capsys, "evaluate", signed, "--data", EXAMPLES / "shots", "--protocol", "all",
+                             "--tasks", 2, "--query", 2, "--record")
+    one_error(code, out, err, "--record", str(signed), "signed", "fastadapt sign")
+    assert signed.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["photos", "characters"])
+def test_evaluate_record_refuses_a_built_in_model(name, capsys, no_evaluation):
+    code, out, err = run_cli(capsys, "evaluate", name, "--data", EXAMPLES / "shots", "--record")
+    one_error(code, out, err, "--record", name, "built-in", "copy it to a file", f"fastadapt info {name}")
+
+
+def test_evaluate_record_refuses_a_path_into_the_installed_assets(capsys, no_evaluation):
+    code, out, err = run_cli(capsys, "evaluate", DEFAULT, "--data", EXAMPLES / "shots", "--record")
+    one_error(code, out, err, "--record", "built-in")
+
+
+def test_evaluate_record_still_records_into_an_unsigned_copy(tmp_path, capsys):
+    copy = tmp_path / "copy.fadapt"
+    shutil.copyfile(DEFAULT, copy)
+    code, out, err = run_cli(capsys, "evaluate", copy, "--data", EXAMPLES / "shots", "--protocol", "all",
+                             "--tasks", 2, "--query", 2, "--record")
+    assert code == 0, err
+    assert fastadapt.load(str(copy)).manifest["evaluation"][-1]["tasks"] == 2
+
+
+def test_keygen_refuses_an_existing_pub_before_writing_anything(tmp_path, capsys):
+    key = tmp_path / "k2"
+    (tmp_path / "k2.pub").write_text("old\n")
+    code, out, err = run_cli(capsys, "keygen", "--out", key)
+    one_error(code, out, err, "--out", "k2.pub", "already exists", "another --out")
+    assert not key.exists() and (tmp_path / "k2.pub").read_text() == "old\n"
+
+
+def test_evaluate_too_few_classes_advice_does_not_loop(capsys):
+    """The split comes from the model's training --ways (20 for characters): lowering --ways cannot help."""
+    for ways in ([], ["--ways", 2]):
+        code, out, err = run_cli(capsys, "evaluate", "characters", "--data", EXAMPLES / "shots", "--tasks", 2, *ways)
+        line = one_error(code, out, err, "8 classes are too few", "--protocol all")
+        assert "use --ways" not in line
+    code, out, err = run_cli(capsys, "evaluate", "characters", "--data", EXAMPLES / "shots", "--protocol", "all",
+                             "--tasks", 2, "--query", 2)
+    assert code == 0, err  # what the advice names works
+
+
+def test_help_texts_name_the_right_threshold_and_export_argument(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps --help at COLUMNS
+    code, out, _ = run_cli(capsys, "predict", "--help")
+    assert code == 0
+    assert "-0.5" not in out and "calibrated one" in out and "fastadapt info MODEL" in out
+    code, out, _ = run_cli(capsys, "export", "--help")
+    assert code == 0 and "with --format onnx, an adapted .fadapt" in out
+
+
+def _strict(*args) -> subprocess.CompletedProcess:
+    """``fastadapt ARGS`` in a real process whose stdout refuses what UTF-8 cannot encode."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "PYTHONIOENCODING": "utf-8:strict"}
+    return subprocess.run([sys.executable, "-m", "fastadapt", *map(os.fsencode, args)], capture_output=True,
+                          env=env, timeout=120)
+
+
+BYTE_NAMES = pytest.mark.skipif(sys.platform != "linux", reason="file names of arbitrary bytes")
+
+
+@BYTE_NAMES
+def test_undecodable_image_names_are_escaped_in_csv(shapes, tmp_path):
+    image = os.path.join(os.fsencode(tmp_path), b"st\xffar.png")
+    shutil.copyfile(STAR, image)
+    done = _strict("predict", "--model", shapes, image, "--csv")
+    assert done.returncode == 0, done.stderr.decode()
+    row = list(csv.reader(io.StringIO(done.stdout.decode())))[1]
+    assert row[0].endswith("st\\udcffar.png") and row[1] == "star"  # as the text output writes it
+
+
+@BYTE_NAMES
+def test_undecodable_out_name_is_escaped_in_the_wrote_line(tmp_path):
+    out = os.path.join(os.fsencode(tmp_path), b"o\xffut.fadapt")
+    done = _strict("adapt", "--shots", EXAMPLES / "shots", "--out", out, "--steps", "0")
+    assert done.returncode == 0, done.stderr.decode()
+    assert os.path.exists(out) and done.stdout.decode().splitlines()[-1].endswith("o\\udcffut.fadapt")
