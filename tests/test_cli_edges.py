@@ -137,3 +137,8 @@ def test_undecodable_out_name_is_escaped_in_the_wrote_line(tmp_path):
     done = _strict("adapt", "--shots", EXAMPLES / "shots", "--out", out, "--steps", "0")
     assert done.returncode == 0, done.stderr.decode()
     assert os.path.exists(out) and done.stdout.decode().splitlines()[-1].endswith("o\\udcffut.fadapt")
+
+
+def test_a_whole_number_flag_states_its_limit_in_full(capsys):
+    code, out, err = run_cli(capsys, "evaluate", "characters", "--data", str(EXAMPLES / "shots"), "--seed", "99999999999")
+    assert code != 0 and "--seed must be from 0 to 4294967295, got 99999999999" in err, err

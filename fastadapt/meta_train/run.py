@@ -144,7 +144,8 @@ def check_flag(flag: str, value, low, high, positive: bool = False) -> None:
         raise FastadaptError(f"{flag} must be a finite number, got {value}")
     if value < low or value > high or (positive and value == low):
         lowest = f"above {low:g} and at most" if positive else f"from {low} to"
-        raise FastadaptError(f"{flag} must be {lowest} {high:g}, got {value}")
+        highest = f"{high:g}" if isinstance(high, float) else str(high)  # --seed: 4294967295, not 4.29497e+09
+        raise FastadaptError(f"{flag} must be {lowest} {highest}, got {value}")
 
 
 def check_limits(c: TrainConfig) -> None:
