@@ -142,3 +142,13 @@ def test_undecodable_out_name_is_escaped_in_the_wrote_line(tmp_path):
 def test_a_whole_number_flag_states_its_limit_in_full(capsys):
     code, out, err = run_cli(capsys, "evaluate", "characters", "--data", str(EXAMPLES / "shots"), "--seed", "99999999999")
     assert code != 0 and "--seed must be from 0 to 4294967295, got 99999999999" in err, err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a folder nobody can create files in: Linux /proc")
+def test_an_out_folder_that_refuses_files_fails_before_adapting(capsys, monkeypatch):
+    """Permission bits cannot tell (root may write anywhere they allow): a probe file can."""
+    from fastadapt.runtime.model import Model
+
+    monkeypatch.setattr(Model, "adapt", lambda *a, **k: pytest.fail("adapted before checking --out"))
+    code, out, err = run_cli(capsys, "adapt", "--shots", str(EXAMPLES / "shots"), "--out", "/proc/x.fadapt")
+    one_error(code, out, err, "--out /proc/x.fadapt: cannot write in folder /proc")
