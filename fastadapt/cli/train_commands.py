@@ -132,11 +132,13 @@ def train(
     config = TrainConfig.with_defaults(**given, command=["fastadapt"] + sys.argv[1:])  # type- and range-checked
     check_flag("--dist-timeout", dist_timeout, 1.0, 7 * 24 * 3600.0)
     check_run_out(out, [config.data if config.data not in ("synthetic", "sinusoid") else None, config.init_from or None])
+    created = not os.path.lexists(out)
     try:
         summary = run_training(config, out, resume=resume, quiet=quiet, given=set(given) | {"command"},
                                dist_timeout=dist_timeout)
-    except KeyboardInterrupt:  # Typer turns it into a silent exit 130: say where to continue from
-        print(f"interrupted; resume from the last checkpoint with: fastadapt train --out {out} --resume", file=sys.stderr)
+    except KeyboardInterrupt:  # Typer turns it into a silent exit 130: say what was kept
+        if env_rank() == 0:
+            _interrupted(out, created)
         raise typer.Exit(130) from None
     if env_rank() != 0:
         return
@@ -144,6 +146,22 @@ def train(
     typer.echo(f"done: {summary['iterations']} iterations in {summary['seconds']} s, best validation "
                f"{'MSE' if data == 'sinusoid' else 'accuracy %'} {best}; run folder {printable(out)}"
                + (f" (stopped: {summary['stopped']})" if summary.get("stopped") else ""))
+
+
+def _interrupted(out: str, created: bool) -> None:
+    """After Ctrl-C: advise --resume only where a checkpoint exists. The trainer removes a folder it
+    created for a run that never started only on errors, so an interrupt while loading is handled here."""
+    from ..meta_train.run import config_path, has_checkpoint, remove_empty_run
+
+    if has_checkpoint(out):
+        message = f"resume from the last checkpoint with: fastadapt train --out {printable(out)} --resume"
+    elif os.path.exists(config_path(out)):
+        message = "no checkpoint was saved yet; run the same command again to start over"
+    else:
+        if created:
+            remove_empty_run(out)  # only the lock file: the run never began
+        message = "nothing was saved; run the same command again to start over"
+    print(f"interrupted; {message}", file=sys.stderr)
 
 
 @app.command(rich_help_panel=SERVER_PANEL)

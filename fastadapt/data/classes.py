@@ -4,14 +4,13 @@ Layouts (detected automatically):
   root/<class>/<image>                   one class per folder
   root/<group>/<class>/<image>           Omniglot style: a class is a character inside an alphabet
 A zip may hold either layout, optionally under one top folder (``images_background/...``).
-Unreadable images are skipped with one warning that counts them and names the first.
+Unreadable images are skipped with one warning that counts them and names the first, and why.
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -19,8 +18,9 @@ from typing import Callable
 
 import numpy as np
 
+from ..bundle import COMPRESSIONS, READ_PIECE, ZIP_ERRORS
 from ..errors import FastadaptError, warn
-from ..images import Preprocess, decode_bytes, is_image_name, to_uint8
+from ..images import MAX_STREAM_BYTES, Preprocess, decode_bytes, is_image_name, to_uint8
 
 
 @dataclass
@@ -84,16 +84,36 @@ def _split_layout(paths: list) -> dict:
 
 
 def _read_member(archive: zipfile.ZipFile, path: str, name: str) -> bytes:
+    """A member's bytes, at most MAX_STREAM_BYTES (an image's limit): a member declaring more is refused
+    before reading, and one whose declared size lies is read in pieces and stopped (a zip bomb)."""
+    limit = MAX_STREAM_BYTES
     try:
-        return archive.read(name)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:  # a damaged member: skipped like a bad image
-        raise FastadaptError(f"{path}:{name}: damaged zip member ({exc})") from None
+        info = archive.getinfo(name)
+        if info.file_size > limit:
+            raise FastadaptError(f"{path}:{name}: declares {info.file_size:,} bytes, more than an image may take "
+                                 f"({limit:,})")
+        if info.compress_type not in COMPRESSIONS:  # bzip2/LZMA inflate without an output bound
+            raise FastadaptError(f"{path}:{name}: zip compression method {info.compress_type}; use deflate")
+        chunks, total = [], 0
+        with archive.open(info) as f:
+            while chunk := f.read(min(READ_PIECE, limit + 1 - total)):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > limit:
+                    raise FastadaptError(f"{path}:{name}: holds more than {limit:,} bytes")
+        return b"".join(chunks)
+    except ZIP_ERRORS as exc:  # a damaged member: skipped like a bad image
+        raise FastadaptError(f"{path}:{name}: damaged zip member ({exc.__class__.__name__}: {exc})") from None
 
 
 def _read_members(path: str) -> tuple:
     """List the image members of a folder or zip; return (relative paths, reader)."""
     if zipfile.is_zipfile(path):
-        archive = zipfile.ZipFile(path)
+        try:
+            archive = zipfile.ZipFile(path)
+        except ZIP_ERRORS as exc:  # is_zipfile only looks for the end record: the directory may still be broken
+            raise FastadaptError(f"{path}: not a readable zip ({exc.__class__.__name__}: {exc}); repair or re-create "
+                                 f"it, or pass --data a folder of class folders") from None
         members = [n for n in archive.namelist() if not n.endswith("/") and is_image_name(n)
                    and "__MACOSX" not in n]
         return members, lambda n: _read_member(archive, path, n), archive
@@ -130,8 +150,8 @@ def load_class_folders(path: str, spec: Preprocess, progress: Callable | None = 
                         arrays.append(to_uint8(os.path.join(path, f), spec))
                     else:
                         arrays.append(to_uint8(decode_bytes(read(f), f"{path}:{f}"), spec))
-                except FastadaptError:
-                    bad.append(f)
+                except FastadaptError as exc:
+                    bad.append(exc)  # its message names the image and why
                 done += 1
                 if progress is not None and done % 500 == 0:
                     progress(done, total)

@@ -8,11 +8,16 @@ batch, the papers' transductive setting (the same as non-transductive for per-sa
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+
 import torch
 
 from ..data.sampler import TaskSampler
-from ..errors import FastadaptError
+from ..errors import FastadaptError, warn
 from ..evaluation import evaluate_tasks, mean_ci95, unseen_class_sampler
+from ..outputs import KINDS
 from .algorithms import TaskTensors, per_task
 from .denormals import flushing_denormals
 from .inner_loop import InnerLoop, adapt, forward
@@ -115,8 +120,6 @@ def unseen_task_sampler(config, data: str, protocol: str, ways: int, shots: int,
 
 def load_meta_params(rundir: str, checkpoint: str, device) -> tuple:
     """(config, model spec, recipe, model, meta-parameters as tensors) of a run folder's checkpoint."""
-    import os
-
     from ..models import build_model
     from .run_setup import model_spec_of, recipe_of
     from .run import load_checkpoint, read_config
@@ -137,6 +140,40 @@ def load_meta_params(rundir: str, checkpoint: str, device) -> tuple:
     return config, spec, recipe, model, params, ckpt.progress
 
 
+def check_record(path: str) -> None:
+    """Before the evaluation: refuse an evaluations.jsonl the result could not be appended to, under the
+    output rules (a regular file only, never written through a link)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise FastadaptError(f"{path}: cannot be checked ({exc.strerror}); fix the run folder, then evaluate again") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise FastadaptError(f"{path}: is {kind}, not a regular file; evaluate appends each result to it (never "
+                             f"through a link): move it out of the run folder, then evaluate again")
+    if not os.access(path if st is not None else os.path.dirname(os.path.abspath(path)), os.W_OK):
+        raise FastadaptError(f"{path}: not writable, so the result could not be recorded; fix the permissions "
+                             f"(chmod u+w), then evaluate again")
+
+
+def append_record(path: str, row: dict) -> None:
+    """Append one line; after minutes of evaluation a failure only warns (the caller still gets the result).
+    O_NOFOLLOW and the fstat keep the output rules even if the file was swapped since check_record."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(0, "not a regular file")
+            os.write(fd, (json.dumps(row) + "\n").encode())  # one write: export skips a line a full disk cut
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        warn(f"{path}: the result was not recorded ({exc.strerror or exc}); 'fastadapt export' will not include it")
+
+
 def evaluate_run(rundir: str, data: str | None = None, protocol: str = "auto", ways: int = 5, shots: int | None = None,
                  query: int = 15, tasks: int = 600, seed: int = 0, steps: int | None = None, lr: float | None = None,
                  transductive: bool = False, checkpoint: str = "best", progress=None, device: str = "auto",
@@ -148,14 +185,13 @@ def evaluate_run(rundir: str, data: str | None = None, protocol: str = "auto", w
     The result is also appended to RUNDIR/evaluations.jsonl, which ``fastadapt export`` copies into the
     bundle's provenance.
     """
-    import json
-    import os
-
     from ..data.sinusoid import SinusoidSampler
     from .run_setup import resolve_device
 
     dev = resolve_device(device)
     config, spec, recipe, model, params, ckpt_progress = load_meta_params(rundir, checkpoint, dev)
+    record = os.path.join(rundir, "evaluations.jsonl")
+    check_record(record)
     steps = config.test_steps if steps is None else steps
     if steps < 0:
         raise FastadaptError(f"--steps must be 0 or more, got {steps}")
@@ -183,7 +219,5 @@ def evaluate_run(rundir: str, data: str | None = None, protocol: str = "auto", w
         result["protocol"] = protocol
     result.update(data=data, checkpoint=checkpoint, iteration=ckpt_progress.get("iteration"),
                   algorithm=config.algorithm, evaluated_with="torch")
-    row = {k: v for k, v in result.items() if k != "per_task_accuracy"}
-    with open(os.path.join(rundir, "evaluations.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_record(record, {k: v for k, v in result.items() if k != "per_task_accuracy"})
     return result

@@ -13,16 +13,70 @@ import torch
 from .. import __version__
 from ..errors import FastadaptError, warn
 from ..images import to_float
+from ..manifest import MAX_MANIFEST_BYTES
 from .evaluate import load_meta_params
 from .bundle_export import export_bundle
 
 
-def read_evaluations(rundir: str) -> list:
+# summary.json and evaluations.jsonl hold a few KB; the whole manifest may take at most this much
+MAX_RECORD_BYTES = MAX_MANIFEST_BYTES
+
+
+def _skip(path: str, reason: str, skipped: list) -> None:
+    """Provenance is optional: a damaged record is left out with a warning, and the bundle notes it."""
+    warn(f"{path}: {reason}; left out of the bundle's provenance (fix or delete the file to keep it)")
+    skipped.append(f"{path}: {reason}")
+
+
+def _read_record(path: str, skipped: list) -> str | None:
+    """The text of an optional provenance file; None when it is missing, or (skipped) when it is not a
+    regular file, too large or unreadable."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        if not os.path.isfile(path):  # a folder, or a FIFO that would block the read
+            reason = "not a regular file"
+        elif os.path.getsize(path) > MAX_RECORD_BYTES:
+            reason = f"larger than {MAX_RECORD_BYTES:,} bytes"
+        else:
+            with open(path, "rb") as f:
+                return f.read(MAX_RECORD_BYTES).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = f"unreadable ({getattr(exc, 'strerror', None) or exc.__class__.__name__})"
+    _skip(path, reason, skipped)
+    return None
+
+
+def _json_object(text: str) -> dict | None:
+    """A JSON object, or None for anything else: damaged text, another type, NaN/Infinity (which a
+    manifest refuses)."""
+    def refuse(constant):
+        raise ValueError(constant)
+
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_evaluations(rundir: str, skipped: list | None = None) -> list:
+    """The rows of RUNDIR/evaluations.jsonl; damaged lines (e.g. one cut by a kill) are left out with a
+    warning and noted in ``skipped``."""
+    skipped = [] if skipped is None else skipped
     path = os.path.join(rundir, "evaluations.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows, bad = [], []
+    for number, line in enumerate((_read_record(path, skipped) or "").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = _json_object(line)
+        if row is None:
+            bad.append(number)
+        else:
+            rows.append(row)
+    if bad:
+        _skip(path, f"{len(bad)} damaged line(s), first: line {bad[0]} (not a JSON object)", skipped)
+    return rows
 
 
 def verification_task(config, ways: int = 5):
@@ -43,10 +97,12 @@ def verification_task(config, ways: int = 5):
     return as_tensor(task.support_x), torch.from_numpy(task.support_y), as_tensor(task.query_x)
 
 
-def training_stages(rundir: str) -> list:
-    """How the parameters came to be: this run and, through --init-from, the runs it started from."""
+def training_stages(rundir: str, skipped: list | None = None) -> list:
+    """How the parameters came to be: this run and, through --init-from, the runs it started from.
+    A damaged summary.json is left out with a warning and noted in ``skipped``."""
     from .run import read_config
 
+    skipped = [] if skipped is None else skipped
     stages, seen = [], set()
     while rundir and os.path.isdir(rundir) and os.path.realpath(rundir) not in seen:
         seen.add(os.path.realpath(rundir))
@@ -54,9 +110,12 @@ def training_stages(rundir: str) -> list:
         stage = {"command": " ".join(config.command), "algorithm": config.algorithm,
                  "pretrain_epochs": config.pretrain_epochs, "iterations": config.iterations}
         summary = os.path.join(rundir, "summary.json")
-        if os.path.exists(summary):
-            with open(summary) as f:
-                stage.update({k: v for k, v in json.load(f).items() if k != "rundir"})
+        text = _read_record(summary, skipped)
+        saved = None if text is None else _json_object(text)
+        if saved is not None:
+            stage.update({k: v for k, v in saved.items() if k != "rundir"})
+        elif text is not None:
+            _skip(summary, "damaged (not a JSON object)", skipped)
         stages.insert(0, stage)
         rundir = config.init_from
     return stages
@@ -86,8 +145,12 @@ def export_run(rundir: str, out: str, checkpoint: str = "best", say=lambda stage
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    provenance["stages"] = training_stages(rundir)
+    skipped = []  # damaged optional records: the export goes on, and the bundle says what it lacks
+    provenance["stages"] = training_stages(rundir, skipped)
+    evaluations = read_evaluations(rundir, skipped)
+    if skipped:
+        provenance["skipped"] = skipped
     say("loading a task of the run's unseen classes to verify on")
     task = verification_task(config)
     return export_bundle(out, model, spec, recipe, params, preprocess_of(config), provenance,
-                         read_evaluations(rundir), task=task, say=say)
+                         evaluations, task=task, say=say)
