@@ -106,7 +106,8 @@ def test_fit_is_recorded_new_runs_pad_and_old_run_folders_stretch(tmp_path, caps
     one_error(code, stdout, err, "--fit", "squash")
 
 
-def test_ctrl_c_during_training_says_how_to_resume(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_before_any_checkpoint_says_nothing_was_saved(tmp_path, capsys, monkeypatch):
+    """(After a checkpoint it advises --resume: tests/test_server_edges.py.)"""
     import fastadapt.meta_train.trainer as trainer
 
     def interrupted(*args, **kwargs):
@@ -115,4 +116,5 @@ def test_ctrl_c_during_training_says_how_to_resume(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(trainer, "train", interrupted)
     code, stdout, err = run_cli(capsys, *BASE, "--out", tmp_path / "run")
     assert code == 130 and "Traceback" not in err
-    assert err.strip() == f"interrupted; resume from the last checkpoint with: fastadapt train --out {tmp_path / 'run'} --resume"
+    assert err.strip() == "interrupted; nothing was saved; run the same command again to start over"
+    assert not (tmp_path / "run").exists()

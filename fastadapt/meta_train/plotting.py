@@ -38,15 +38,15 @@ def plot_curves(rundir: str, chance: float | None = None) -> None:
     except ImportError:
         warn("matplotlib is not installed: no curves.png (pip install 'fastadapt[train]')")
         return
-    rows = read_metrics(rundir)
+    rows = read_metrics(rundir)  # numbers only: damaged rows are left out
     train_rows = [r for r in rows if "loss" in r]
-    val_rows = [r for r in rows if "val_ci95" in r]
+    key = "val_mse" if any("val_mse" in r for r in rows) else "val_accuracy"
+    val_rows = [r for r in rows if "val_ci95" in r and key in r]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    its = [r["iteration"] for r in train_rows]
-    weight = smoothing_weight(len(its))
+    weight = smoothing_weight(len(train_rows))
 
     def train_curve(ax, key: str, label: str) -> None:
-        values = [r[key] for r in train_rows]
+        its, values = zip(*[(r["iteration"], r[key]) for r in train_rows if key in r])
         line, = ax.plot(its, values, alpha=0.25, linewidth=0.8)
         ax.plot(its, moving_average(values, weight), color=line.get_color(), label=f"{label} (smoothed)")
 
@@ -54,8 +54,7 @@ def plot_curves(rundir: str, chance: float | None = None) -> None:
         train_curve(axes[0], "loss", "train query loss")
     axes[0].set_xlabel("iteration")
     axes[0].set_title("meta-training loss")
-    key = "val_mse" if val_rows and "val_mse" in val_rows[0] else "val_accuracy"
-    if train_rows and "accuracy" in train_rows[0]:
+    if any("accuracy" in r for r in train_rows):
         train_curve(axes[1], "accuracy", "train query accuracy")
     if val_rows:
         v = np.array([r[key] for r in val_rows])

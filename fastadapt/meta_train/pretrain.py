@@ -48,7 +48,7 @@ def pretrain_body(model, params: dict, classes: ImageClasses, preprocess: Prepro
         with torch.no_grad():
             for k, v in trained.items():
                 v.copy_(torch.from_numpy(ckpt.params[k]))
-        load_optimizer_state(optimizer, ckpt.optimizer_state, device)
+        load_optimizer_state(optimizer, ckpt.optimizer_state, device, path)
         start, elapsed = ckpt.progress["epoch"], ckpt.progress.get("elapsed_seconds", 0.0)
     log = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     batches = -(-len(images) // batch_size)

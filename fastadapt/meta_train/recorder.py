@@ -30,6 +30,7 @@ class RunRecorder:
         self.key = "val_mse" if c.regression else "val_accuracy"
         self.chance = None if c.regression else 100 / c.ways  # accuracy % of guessing
         self.validations, self.at_chance = 0, 0  # validations recorded; how many of the latest sat at chance
+        self.plots = True  # until drawing curves.png fails once
         self.metrics = open(os.path.join(rundir, "metrics.jsonl"), "a") if writes else None
         self.t0 = time.time()
 
@@ -72,8 +73,19 @@ class RunRecorder:
             save_checkpoint(self.best_path, _snapshot(params), None, {"iteration": iteration, "best": self.best, **vrow})
         self.log(f"{what}, validation {self.key} {vrow[self.key]} ± {vrow['val_ci95']} (best {self.best})")
         self.checkpoint(iteration, params, optimizer)
-        plot_curves(self.rundir, self.chance)
+        self._plot()
         self._check_chance(vrow)
+
+    def _plot(self) -> None:
+        """curves.png: a by-product, so a failure is one warning and the run goes on without curves."""
+        if not self.plots:
+            return
+        try:
+            plot_curves(self.rundir, self.chance)
+        except Exception as exc:  # matplotlib can raise anything on odd data or fonts
+            self.plots = False
+            warn(f"{self.rundir}/curves.png: not drawn ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                 f"the run goes on without curves")
 
     def _check_chance(self, vrow: dict) -> None:
         """One warning when validation accuracy is within its 95% CI of chance at two consecutive

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
@@ -24,8 +25,9 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from ..data.sources import DEFAULT_SEED, DEFAULT_VAL_CLASSES, DEFAULT_WAYS
+from ..bundle import FLOAT32, ZIP_ERRORS, _read_array
 from ..outputs import write_atomic
-from ..errors import FastadaptError
+from ..errors import FastadaptError, warn
 from ..manifest import MAX_HEAD_SCALE, MIN_HEAD_SCALE
 
 # Defaults that depend on the data or the algorithm (the field defaults below are for image classification
@@ -193,11 +195,17 @@ def read_config(rundir: str) -> TrainConfig:
             saved = json.loads(f.read(1 << 20))  # a config is a few hundred bytes
         if isinstance(saved, dict):
             saved.setdefault("fit", "stretch")  # runs from before the field resized by stretching
-        return TrainConfig.from_dict(saved)
+        config = TrainConfig.from_dict(saved)
+        from .run_setup import check_config  # (run_setup imports this module)
+
+        check_config(config, here=False)  # choices and combinations: train wrote none that fail
+        return config
     except (OSError, ValueError, TypeError, RecursionError, FastadaptError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else exc
-        raise FastadaptError(f"{path}: damaged run config ({reason}); restore it from a backup or train "
-                             f"again into a new --out") from None
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        # the checks name flags ("--arch"); in the file they are fields ("arch")
+        reason = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), reason)
+        raise FastadaptError(f"{path}: damaged run config ({reason}); fix that field, restore the file from a "
+                             f"backup, or train again into a new --out") from None
 
 
 def write_json(path: str, obj) -> None:
@@ -234,28 +242,105 @@ def load_checkpoint(path: str, fix: str = DAMAGED_FIX) -> Checkpoint:
     if not os.path.exists(path):
         raise FastadaptError(f"{path}: no checkpoint yet; the run has not saved one (train longer)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            meta = json.loads(str(npz["meta"]))
-            params = {k: npz[f"param/{k}"] for k in meta["param_names"]}
-            state = {}
-            for key in npz.files:
-                if key.startswith("opt/"):
-                    _, index, name = key.split("/", 2)
-                    state.setdefault(int(index), {})[name] = npz[key]
-            progress = meta["progress"]
-            optimizer = {"state": state, "param_groups": meta["optimizer_groups"]} if "optimizer_groups" in meta else None
-        key = "epoch" if "epoch" in progress else "iteration"  # pretrain.npz counts epochs
-        iteration = progress[key]
-        if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
-            raise ValueError(f"{key} {iteration!r}")
-        if not all(a.dtype.kind == "f" for a in params.values()):
-            raise ValueError("parameters that are not floating point")
-    # np.load raises EOFError on an empty file, BadZipFile on a damaged zip, and returns an array
-    # (no context manager: AttributeError/TypeError) for a .npy file; a wrong layout gives Key/TypeError
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
+        arrays = _read_npz(path)
+        meta = json.loads(str(arrays.pop("meta")))
+        params = {k: arrays.pop(f"param/{k}") for k in meta["param_names"]}
+        state = {}
+        for key, value in arrays.items():
+            if not key.startswith("opt/"):
+                raise ValueError(f"unexpected member {key[:80]!r}")
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+        progress = meta["progress"]
+        _check_progress(progress)
+        optimizer = None
+        if "optimizer_groups" in meta:
+            optimizer = {"state": state, "param_groups": meta["optimizer_groups"]}
+            _check_optimizer(optimizer, list(params.values()))
+        elif state:
+            raise ValueError("optimiser state without its groups")
+    # a damaged zip or .npy raises one of ZIP_ERRORS; a wrong layout gives Key/Type/AttributeError
+    except ZIP_ERRORS + (TypeError, AttributeError, RecursionError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
-        raise FastadaptError(f"{path}: damaged checkpoint ({reason}); {fix}") from None
+        raise FastadaptError(f"{path}: damaged checkpoint ({reason[:300]}); {fix}") from None
     return Checkpoint(params, optimizer, progress)
+
+
+def _read_npz(path: str) -> dict:
+    """The arrays of a checkpoint written by save_checkpoint: float32 ones (finite) and the JSON ``meta``
+    string. Every .npy header is checked against its member's real size before anything is allocated:
+    one declaring 10^12 elements would otherwise be allocated (bundle._read_array does the check)."""
+    arrays = {}
+    with zipfile.ZipFile(path) as npz:
+        infos = npz.infolist()
+        # np.savez stores its members: their sizes add up to at most the file's, which bounds every read
+        if any(i.compress_type != zipfile.ZIP_STORED for i in infos) or \
+                sum(i.file_size for i in infos) > os.path.getsize(path):
+            raise ValueError("its members declare more bytes than the file holds")
+        for info in infos:
+            name = info.filename.removesuffix(".npy")
+            if name in arrays or name == info.filename:
+                raise ValueError(f"unexpected member {info.filename[:80]!r}")
+            want = FLOAT32
+            if name == "meta":  # a unicode string of the length its header declares
+                with npz.open(info) as f:
+                    header = np.lib.format.read_array_header_1_0 if np.lib.format.read_magic(f) == (1, 0) \
+                        else np.lib.format.read_array_header_2_0
+                    want = header(f)[2]
+                if want.kind != "U":
+                    raise ValueError(f"meta has dtype {want}, not a string")
+            with npz.open(info) as f:
+                arrays[name] = _read_array(f, info.file_size, name[:80], want)
+    if "meta" not in arrays:
+        raise KeyError("meta")
+    return arrays
+
+
+def _number(value, low: float = -math.inf) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= low
+
+
+def _check_progress(progress) -> None:
+    """The counters a resume continues from: the iteration (pretrain.npz: epoch) within its flag's limit,
+    the best validation score so far and the elapsed seconds."""
+    if not isinstance(progress, dict):
+        raise TypeError("progress is not a JSON object")
+    key, flag = ("epoch", "pretrain_epochs") if "epoch" in progress else ("iteration", "iterations")
+    count = progress[key]
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= LIMITS[flag][1]:
+        raise ValueError(f"{key} {count!r:.40}")
+    for name, low in (("best", -math.inf), ("elapsed_seconds", 0)):
+        value = progress.get(name)
+        if value is not None and not _number(value, low):
+            raise ValueError(f"{name} {value!r:.40}")
+
+
+def _check_optimizer(saved: dict, params: list) -> None:
+    """A torch optimiser state_dict of ``params``: groups that hold each parameter index once, and state
+    tensors shaped like their parameter (Adam's step: a scalar), all with the same entries."""
+    groups = saved["param_groups"]
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise TypeError("optimizer_groups is not a list of objects")
+    indices = [i for g in groups for i in g["params"]]
+    if not all(type(i) is int for i in indices) or sorted(indices) != list(range(len(params))):
+        raise ValueError(f"optimiser groups hold parameters {indices!r:.80}, not 0 to {len(params) - 1}")
+    for g in groups:
+        for key, value in g.items():  # hyperparameters: numbers, flags, None or (betas) lists of numbers
+            values = value if isinstance(value, list) and key != "params" else [value]
+            if key != "params" and not all(v is None or isinstance(v, bool) or _number(v) for v in values):
+                raise ValueError(f"optimiser setting {key[:40]!r} is {value!r:.40}")
+        if not _number(g.get("lr"), 0):
+            raise ValueError(f"optimiser learning rate {g.get('lr')!r:.40}")
+    entries = {tuple(sorted(s)) for s in saved["state"].values()}
+    if len(entries) > 1:
+        raise ValueError("optimiser state entries differ between parameters")
+    for index, s in saved["state"].items():
+        if not 0 <= index < len(params):
+            raise ValueError(f"optimiser state for parameter {index}, of {len(params)}")
+        for name, value in s.items():
+            shape = () if name == "step" else params[index].shape
+            if value.shape != shape or (name == "step" and value < 0):
+                raise ValueError(f"optimiser state {index}/{name} is {value.shape}, not {shape}")
 
 
 def has_checkpoint(rundir: str) -> bool:
@@ -329,25 +414,43 @@ def remove_temp_files(rundir: str) -> None:
 
 
 def read_metrics(rundir: str) -> list:
+    """The rows of RUNDIR/metrics.jsonl; damaged ones are left out (see _metric_rows)."""
+    return _metric_rows(rundir)[0]
+
+
+def _metric_rows(rundir: str) -> tuple:
+    """(rows, how many lines were left out): a row is a JSON object with an integer iteration and numbers
+    for values, as the trainer writes them; anything else (a line cut by a kill, an edit) is damage."""
     path = os.path.join(rundir, "metrics.jsonl")
     if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path) as f:
+        return [], 0
+    rows, dropped = [], 0
+    with open(path, "rb") as f:
         for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a line cut by a kill: everything after it is lost anyway
-    return rows
+            if not line.endswith(b"\n"):
+                break  # the tail of a write cut by a kill: not damage, and no row to keep
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError):  # JSON or UTF-8 damage
+                row = None
+            if isinstance(row, dict) and type(row.get("iteration")) is int and row["iteration"] >= 0 \
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row.values()):
+                rows.append(row)
+            else:
+                dropped += 1
+    return rows, dropped
 
 
 def truncate_metrics(rundir: str, iteration: int) -> None:
-    """On resume, drop metrics logged after the checkpoint we resume from."""
-    rows = [r for r in read_metrics(rundir) if r.get("iteration", 0) <= iteration]
-    write_atomic(os.path.join(rundir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode())
+    """On resume, drop metrics logged after the checkpoint we resume from, and any damaged rows."""
+    rows, dropped = _metric_rows(rundir)
+    path = os.path.join(rundir, "metrics.jsonl")
+    if dropped:
+        warn(f"{path}: left out {dropped} damaged line(s) (not a metrics row); the curves lack them")
+    rows = [r for r in rows if r["iteration"] <= iteration]
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def optimizer_state_to_numpy(optimizer) -> dict:
@@ -360,9 +463,24 @@ def optimizer_state_to_numpy(optimizer) -> dict:
                           for k, v in s.items()} for i, s in state["state"].items()}}
 
 
-def load_optimizer_state(optimizer, saved: dict, device) -> None:
+def load_optimizer_state(optimizer, saved: dict, device, path: str = "checkpoint", fix: str = DAMAGED_FIX) -> None:
+    """Load ``saved`` (load_checkpoint's, already checked on its own) into ``optimizer``: it must have
+    the optimiser's groups, with each setting of the kind the optimiser has (a number stays a number)."""
     import torch
 
+    def kind(value):  # JSON gives lists for tuples (Adam's betas)
+        return "number" if _number(value) else "list" if isinstance(value, (list, tuple)) else type(value).__name__
+
+    mine = optimizer.state_dict()["param_groups"]
+    for a, b in zip(mine, saved["param_groups"]):
+        # settings one torch version lacks are filled in by torch; a shared one must keep its kind
+        wrong = [k for k in set(a) & set(b) - {"params"} if kind(a[k]) != kind(b[k])]
+        if wrong or len(a["params"]) != len(b["params"]):
+            what = f"setting {wrong[0][:40]} is {b[wrong[0]]!r:.40}" if wrong else "a group of another size"
+            raise FastadaptError(f"{path}: damaged checkpoint (optimiser {what}); {fix}")
+    if len(mine) != len(saved["param_groups"]):
+        raise FastadaptError(f"{path}: damaged checkpoint ({len(saved['param_groups'])} optimiser groups, "
+                             f"not {len(mine)}); {fix}")
     state = {int(i): {k: torch.from_numpy(np.array(v)).to(device if k != "step" else "cpu")
                       for k, v in s.items()} for i, s in saved["state"].items()}
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})

@@ -9,7 +9,7 @@ import torch
 
 from ..data.sampler import Task, TaskSampler
 from ..data.sinusoid import RegressionTask, SinusoidSampler
-from ..data.sources import default_protocol, load_splits
+from ..data.sources import PROTOCOLS, default_protocol, load_splits
 from ..errors import FastadaptError
 from ..images import Preprocess, to_float
 from ..models import ModelSpec, build_model
@@ -20,8 +20,9 @@ from .inner_loop import HEAD, HEAD_INITS, LEARNED_LRS, InnerLoop, initial_rates
 from .run import TrainConfig, check_limits
 
 
-def check_config(c: TrainConfig) -> None:
-    """Reject contradictory or impossible flag combinations before any work starts."""
+def check_config(c: TrainConfig, here: bool = True) -> None:
+    """Reject contradictory or impossible flag combinations before any work starts. ``here``: also that this
+    machine can run it (a run folder's config.json is checked without: it may come from a GPU machine)."""
     if c.algorithm not in ALGORITHMS:
         raise FastadaptError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got '{c.algorithm}'")
     check_limits(c)  # every field's type and range (run.LIMITS); what follows are combinations
@@ -56,6 +57,8 @@ def check_config(c: TrainConfig) -> None:
         raise FastadaptError("--augment distorts images; it does not apply to --data sinusoid")
     if c.channels not in (1, 3):
         raise FastadaptError(f"--channels must be 1 (grayscale) or 3 (RGB), got {c.channels}")
+    if c.protocol not in PROTOCOLS:
+        raise FastadaptError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got '{c.protocol}'")
     if c.protocol == "all":
         raise FastadaptError("--protocol all is for evaluation only (every class a test class); "
                              "train with --protocol split, lake or vinyals")
@@ -75,7 +78,7 @@ def check_config(c: TrainConfig) -> None:
             raise FastadaptError(f"--ways must be at least 2, got {c.ways}")
     if c.device not in ("auto", "cpu", "cuda"):
         raise FastadaptError(f"--device must be auto, cpu or cuda, got '{c.device}'")
-    if c.device == "cuda" and not torch.cuda.is_available():
+    if here and c.device == "cuda" and not torch.cuda.is_available():
         raise FastadaptError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu or auto")
 
 

@@ -144,6 +144,10 @@ def _start(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, give
     c = resolve_config(c, rundir, resume, given)  # reads only: bad flags create no folder
     check_config(c)
     job.check_config(c.meta_batch, c.pretrain_epochs)
+    metrics = os.path.join(rundir, "metrics.jsonl")
+    if os.path.isdir(metrics):  # else writing it fails as if the disk were full
+        raise FastadaptError(f"{metrics} is a directory, not the run's metrics log; move it out of {rundir}, then "
+                             f"run the command again")
     if job.is_main:
         # one writer per run folder: a second trainer stops here at once, naming the first; then
         # look again, under the lock, at what the folder holds
@@ -167,7 +171,7 @@ def _start(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, give
         ckpt = load_checkpoint(last_path, fix)
         copy_params(params, ckpt.params, last_path, fix)
         if ckpt.optimizer_state is not None:
-            load_optimizer_state(s.optimizer, ckpt.optimizer_state, device)
+            load_optimizer_state(s.optimizer, ckpt.optimizer_state, device, last_path, fix)
         s.start, s.best = ckpt.progress["iteration"], ckpt.progress.get("best")
         s.elapsed_before = ckpt.progress.get("elapsed_seconds", 0.0)
         if c.iterations < s.start:  # else the summary and config would claim fewer iterations than were run
