@@ -260,18 +260,22 @@ def _check_directory(file, where: str) -> None:
 
 
 def _read_member(archive: zipfile.ZipFile, infos: dict, name: str, where: str) -> bytes:
-    """A member's bytes, refusing before reading when it declares more than its limit, and stopping
-    once the limit is passed (zipfile also stops at the declared size, whose CRC then fails)."""
     info = infos.get(name)
     if info is None:
         raise FastadaptError(f"{where}: member {name} is missing; the bundle is truncated, re-export it")
-    limit = MEMBER_LIMITS[name]
+    return read_bounded(archive, info, MEMBER_LIMITS[name], f"{where}: member {name}", "a bundle may hold",
+                        "refused as damaged or crafted (a zip bomb), re-export it")
+
+
+def read_bounded(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, what: str, holder: str, fix: str) -> bytes:
+    """A zip member's bytes (bundles, and image zips given as --data): refused before reading when it
+    declares more than ``limit`` or uses a compression with no output bound (bzip2, LZMA), and stopped
+    once the limit is passed (zipfile also stops at the declared size, whose CRC then fails). ``what``
+    names the member in messages, ``holder`` says whose limit it is, ``fix`` ends them."""
     if info.compress_type not in COMPRESSIONS:
-        raise FastadaptError(f"{where}: member {name} uses zip compression method {info.compress_type}; bundles use "
-                             f"deflate, re-export it")
+        raise FastadaptError(f"{what} uses zip compression method {info.compress_type}, not deflate; {fix}")
     if info.file_size > limit:
-        raise FastadaptError(f"{where}: member {name} declares {info.file_size:,} bytes, more than a bundle may "
-                             f"hold ({limit:,}); refused as damaged or crafted (a zip bomb), re-export it")
+        raise FastadaptError(f"{what} declares {info.file_size:,} bytes, more than {holder} ({limit:,}); {fix}")
     chunks, total = [], 0
     with archive.open(info) as f:
         # in pieces, so even a member whose declared size lies never inflates more than a piece at once
@@ -279,7 +283,7 @@ def _read_member(archive: zipfile.ZipFile, infos: dict, name: str, where: str) -
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
-                raise FastadaptError(f"{where}: member {name} holds more than {limit:,} bytes; refused, re-export it")
+                raise FastadaptError(f"{what} holds more than {limit:,} bytes; {fix}")
     return b"".join(chunks)
 
 

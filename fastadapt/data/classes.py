@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..bundle import COMPRESSIONS, READ_PIECE, ZIP_ERRORS
+from ..bundle import ZIP_ERRORS, read_bounded
 from ..errors import FastadaptError, warn
 from ..images import MAX_STREAM_BYTES, Preprocess, decode_bytes, is_image_name, to_uint8
 
@@ -86,22 +86,9 @@ def _split_layout(paths: list) -> dict:
 def _read_member(archive: zipfile.ZipFile, path: str, name: str) -> bytes:
     """A member's bytes, at most MAX_STREAM_BYTES (an image's limit): a member declaring more is refused
     before reading, and one whose declared size lies is read in pieces and stopped (a zip bomb)."""
-    limit = MAX_STREAM_BYTES
     try:
-        info = archive.getinfo(name)
-        if info.file_size > limit:
-            raise FastadaptError(f"{path}:{name}: declares {info.file_size:,} bytes, more than an image may take "
-                                 f"({limit:,})")
-        if info.compress_type not in COMPRESSIONS:  # bzip2/LZMA inflate without an output bound
-            raise FastadaptError(f"{path}:{name}: zip compression method {info.compress_type}; use deflate")
-        chunks, total = [], 0
-        with archive.open(info) as f:
-            while chunk := f.read(min(READ_PIECE, limit + 1 - total)):
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > limit:
-                    raise FastadaptError(f"{path}:{name}: holds more than {limit:,} bytes")
-        return b"".join(chunks)
+        return read_bounded(archive, archive.getinfo(name), MAX_STREAM_BYTES, f"{path}:{name}", "an image may take",
+                            "re-pack the zip (deflate, images under the limit)")
     except ZIP_ERRORS as exc:  # a damaged member: skipped like a bad image
         raise FastadaptError(f"{path}:{name}: damaged zip member ({exc.__class__.__name__}: {exc})") from None
 
