@@ -152,3 +152,8 @@ def test_an_out_folder_that_refuses_files_fails_before_adapting(capsys, monkeypa
     monkeypatch.setattr(Model, "adapt", lambda *a, **k: pytest.fail("adapted before checking --out"))
     code, out, err = run_cli(capsys, "adapt", "--shots", str(EXAMPLES / "shots"), "--out", "/proc/x.fadapt")
     one_error(code, out, err, "--out /proc/x.fadapt: cannot write in folder /proc")
+
+
+def test_evaluate_checkpoint_on_a_bundle_is_refused_not_ignored(capsys):
+    code, out, err = run_cli(capsys, "evaluate", "characters", "--data", str(EXAMPLES / "shots"), "--checkpoint", "last")
+    one_error(code, out, err, "--checkpoint last: applies to run folders")

@@ -218,6 +218,9 @@ def evaluate(
         if batched is not None:
             raise FastadaptError("--batched/--no-batched apply to run folders (torch); a bundle is evaluated by "
                                  "the runtime one task at a time: drop the flag")
+        if checkpoint != "best":
+            raise FastadaptError(f"--checkpoint {printable(checkpoint)}: applies to run folders; a bundle holds the "
+                                 f"one checkpoint it was exported from (fastadapt export RUN --checkpoint): drop the flag")
         result = evaluate_bundle(model, data=data, protocol=protocol, ways=ways, shots=1 if shots is None else shots, query=query,
                                  tasks=tasks, seed=seed, steps=steps, lr=lr, transductive=transductive,
                                  safeguard=safeguard is not False, colour="auto" if colour is None else colour,
