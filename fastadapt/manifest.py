@@ -246,6 +246,14 @@ def _unique_names(names, field: str, low: int, high: int, max_chars: int) -> Non
         seen.add(name)
 
 
+EVALUATION_NUMBERS = ("accuracy_pct", "ci95_pct", "adapt_ms_median")  # of an evaluation record, when present
+
+
+def valid_evaluation(row: dict) -> bool:
+    """Whether an evaluation record's numbers are ones a manifest accepts (finite numbers or null)."""
+    return all(row.get(key) is None or _is_number(row[key]) for key in EVALUATION_NUMBERS)
+
+
 def _check_free_form(manifest: dict) -> None:
     """Fields that are mostly free-form but read by info, evaluate or the CLI: the types they rely on."""
     arch = _optional_dict(manifest, "architecture")
@@ -263,7 +271,7 @@ def _check_free_form(manifest: dict) -> None:
     _need(rows is None or isinstance(rows, list) and all(isinstance(r, dict) for r in rows), "evaluation",
           "a list of objects", evaluation)
     for row in rows or ():
-        for key in ("accuracy_pct", "ci95_pct", "adapt_ms_median"):
+        for key in EVALUATION_NUMBERS:
             if row.get(key) is not None:
                 _need(_is_number(row[key]), f"evaluation.{key}", "a finite number", row[key])
     verification = _optional_dict(manifest, "verification")

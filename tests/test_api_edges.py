@@ -118,3 +118,24 @@ def test_weights_that_overflow_give_one_error_not_nan_answers(adapted, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a RuntimeWarning would fail the test
         refused(lambda: big.predict(str(STAR)), "the model's outputs are not finite numbers")
+
+
+CAFE_NFC, CAFE_NFD = "caf\u00e9", "cafe\u0301"  # the same word: one code point for é, or e + combining accent
+
+
+def test_class_names_that_differ_only_in_unicode_form_are_refused(model, adapted, tmp_path):
+    """macOS writes file names decomposed (NFD), most other systems composed (NFC): two folders that look the
+    same would silently become two classes."""
+    star, circle = str(SHOTS / "star" / "star_1.png"), str(SHOTS / "circle" / "circle_1.png")
+    message = refused(lambda: model.adapt({CAFE_NFC: [star], CAFE_NFD: [circle]}), "look the same")
+    assert ascii(CAFE_NFC) in message and ascii(CAFE_NFD) in message
+    refused(lambda: adapted.add_classes({CAFE_NFD: [star]}).add_classes({CAFE_NFC: [circle]}), "look the same")
+    try:
+        for name, image in ((CAFE_NFC, star), (CAFE_NFD, circle)):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "a.png").write_bytes(Path(image).read_bytes())
+    except OSError:  # a file system that normalises names itself (APFS, HFS+) cannot hold both
+        pytest.skip("this file system cannot hold both spellings")
+    if len(list(tmp_path.iterdir())) == 2:
+        message = refused(lambda: model.adapt(tmp_path), "look the same")
+        assert message.startswith(str(tmp_path))

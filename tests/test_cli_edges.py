@@ -157,3 +157,12 @@ def test_an_out_folder_that_refuses_files_fails_before_adapting(capsys, monkeypa
 def test_evaluate_checkpoint_on_a_bundle_is_refused_not_ignored(capsys):
     code, out, err = run_cli(capsys, "evaluate", "characters", "--data", str(EXAMPLES / "shots"), "--checkpoint", "last")
     one_error(code, out, err, "--checkpoint last: applies to run folders")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links")
+def test_a_dangling_image_link_in_a_predicted_folder_is_named_not_skipped_silently(shapes, tmp_path, capsys):
+    shutil.copyfile(STAR, tmp_path / "star.png")
+    os.symlink(tmp_path / "gone" / "missing.png", tmp_path / "link.png")
+    code, out, err = run_cli(capsys, "predict", "--model", shapes, str(tmp_path))
+    assert code == 0 and "star.png" in out and "link.png" not in out
+    assert "link.png: a symbolic link to a file that does not exist; skipped" in err

@@ -175,6 +175,16 @@ def test_damaged_evaluation_lines_are_left_out_and_the_rest_kept(run, exported):
     assert bundle["provenance"]["stages"][0]["iterations"] == 2  # the intact summary is still there
 
 
+@pytest.mark.parametrize("field", ["accuracy_pct", "ci95_pct", "adapt_ms_median"])
+def test_an_evaluation_line_whose_number_is_text_is_left_out(run, exported, field):
+    """The manifest refuses such a row; export used to fail on it at its very end."""
+    good = {"accuracy_pct": 50.0, "ci95_pct": 1.0}
+    (run / "evaluations.jsonl").write_text(json.dumps({**good, field: "high"}) + "\n" + json.dumps(good) + "\n")
+    with pytest.warns(FastadaptWarning, match="evaluations.jsonl: 1 damaged line\\(s\\), first: line 1"):
+        bundle = exported(run)
+    assert bundle["evaluation"] == [good]
+
+
 def test_an_evaluations_folder_is_left_out_at_export(run, exported):
     (run / "evaluations.jsonl").mkdir()
     with pytest.warns(FastadaptWarning, match="evaluations.jsonl: not a regular file"):

@@ -68,7 +68,8 @@ def test_the_ends_of_every_range_are_accepted():
         for value in (low, high):
             if name in POSITIVE and value == low:
                 continue  # learning rates (and the head's scale) must be above 0
-            TrainConfig.from_dict({**TrainConfig().to_dict(), name: value})
+            data = "sinusoid" if name == "ways" and value == 1 else "synthetic"  # classification needs 2 ways
+            TrainConfig.from_dict({**TrainConfig().to_dict(), "data": data, name: value})
     TrainConfig.from_dict({**TrainConfig().to_dict(), "ways": 1000, "shots": 5, "query": 15})  # 20,000 images
     TrainConfig.from_dict({**TrainConfig().to_dict(), "inner_lr": 7})  # an int where a float is expected
 
@@ -118,3 +119,17 @@ def test_ctrl_c_before_any_checkpoint_says_nothing_was_saved(tmp_path, capsys, m
     assert code == 130 and "Traceback" not in err
     assert err.strip() == "interrupted; nothing was saved; run the same command again to start over"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_too_few_ways_get_one_message_with_the_whole_range(tmp_path, capsys, command, value):
+    """0 and 1 ways used to get differently worded messages (a range with 1 in it, then 'at least 2')."""
+    args = [*BASE, "--data", "synthetic", "--out", tmp_path / "run"] if command == "train" else \
+        ["evaluate", tmp_path / "nothing", "--data", "synthetic"]
+    code, stdout, err = run_cli(capsys, *args, "--ways", value)
+    one_error(code, stdout, err, f"--ways must be from 2 to 1000, got {value}")
+
+
+def test_one_way_is_still_accepted_for_sinusoid_regression():
+    assert TrainConfig.from_dict({**TrainConfig().to_dict(), "data": "sinusoid", "ways": 1}).ways == 1

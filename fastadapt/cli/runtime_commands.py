@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import FastadaptError
+from ..errors import FastadaptError, warn
 from ..manifest import printable
 from ..progress import lazy_reporter
 from . import app, check_out
@@ -145,8 +145,11 @@ def _expand(inputs: List[Path]) -> list:
     paths = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(str(p) for p in item.rglob("*") if p.is_file() and is_image_name(p.name)
-                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            candidates = [p for p in item.rglob("*") if is_image_name(p.name)
+                          and not any(part.startswith(".") for part in p.relative_to(item).parts)]
+            found = sorted(str(p) for p in candidates if p.is_file())
+            for broken in sorted(str(p) for p in candidates if p.is_symlink() and not p.exists()):
+                warn(f"{printable(broken)}: a symbolic link to a file that does not exist; skipped")
             if not found:
                 raise FastadaptError(f"{item}: folder has no images (.png, .jpg, ...); pass image files or a folder of them")
             paths += found

@@ -202,7 +202,8 @@ def evaluate(
     Works on a run folder (torch) and on an exported bundle (runtime only, no torch needed); with the same
     --data/--ways/--shots/--seed both see exactly the same tasks.
     """
-    _check_evaluate_flags(ways=ways, shots=shots, query=query, tasks=tasks, seed=seed, steps=steps, lr=lr)
+    _check_evaluate_flags(data in (None, "sinusoid"), ways=ways, shots=shots, query=query, tasks=tasks, seed=seed,
+                          steps=steps, lr=lr)
     from ..runtime.loading import BUILT_IN, model_path
 
     given = model
@@ -276,7 +277,7 @@ def check_run_out(out: str, inputs: list) -> None:
     check_inputs(out, inputs, "--out")
 
 
-def _check_evaluate_flags(**flags) -> None:
+def _check_evaluate_flags(regression: bool, **flags) -> None:
     """evaluate's numbers, within the same limits as the train flags they mirror (meta_train.run.LIMITS)."""
     from ..meta_train.run import LIMITS, POSITIVE, check_flag
 
@@ -284,7 +285,10 @@ def _check_evaluate_flags(**flags) -> None:
                "steps": "eval_inner_steps", "lr": "inner_lr"}
     for name, value in flags.items():
         if value is not None:
-            check_flag(f"--{name}", value, *LIMITS[mirrors[name]], positive=mirrors[name] in POSITIVE)
+            low, high = LIMITS[mirrors[name]]
+            if name == "ways" and not regression:
+                low = 2  # as train: 1 way is for --data sinusoid
+            check_flag(f"--{name}", value, low, high, positive=mirrors[name] in POSITIVE)
 
 
 def _task_progress(total: int):

@@ -13,7 +13,7 @@ import torch
 from .. import __version__
 from ..errors import FastadaptError, warn
 from ..images import to_float
-from ..manifest import MAX_MANIFEST_BYTES
+from ..manifest import MAX_MANIFEST_BYTES, valid_evaluation
 from .evaluate import load_meta_params
 from .bundle_export import export_bundle
 
@@ -70,12 +70,13 @@ def read_evaluations(rundir: str, skipped: list | None = None) -> list:
         if not line.strip():
             continue
         row = _json_object(line)
-        if row is None:
+        if row is None or not valid_evaluation(row):
             bad.append(number)
         else:
             rows.append(row)
     if bad:
-        _skip(path, f"{len(bad)} damaged line(s), first: line {bad[0]} (not a JSON object)", skipped)
+        _skip(path, f"{len(bad)} damaged line(s), first: line {bad[0]} (not a JSON object, or an accuracy that "
+                    f"is not a number)", skipped)
     return rows
 
 

@@ -153,7 +153,7 @@ def check_flag(flag: str, value, low, high, positive: bool = False) -> None:
 def check_limits(c: TrainConfig) -> None:
     """Types and ranges of every field, before any work: a bad value fails in one line naming its flag.
 
-    Combinations (an algorithm that needs classes, ways >= 2 for classification ...) are checked by
+    Combinations (an algorithm that needs classes, a head init that fits the data ...) are checked by
     run_setup.check_config.
     """
     from ..images import FITS
@@ -163,7 +163,10 @@ def check_limits(c: TrainConfig) -> None:
     for f in fields(c):
         value, flag = getattr(c, f.name), "--" + f.name.replace("_", "-")
         if f.name in LIMITS:
-            check_flag(flag, value, *LIMITS[f.name], positive=f.name in POSITIVE)
+            low, high = LIMITS[f.name]
+            if f.name == "ways" and not c.regression:
+                low = 2  # a classification task needs 2 classes; 1 is for --data sinusoid
+            check_flag(flag, value, low, high, positive=f.name in POSITIVE)
         elif f.type in ("str", "bool") and type(value).__name__ != f.type:
             raise FastadaptError(f"{flag} must be a {'string' if f.type == 'str' else 'boolean'}, got {value!r}")
         elif f.name == "batched" and value is not None and not isinstance(value, bool):

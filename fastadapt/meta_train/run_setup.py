@@ -74,8 +74,6 @@ def check_config(c: TrainConfig, here: bool = True) -> None:
         if c.head_init == "learned":
             raise FastadaptError("--head-init learned fixes the number of classes; use zero or prototype for "
                                  "classification so any number of classes works")
-        if c.ways < 2:
-            raise FastadaptError(f"--ways must be at least 2, got {c.ways}")
     if c.device not in ("auto", "cpu", "cuda"):
         raise FastadaptError(f"--device must be auto, cpu or cuda, got '{c.device}'")
     if here and c.device == "cuda" and not torch.cuda.is_available():

@@ -14,12 +14,14 @@ training data are warned about, once per call.
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import FastadaptError, warn
 from ..images import Preprocess, is_image_source, polarity_warning, to_uint8
+from ..manifest import printable
 
 
 @dataclass
@@ -74,6 +76,19 @@ def _folder_classes(root: str) -> dict:
     return classes
 
 
+def _refuse_lookalikes(names, source: str) -> None:
+    """Two labels that render alike but are spelt with different code points ("café" as one character
+    or as "e" plus a combining accent: macOS and Windows file names differ so) would be two classes."""
+    seen = {}
+    for name in names:
+        key = unicodedata.normalize("NFC", name)
+        if key in seen:
+            raise FastadaptError(f"{source}: class names '{printable(seen[key])}' and '{printable(name)}' look the "
+                                 f"same but are spelt with different Unicode characters ({ascii(seen[key])} and "
+                                 f"{ascii(name)}); rename one, or merge their images into one class")
+        seen[key] = name
+
+
 def _describe(item, label, index) -> str:
     if isinstance(item, (str, os.PathLike)):
         return str(os.fspath(item))
@@ -103,6 +118,7 @@ def load_shots(shots, spec: Preprocess) -> Shots:
         folder_of = {name: source for name in classes}
     else:
         raise FastadaptError(f"shots must be a folder path or a dict {{label: [images]}}, got {type(shots).__name__}")
+    _refuse_lookalikes(classes, source)
     if len(classes) < 2:
         only = next(iter(classes), None)
         raise FastadaptError(f"{source}: found {len(classes)} class{'' if only is None else f' ({only})'}; "
