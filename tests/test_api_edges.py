@@ -139,3 +139,14 @@ def test_class_names_that_differ_only_in_unicode_form_are_refused(model, adapted
     if len(list(tmp_path.iterdir())) == 2:
         message = refused(lambda: model.adapt(tmp_path), "look the same")
         assert message.startswith(str(tmp_path))
+
+
+def test_the_one_call_adapt_takes_the_same_options_as_model_adapt():
+    """README: fastadapt.adapt(shots, model=None) takes the same options; colour= was missing (TypeError)."""
+    import inspect
+
+    from fastadapt.runtime.model import Model
+
+    assert set(inspect.signature(Model.adapt).parameters) - {"self"} <= set(inspect.signature(fastadapt.adapt).parameters)
+    photos = Path(fastadapt.__file__).parent / "assets" / "photo_examples" / "shots"
+    assert fastadapt.adapt(photos, model="photos", colour="off").adaptation["colour"] == {"mode": "off"}

@@ -169,7 +169,8 @@ def evaluate(
     model: str = typer.Argument(..., help="A run folder (evaluated in torch), a .fadapt bundle or a built-in "
                                 "model's name (characters, photos), evaluated through the torch-free runtime on "
                                 "the same tasks."),
-    data: Optional[str] = typer.Option(None, help="Dataset whose test classes to use. \\[default: the run's --data]"),
+    data: Optional[str] = typer.Option(None, help="Dataset whose test classes to use; required for bundles. "
+                                       "\\[default: a run folder's --data]"),
     protocol: str = typer.Option("auto", help="As for train; 'all' uses every class of --data as a test class."),
     ways: int = typer.Option(5, help="Classes per task (N)."),
     shots: Optional[int] = typer.Option(None, help="Support images per class (K). \\[default: 1; sinusoid: the run's]"),

@@ -83,7 +83,7 @@ def _check_parameter_shapes(model) -> None:
 
 def adapt(shots, model: str | os.PathLike | None = None, steps: int | str | None = None, lr: float | None = None,
           progress: Callable[[int, int], None] | None = None, trusted_keys: Iterable[str] | None = None,
-          safeguard: bool = True) -> AdaptedModel:
+          safeguard: bool = True, colour: str = "auto") -> AdaptedModel:
     """One call: load a meta model (default: the shipped one) and adapt it to ``shots`` (see ``Model.adapt``).
 
     >>> adapted = fastadapt.adapt("examples/shots")
@@ -91,4 +91,4 @@ def adapt(shots, model: str | os.PathLike | None = None, steps: int | str | None
     'arrow'
     """
     loaded = load(model, trusted_keys)
-    return loaded.adapt(shots, steps=steps, lr=lr, progress=progress, safeguard=safeguard)
+    return loaded.adapt(shots, steps=steps, lr=lr, progress=progress, safeguard=safeguard, colour=colour)

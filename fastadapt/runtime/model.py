@@ -697,7 +697,8 @@ class AdaptedModel(_Loaded):
         return Model(bundle, self.graphs)
 
     def adapt(self, shots=None, steps: int | str | None = None, lr: float | None = None,
-              progress: Callable[[int, int], None] | None = None, safeguard: bool = True) -> "AdaptedModel":
+              progress: Callable[[int, int], None] | None = None, safeguard: bool = True,
+              colour: str = "auto") -> "AdaptedModel":
         """An adapted model cannot adapt again (adaptation starts from the meta-initialisation): this raises an
         error naming the meta bundle it came from; ``add_classes`` / ``remove_classes`` change its classes.
 
