@@ -92,6 +92,11 @@ class Bundle:
     signed_by: str | None = None  # hex public key whose signature was verified (when trusted keys were required)
     meta_params: dict | None = None  # adapted bundles: the meta-initialisation (meta_params.npz)
     shots: dict | None = None  # adapted bundles: {"images": uint8 (n, C, H, W), "labels": int64 (n,)} (shots.npz)
+    # as read by read_bundle (None for a bundle made in memory), so describing it never reopens the file,
+    # which may have been replaced since: the signature member and the manifest bytes it signs, the file size
+    signatures: bytes | None = None
+    manifest_bytes: bytes | None = None
+    size: int | None = None
 
 
 def sha256(data: bytes) -> str:
@@ -306,9 +311,10 @@ def read_bundle(path, trusted_keys=None, check_trust: bool = True) -> Bundle:
     and the parameters' shapes. ``trusted_keys`` (hex Ed25519 public keys), with those in the
     FASTADAPT_TRUSTED_KEYS environment variable: when any are given, a valid signature by one of
     them is required (``check_trust=False`` skips that, for ``fastadapt sign``)."""
+    keys = signing.trusted_keys(trusted_keys) if check_trust else set()  # first: a refused key leaves no file open
     path, file = _open_regular(path)
     where = printable(path)
-    keys = signing.trusted_keys(trusted_keys) if check_trust else set()
+    size = os.fstat(file.fileno()).st_size
     try:
         with file:
             _check_directory(file, where)
@@ -349,7 +355,8 @@ def read_bundle(path, trusted_keys=None, check_trust: bool = True) -> Bundle:
         meta_params = params_from_bytes(data["meta_params.npz"], path, "meta_params.npz")
         shots = params_from_bytes(data["shots.npz"], path, "shots.npz", SHOTS_DTYPES)
         _check_optional(manifest, params, meta_params, shots, where, "re-adapt it from the meta model")
-    return Bundle(manifest, data["forward.onnx"], data["step.onnx"], params, path, signed_by, meta_params, shots)
+    return Bundle(manifest, data["forward.onnx"], data["step.onnx"], params, path, signed_by, meta_params, shots,
+                  signatures, manifest_bytes, size)
 
 
 SHOTS_DTYPES = {"images": np.uint8, "labels": np.int64}

@@ -16,11 +16,13 @@ Torch-free: part of the on-device runtime.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 
-from .errors import FastadaptError
+from .errors import FastadaptError, warn
+from .manifest import printable
 
 SIGNATURES = "signature.ed25519"  # the bundle member
 ENV = "FASTADAPT_TRUSTED_KEYS"
@@ -141,28 +143,46 @@ def bundle_message(manifest_bytes: bytes) -> bytes:
 
 
 def trusted_keys(keys=None) -> set:
-    """Lower-case hex public keys from ``keys`` (a list, or one comma-separated string) and FASTADAPT_TRUSTED_KEYS."""
+    """Lower-case hex public keys from ``keys`` (a list, or one comma-separated string) and FASTADAPT_TRUSTED_KEYS.
+
+    None (and the variable unset) means no check. Given but naming no key ([], "", " , ", an empty
+    variable) is refused: read as "no key required", a typo would silently accept unsigned bundles."""
     found = set()
-    sources = [("trusted_keys", keys), (ENV, os.environ.get(ENV))]
-    for source, value in sources:
-        if value is None:
-            continue
-        items = value.split(",") if isinstance(value, str) else value
-        try:
-            items = list(items)
-        except TypeError:
-            raise FastadaptError(f"{source} must be a list of hex Ed25519 public keys, got {type(value).__name__}") from None
-        for item in items:
-            if isinstance(item, bytes) and len(item) == 32:
-                item = item.hex()
-            text = item.strip() if isinstance(item, str) else None
-            if text == "" and isinstance(value, str):
-                continue  # "a,,b" or a trailing comma
-            if text is None or not _HEX_KEY.fullmatch(text):
-                shown = repr(item)[:80].encode("unicode_escape").decode()
-                raise FastadaptError(f"{source}: {shown} is not an Ed25519 public key (64 hex digits, as printed by "
-                                     f"'fastadapt keygen')")
-            found.add(text.lower())
+    for source, value in (("trusted_keys", keys), (ENV, os.environ.get(ENV))):
+        if value is not None:
+            found |= _keys_from(source, value)
+    return found
+
+
+def _keys_error(source: str, problem: str) -> FastadaptError:
+    """``problem`` about the keys from ``source``: the variable, or the parameter (the CLI names its flag)."""
+    if source == ENV:
+        return FastadaptError(ENV + problem)
+    return FastadaptError("{trusted_keys}" + problem, "trusted_keys")
+
+
+def _keys_from(source: str, value) -> set:
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        items = list(items)
+    except TypeError:
+        raise _keys_error(source, f" must be a list of hex Ed25519 public keys, got {type(value).__name__}") from None
+    found = set()
+    for item in items:
+        if isinstance(item, bytes) and len(item) == 32:
+            item = item.hex()
+        text = item.strip() if isinstance(item, str) else None
+        if text == "" and isinstance(value, str):
+            continue  # "a,,b" or a trailing comma
+        if text is None or not _HEX_KEY.fullmatch(text):
+            shown = repr(item)[:80].encode("unicode_escape").decode()
+            raise _keys_error(source, f": {shown} is not an Ed25519 public key (64 hex digits, as printed by "
+                                      f"'fastadapt keygen')")
+        found.add(text.lower())
+    if not found:
+        fix = "is set but names no key; unset it" if source == ENV else "is given but names no key; leave it out"
+        raise _keys_error(source, f" {fix} to accept unsigned bundles, or give Ed25519 public keys (hex, from "
+                                  f"'fastadapt keygen')")
     return found
 
 
@@ -217,41 +237,124 @@ def read_private_key(path) -> bytes:
 def write_private_key(path) -> bytes:
     """Write a new private key to ``path`` (mode 0600, never over an existing file); returns the public key."""
     secret = os.urandom(32)
-    path = os.fspath(path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise FastadaptError(f"--out {path}: already exists; a key is never overwritten, choose another name") from None
-    except OSError as exc:
-        raise FastadaptError(f"--out {path}: cannot create it ({exc.strerror})") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{PRIVATE_HEADER} {secret.hex()}\n")
+    _write_new(os.fspath(path), f"{PRIVATE_HEADER} {secret.hex()}\n".encode(), 0o600)
     return public_key(secret)
+
+
+def write_key_pair(path) -> str:
+    """A new private key at ``path`` and its public key at ``path``.pub: both or neither, never over an
+    existing file (an old .pub beside a new key would not match it). Returns the public key (hex)."""
+    path = os.fspath(path)
+    public = write_private_key(path).hex()
+    try:
+        _write_new(f"{path}.pub", f"{public}\n".encode(), 0o666)  # the umask applies, as to any new file
+    except BaseException:  # no private key left without its public key
+        os.remove(path)
+        raise
+    return public
+
+
+def _write_new(path: str, data: bytes, mode: int) -> None:
+    """Create ``path`` holding ``data``, all or nothing: a hidden temp file in the same folder, then a hard
+    link to ``path``, which is atomic and fails when ``path`` exists. A full disk, a file size limit or
+    Ctrl-C leaves nothing behind, not an empty key file that blocks every retry."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name[:40]}.{os.urandom(6).hex()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                _write_exclusive(path, data, mode)  # FAT, exFAT (a USB stick): no hard links
+        finally:
+            os.unlink(tmp)
+    except FileExistsError:
+        raise FastadaptError(f"{printable(path)}: already exists; a key is never overwritten, choose another "
+                             f"--out") from None
+    except OSError as exc:
+        raise FastadaptError(f"{printable(path)}: cannot write the key ({exc.strerror or exc}); nothing was "
+                             f"written") from None
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}  # what link() says where unsupported
+
+
+def _write_exclusive(path: str, data: bytes, mode: int) -> None:
+    """``path`` created (never over an existing file) and written; removed again if writing fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        os.unlink(path)
+        raise
+
+
+def _kept_signatures(old: bytes | None, public: str, message: bytes, where: str) -> tuple:
+    """(signatures to keep when ``public`` signs again, what was dropped as a warning or None). Kept: those
+    of other keys that verify. A malformed member, or a signature made before the bundle was edited, is
+    dropped: kept, it would be re-issued as if its key had signed this content, and a malformed one
+    would make the bundle impossible to sign again."""
+    if old is None:
+        return [], None
+    try:
+        found = parse_signatures(old, where)
+    except FastadaptError:
+        return [], f"{where}: dropped its malformed {SIGNATURES} member ({len(old):,} bytes)"
+    kept, stale = [], []
+    for key, signature in found:
+        if key == public:
+            continue  # this key's entry is replaced, not added again
+        if verify(bytes.fromhex(key), message, signature):
+            kept.append((key, signature))
+        else:
+            stale.append(key[:16] + "...")
+    note = f"{where}: dropped the signature(s) by {', '.join(stale)}, which no longer match the bundle (it was " \
+           f"edited after they were made); their owners can sign it again" if stale else None
+    return kept, note
 
 
 def sign_bundle(path, secret: bytes, out=None) -> str:
     """Verify the bundle at ``path``, add (or replace) this key's signature and write it atomically to
     ``out`` (default: ``path``). Returns the public key (hex)."""
-    import json
     import zipfile
 
-    from .bundle import MANIFEST_CHECKSUM, read_bundle, sha256, zip_bytes
+    from .bundle import MANIFEST_CHECKSUM, ZIP_ERRORS, read_bundle, sha256, zip_bytes
     from .outputs import write_atomic
 
     bundle_path = os.fspath(path)
+    where = printable(bundle_path)
     bundle = read_bundle(bundle_path, check_trust=False)  # never sign something damaged
-    public = public_key(secret).hex()
-    with zipfile.ZipFile(bundle_path) as archive:
-        members = {name: archive.read(name) for name in ("manifest.json", MANIFEST_CHECKSUM,
-                                                         *bundle.manifest["members"])}
-        old = archive.read(SIGNATURES) if SIGNATURES in archive.namelist() else b""
+    changed = FastadaptError(f"{where}: changed while it was being signed; try again")
+    try:
+        with zipfile.ZipFile(bundle_path) as archive:
+            members = {name: archive.read(name) for name in ("manifest.json", MANIFEST_CHECKSUM,
+                                                             *bundle.manifest["members"])}
+    except ZIP_ERRORS:
+        raise changed from None
     # what is signed is exactly what was verified (the file could have changed in between)
-    if json.loads(members["manifest.json"]) != bundle.manifest or \
+    if members["manifest.json"] != bundle.manifest_bytes or \
             members[MANIFEST_CHECKSUM].strip() != sha256(members["manifest.json"]).encode() or \
             any(sha256(members[name]) != bundle.manifest["members"][name] for name in bundle.manifest["members"]):
-        raise FastadaptError(f"{bundle_path}: changed while it was being signed; try again")
-    kept = [(k, s) for k, s in parse_signatures(old, bundle_path) if k != public] if old else []
-    kept.append((public, sign(secret, bundle_message(members["manifest.json"]))))
-    members[SIGNATURES] = "".join(f"ed25519 {k} {s.hex()}\n" for k, s in kept[-MAX_SIGNATURES:]).encode()
+        raise changed
+    public = public_key(secret).hex()
+    message = bundle_message(bundle.manifest_bytes)
+    kept, dropped = _kept_signatures(bundle.signatures, public, message, where)
+    if len(kept) >= MAX_SIGNATURES:  # never drop one: devices trusting only that key would refuse the bundle
+        raise FastadaptError(f"{where}: already carries {len(kept)} signatures by other keys, the most a bundle "
+                             f"holds (one more would drop a key that devices may trust); sign an unsigned copy "
+                             f"instead (the bundle as 'fastadapt export' or 'adapt' wrote it), with only the keys "
+                             f"devices need")
+    kept.append((public, sign(secret, message)))
+    members[SIGNATURES] = "".join(f"ed25519 {k} {s.hex()}\n" for k, s in kept).encode()
     write_atomic(os.fspath(out) if out is not None else bundle_path, zip_bytes(members))  # reproducible
+    if dropped:  # said once written: a refused or failed write dropped nothing
+        warn(dropped)
     return public

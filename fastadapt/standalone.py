@@ -25,7 +25,8 @@ import numpy as np
 
 from .errors import FastadaptError
 from .images import to_float
-from .outputs import check_inputs, refuse_unwritable, write_atomic
+from .manifest import printable
+from .outputs import check_inputs, probe_folder, refuse_unwritable, write_all
 
 RECIPE_FORMAT = "fastadapt-onnx-preprocess"
 # The one float32 agreement rule: export verification (meta_train.verification), the parity tests and
@@ -53,6 +54,21 @@ def _recipe_path(onnx_path: str) -> str:
     """model.onnx -> model.preprocess.json (beside it)."""
     root, ext = os.path.splitext(onnx_path)
     return (root if ext.lower() == ".onnx" else onnx_path) + ".preprocess.json"
+
+
+def _refuse_recipe_folder(path: str, flag: str | None = None) -> None:
+    """Refuse a folder where the recipe beside ``path`` goes. Its name follows from ``path``, so the fix is to
+    remove the folder or name the model otherwise (refuse_unwritable's advice, a file inside it, would not do)."""
+    recipe_file = _recipe_path(path)
+    if os.path.isdir(recipe_file) and not os.path.islink(recipe_file):
+        given = f"{flag} {printable(path)}" if flag else printable(path)
+        raise FastadaptError(f"{given}: the recipe file {printable(recipe_file)} (written beside "
+                             f"{flag or 'the model'}) is a folder; remove it or choose another {flag or 'path'}")
+
+
+def _named(adapted) -> str:
+    """The bundle, as messages name it."""
+    return printable(adapted.path or "model")
 
 
 def recipe(adapted, onnx_name: str) -> dict:
@@ -91,7 +107,10 @@ def _build_onnx(adapted, described: dict) -> bytes:
     for given in weights:
         graph.initializer.append(numpy_helper.from_array(adapted.params[given.name], given.name))
         graph.input.remove(given)
-    logits, features = "logits", next(o for o in graph.output if o.name == "features")
+    logits, features = "logits", next((o for o in graph.output if o.name == "features"), None)
+    if features is None:  # the runtime refuses such a bundle at load; a Bundle built by hand can still get here
+        raise FastadaptError(f"{_named(adapted)}: forward.onnx has no 'features' output; the bundle does not follow "
+                             f"the .fadapt contract, re-export it")
     if adapted.manifest.get("colour"):
         logits = _add_colour(graph, adapted, helper, numpy_helper)
         features = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", None])
@@ -105,7 +124,7 @@ def _build_onnx(adapted, described: dict) -> bytes:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001  (onnx raises ValidationError and others)
-        raise FastadaptError(f"{adapted.path or 'model'}: the standalone ONNX graph does not check "
+        raise FastadaptError(f"{_named(adapted)}: the standalone ONNX graph does not check "
                              f"({str(exc).splitlines()[0][:200]}); re-export the bundle") from None
     return model.SerializeToString()
 
@@ -162,39 +181,42 @@ def _check(adapted, data: bytes) -> dict:
     if adapted.bundle.shots is not None:
         images = np.concatenate([adapted.bundle.shots["images"][:VERIFY_SHOTS], images])
     x = to_float(images, spec)
+    expected = adapted.probabilities(x)  # first: it names a bundle whose graph takes other images than it makes
     session = make_session(data, "standalone model.onnx")
     got = session.run(["probabilities"], {"images": x})[0]
-    expected = adapted.probabilities(x)
     if got.shape != expected.shape or not agrees(got, expected):
         difference = float(np.abs(got - expected).max()) if got.shape == expected.shape else got.shape
-        raise FastadaptError(f"{adapted.path or 'model'}: the standalone ONNX model disagrees with fastadapt's "
+        raise FastadaptError(f"{_named(adapted)}: the standalone ONNX model disagrees with fastadapt's "
                              f"predictions (max |difference| {difference}); nothing was written, please report it")
     return {"images": len(x), "max_abs_diff": float(np.abs(got - expected).max())}
 
 
 def export_onnx(adapted, path, recipe_file=None) -> dict:
-    """Write ``path`` (the ONNX model) and ``recipe_file`` (default: beside it, .preprocess.json)."""
+    """Write ``path`` (the ONNX model) and ``recipe_file`` (default: beside it, .preprocess.json): both or neither."""
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-        raise FastadaptError(f"export_onnx needs a file name such as 'model.onnx', got {path!r}")
+        raise FastadaptError(f"export_onnx needs a file name such as 'model.onnx', got {printable(repr(path))}")
     path = os.fspath(path)
-    recipe_file = _recipe_path(path) if recipe_file is None else os.fspath(recipe_file)
-    for out in (path, recipe_file):
-        refuse_unwritable(out, example="model.onnx")
+    if recipe_file is None:
+        recipe_file = _recipe_path(path)
+        _refuse_recipe_folder(path)
+    recipe_file = os.fspath(recipe_file)
+    for out, example in ((path, "model.onnx"), (recipe_file, "model.preprocess.json")):
+        refuse_unwritable(out, example=example)
+        probe_folder(out)  # before the minutes of building and checking, not after
         check_inputs(out, [adapted.path])
     if os.path.realpath(path) == os.path.realpath(recipe_file):
-        raise FastadaptError(f"{path}: the model and its preprocessing recipe need two different files")
+        raise FastadaptError(f"{printable(path)}: the model and its preprocessing recipe need two different files")
     described = recipe(adapted, os.path.basename(path))
     data = _build_onnx(adapted, described)
     described["verification"] = _check(adapted, data)
-    write_atomic(path, data)
-    write_atomic(recipe_file, (json.dumps(described, indent=2) + "\n").encode())
+    # the small recipe first: write_all keeps the old contents of all but the last file in memory
+    write_all({recipe_file: (json.dumps(described, indent=2) + "\n").encode(), path: data})
     return described
 
 
 def export_command(source: str, out: str, fmt: str, sign=None) -> None:
     """``fastadapt export ADAPTED.fadapt --format onnx --out model.onnx``."""
     from .cli import check_out
-    from .manifest import printable
     from .runtime import load
 
     if fmt not in ("fadapt", "onnx"):
@@ -205,6 +227,7 @@ def export_command(source: str, out: str, fmt: str, sign=None) -> None:
     if sign is not None:
         raise FastadaptError("--sign signs .fadapt bundles; an ONNX file carries no fastadapt signature (drop --sign)")
     check_out(out, "--out", "model.onnx", inputs=[source], suffix=".onnx")
+    _refuse_recipe_folder(out, "--out")
     model = load(source)
     if model.kind != "adapted":
         raise FastadaptError(f"{printable(source)}: is a meta model with no classes; adapt it first "

@@ -267,6 +267,11 @@ def test_export_sign_writes_a_bundle_that_a_device_requiring_the_key_accepts(run
     code, out, err = run_cli(capsys, "export", run, "--out", tmp_path / "n.fadapt", "--sign", tmp_path / "missing.key")
     one_error(code, out, err, "missing.key")
     assert not (tmp_path / "n.fadapt").exists()
+    (tmp_path / "signing.key.pub").write_text(public + "\n")
+    code, out, err = run_cli(capsys, "export", run, "--out", tmp_path / "signing.key.pub", "--sign",
+                             tmp_path / "signing.key")
+    one_error(code, out, err, "--out")  # never over the key pair
+    assert (tmp_path / "signing.key.pub").read_text() == public + "\n"
 
 
 def test_head_scale_goes_from_the_flag_to_the_bundle_and_the_device(tmp_path, capsys, glyphs):

@@ -11,7 +11,8 @@ import typer
 
 from .. import __version__
 from ..errors import FastadaptError, cli_warnings
-from ..outputs import check_inputs, refuse_unwritable
+from ..manifest import printable
+from ..outputs import check_inputs, probe_folder, refuse_unwritable
 
 app = typer.Typer(
     name="fastadapt",
@@ -46,28 +47,14 @@ def check_out(out, flag: str = "--out", example: str = "adapted.fadapt", inputs=
     may not be one of them or lie inside one. ``suffix``: the only file name ending accepted (e.g. ".png").
     The rules themselves live in fastadapt.outputs (write_atomic applies them again when writing).
     """
-    refuse_unwritable(os.fspath(out), flag, example)
-    _probe_folder(os.fspath(out), flag)
-    if suffix is not None and not os.fspath(out).lower().endswith(suffix):
-        stem = os.path.splitext(os.fspath(out))[0]
-        raise FastadaptError(f"{flag} {out}: {flag} writes {suffix[1:].upper()} only; name the file with "
-                             f"{suffix}, e.g. {stem}{suffix}")
+    out = os.fspath(out)
+    refuse_unwritable(out, flag, example)
+    probe_folder(out, flag)
+    if suffix is not None and not out.lower().endswith(suffix):
+        stem = os.path.splitext(out)[0]
+        raise FastadaptError(f"{flag} {printable(out)}: {flag} writes {suffix[1:].upper()} only; name the file with "
+                             f"{suffix}, e.g. {printable(stem + suffix)}")
     check_inputs(out, inputs, flag)
-
-
-def _probe_folder(out: str, flag: str) -> None:
-    """Create and remove a hidden file beside ``out``, as write_atomic will: a folder that refuses it (read-only,
-    /proc, a full disk) fails now, not after minutes of work (permission bits alone cannot tell: root)."""
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(out))
-    try:
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(out)}.", suffix=".probe")
-    except OSError as exc:
-        raise FastadaptError(f"{flag} {out}: cannot write in folder {folder} ({exc.strerror}); choose another "
-                             f"{flag}") from None
-    os.close(handle)
-    os.remove(probe)
 
 
 from . import demo_command, info_command, runtime_commands, sign_command, train_commands  # noqa: E402,F401  (register commands)

@@ -6,6 +6,7 @@ learns 6 photos (crops of public-domain / CC0 photos, scripts/make_photo_example
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,6 +14,7 @@ from typing import Optional
 import typer
 
 from ..errors import FastadaptError
+from ..manifest import printable
 from . import app, check_out
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -64,7 +66,8 @@ def demo(
     examples, kind = (PHOTO_EXAMPLES, ("photo", "photos")) if photos else (EXAMPLES, ("shape", "drawings"))
     shot_root, query_root = examples / "shots", examples / "queries"
     if not shot_root.is_dir():
-        raise FastadaptError(f"{examples}: the example {kind[1]} are missing from this install; reinstall fastadapt")
+        raise FastadaptError(f"{printable(examples)}: the example {kind[1]} are missing from this install; "
+                             f"reinstall fastadapt")
     support = {d.name: _images(d)[:shots] for d in sorted(shot_root.iterdir()) if d.is_dir()}
     start = time.perf_counter()
     adapted = loaded.adapt(support)
@@ -89,9 +92,11 @@ def demo(
     console.print(f"accuracy {correct}/{len(queries)} = {100 * correct / len(queries):.1f}%  |  adaptation "
                   f"({steps} SGD steps on {shots * len(support)} images, incl. reading them): {adapt_seconds:.2f} s  |  "
                   f"prediction: {predict_ms:.2f} ms per image")
-    console.print(f"model: {os.path.basename(loaded.path or '')}  (fastadapt info {loaded.path} for its model card)")
+    # plain print, not Rich: a file name is no markup ('[/x].fadapt' broke it), and printable keeps escapes out
+    print(f"model: {printable(os.path.basename(loaded.path or ''))}  (fastadapt info {printable(loaded.path)} for its "
+          f"model card)")
     if sheet is not None:
         from .sheet import contact_sheet
 
         contact_sheet([str(p) for p in queries], predictions, str(sheet))
-        Console(stderr=True).print(f"wrote {sheet}")  # stdout holds only the results
+        print(f"wrote {printable(sheet)}", file=sys.stderr)  # stdout holds only the results

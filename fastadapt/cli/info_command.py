@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import FastadaptError
+from ..manifest import printable
 from . import app
 
 
@@ -44,7 +45,8 @@ def info(
     from ..runtime.loading import model_path
 
     if model is not None and model_option is not None and model != model_option:
-        raise FastadaptError(f"info got two models, '{model}' and --model '{model_option}'; name one")
+        raise FastadaptError(f"info got two models, '{printable(model)}' and --model '{printable(model_option)}'; "
+                             f"name one")
     bundle = read_bundle(model_path(model if model is not None else model_option))
     if as_json:
         print(json.dumps(_finite(bundle.manifest), indent=2))  # JSON escapes control characters itself

@@ -28,20 +28,14 @@ def keygen(
 
     Example: fastadapt keygen --out signing.key && fastadapt sign model.fadapt --key signing.key
     """
-    from ..outputs import write_atomic
-    from ..signing import write_private_key
+    from ..signing import write_key_pair
 
     # both files checked before either is written: an old OUT.pub beside a new key would not match it
     for path in (str(out), f"{out}.pub"):
         if os.path.lexists(path):
             raise FastadaptError(f"--out {printable(out)}: {printable(path)} already exists; a key is never "
                                  f"overwritten, choose another --out")
-    public = write_private_key(str(out)).hex()
-    try:
-        write_atomic(f"{out}.pub", (public + "\n").encode())
-    except BaseException:  # no private key left without its public key
-        os.remove(str(out))
-        raise
+    public = write_key_pair(str(out))
     print(f"wrote private key {printable(out)} (keep it secret) and public key {printable(out)}.pub", file=sys.stderr)
     print(f"public key: {public}")
     print(f"devices trust it with FASTADAPT_TRUSTED_KEYS={public}", file=sys.stderr)
@@ -57,7 +51,8 @@ def sign(
     """Sign a bundle, so devices that require a trusted key accept it (and refuse it once edited).
 
     The bundle is verified first; the signature covers the manifest's SHA-256, which covers every member.
-    Signing again with another key adds a second signature.
+    Signing again with another key adds a second signature (at most 16); signing again with the same key
+    replaces its own. Signatures that no longer match the bundle (edited since) are dropped, with a warning.
 
     Example: fastadapt sign model.fadapt --key signing.key
     """
@@ -66,8 +61,9 @@ def sign(
     if out is not None:
         from . import check_out
 
-        check_out(out, example="signed.fadapt")
+        check_out(out, example="signed.fadapt", inputs=[key, f"{key}.pub"])  # never over the key pair
     public = sign_bundle(str(model), read_private_key(str(key)), None if out is None else str(out))
     print(f"signed {printable(out if out is not None else model)} with key {public}")
     if out is not None and os.path.abspath(str(out)) != os.path.abspath(str(model)):
-        print(f"(the original {printable(model)} is unchanged and unsigned)", file=sys.stderr)
+        # not "unsigned": the original may carry signatures of its own
+        print(f"(the original {printable(model)} is unchanged)", file=sys.stderr)

@@ -343,7 +343,8 @@ def export(
         from ..standalone import export_command
 
         return export_command(rundir, out, fmt, sign)
-    check_out(out, "--out", "model.fadapt", inputs=[rundir, sign])  # never over the run's own files or the key
+    key_pair = [sign, f"{sign}.pub"] if sign is not None else []
+    check_out(out, "--out", "model.fadapt", inputs=[rundir, *key_pair])  # never over the run's files or the keys
     secret = None
     if sign is not None:  # read the key before the minutes of export, so a wrong path fails at once
         from ..signing import read_private_key

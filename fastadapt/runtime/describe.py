@@ -8,7 +8,6 @@ bundle whose graphs onnxruntime cannot load can still be described. Text from th
 
 from __future__ import annotations
 
-import os
 import textwrap
 
 from ..bundle import Bundle
@@ -58,26 +57,20 @@ def _number(value, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
 
-def _signature(path: str, bundle: Bundle) -> str | None:
-    """'signed by KEY (valid)' for the signature member, verified here whatever the trusted keys."""
-    import zipfile
-
+def _signature(bundle: Bundle) -> str | None:
+    """'KEY (valid)' for each signature the bundle carried when it was read, verified here whatever the
+    trusted keys; None for an unsigned bundle or one made in memory."""
     from .. import signing
 
     if bundle.signed_by:
         return f"verified: signed by trusted key {bundle.signed_by}"
-    with zipfile.ZipFile(path) as archive:
-        if signing.SIGNATURES not in archive.namelist():
-            return None
-        info = archive.getinfo(signing.SIGNATURES)
-        if info.file_size > 64 * 1024:
-            return "malformed signature member"
-        data, manifest = archive.read(info), archive.read("manifest.json")
+    if bundle.signatures is None or bundle.manifest_bytes is None:
+        return None
     try:
-        found = signing.parse_signatures(data, path)
+        found = signing.parse_signatures(bundle.signatures, "bundle")  # the message is not shown
     except FastadaptError:
         return "malformed signature member"
-    message = signing.bundle_message(manifest)
+    message = signing.bundle_message(bundle.manifest_bytes)
     return "; ".join(f"{key} ({'valid' if signing.verify(bytes.fromhex(key), message, sig) else 'INVALID'})"
                      for key, sig in found) or None
 
@@ -115,7 +108,7 @@ def _rows(bundle: Bundle) -> list:
     if isinstance(check, dict) and "max_abs_diff" in check:
         rows.append(("verification", f"onnxruntime vs torch: max |difference| {_number(check['max_abs_diff'], '.1e')} "
                                      f"after {_fmt(check.get('steps'))} SGD steps on a sample task (at export)"))
-    signature = _signature(bundle.path, bundle) if bundle.path and os.path.isfile(bundle.path) else None
+    signature = _signature(bundle)
     if signature:
         rows.append(("signature", signature))
     rows += [(name, value) for name, value in m.items() if name not in _DESCRIBED and value is not None]
@@ -149,8 +142,7 @@ def describe_bundle(bundle: Bundle) -> str:
     of a verified bundle, one line each (what ``fastadapt info`` prints)."""
     m = bundle.manifest
     count = sum(int(v.size) for v in bundle.params.values())
-    on_disk = bundle.path is not None and os.path.isfile(bundle.path)
-    size = f"{os.path.getsize(bundle.path) / 1e6:.2f} MB, " if on_disk else ""
+    size = f"{bundle.size / 1e6:.2f} MB, " if bundle.size is not None else ""  # as read, not as the file is now
     lines = [f"{printable(bundle.path or '<in memory>')}  ({m.get('kind', 'meta')} bundle, format "
              f"{m.get('format_version')}, {size}{count:,} parameters)"]
     rows = _rows(bundle)

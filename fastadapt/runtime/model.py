@@ -159,7 +159,7 @@ def _preprocessed(images, preprocess: Preprocess, what: str) -> np.ndarray:
 
 
 def _where(bundle: Bundle) -> str:
-    return bundle.path or "model"
+    return printable(bundle.path or "model")  # a file name may hold terminal escapes
 
 
 def _is_batch(images) -> bool:
@@ -189,7 +189,13 @@ class _Loaded:
         except (KeyError, TypeError, ValueError) as exc:
             raise FastadaptError(f"{_where(bundle)}: manifest lacks a valid {exc} entry; re-export the bundle") from None
         self.graphs = graphs or Graphs(bundle.forward_onnx, bundle.step_onnx, _where(bundle))
+        self.graphs.expect_images((self.preprocess.channels, self.preprocess.size, self.preprocess.size))
         self.params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in bundle.params.items()}
+
+    @property
+    def _name(self) -> str:
+        """How messages name this model: its file (escaped for the terminal), or 'this model'."""
+        return printable(self.path or "this model")
 
     @property
     def adaptation(self) -> dict:
@@ -412,8 +418,8 @@ class Model(_Loaded):
         Traceback (most recent call last):
         fastadapt.errors.FastadaptError: ...: is a meta model with no classes yet; adapt it first: ...
         """
-        raise FastadaptError(f"{self.path or 'this model'}: is a meta model with no classes yet; adapt it first: "
-                             f"'fastadapt adapt --model {self.path or 'MODEL.fadapt'} --shots DIR --out adapted.fadapt' "
+        raise FastadaptError(f"{self._name}: is a meta model with no classes yet; adapt it first: "
+                             f"'fastadapt adapt --model {printable(self.path or 'MODEL.fadapt')} --shots DIR --out adapted.fadapt' "
                              f"(Python: model.adapt('DIR'))")
 
     def save(self, path: str | os.PathLike) -> None:
@@ -477,7 +483,7 @@ class AdaptedModel(_Loaded):
                 logits, features = colour_cue.joint(logits, features, images[i:i + PREDICT_CHUNK], self.params,
                                                     self._colour, self.preprocess)
             if not (np.isfinite(logits).all() and np.isfinite(features).all()):  # finite images in: a broken bundle
-                raise FastadaptError(f"{self.path or 'this model'}: the model's outputs are not finite numbers (its "
+                raise FastadaptError(f"{self._name}: the model's outputs are not finite numbers (its "
                                      f"weights or preprocessing overflow float32); re-adapt it from a good meta model")
             p = softmax(logits)
             probabilities.append(p)
@@ -552,7 +558,7 @@ class AdaptedModel(_Loaded):
             return None
         if unknown is True:
             if self.unknown_threshold is None:
-                raise FastadaptError(f"{self.path or 'this model'}: has no calibrated unknown threshold (its head is "
+                raise FastadaptError(f"{self._name}: has no calibrated unknown threshold (its head is "
                                      f"not a prototype head; the score is the top probability): pass a number as "
                                      f"{{unknown}}, e.g. 0.9", "unknown")
             return float(self.unknown_threshold)
@@ -648,7 +654,7 @@ class AdaptedModel(_Loaded):
         remove = [remove] if isinstance(remove, str) else [str(label) for label in remove]
         missing = [label for label in remove if label not in self.classes]
         if missing:
-            raise FastadaptError(f"cannot remove class '{printable(missing[0])}': {self.path or 'this model'} has no "
+            raise FastadaptError(f"cannot remove class '{printable(missing[0])}': {self._name} has no "
                                  f"such class (it has {', '.join(map(printable, self.classes[:10]))}"
                                  f"{', ...' if len(self.classes) > 10 else ''})")
         stored = self.bundle.shots
@@ -686,7 +692,7 @@ class AdaptedModel(_Loaded):
         """The meta model this one was adapted from, rebuilt from the bundle's meta_params.npz."""
         if self.bundle.meta_params is None or self.bundle.shots is None:
             source = (self.adaptation.get("from") or {}).get("path") or "META.fadapt"
-            raise FastadaptError(f"{self.path or 'this model'}: keeps no shots to add or remove classes with (adapted "
+            raise FastadaptError(f"{self._name}: keeps no shots to add or remove classes with (adapted "
                                  f"by an older fastadapt, or with adapt_arrays); adapt the meta model again with all "
                                  f"the images: fastadapt adapt --model {printable(source)} --shots DIR --out ... "
                                  f"(Python: fastadapt.load('{printable(source)}').adapt(...))")
@@ -707,7 +713,7 @@ class AdaptedModel(_Loaded):
         fastadapt.errors.FastadaptError: this model: is already adapted ...
         """
         source = ((self.manifest.get("adaptation") or {}).get("from") or {}).get("path") or "the meta model"
-        raise FastadaptError(f"{self.path or 'this model'}: is already adapted (classes: {', '.join(self.classes[:5])}"
+        raise FastadaptError(f"{self._name}: is already adapted (classes: {', '.join(map(printable, self.classes[:5]))}"
                              f"{', ...' if len(self.classes) > 5 else ''}); adaptation starts from a meta model, "
                              f"so pass the meta bundle it came from ({source}) instead; to add or remove classes "
                              f"use add_classes / remove_classes (CLI: fastadapt adapt --model ADAPTED --add DIR)")

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import FastadaptError, warn
+from ..manifest import printable
 
 # Most support images per step-graph call. Small chunks keep memory low (20-way 5-shot `fastadapt adapt`,
 # 2 threads: peak RSS 190-210 MB with 8, 260-340 MB with 32; 160 MB with 32 on one thread) and were as
@@ -81,7 +82,7 @@ def make_session(onnx_bytes: bytes, where: str, threads: int | None = None):
         return ort.InferenceSession(onnx_bytes, _session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise FastadaptError(f"{where}: onnxruntime cannot load the graph ({first[:200]}); "
+        raise FastadaptError(f"{printable(where)}: onnxruntime cannot load the graph ({printable(first[:200])}); "
                              f"re-export the bundle with a matching fastadapt version") from None
 
 
@@ -139,6 +140,11 @@ def _step_threads(count: int, onnx_bytes: bytes) -> ThreadPoolExecutor:
     return pool
 
 
+def _shown(image_shape) -> str:
+    """(1, 28, 28) -> "[batch, 1, 28, 28]"."""
+    return f"[batch, {', '.join(map(str, image_shape))}]"
+
+
 class Graphs:
     """The forward and step graphs of one bundle. ``forward`` and ``step`` take a parameter dict."""
 
@@ -154,10 +160,34 @@ class Graphs:
         self._forward = make_session(forward_onnx, f"{where} (forward.onnx)")
         self.forward_inputs = [i.name for i in self._forward.get_inputs()]
         self._check(self.forward_inputs[:1] == ["images"], "forward.onnx's first input is not 'images'")
+        self.image_shape = self._image_shape("forward.onnx", self._forward)
+        self._require_outputs("forward.onnx", self._forward, ["logits", "features"])
 
     def _check(self, ok: bool, what: str) -> None:
         if not ok:
-            raise FastadaptError(f"{self.where}: {what}; the bundle does not follow the .fadapt contract, re-export it")
+            raise FastadaptError(f"{printable(self.where)}: {printable(what)}; the bundle does not follow the .fadapt "
+                                 f"contract, re-export it")
+
+    def expect_images(self, made: tuple) -> None:
+        """At load: the manifest's preprocessing makes images of shape ``made`` (C, H, W); forward.onnx must take them
+        (else onnxruntime's own error, naming graph internals, would come on first use)."""
+        self._check(made == self.image_shape, f"forward.onnx takes images of shape {_shown(self.image_shape)}, the "
+                                              f"manifest's preprocess makes {_shown(made)}")
+
+    def _image_shape(self, graph: str, session) -> tuple:
+        """(channels, size, size) of the graph's "images" input, which must be [batch, channels, size, size]: a
+        symbolic batch (any number of images) and a fixed square image (see ``expect_images``)."""
+        shape = session.get_inputs()[0].shape
+        fits = (len(shape) == 4 and not isinstance(shape[0], int) and all(isinstance(d, int) for d in shape[1:])
+                and shape[2] == shape[3])
+        self._check(fits, f"{graph}'s 'images' input has shape {shape}, not [batch, channels, size, size]")
+        return tuple(shape[1:])
+
+    def _require_outputs(self, graph: str, session, names: list) -> None:
+        outputs = [o.name for o in session.get_outputs()]
+        missing = [name for name in names if name not in outputs]
+        self._check(not missing, f"{graph} lacks the output(s) {', '.join(map(repr, missing))} (it has "
+                                 f"{', '.join(map(repr, outputs)) or 'none'})")
 
     def feature_dim(self):
         """The feature width D from head.weight's declared shape (None when it is symbolic)."""
@@ -182,18 +212,31 @@ class Graphs:
             if self._step is None:
                 # one intra-op thread: the parallelism is across chunks (see step)
                 step = make_session(self._step_onnx, f"{self.where} (step.onnx)", threads=1)
-                names = [i.name for i in step.get_inputs()]
-                self._check(names[:3] == ["images", "labels", "lr"],
-                            "step.onnx's first inputs are not images, labels, lr")
-                self.step_inputs = names
-                self.step_lr_shape = step.get_inputs()[2].shape  # []; [tensors] for learned rates
+                self._check_step(step)
+                self.step_inputs = [i.name for i in step.get_inputs()]
                 self.step_outputs = [o.name for o in step.get_outputs()]
+                self.step_lr_shape = step.get_inputs()[2].shape  # []; [tensors] for learned rates
                 self.updated = [name[4:] for name in self.step_outputs if name.startswith("new.")]
                 self._step = step
             if self._pool_pid != os.getpid():  # first use, or a forked child (its parent's threads are gone)
                 self._pool = _step_threads(self.workers, self._step_onnx)  # steps run there, even one chunk
                 self._pool_pid = os.getpid()
             return self._step
+
+    def _check_step(self, step) -> None:
+        """The step graph takes what ``_step_once`` feeds it (images as forward.onnx does, labels, lr, parameters
+        that forward.onnx takes too) and returns the loss and updated ("new.NAME") parameters of its inputs."""
+        names = [i.name for i in step.get_inputs()]
+        self._check(names[:3] == ["images", "labels", "lr"], "step.onnx's first inputs are not images, labels, lr")
+        shape = self._image_shape("step.onnx", step)
+        self._check(shape == self.image_shape,
+                    f"step.onnx takes images of shape {_shown(shape)}, forward.onnx {_shown(self.image_shape)}")
+        unknown = [name for name in names[3:] if name not in self.forward_inputs[1:]]
+        self._check(not unknown, f"step.onnx takes inputs that forward.onnx does not: {unknown[:5]}")
+        self._require_outputs("step.onnx", step, ["loss"])
+        stray = [o.name for o in step.get_outputs()
+                 if o.name != "loss" and not (o.name.startswith("new.") and o.name[4:] in names[3:])]
+        self._check(not stray, f"step.onnx's outputs {stray[:5]} are neither 'loss' nor 'new.' + one of its inputs")
 
     def step(self, images: np.ndarray, labels: np.ndarray, lr: float, params: dict,
              class_balanced: bool = False) -> tuple:
