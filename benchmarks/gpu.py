@@ -51,6 +51,11 @@ def require_cuda() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("python -m benchmarks --only gpu: no CUDA device visible to torch here; run it on a "
                          "machine with an NVIDIA GPU (scripts/gpu_check.sh does, with the CUDA tests)")
+    try:
+        import higher  # noqa: F401  (the peer every row is measured against)
+    except ImportError:
+        raise SystemExit("python -m benchmarks --only gpu: the 'higher' library is not importable; install it "
+                         "(pip install higher==0.2.1: pure Python; scripts/gpu_check.sh shows how to carry it)") from None
 
 
 def config(algorithm: str, settings: dict, iterations: int, data: str, **extra):
@@ -64,7 +69,7 @@ def config(algorithm: str, settings: dict, iterations: int, data: str, **extra):
 @contextlib.contextmanager
 def shared_data():
     """Decode the dataset once for all runs of the section (the trainer loads it per run otherwise)."""
-    from fastadapt.meta_train import parts
+    from fastadapt.meta_train import run_setup as parts
 
     original = parts.load_splits
     parts.load_splits = functools.lru_cache(maxsize=4)(original)

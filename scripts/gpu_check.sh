@@ -37,10 +37,21 @@ python3 -c "import higher" 2>/dev/null || echo "warning: higher is not importabl
 
 status=0
 # 1. batched == per-task loop (and chunks, device-assembled tasks, batched evaluation) on CPU and CUDA
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_batched.py 2>&1 | tee "$out/tests.log" || status=1
+#    (with learned inner rates and the multi-step loss: the same files run on every device torch sees)
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_batched.py tests/test_learned_lrs.py \
+    tests/test_multi_step_loss.py -k "batched or weighted_sum" 2>&1 | tee "$out/tests.log" || status=1
+started="$(date -u +%Y-%m-%dT%H:%M:%S)"
 # 2. the GPU section of the benchmarks (about 5 minutes: 5 rows x 3 measurements, then time to 95%)
 timeout 420 python3 -m benchmarks --only gpu 2>&1 | tee "$out/benchmark.log" || status=1
-python3 -c "import json; r = json.load(open('benchmarks/results.json')); json.dump({'gpu': r.get('gpu')}, open('$out/gpu_results.json', 'w'), indent=1)" || status=1
+# only a measurement from this run: when the benchmark failed, results.json still holds an older one
+python3 - "$out" "$started" <<'EOF' || status=1
+import json, sys
+out, started = sys.argv[1:]
+gpu = json.load(open("benchmarks/results.json")).get("gpu") or {}
+if (gpu.get("measured") or {}).get("at", "") < started:
+    sys.exit("gpu_check: benchmarks/results.json holds no GPU measurement from this run (see benchmark.log)")
+json.dump({"gpu": gpu}, open(f"{out}/gpu_results.json", "w"), indent=1)
+EOF
 cp benchmarks/RESULTS.md "$out/RESULTS.md" 2>/dev/null
 rm -rf "$data"
 echo "gpu_check: exit $status; results in $out" >&2

@@ -24,7 +24,7 @@ one runs. Nothing here changes the trainer: a variant goes into it only once a G
 with an unchanged validation curve.
 
 On the GPU machine (the Omniglot zips copied into a git-ignored folder of the checkout, see gpu_check.sh;
-"profile" first, as it takes seconds and says which of the others can pay):
+"profile" runs first, as it takes seconds and says which of the others can pay):
     run(command="PYTHONPATH=. python3 scripts/gpu_speed_probe.py --data data/omniglot --seconds 20 "
                 "| tee $OUT/probe.jsonl", carry=["data/omniglot"], timeout_s=540)
 """
@@ -43,7 +43,8 @@ from fastadapt.meta_train.run import TrainConfig
 from fastadapt.meta_train.run_setup import init_meta_params, make_samplers, model_spec_of, recipe_of, task_stream
 from fastadapt.models.networks import build_model
 
-VARIANTS = ("fp32", "tf32", "bf16", "compile", "compile-cudagraphs", "cudagraph", "profile")
+# the quick look first, the compilations (minutes, and the likeliest to eat the call's time limit) last
+VARIANTS = ("profile", "fp32", "tf32", "bf16", "cudagraph", "compile", "compile-cudagraphs")
 PROFILED_ITERATIONS = 5
 ITERATIONS_COMPARED = 30
 
@@ -69,6 +70,9 @@ def run_variant(variant: str, c: TrainConfig, device: torch.device, seconds: flo
     set_tf32(variant == "tf32")
     step = lambda tasks: meta_gradient(c.algorithm, model, params, tasks, recipe, vectorize=True)  # noqa: E731
     if variant.startswith("compile"):
+        from fastadapt.meta_train.task_batched import task_batched
+
+        task_batched(model, c.meta_batch)  # built (and cached) eagerly: tracing its deepcopy broke the graph 38 times
         step = torch.compile(step, mode="reduce-overhead" if variant == "compile-cudagraphs" else None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if variant == "bf16" else contextlib.nullcontext()
 
@@ -202,6 +206,7 @@ def main() -> None:
     c = recipe_config(args.data, args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(json.dumps({"device": name, "torch": torch.__version__}), flush=True)
+    set_tf32(False)  # true float32, as the trainer runs, for every variant but tf32 (torch lets cuDNN use TF32)
     for variant in args.variants.split(","):
         if variant not in VARIANTS:
             raise SystemExit(f"error: --variants: unknown variant '{variant}', choose from {', '.join(VARIANTS)}")

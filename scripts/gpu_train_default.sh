@@ -30,10 +30,13 @@ fa train --data "$zips" --image-size "$size" --init-from "$out/pre" --algorithm 
     --query 5 --meta-batch 16 --inner-steps 3 --inner-lr 0.1 --meta-lr 5e-4 --iterations 1000000 \
     --val-every 250 --val-tasks 300 --max-minutes "$minutes" "$@" --out "$out/meta" 2>&1 | tail -n 5 | tee "$out/meta.log"
 fa export "$out/meta" --out "$out/default.fadapt" 2>&1 | tee "$out/export.log"
+# at most 8 files come back from a device call: the run folders travel as one archive (before the evaluation,
+# which a time limit may cut), without last.npz (best.npz is what was exported)
+rm -f "$out"/pre/last.npz "$out"/meta/last.npz
+tar -czf "$out/runs.tar.gz" -C "$out" pre meta && rm -rf "$out/pre" "$out/meta"
 for shape in "5 1" "5 5" "20 1" "20 5"; do
     set -- $shape
     fa evaluate "$out/default.fadapt" --data "$zips" --ways "$1" --shots "$2" --tasks "$tasks" --json \
         | tee -a "$out/evaluation.jsonl"
 done
-rm -f "$out"/pre/last.npz "$out"/meta/last.npz  # best.npz is what was exported; keep what comes back small
 echo "gpu_train_default: done; results in $out" >&2

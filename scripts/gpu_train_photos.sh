@@ -79,6 +79,10 @@ if awk "BEGIN { exit !($minutes > 0) }"; then
 fi
 fa export "$run" --out "$out/photos.fadapt" 2>&1 | tee "$out/export.log"
 stage export
+# at most 8 files come back from a device call: the run folders travel as one archive (before the evaluation,
+# which a time limit may cut), without last.npz (best.npz is what was exported)
+rm -f "$out"/pre/last.npz "$out"/meta/last.npz
+tar -czf "$out/runs.tar.gz" -C "$out" pre $([ -d "$out/meta" ] && echo meta) && rm -rf "$out/pre" "$out/meta"
 if [ "$tasks" -gt 0 ]; then
     for shape in "5 1" "5 5" "20 5"; do
         set -- $shape
@@ -89,5 +93,4 @@ if [ "$tasks" -gt 0 ]; then
         done
     done
 fi
-rm -f "$out"/pre/last.npz "$out"/meta/last.npz  # best.npz is what was exported; keep what comes back small
 echo "gpu_train_photos: done; results in $out" >&2

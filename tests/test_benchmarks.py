@@ -32,3 +32,17 @@ def test_unknown_section_is_a_one_line_error():
                             capture_output=True, text=True)
     assert result.returncode == 2 and "unknown section(s) bogus" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_gpu_sections_trainer_parts_run_on_a_cpu(monkeypatch):
+    """The GPU section runs only on a rarely lent GPU machine: a broken import there (it happened once, a module
+    renamed under it) wastes the whole loan. Its trainer-side parts run here on a CPU with a tiny config."""
+    pytest.importorskip("torch")
+    from benchmarks import gpu
+    from fastadapt.meta_train.run_setup import make_samplers
+
+    monkeypatch.setattr(gpu, "DEVICE", "cpu")
+    c = gpu.config("fomaml", dict(ways=3, shots=1, query=2, meta_batch=2, width=4, inner_steps=1), 3, "synthetic")
+    with gpu.shared_data():
+        assert gpu.fastadapt_rate(c) > 0
+        assert gpu.flops_per_task(c, make_samplers(c)) > 0

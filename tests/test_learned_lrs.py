@@ -23,7 +23,7 @@ from fastadapt.meta_train.run import TrainConfig, load_checkpoint
 from fastadapt.meta_train.trainer import train
 
 from conftest import rewrite_manifest
-from test_batched import CLASSIFICATION, assert_as_close_as_the_loop, setup
+from test_batched import CLASSIFICATION, DEVICES, assert_as_close_as_the_loop, setup
 from test_cli_runtime import run_cli
 
 TINY = dict(data="synthetic", width=8, meta_batch=4, query=2, val_tasks=4, val_every=4, checkpoint_every=2,
@@ -60,13 +60,14 @@ def test_rates_meta_gradient_matches_finite_differences(one_thread, algorithm):
     assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic))
 
 
+@pytest.mark.parametrize("device", DEVICES)  # scripts/gpu_check.sh runs this file on CUDA too
 @pytest.mark.parametrize("head_init", ["zero", "prototype"])
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil"])
-def test_batched_equals_loop_with_learned_rates(one_thread, monkeypatch, algorithm, head_init):
+def test_batched_equals_loop_with_learned_rates(one_thread, monkeypatch, device, algorithm, head_init):
     c = TrainConfig(algorithm=algorithm, head_init=head_init, **CLASSIFICATION)
     results = []
     for dtype in (torch.float32, torch.float64):
-        model, params, recipe, tasks = setup(c, "cpu", dtype)
+        model, params, recipe, tasks = setup(c, device, dtype)
         params = with_rates(params, recipe, c.inner_steps)
         results.append((model, params, recipe, tasks))
     (model, params, recipe, tasks), (model64, params64, _, tasks64) = results

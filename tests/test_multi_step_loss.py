@@ -17,7 +17,7 @@ from fastadapt.meta_train.run_setup import check_config
 from fastadapt.meta_train.run import TrainConfig
 from fastadapt.meta_train.trainer import train
 
-from test_batched import CLASSIFICATION, setup
+from test_batched import CLASSIFICATION, DEVICES, setup
 
 EPS64 = torch.finfo(torch.float64).eps
 
@@ -31,11 +31,12 @@ def test_weights_start_uniform_and_anneal_to_the_last_step():
     assert all(sum(multi_step_weights(5, it, 7)) == pytest.approx(1.0) for it in range(10))
 
 
+@pytest.mark.parametrize("device", DEVICES)  # scripts/gpu_check.sh runs this file on CUDA too
 @pytest.mark.parametrize("vectorize", [False, True])
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil"])
-def test_gradient_is_the_weighted_sum_of_each_steps_meta_gradient(one_thread, algorithm, vectorize):
+def test_gradient_is_the_weighted_sum_of_each_steps_meta_gradient(one_thread, device, algorithm, vectorize):
     c = TrainConfig(algorithm=algorithm, head_init="prototype", **{**CLASSIFICATION, "inner_steps": 3})
-    model, params, recipe, tasks = setup(c, "cpu", torch.float64)
+    model, params, recipe, tasks = setup(c, device, torch.float64)
     weights = (0.2, 0.3, 0.5)
     got, loss, acc = meta_gradient(algorithm, model, params, tasks, recipe, vectorize=vectorize, step_weights=weights)
     parts = [meta_gradient(algorithm, model, params, tasks, dataclasses.replace(recipe, steps=t))
