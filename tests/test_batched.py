@@ -212,9 +212,14 @@ def test_chunked_equals_unchunked(one_thread, device, algorithm):
     assert_as_close_as_the_loop(vec, loop, exact)
 
 
-def test_out_of_memory_halves_the_chunks_and_keeps_the_gradient(one_thread, monkeypatch):
-    """A CUDA out-of-memory error (simulated: more than 2 tasks at once) is retried in smaller chunks;
-    the size is kept for the rest of the run; a single task that does not fit is one line."""
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"),
+                                   RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+                                   RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate")],
+                         ids=["torch", "cudnn", "cublas"])
+def test_out_of_memory_halves_the_chunks_and_keeps_the_gradient(one_thread, monkeypatch, error):
+    """A CUDA out-of-memory error (simulated: more than 2 tasks at once; torch's own, or a cuDNN / cuBLAS
+    workspace allocation failing) is retried in smaller chunks; the size is kept for the rest of the run; a
+    single task that does not fit is one line; any other error goes through unchanged."""
     c = TrainConfig(algorithm="fomaml", **CLASSIFICATION)
     model, params, recipe, batch = setup(c, "cpu", torch.float32, tasks=5)
     expected = meta_gradient("fomaml", model, params, batch, recipe, vectorize=True, chunks=Chunks(size=2))
@@ -223,7 +228,7 @@ def test_out_of_memory_halves_the_chunks_and_keeps_the_gradient(one_thread, monk
     def tight_memory(algorithm, model, meta_params, tasks, recipe, *rest):
         calls.append(len(tasks))
         if len(tasks) > 2:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise error
         return real(algorithm, model, meta_params, tasks, recipe, *rest)
 
     monkeypatch.setattr(alg, "_meta_gradient_batched", tight_memory)
@@ -238,10 +243,17 @@ def test_out_of_memory_halves_the_chunks_and_keeps_the_gradient(one_thread, monk
     assert calls == [2, 2, 1]  # learned once, not retried every iteration
 
     def no_memory(*args):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        raise error
 
     monkeypatch.setattr(alg, "_meta_gradient_batched", no_memory)
     with pytest.raises(FastadaptError, match="single task: lower --ways"):
+        meta_gradient("fomaml", model, params, batch, recipe, vectorize=True, chunks=Chunks())
+
+    def another_error(*args):
+        raise RuntimeError("shapes do not match")
+
+    monkeypatch.setattr(alg, "_meta_gradient_batched", another_error)
+    with pytest.raises(RuntimeError, match="shapes do not match"):
         meta_gradient("fomaml", model, params, batch, recipe, vectorize=True, chunks=Chunks())
 
 
@@ -426,3 +438,19 @@ def test_tf32_is_opt_in_and_recorded(tmp_path):
         assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
     finally:
         torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"),
+                                   RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")], ids=["torch", "cudnn"])
+def test_out_of_memory_task_by_task_is_one_line_naming_the_flags(tmp_path, monkeypatch, error):
+    """The per-task loop has no smaller chunk to retry with: the run stops with the flags that shrink a task."""
+    import fastadapt.meta_train.trainer as trainer
+
+    def no_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(trainer, "meta_gradient", no_memory)
+    c = TrainConfig(data="synthetic", algorithm="fomaml", width=4, meta_batch=2, query=2, iterations=2, val_tasks=2,
+                    inner_steps=1, device="cpu")
+    with pytest.raises(FastadaptError, match="out of GPU memory at iteration 1 with one task at a time: lower --ways"):
+        trainer.train(c, str(tmp_path / "run"), quiet=True)

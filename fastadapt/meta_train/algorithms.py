@@ -149,13 +149,22 @@ def _meta_gradient_chunked(algorithm: str, model, meta_params: dict, tasks: list
             parts = [tasks[i:i + size] for i in range(0, len(tasks), size)]
             results = [_meta_gradient_batched(algorithm, model, meta_params, part, recipe, step_weights) for part in parts]
             return results[0] if len(parts) == 1 else _weighted_mean(results, [len(p) for p in parts], meta_params)
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
+            if not out_of_gpu_memory(exc):
+                raise
             if size == 1:
                 raise FastadaptError("out of GPU memory with a single task: lower --ways, --shots, --query or "
                                      "--width (or --image-size), or train with --device cpu") from None
         chunks.size = (size + 1) // 2
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the failed attempt's blocks, so the smaller chunks can use them
+
+
+def out_of_gpu_memory(exc: BaseException) -> bool:
+    """torch's CUDA out-of-memory error, or the RuntimeError that cuDNN and cuBLAS raise when their own
+    workspace allocation fails (a full GPU too, which smaller chunks can fit)."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and any(sign in str(exc) for sign in ("ALLOC_FAILED", "CUDA out of memory")))
 
 
 def can_vectorize(algorithm: str, model) -> bool:

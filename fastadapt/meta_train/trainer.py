@@ -21,7 +21,8 @@ from ..errors import FastadaptError
 from ..progress import progress_bar
 from ..models import ModelSpec, build_model
 from . import distributed
-from .algorithms import Chunks, cosine_step, meta_gradient, multi_step_weights, outer_optimizer, reptile_step
+from .algorithms import (Chunks, cosine_step, meta_gradient, multi_step_weights, out_of_gpu_memory, outer_optimizer,
+                         reptile_step)
 from .denormals import flushing_denormals
 from .evaluate import evaluate_classification, evaluate_regression
 from .inner_loop import LEARNED_LRS, InnerLoop, network_params
@@ -270,13 +271,12 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                         log(f"out of GPU memory at iteration {it + 1}: each meta-batch now runs in chunks of "
                             f"{chunks.size} tasks (the same gradient; a smaller --meta-batch avoids the retry)")
                     error = None
-                except torch.cuda.OutOfMemoryError:  # the per-task loop: one task does not fit
-                    grads, loss, acc = None, 0.0, 0.0
-                    error = FastadaptError(f"out of GPU memory at iteration {it + 1} with one task at a time: lower "
-                                           f"--ways, --shots, --query or --width, or train with --device cpu; "
-                                           f"{record.last_good()}")
                 except Exception as exc:
                     grads, loss, acc, error = None, 0.0, 0.0, exc
+                    if out_of_gpu_memory(exc):  # the per-task loop (batching retries in chunks): one task does not fit
+                        error = FastadaptError(f"out of GPU memory at iteration {it + 1} with one task at a time: "
+                                               f"lower --ways, --shots, --query or --width, or train with --device "
+                                               f"cpu; {record.last_good()}")
                 grads, loss, acc = job.average(grads, loss, acc, len(share), error, params, f"iteration {it + 1}")
                 if not math.isfinite(loss) or not _all_finite(grads):
                     raise Diverged(f"training diverged at iteration {it + 1} (loss {loss}): lower --meta-lr or "
