@@ -148,3 +148,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def finished_run(tmp_path_factory, **config):
+    """A finished 2-iteration run folder (last.npz and best.npz at iteration 2) of ``TrainConfig(**config)``."""
+    import torch
+
+    from fastadapt.meta_train.run import TrainConfig
+    from fastadapt.meta_train.trainer import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: threads only add synchronisation on shared cores
+    run = tmp_path_factory.mktemp("runs") / "run"
+    try:
+        train(TrainConfig(iterations=2, **config), str(run), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+def copy_of_run(run, tmp_path):
+    """A copy of a module's finished run that one test may damage."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+def run_files(run) -> dict:
+    """Every file of the run folder but its lock file (which holds the pid of its last trainer)."""
+    return {name: (run / name).read_bytes() for name in sorted(os.listdir(run))
+            if (run / name).is_file() and name != "train.lock"}

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import zipfile
 
 import numpy as np
@@ -16,6 +14,7 @@ from fastadapt.errors import FastadaptError
 from fastadapt.meta_train.run import TrainConfig, load_checkpoint, load_optimizer_state
 from fastadapt.meta_train.trainer import train
 
+from conftest import copy_of_run, finished_run, run_files as files
 from test_outputs import one_error
 from test_cli_runtime import run_cli
 
@@ -25,33 +24,16 @@ TINY = dict(data="synthetic", algorithm="fomaml", width=4, meta_batch=2, query=2
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A finished 2-iteration run (last.npz and best.npz at iteration 2), made once."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    run = tmp_path_factory.mktemp("damaged") / "run"
-    try:
-        train(TrainConfig(iterations=2, **TINY), str(run), quiet=True)
-    finally:
-        torch.set_num_threads(threads)
-    return run
+    return finished_run(tmp_path_factory, **TINY)
 
 
 @pytest.fixture
 def run(trained, tmp_path, one_thread):
-    copy = tmp_path / "run"
-    shutil.copytree(trained, copy)
-    return copy
+    return copy_of_run(trained, tmp_path)
 
 
 def resume(run, iterations=3):
     return train(TrainConfig(iterations=iterations, **TINY), str(run), resume=True, quiet=True, given={"iterations"})
-
-
-def files(run) -> dict:
-    return {name: (run / name).read_bytes() for name in sorted(os.listdir(run))
-            if (run / name).is_file() and name != "train.lock"}
 
 
 def arrays_of(path) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ from fastadapt.errors import FastadaptError
 from fastadapt.meta_train.run import RunLock, TrainConfig, load_checkpoint
 from fastadapt.meta_train.trainer import Diverged, train
 
-from conftest import rewrite_manifest
+from conftest import copy_of_run, finished_run, rewrite_manifest, run_files as files
 from sample_data import REPO
 from test_outputs import one_error, run_cli
 
@@ -27,34 +26,16 @@ TINY = dict(data="synthetic", algorithm="fomaml", width=16, meta_batch=2, query=
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A finished 2-iteration run (last.npz and best.npz at iteration 2)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: threads only add synchronisation on shared cores
-    run = tmp_path_factory.mktemp("runs") / "run"
-    try:
-        train(TrainConfig(iterations=2, **TINY), str(run), quiet=True)
-    finally:
-        torch.set_num_threads(threads)
-    return run
+    return finished_run(tmp_path_factory, **TINY)
 
 
 @pytest.fixture
 def run(trained, tmp_path, one_thread):
-    copy = tmp_path / "run"
-    shutil.copytree(trained, copy)
-    return copy
+    return copy_of_run(trained, tmp_path)
 
 
 def resume(run, iterations=3):
     return train(TrainConfig(iterations=iterations, **TINY), str(run), resume=True, quiet=True, given={"iterations"})
-
-
-def files(run) -> dict:
-    """Every file of the run folder but its lock file (which holds the pid of its last trainer)."""
-    return {name: (run / name).read_bytes() for name in sorted(os.listdir(run))
-            if (run / name).is_file() and name != "train.lock"}
 
 
 # ----------------------------------------------------------------------------- one writer

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import struct
 import zipfile
 
@@ -18,9 +17,8 @@ import fastadapt.data.classes as classes
 from fastadapt.data import load_class_folders
 from fastadapt.errors import FastadaptError, FastadaptWarning
 from fastadapt.images import Preprocess
-from fastadapt.meta_train.run import TrainConfig
-from fastadapt.meta_train.trainer import train
 
+from conftest import copy_of_run, finished_run
 from sample_data import write_glyph_folders
 from test_outputs import one_error, run_cli
 
@@ -119,24 +117,12 @@ def test_a_zip_with_a_broken_directory_is_one_line_naming_data(tmp_path, capsys)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A finished 2-iteration width-4 run (last.npz and best.npz)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    run = tmp_path_factory.mktemp("runs") / "run"
-    try:
-        train(TrainConfig(iterations=2, checkpoint_every=2, **TINY), str(run), quiet=True)
-    finally:
-        torch.set_num_threads(threads)
-    return run
+    return finished_run(tmp_path_factory, checkpoint_every=2, **TINY)
 
 
 @pytest.fixture
 def run(trained, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(trained, copy)
-    return copy
+    return copy_of_run(trained, tmp_path)
 
 
 @pytest.fixture
