@@ -478,13 +478,7 @@ class AdaptedModel(_Loaded):
         images = _preprocessed(images, self.preprocess, "scores")
         probabilities, scores = [], []
         for i in range(0, len(images), PREDICT_CHUNK):
-            logits, features = self.graphs.forward(images[i:i + PREDICT_CHUNK], self.params)
-            with np.errstate(over="ignore", invalid="ignore"):  # checked below, in one line rather than warnings
-                logits, features = colour_cue.joint(logits, features, images[i:i + PREDICT_CHUNK], self.params,
-                                                    self._colour, self.preprocess)
-            if not (np.isfinite(logits).all() and np.isfinite(features).all()):  # finite images in: a broken bundle
-                raise FastadaptError(f"{self._name}: the model's outputs are not finite numbers (its "
-                                     f"weights or preprocessing overflow float32); re-adapt it from a good meta model")
+            logits, features = self._outputs(images[i:i + PREDICT_CHUNK])
             p = softmax(logits)
             probabilities.append(p)
             scores.append(unknown_detection.scores(self.unknown_score, self._scale, logits, features, p,
@@ -492,6 +486,16 @@ class AdaptedModel(_Loaded):
         if not probabilities:
             return np.zeros((0, len(self.classes))), np.zeros((0,))
         return np.concatenate(probabilities), np.concatenate(scores)
+
+    def _outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The logits (B, N) and features (B, D) of preprocessed images, colour cue included; finite or an error."""
+        logits, features = self.graphs.forward(images, self.params)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below, in one line rather than warnings
+            logits, features = colour_cue.joint(logits, features, images, self.params, self._colour, self.preprocess)
+        if not (np.isfinite(logits).all() and np.isfinite(features).all()):  # finite images in: a broken bundle
+            raise FastadaptError(f"{self._name}: the model's outputs are not finite numbers (its "
+                                 f"weights or preprocessing overflow float32); re-adapt it from a good meta model")
+        return logits, features
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities (B, N) for preprocessed float32 images (B, C, H, W): ``scores(images)[0]``.
