@@ -285,7 +285,7 @@ def adapted_path(bundles, tmp_path_factory):
     rng = np.random.default_rng(0)
     images = rng.random((4, 1, 28, 28), dtype=np.float32)
     path = tmp_path_factory.mktemp("adapted") / "adapted.fadapt"
-    model.adapt_arrays(images, np.array([0, 0, 1, 1]), ["a", "b"], steps=0).save(str(path))
+    model.adapt_arrays(images, np.array([0, 0, 1, 1]), ["a", "b"], steps=1).save(str(path))
     return str(path)
 
 
@@ -510,7 +510,7 @@ def test_zip64_is_refused(bundles, tmp_path):
 def test_a_bundle_that_could_not_be_read_back_is_never_written(bundles, tmp_path):
     model = fastadapt.load(bundles["zero"])
     images = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
-    adapted = model.adapt_arrays(images, np.array([0, 0, 1, 1]), ["a", "b" * 300], steps=0)
+    adapted = model.adapt_arrays(images, np.array([0, 0, 1, 1]), ["a", "b" * 300], steps=1)
     out = tmp_path / "long.fadapt"
     with pytest.raises(FastadaptError, match="classes must be names of 1..256 characters.*nothing was written"):
         adapted.save(str(out))

@@ -62,7 +62,9 @@ def test_the_largest_lr_never_gives_nan(bundles, tmp_path, capsys):
     model = fastadapt.load(bundles["zero"])
     with pytest.raises(FastadaptError, match="diverged.*lower lr .*turn safeguard on"):
         model.adapt(images, lr=1e6, safeguard=False)
-    adapted = model.adapt(images, lr=1e6)
+    with pytest.raises(FastadaptError, match="SGD step 1 raised the support loss .*lower lr"):
+        model.adapt(images, lr=1e6)  # a zero head has no useful start to go back to
+    adapted = fastadapt.load(bundles["prototype"]).adapt(images, lr=1e6)
     assert all(np.isfinite(v).all() for v in adapted.params.values())
     assert adapted.adaptation["loss_after"] == adapted.adaptation["loss_before"] and adapted.adaptation["steps"] == 0
     json.dumps(adapted.manifest, allow_nan=False)  # the rejected step's inf/NaN loss is stored as text
@@ -159,3 +161,54 @@ def test_step_loss_is_the_forward_loss(bundles, glyphs):
 def test_one_call_adapt_passes_the_safeguard_through(bundles, glyphs):
     assert fastadapt.adapt(glyphs["shots"], model=bundles["zero"], safeguard=False).adaptation["safeguard"] is False
     assert fastadapt.adapt(glyphs["shots"], model=bundles["zero"]).adaptation["safeguard"] is True
+
+
+def _raise_loss_at(model, monkeypatch, call: int):
+    """Make step graph call ``call`` (1-based) report a higher loss: call t+1 returns the loss after step t,
+    so call 3 rejects step 2 and call 2 rejects step 1."""
+    real, calls = model.graphs.step, []
+
+    def step(*args, **kwargs):
+        loss, params = real(*args, **kwargs)
+        calls.append(loss)
+        return (loss + 1.0 if len(calls) == call else loss), params
+
+    monkeypatch.setattr(model.graphs, "step", step)
+
+
+def test_a_zero_head_keeps_the_steps_before_a_rejected_one(bundles, monkeypatch, capsys):
+    """A zero head's start answers every image the same (1/N each): a rejected step 2 keeps step 1."""
+    images = glyph_images(4, 3, seed=7)
+    model = fastadapt.load(bundles["zero"])
+    one_step = model.adapt(images, steps=1, safeguard=False)
+    _raise_loss_at(model, monkeypatch, 3)
+    guarded = model.adapt(images)
+    info = guarded.adaptation
+    assert info["rejected"] == 1 and info["rejected_step"]["step"] == 2 and info["steps"] == 1
+    for name in one_step.params:
+        assert np.array_equal(guarded.params[name], one_step.params[name]), name
+    assert "keeps its first 1 step(s)" in capsys.readouterr().err
+    probabilities = guarded.probabilities(guarded.bundle.shots["images"].astype(np.float32)) \
+        if guarded.bundle.shots is not None else None
+    assert probabilities is None or np.ptp(probabilities, axis=0).max() > 0  # not one answer for every image
+
+
+def test_a_zero_head_with_no_step_is_an_error_not_a_model(bundles, monkeypatch, tmp_path, capsys):
+    images = glyph_images(4, 3, seed=7)
+    model = fastadapt.load(bundles["zero"])
+    with pytest.raises(FastadaptError, match="steps 0 leaves this model's zero-initialised head") as error:
+        model.adapt(images, steps=0)
+    assert "\n" not in str(error.value)
+    folder = save_folder(images, tmp_path / "shots")
+    code, _, err = run_cli(capsys, "adapt", "--model", bundles["zero"], "--shots", folder, "--steps", "0",
+                           "--out", tmp_path / "a.fadapt")
+    assert code != 0 and "--steps 0" in err and "Traceback" not in err and not (tmp_path / "a.fadapt").exists()
+    _raise_loss_at(model, monkeypatch, 2)
+    with pytest.raises(FastadaptError, match="SGD step 1 raised the support loss .*lower lr"):
+        model.adapt(images)
+
+
+def test_steps_auto_never_chooses_zero_steps_for_a_zero_head(bundles):
+    model = fastadapt.load(bundles["zero"])
+    info = model.adapt(glyph_images(4, 3, seed=7), steps="auto").adaptation
+    assert info["auto"]["chosen"] >= 1 and info["steps"] >= 1

@@ -48,7 +48,8 @@ def adapt(
                                                     "Ed25519 public key (hex, from 'fastadapt keygen'); repeat for several. "
                                                     "FASTADAPT_TRUSTED_KEYS adds to them."),
     safeguard: bool = typer.Option(True, "--safeguard/--no-safeguard", help="Keep only steps that do not raise "
-                                   "the support loss (when a step raises it, adaptation keeps its start: 0 steps, with a warning). "
+                                   "the support loss (when a step raises it, adaptation keeps its start: 0 steps, with a warning; a "
+                                   "zero-initialised head keeps the steps before it). "
                                    "--no-safeguard runs the plain recipe; both agree when no step raises the loss."),
     colour: Optional[str] = typer.Option(None, "--colour", help="Colour models (such as 'photos'): 'auto' adds a colour "
                                          "histogram to what tells the classes apart when leave-one-shot-out on the shots "
@@ -118,7 +119,8 @@ def adaptation_summary(info: dict) -> str:
                  + " / ".join(f"{100 * a:.0f}%" for a in auto["accuracy"]) + " after 0.." + str(len(auto["accuracy"]) - 1)
                  + " steps)")
     if info.get("rejected"):
-        line += f", step {info['rejected_step']['step']} rejected (it raised the loss: back to the start)"
+        back = "the steps before it kept" if info["steps"] else "back to the start"
+        line += f", step {info['rejected_step']['step']} rejected (it raised the loss: {back})"
     line = f"{line}; support loss {info['loss_before']:.4f} -> {info['loss_after']:.4f}"
     return line + colour_summary(info.get("colour"))
 

@@ -18,6 +18,9 @@ from the shots) and says so:
   start: 0.0, 0.0, -0.2, 0.0, 0.0, 0.0 (0 steps was the better of 0 steps and the recipe on all six).
   So adaptation never ends with a higher support loss than it started with, and never does worse
   than no step where the recipe's steps misbehave.
+- Except with a zero-initialised head (``head_init: zero``): its start gives every image the same answer,
+  so a rejected step keeps the steps before it (``keep_kept_steps``), and a model whose first step is
+  rejected (or that is asked for 0 steps) is an error, never a saved model (``check_zero_head``).
 
 ``choose_steps`` picks the number of steps 0..k by leave-one-shot-out on the support set.
 """
@@ -124,9 +127,10 @@ def step_rate(lr, step: int):
 
 def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, steps: int, lr,
               safeguard: bool = True, progress: Callable[[int, int], None] | None = None,
-              visit: Callable[[int, dict], None] | None = None) -> _Trajectory:
+              visit: Callable[[int, dict], None] | None = None, keep_kept_steps: bool = False) -> _Trajectory:
     """``steps`` SGD steps from ``params`` (see the module docstring). ``visit(kept, params)`` is called at
-    the start and after each kept step; ``progress(kept, steps)`` after each kept step. ``lr``: a number,
+    the start and after each kept step; ``progress(kept, steps)`` after each kept step. ``keep_kept_steps``: a
+    rejected step ends adaptation at the steps before it rather than at the start. ``lr``: a number,
     or the bundle's learned rates, a (steps, adapted tensors) float32 array (``step_rate``).
 
     With the safeguard, an unbalanced support set (classes with different numbers of shots) is
@@ -177,10 +181,11 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
         else:  # judged by the next step's own loss (which is also that step's start)
             new_loss, after = step(candidate, step_rate(lr, len(trajectory.lrs) + 1))
             ok = math.isfinite(new_loss) and new_loss <= loss + resolution and _finite(candidate)
-        if not ok:  # back to the start (see the module docstring)
+        if not ok:  # back to the start (see the module docstring), or to the last kept step
             trajectory.rejected = {"step": len(trajectory.lrs) + 1, "loss_before": loss, "loss_after": new_loss}
-            params, loss = start
-            trajectory.lrs, trajectory.losses = [], [loss]
+            if not keep_kept_steps:
+                params, loss = start
+                trajectory.lrs, trajectory.losses = [], [loss]
             break
         params, loss = candidate, new_loss
         trajectory.lrs.append(step_rate(lr, len(trajectory.lrs)))
@@ -207,6 +212,21 @@ def check_finite(trajectory: _Trajectory, lr) -> None:
                              "lr", "safeguard")
 
 
+def check_zero_head(trajectory: _Trajectory, steps: int, lr) -> None:
+    """A zero-initialised head that no step moved answers every image with the first class at 1/N:
+    an error, never a saved model."""
+    if trajectory.lrs:
+        return
+    if steps == 0:
+        raise FastadaptError("{steps} 0 leaves this model's zero-initialised head at zero, so every image would get "
+                             "the same answer; give 1 or more steps (or leave {steps} out for the recipe's)", "steps")
+    r = trajectory.rejected
+    raise FastadaptError(f"SGD step 1 raised the support loss ({r['loss_before']:.4g} -> {r['loss_after']:.4g}) and "
+                         f"this model's head starts at zero, so without a step every image would get the same answer; "
+                         f"lower {{lr}} (now {_describe_lr(lr)}) or check that the shots look like the model's "
+                         f"training data; nothing was saved", "lr")
+
+
 def _describe_lr(lr) -> str:
     """"0.4", or for learned rates "the learned rates (0.02..0.61)"."""
     if isinstance(lr, np.ndarray):
@@ -225,10 +245,11 @@ def _held_out_folds(labels: np.ndarray, ways: int, folds: int) -> list:
 
 
 def choose_steps(graphs, init_head: Callable[[np.ndarray, np.ndarray], dict], images: np.ndarray,
-                 labels: np.ndarray, ways: int, recipe_steps: int, lr: float, safeguard: bool) -> tuple:
+                 labels: np.ndarray, ways: int, recipe_steps: int, lr: float, safeguard: bool,
+                 zero_head: bool = False) -> tuple:
     """steps="auto": (steps, report). For each of AUTO_FOLDS held-out shot positions, adapt on the other
     shots and score the held-out ones after 0, 1, ..., recipe_steps steps; choose the number with the best
-    held-out accuracy, ties broken by the lower held-out loss."""
+    held-out accuracy, ties broken by the lower held-out loss. A zero head (``zero_head``) needs 1 step or more."""
     counts = np.bincount(labels, minlength=ways)
     if counts.min() < 2:
         return recipe_steps, {"chosen": recipe_steps, "note": f"steps='auto' needs at least 2 shots per class "
@@ -244,15 +265,16 @@ def choose_steps(graphs, init_head: Callable[[np.ndarray, np.ndarray], dict], im
             logits, _ = graphs.forward(hx, params)
             scores.append(((logits.argmax(1) == hy).sum(), support_loss(logits, hy) * len(hy)))
 
-        trajectory = run_steps(graphs, x, y, init_head(x, y), recipe_steps, lr, safeguard=safeguard, visit=visit)
-        if trajectory.rejected is not None:  # from the rejected step on, adapt(steps=s) returns to the start
+        trajectory = run_steps(graphs, x, y, init_head(x, y), recipe_steps, lr, safeguard=safeguard, visit=visit,
+                               keep_kept_steps=zero_head)
+        if trajectory.rejected is not None:  # from the rejected step on, adapt(steps=s) ends where run_steps did
             scores = scores[:trajectory.rejected["step"]]
-        scores += [scores[0]] * (recipe_steps + 1 - len(scores))
+        scores += [scores[-1] if zero_head else scores[0]] * (recipe_steps + 1 - len(scores))
         correct += [c for c, _ in scores]
         loss += [value if math.isfinite(value) else math.inf for _, value in scores]
     held_out = sum(int(h.sum()) for h in folds)
     accuracy, loss = correct / held_out, loss / held_out
-    chosen = int(min(range(recipe_steps + 1), key=lambda s: (-accuracy[s], loss[s], s)))
+    chosen = int(min(range(int(zero_head), recipe_steps + 1), key=lambda s: (-accuracy[s], loss[s], s)))
     return chosen, {"chosen": chosen, "folds": len(folds), "held_out": held_out,
                     "accuracy": [round(float(a), 4) for a in accuracy], "loss": [round(float(v), 6) for v in loss],
                     "best_accuracy": round(float(accuracy[chosen]), 4)}

@@ -25,7 +25,7 @@ from ..bundle import Bundle, save_bundle
 from ..errors import FastadaptError, FastadaptWarning, warn
 from ..images import Preprocess, is_image_source, polarity_warning, to_float, to_uint8
 from ..manifest import MAX_LR, MAX_STEPS, printable  # the bounds of a bundle's recipe: a typo such as 10**12 would never end
-from .adaptation import check_finite, choose_steps, run_steps, softmax
+from .adaptation import check_finite, check_zero_head, choose_steps, run_steps, softmax
 from . import colour as colour_cue
 from .head import head_scale_of, init_head, support_features
 from .describe import describe_bundle, model_card
@@ -318,15 +318,18 @@ class Model(_Loaded):
             raise FastadaptError(f"{{progress}} must be a function progress(done, total), got {progress!r}", "progress")
         start = time.perf_counter()
         auto = None
+        zero_head = self.recipe.get("head_init", "zero") == "zero"
         if steps == "auto":
             steps, auto = choose_steps(self.graphs, lambda x, y: self._init_head(x, y, ways), images, labels,
-                                       ways, recipe_steps, lr, bool(safeguard))
+                                       ways, recipe_steps, lr, bool(safeguard), zero_head)
         # the shots' features, once: the prototype head and the colour cue both start from them
         features = support_features(self.manifest, self.params, self.graphs, images) \
             if self.recipe.get("head_init") == "prototype" else None
         trajectory = run_steps(self.graphs, images, labels, self._init_head(images, labels, ways, features), steps, lr,
-                               safeguard=bool(safeguard), progress=progress)
+                               safeguard=bool(safeguard), progress=progress, keep_kept_steps=zero_head)
         check_finite(trajectory, lr)
+        if zero_head:
+            check_zero_head(trajectory, steps, lr)
         params, cue, colour_report = self._colour_head(trajectory.params, images, features, labels, ways, colour)
         seconds = time.perf_counter() - start
         counts = shots.counts if shots is not None else np.bincount(labels, minlength=ways).tolist()
@@ -394,9 +397,10 @@ class Model(_Loaded):
         reasons = []
         if info["rejected"]:
             r = info["rejected_step"]
+            kept = (f"keeps its first {info['steps']} step(s)" if info["steps"] else
+                    "keeps its start (no step: the head initialised from the shots)")
             reasons.append(f"SGD step {r['step']} of {info['steps_requested']} raised the support loss "
-                           f"({_loss(r['loss_before'])} -> {_loss(r['loss_after'])}), so the model keeps its start "
-                           f"(no step: the head initialised from the shots)")
+                           f"({_loss(r['loss_before'])} -> {_loss(r['loss_after'])}), so the model {kept}")
             if info["lr"] != "learned" and info["lr"] != float(self.recipe["lr"]):
                 reasons.append(f"({{lr}} {info['lr']:g} is not the meta-trained {float(self.recipe['lr']):g}: "
                                f"try without {{lr}})")
