@@ -47,7 +47,13 @@ def test_unknown_shapes_are_rejected_and_known_ones_kept(shapes):
     assert p.label in KNOWN and p.score < THRESHOLD and p.probability == p.top[0][1]
     # off by default; a number is a threshold of its own
     assert not any(p.unknown for p in shapes.predict(others))
-    assert all(p.unknown for p in shapes.predict(others, unknown=1.0))
+    assert all(p.unknown for p in shapes.predict(others, unknown=0.0))
+    # above every score: a mistake (1 or np.True_ meant as True), not a threshold
+    for mistaken in (1, 0.5):
+        with pytest.raises(FastadaptError, match=r"would mark every image unknown: .*at most 0 .*pass True"):
+            shapes.predict(others, unknown=mistaken)
+    assert [p.unknown for p in shapes.predict(others, unknown=np.True_)] == [p.unknown for p in rejected]
+    assert not any(p.unknown for p in shapes.predict(others, unknown=np.False_))
     assert not any(p.unknown for p in shapes.predict(others, unknown=-1e9))
     assert auroc([s.score for s in accepted], [s.score for s in rejected]) > 0.9
 
@@ -87,6 +93,8 @@ def test_bad_calls(shapes, bundles, glyphs):
         zero.predict(QUERIES[0], unknown=True)
     p = zero.predict(QUERIES[0], unknown=0.999999)
     assert p.score == p.probability and p.unknown
+    with pytest.raises(FastadaptError, match="at most 1 .*top class probability"):
+        zero.predict(QUERIES[0], unknown=1.5)
 
 
 def test_cli_unknown_and_strict_json(tmp_path, capsys):

@@ -177,7 +177,7 @@ def predict(
                                 "score, then top1_label, top1_probability ... up to --top (at most the model's "
                                 "number of classes)."),
     unknown: bool = typer.Option(False, "--unknown", help="Answer 'unknown' for images that look like none of "
-                                 "the classes: score below the threshold calibrated when the model was adapted "
+                                 "the classes: score below the model's calibrated threshold, stored when it was adapted "
                                  "(see 'fastadapt info'). The closest class is still shown."),
     unknown_threshold: Optional[float] = typer.Option(None, "--unknown-threshold", help="Like --unknown, with "
                                                       "this threshold on the score instead of the model's own "

@@ -520,8 +520,9 @@ class AdaptedModel(_Loaded):
                   of them (or an NxCxHxW array). Each image's answer depends on that image alone.
         top       how many of the most likely classes ``Prediction.top`` lists (``fastadapt predict --top``
                   has the same default)
-        unknown   None/False: always answer a class; True: mark images below the threshold calibrated at
-                  adaptation (manifest["unknown"]["threshold"]) as ``unknown``; a number: that threshold
+        unknown   None/False: always answer a class; True: mark images below the model's calibrated
+                  threshold (manifest["unknown"]["threshold"]) as ``unknown``; a number: that threshold (refused
+                  above every score the model gives: 0 for prototype scores, 1 for probabilities)
         skip_unreadable  an image that cannot be read is skipped with a warning and answered None (an error
                   when none can be read); False: it is an error
 
@@ -562,6 +563,8 @@ class AdaptedModel(_Loaded):
 
     def _threshold(self, unknown) -> float | None:
         """predict's ``unknown`` argument -> the score threshold to reject below, or None."""
+        if isinstance(unknown, np.bool_):
+            unknown = bool(unknown)
         if unknown is None or unknown is False:
             return None
         if unknown is True:
@@ -571,9 +574,20 @@ class AdaptedModel(_Loaded):
                                      f"{{unknown}}, e.g. 0.9", "unknown")
             return float(self.unknown_threshold)
         if isinstance(unknown, (int, float, np.integer, np.floating)) and math.isfinite(_as_float(unknown)):
+            # above every score the model gives, a threshold marks every image unknown (e.g. 1 meant as True)
+            highest = 0.0 if self.unknown_score == unknown_detection.NEAREST_PROTOTYPE else 1.0
+            if float(unknown) > highest:
+                raise FastadaptError(f"{{unknown}} {unknown!r:.40} would mark every image unknown: this model's scores "
+                                     f"are at most {highest:g} ({self._score_words()}); pass True for the calibrated "
+                                     f"threshold or a number up to {highest:g}", "unknown")
             return float(unknown)
         raise FastadaptError(f"{{unknown}} must be a finite number, got {unknown!r:.40} (the calibrated threshold: "
                              f"{self.unknown_threshold})", "unknown")
+
+    def _score_words(self) -> str:
+        if self.unknown_score == unknown_detection.NEAREST_PROTOTYPE:
+            return f"minus the distance to the nearest class, calibrated threshold {self.unknown_threshold}"
+        return "the top class probability"
 
     def _predictions(self, probabilities: np.ndarray, top: int, scores: np.ndarray,
                      threshold: float | None) -> list[Prediction]:
