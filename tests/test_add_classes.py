@@ -154,3 +154,19 @@ def test_one_optional_member_without_the_other_is_refused(saved, tmp_path):
     with pytest.raises(FastadaptError, match="together"):
         read_bundle(str(tmp_path / "half.fadapt"))
     assert os.path.getsize(saved.path) < 1_000_000
+
+
+def test_added_classes_follow_adapts_rules_for_a_dict(saved):
+    """add_classes reads a dict as adapt does: a generator of images is a list, 1 and "1" are one name."""
+    (label, images), = list(LATER.items())[:1]
+    from_generator = saved.add_classes({label: (image for image in images)}, steps=0)
+    from_list = saved.add_classes({label: list(images)}, steps=0)
+    assert same_params(from_generator, from_list)
+    with pytest.raises(FastadaptError, match="labels 1 and '1' are both named '1'"):
+        saved.add_classes({1: images[:1], "1": images[1:]}, steps=0)
+
+
+def test_a_class_copied_under_another_name_is_named_in_one_warning(meta):
+    (label, images), = list(FIRST.items())[:1]
+    with pytest.warns(fastadapt.FastadaptWarning, match=f"classes '{label}' and 'copy' have the same images"):
+        meta.adapt({label: images, "copy": list(images), "other": list(LATER.values())[0]}, steps=0)

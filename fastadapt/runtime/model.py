@@ -30,7 +30,7 @@ from . import colour as colour_cue
 from .head import head_scale_of, init_head, support_features
 from .describe import describe_bundle, model_card
 from .sessions import Graphs
-from .shots import Shots, _folder_classes, load_shots
+from .shots import Shots, _folder_classes, dict_classes, load_shots
 from . import unknown as unknown_detection
 
 # Images per forward call when predicting: one, so that an image's answer is bit-for-bit the same whatever
@@ -692,10 +692,8 @@ class AdaptedModel(_Loaded):
             if not isinstance(new, dict) or not new:
                 raise FastadaptError(f"add_classes takes a folder of class folders or a dict {{label: [images]}}, "
                                      f"got {type(add).__name__ if not isinstance(add, dict) else 'an empty dict'}")
-            for label, items in new.items():
-                several = isinstance(items, (list, tuple)) or (isinstance(items, np.ndarray) and items.ndim == 4)
-                items = list(items) if several else [items]  # else one image on its own
-                classes[str(label)] = classes.get(str(label), []) + items
+            for label, items in (dict_classes(new) if isinstance(add, dict) else new).items():
+                classes[label] = classes.get(label, []) + items
         if len(classes) < 2:
             raise FastadaptError(f"removing {', '.join(map(printable, remove))} would leave {len(classes)} class; "
                                  f"a model needs at least 2")

@@ -13,6 +13,7 @@ training data are warned about, once per call.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import unicodedata
 from dataclasses import dataclass
@@ -89,6 +90,37 @@ def _refuse_lookalikes(names, source: str) -> None:
         seen[key] = name
 
 
+def dict_classes(shots: dict) -> dict:
+    """{label: image or images} -> {str(label): [images]}: one image on its own is a list of one; labels that
+    are the same as text (1 and "1") or a class with no images are errors."""
+    classes, given = {}, {}
+    for label, items in shots.items():
+        if str(label) in given:  # e.g. 1 and "1": one would silently replace the other
+            raise FastadaptError(f"shots dict: labels {given[str(label)]!r} and {label!r} are both named "
+                                 f"'{label}'; give every class a distinct label")
+        given[str(label)] = label
+        if not hasattr(items, "__iter__") or (is_image_source(items) and not (
+                isinstance(items, np.ndarray) and items.ndim == 4)):
+            items = [items]  # one image given on its own (a file object is iterable, by lines: not a list)
+        classes[str(label)] = list(items)
+        if not classes[str(label)]:
+            raise FastadaptError(f"shots dict: class '{label}' has no images; give at least one")
+    return classes
+
+
+def _warn_identical_classes(names: list, arrays: list, labels: list, source: str) -> None:
+    """Two classes with the same images (a class folder copied under another name) cannot be told apart:
+    their answers split between them, and the unknown score loses its scale. Say so once."""
+    seen = {}
+    for index, name in enumerate(names):
+        key = frozenset(hashlib.sha256(a.tobytes()).digest() for a, label in zip(arrays, labels) if label == index)
+        if key in seen:
+            warn(f"{source}: classes '{printable(seen[key])}' and '{printable(name)}' have the same images, so the "
+                 f"model cannot tell them apart; remove one or give each its own images")
+            return
+        seen[key] = name
+
+
 def _describe(item, label, index) -> str:
     if isinstance(item, (str, os.PathLike)):
         return str(os.fspath(item))
@@ -103,18 +135,7 @@ def load_shots(shots, spec: Preprocess) -> Shots:
         folder_of = {name: os.path.join(source, name) for name in classes}
     elif isinstance(shots, dict):
         source = "shots dict"
-        classes, given = {}, {}
-        for label, items in shots.items():
-            if str(label) in given:  # e.g. 1 and "1": one would silently replace the other
-                raise FastadaptError(f"shots dict: labels {given[str(label)]!r} and {label!r} are both named "
-                                     f"'{label}'; give every class a distinct label")
-            given[str(label)] = label
-            if not hasattr(items, "__iter__") or (is_image_source(items) and not (
-                    isinstance(items, np.ndarray) and items.ndim == 4)):
-                items = [items]  # one image given on its own (a file object is iterable, by lines: not a list)
-            classes[str(label)] = list(items)
-            if not classes[str(label)]:
-                raise FastadaptError(f"shots dict: class '{label}' has no images; give at least one")
+        classes = dict_classes(shots)
         folder_of = {name: source for name in classes}
     else:
         raise FastadaptError(f"shots must be a folder path or a dict {{label: [images]}}, got {type(shots).__name__}")
@@ -148,4 +169,5 @@ def load_shots(shots, spec: Preprocess) -> Shots:
     message = polarity_warning(arrays, spec, names)
     if message:
         warn(f"{source}: {message}")
+    _warn_identical_classes(list(classes), arrays, labels, source)
     return Shots(list(classes), np.stack(arrays), np.asarray(labels, dtype=np.int64), counts, skipped, source)
