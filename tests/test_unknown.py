@@ -138,6 +138,11 @@ def test_evaluate_unknown_runs_on_any_data(bundles):
     assert 0 <= result["auroc"] <= 1 and 0 <= result["calibrated_false_accept"] <= 1
     assert result["threshold"] == THRESHOLD and result["tasks"] == 2
     json.dumps(result, allow_nan=False)
+    for share in (2, -1, 0, float("nan"), "0.05", True):  # checked before any task, not a ValueError after one
+        with pytest.raises(FastadaptError, match="false_accept must be a share of the unknowns between 0 and 1"):
+            evaluate_unknown(bundles["prototype"], "synthetic", false_accept=share, tasks=2)
+    with pytest.raises(FastadaptError, match="samples 2 x ways classes per task"):
+        evaluate_unknown(bundles["prototype"], "synthetic", ways=600, tasks=2)
 
 
 def test_predict_warns_once_about_light_strokes_on_dark(bundles, glyphs, capsys):

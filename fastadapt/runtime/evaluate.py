@@ -120,7 +120,7 @@ def evaluate_unknown(path: str, data: str, protocol: str = "auto", ways: int = 5
     Per task: AUROC of the in-set score (in-set vs unknown images), the share of in-set images that are
     accepted and correctly classified when the threshold lets ``false_accept`` of the unknowns through
     (chosen with the unknowns, an upper bound), and the in-set acceptance and false-accept rates of the
-    threshold calibrated at adaptation. Means and 95% CIs over tasks.
+    model's calibrated threshold. Means and 95% CIs over tasks.
 
     >>> result = fastadapt.evaluate_unknown(fastadapt.runtime.DEFAULT_MODEL, "synthetic", tasks=2)
     >>> result["score"], 0 <= result["auroc"] <= 1
@@ -128,9 +128,16 @@ def evaluate_unknown(path: str, data: str, protocol: str = "auto", ways: int = 5
     """
     model = _meta_model(path, "pass the meta bundle it came from")
     _check_tasks(tasks)
+    if isinstance(false_accept, bool) or not isinstance(false_accept, (int, float)) or not 0 < false_accept < 1:
+        raise FastadaptError(f"false_accept must be a share of the unknowns between 0 and 1 (e.g. 0.05), "
+                             f"got {false_accept!r:.40}")
     spec = model.preprocess
-    sampler = unseen_class_sampler(data, protocol, preprocess=spec, ways=2 * ways, shots=shots, query=query,
-                                   seed=seed, **split_settings(model.manifest))
+    try:
+        sampler = unseen_class_sampler(data, protocol, preprocess=spec, ways=2 * ways, shots=shots, query=query,
+                                       seed=seed, **split_settings(model.manifest))
+    except FastadaptError as exc:  # its limits name 2 x ways, which the caller never typed
+        raise FastadaptError(f"evaluate_unknown samples 2 x ways classes per task (ways known, as many unknown): "
+                             f"{exc}") from None
     classes = [str(i) for i in range(ways)]
     rows = {"auroc": [], "accuracy_at_far": [], "accuracy_closed_set": [], "calibrated_accepted_in_set": [],
             "calibrated_false_accept": []}
