@@ -26,7 +26,6 @@ import numpy as np
 from .errors import FastadaptError
 from .images import to_float
 from .manifest import printable
-from .runtime.adaptation import softmax
 from .outputs import check_inputs, probe_folder, refuse_unwritable, write_all
 
 RECIPE_FORMAT = "fastadapt-onnx-preprocess"
@@ -190,6 +189,7 @@ def _add_colour(graph, adapted, helper, numpy_helper) -> str:
 def _check(adapted, data: bytes) -> dict:
     """The standalone graph's probabilities agree with AdaptedModel's, on stored shots and random images:
     -> {"images": how many were compared, "max_abs_diff": the largest difference}."""
+    from .runtime.adaptation import softmax
     from .runtime.sessions import make_session
 
     spec = adapted.preprocess
