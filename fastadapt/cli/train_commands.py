@@ -167,8 +167,8 @@ def _interrupted(out: str, created: bool) -> None:
 @app.command(rich_help_panel=SERVER_PANEL)
 def evaluate(
     model: str = typer.Argument(..., help="A run folder (evaluated in torch), a .fadapt bundle or a built-in "
-                                "model's name (characters, photos), evaluated through the torch-free runtime on "
-                                "the same tasks."),
+                                "model's name (characters, photos; a file or run folder of that name here comes "
+                                "first), evaluated through the torch-free runtime on the same tasks."),
     data: Optional[str] = typer.Option(None, help="Dataset whose test classes to use; required for bundles. "
                                        "\\[default: a run folder's --data]"),
     protocol: str = typer.Option("auto", help="As for train; 'all' uses every class of --data as a test class."),
@@ -179,8 +179,9 @@ def evaluate(
     seed: int = typer.Option(0, help="Task seed: the same seed gives the same tasks for a run folder and a bundle."),
     steps: Optional[int] = typer.Option(None, help="Inner steps. \\[default: the run's --eval-inner-steps / the bundle's recipe]"),
     lr: Optional[float] = typer.Option(None, help="Inner learning rate. \\[default: the meta-trained one]"),
-    transductive: bool = typer.Option(False, "--transductive", help="Predict each task's queries as one batch "
-                                      "(matters only for --norm batch models; per-sample norm is never transductive)."),
+    transductive: bool = typer.Option(False, "--transductive", help="Run folders: predict each task's queries as "
+                                      "one batch (matters only for --norm batch models; per-sample norm, which "
+                                      "bundles have, is never transductive)."),
     checkpoint: str = typer.Option("best", help="best | last (run folders only)."),
     batched: Optional[bool] = typer.Option(None, "--batched/--no-batched", help="Run folders: adapt to several "
                                            "tasks as one batched computation, or one task at a time. \\[default: "
@@ -208,8 +209,8 @@ def evaluate(
     from ..runtime.loading import BUILT_IN, model_path
 
     given = model
-    if model in BUILT_IN:  # a built-in model's name (characters, photos): its shipped bundle
-        model = model_path(model)
+    if model in BUILT_IN and not os.path.isdir(model):  # a built-in model's name (characters, photos): its shipped
+        model = model_path(model)  # bundle, unless a file or a run folder of that name is here (as for --model)
     if os.path.isfile(model):
         from ..runtime import evaluate_bundle
 
@@ -223,13 +224,20 @@ def evaluate(
         if checkpoint != "best":
             raise FastadaptError(f"--checkpoint {printable(checkpoint)}: applies to run folders; a bundle holds the "
                                  f"one checkpoint it was exported from (fastadapt export RUN --checkpoint): drop the flag")
+        if transductive:
+            raise FastadaptError("--transductive applies to run folders with --norm batch; a bundle's norm is per "
+                                 "sample, so each query is predicted on its own either way: drop the flag")
+        evaluated = _model_identity(model) if record else None
         result = evaluate_bundle(model, data=data, protocol=protocol, ways=ways, shots=1 if shots is None else shots, query=query,
-                                 tasks=tasks, seed=seed, steps=steps, lr=lr, transductive=transductive,
+                                 tasks=tasks, seed=seed, steps=steps, lr=lr,
                                  safeguard=safeguard is not False, colour="auto" if colour is None else colour,
                                  progress=None if as_json else _task_progress(tasks))
         if record:
             from ..runtime.evaluate import record_evaluation
 
+            if _model_identity(model) != evaluated:  # replaced during the evaluation: the result is not its
+                raise FastadaptError(f"--record: {printable(given)} changed during the evaluation (another model "
+                                     f"was written there); nothing was recorded: evaluate it again")
             record_evaluation(model, result)
     else:
         if safeguard or colour is not None:
@@ -257,6 +265,7 @@ def _check_record(path: str, given: str) -> None:
         raise FastadaptError(f"--record: {printable(given)} is a built-in model inside the installed fastadapt, "
                              f"which --record would rewrite; copy it to a file first{where}, then evaluate the "
                              f"copy with --record")
+    check_out(path, "--record", "model.fadapt")  # the rewrite's rules (no link, a writable folder), checked now
     try:
         with zipfile.ZipFile(path) as archive:
             signed = SIGNATURES in archive.namelist()
@@ -267,6 +276,14 @@ def _check_record(path: str, given: str) -> None:
         raise FastadaptError(f"--record: {printable(given)} is signed ('fastadapt sign'), and recording the result "
                              f"rewrites it without its signature; record into an unsigned copy (the bundle before "
                              f"signing), then sign it again with 'fastadapt sign', or drop --record")
+
+
+def _model_identity(path: str):
+    """What makes the bundle at ``path`` the model it is: the SHA-256 of its graphs and parameters (its
+    manifest's members), not the records that --record itself adds."""
+    from ..bundle import read_bundle
+
+    return read_bundle(path).manifest.get("members")
 
 
 def check_run_out(out: str, inputs: list) -> None:
@@ -289,6 +306,8 @@ def _check_evaluate_flags(regression: bool, **flags) -> None:
             low, high = LIMITS[mirrors[name]]
             if name == "ways" and not regression:
                 low = 2  # as train: 1 way is for --data sinusoid
+            if name == "tasks":
+                low = 2  # a confidence interval needs 2 (validation may use 1)
             check_flag(f"--{name}", value, low, high, positive=mirrors[name] in POSITIVE)
 
 

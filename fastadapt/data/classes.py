@@ -5,11 +5,15 @@ Layouts (detected automatically):
   root/<group>/<class>/<image>           Omniglot style: a class is a character inside an alphabet
 A zip may hold either layout, optionally under one top folder (``images_background/...``).
 Unreadable images are skipped with one warning that counts them and names the first, and why.
+Class folders that are symbolic links are followed (a dataset assembled from links to other folders),
+each folder read once: a link to a folder already read (a duplicate class) or to one of its own
+ancestors (a loop) is skipped with one warning.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ import numpy as np
 from ..bundle import ZIP_ERRORS, read_bounded
 from ..errors import FastadaptError, warn
 from ..images import MAX_STREAM_BYTES, Preprocess, decode_bytes, is_image_name, to_uint8
+from ..outputs import KINDS
 
 
 @dataclass
@@ -93,8 +98,23 @@ def _read_member(archive: zipfile.ZipFile, path: str, name: str) -> bytes:
         raise FastadaptError(f"{path}:{name}: damaged zip member ({exc.__class__.__name__}: {exc})") from None
 
 
+def special_kind(path: str) -> str | None:
+    """What ``path`` is when it is neither a folder nor a regular file ("a FIFO (named pipe)", ...), else None
+    (also when it does not exist: the caller says so). Opening a FIFO waits forever for a writer."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+        return None
+    return KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+
+
 def _read_members(path: str) -> tuple:
     """List the image members of a folder or zip; return (relative paths, reader)."""
+    kind = special_kind(path)
+    if kind is not None:  # before is_zipfile, which would open it and wait
+        raise FastadaptError(f"{path}: is {kind}, not a folder or a zip of class folders; pass a folder or a zip")
     if zipfile.is_zipfile(path):
         try:
             archive = zipfile.ZipFile(path)
@@ -105,17 +125,49 @@ def _read_members(path: str) -> tuple:
                    and "__MACOSX" not in n]
         return members, lambda n: _read_member(archive, path, n), archive
     if os.path.isdir(path):
-        members = []
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = os.path.relpath(dirpath, path)
-            for f in sorted(filenames):
-                if is_image_name(f):
-                    members.append(PurePosixPath(*(() if rel == "." else PurePosixPath(rel).parts), f).as_posix())
-        return members, None, None
+        return _folder_images(path), None, None
     if os.path.exists(path):
         raise FastadaptError(f"{path}: not a folder or a zip of class folders")
     raise FastadaptError(f"{path}: no such file or folder; pass a folder of class subfolders or a zip of them")
+
+
+def _folder_images(path: str) -> list:
+    """The image files under the folder ``path`` ('/'-separated, relative), following links to folders.
+
+    Each folder is read once, whatever the links: a link to a folder already listed, or to an ancestor
+    (which would loop), is skipped. Real folders are listed before the links beside them, so a link, not
+    the folder it duplicates, is what is skipped."""
+    members, seen, skipped = [], {_identity(path): "."}, []
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+        rel = os.path.relpath(dirpath, path)
+        here = () if rel == "." else PurePosixPath(rel).parts
+        visible = sorted(d for d in dirnames if not d.startswith("."))
+        kept = []
+        for d in sorted(visible, key=lambda d: os.path.islink(os.path.join(dirpath, d))):
+            try:
+                key = _identity(os.path.join(dirpath, d))
+            except OSError:
+                continue  # vanished, or unreadable: nothing to list
+            name = PurePosixPath(*here, d).as_posix()
+            if key in seen:
+                skipped.append((name, seen[key]))
+            else:
+                seen[key] = name
+                kept.append(d)
+        dirnames[:] = sorted(kept)
+        members += [PurePosixPath(*here, f).as_posix() for f in sorted(filenames) if is_image_name(f)]
+    if skipped:
+        name, same = skipped[0]
+        same = "the dataset folder itself" if same == "." else same
+        warn(f"{path}: skipped {len(skipped)} linked folder(s) that lead to a folder read already (a duplicate "
+             f"or a loop), first: {name} (the same folder as {same})")
+    return members
+
+
+def _identity(folder: str) -> tuple:
+    """(device, inode) of a folder, links followed: the same for every path that leads to it."""
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
 
 
 def load_class_folders(path: str, spec: Preprocess, progress: Callable | None = None) -> ImageClasses:
@@ -124,7 +176,10 @@ def load_class_folders(path: str, spec: Preprocess, progress: Callable | None = 
     members, read, archive = _read_members(path)
     classes = _split_layout(members)
     if not classes:
-        raise FastadaptError(f"{path}: no class folders with images found (expected {os.path.basename(path) or path}/<class>/<image>.png)")
+        zips = sorted(f for f in os.listdir(path) if f.lower().endswith(".zip")) if read is None else []
+        hint = f"; it holds {zips[0]}: pass that zip itself" if zips else ""  # a folder of downloaded zips
+        raise FastadaptError(f"{path}: no class folders with images found (expected "
+                             f"{os.path.basename(path) or path}/<class>/<image>.png){hint}")
     names, images, groups, bad = [], [], [], []
     total = sum(len(v) for v in classes.values())
     done = 0

@@ -17,11 +17,12 @@ import numpy as np
 
 from ..errors import FastadaptError
 from ..images import Preprocess
-from .classes import ImageClasses, load_class_folders
-from .omniglot import OMNIGLOT_PREPROCESS, Splits, is_omniglot, omniglot_splits
+from .classes import ImageClasses, load_class_folders, special_kind
+from .omniglot import OMNIGLOT_PREPROCESS, PARTS, Splits, is_omniglot, omniglot_splits
 from .synthetic import synthetic_glyphs
 
 PROTOCOLS = ("auto", "lake", "vinyals", "split", "all")
+BUILT_IN_DATA = ("synthetic", "sinusoid")  # --data values that name a generator, not a path
 
 # The settings that decide a run's class split, and their defaults: TrainConfig's defaults are these, and
 # an evaluation reads a run's or bundle's own values (falling back to these), so both see the same split.
@@ -29,9 +30,29 @@ DEFAULT_SEED, DEFAULT_VAL_CLASSES, DEFAULT_WAYS = 0, 100, 5
 
 
 def default_protocol(data: str) -> str:
-    if data in ("synthetic", "sinusoid"):
+    if data in BUILT_IN_DATA:
         return "split"
     return "lake" if is_omniglot(data) else "split"
+
+
+def data_location(data: str) -> str:
+    """--data as a run stores it: a path made absolute, so the run reads the same data from any working
+    folder (evaluate RUN, train --resume); a built-in name as it is."""
+    return data if data in BUILT_IN_DATA else os.path.abspath(data)
+
+
+def check_data(data: str) -> None:
+    """Refuse at once a --data path that is missing, or neither a folder nor a regular file (a zip):
+    reading a FIFO would wait forever for a writer."""
+    if data in BUILT_IN_DATA:
+        return
+    if not os.path.exists(data):
+        raise FastadaptError(f"--data {data}: no such file or folder (use a folder of class folders, "
+                             f"a zip of them, an Omniglot folder, 'synthetic' or 'sinusoid')")
+    kind = special_kind(data)
+    if kind is not None:
+        raise FastadaptError(f"--data {data}: is {kind}, not a folder or a zip; pass a folder of class folders, "
+                             f"a zip of them or an Omniglot folder")
 
 
 def default_preprocess(data: str) -> Preprocess:
@@ -83,6 +104,7 @@ def load_splits(data: str, protocol: str = "auto", seed: int = DEFAULT_SEED, val
         raise FastadaptError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'")
     if data == "sinusoid":
         raise FastadaptError("--data sinusoid is a regression family, not an image dataset")
+    check_data(data)
     protocol = default_protocol(data) if protocol == "auto" else protocol
     spec = spec or default_preprocess(data)
     if protocol in ("lake", "vinyals"):
@@ -93,10 +115,13 @@ def load_splits(data: str, protocol: str = "auto", seed: int = DEFAULT_SEED, val
     if data == "synthetic":
         # a fixed glyph universe: the seed picks the split, not the glyphs
         classes = synthetic_glyphs(300, 20, seed=12345, spec=spec)
+    elif is_omniglot(data) and not any(os.path.isdir(os.path.join(data, part)) for part in PARTS):
+        # its images are inside its two zips, not in class folders: split / all can take one zip
+        raise FastadaptError(f"--data {data}: an Omniglot folder holds two zips ({PARTS[0]}.zip, {PARTS[1]}.zip), "
+                             f"not class folders; use --protocol lake or vinyals, or pass one zip, e.g. --data "
+                             f"{os.path.join(data, PARTS[1] + '.zip')} (the alphabets lake holds out), with "
+                             f"--protocol {protocol}")
     else:
-        if not os.path.exists(data):
-            raise FastadaptError(f"--data {data}: no such file or folder (use a folder of class folders, "
-                                 f"a zip of them, an Omniglot folder, 'synthetic' or 'sinusoid')")
         classes = load_class_folders(data, spec)
     if protocol == "all":
         empty = ImageClasses([], [], spec)

@@ -27,6 +27,19 @@ from .task_batched import task_batched
 EVAL_CHUNK = 16  # tasks per batched evaluation computation (no second-order graph: less than a meta-batch)
 
 
+class AdaptationDiverged(FastadaptError):
+    """Adapting to an evaluation task gave non-finite outputs (the inner steps overflowed: too large a
+    learning rate). Never scored: the argmax of NaN logits is class 0, which would read as chance accuracy.
+    The caller says which flag to lower (evaluate: --lr; training validation: --inner-lr)."""
+
+
+def finite(outputs: torch.Tensor) -> torch.Tensor:
+    """``outputs`` of adapted models, or AdaptationDiverged when any is NaN or infinite."""
+    if not bool(torch.isfinite(outputs).all()):
+        raise AdaptationDiverged("adaptation diverged (non-finite outputs)")
+    return outputs
+
+
 def predict_queries(model, params: dict, batch: TaskTensors, norm: str, transductive: bool) -> torch.Tensor:
     with torch.no_grad():
         if norm != "batch" or transductive:
@@ -75,19 +88,19 @@ def evaluate_classification(model, meta_params, recipe, sampler: TaskSampler, pr
             if not pending:
                 chunk = stream.tasks(range(start, min(start + EVAL_CHUNK, tasks)))
                 try:
-                    pending.extend(adapt_and_predict_tasks(model, meta_params, recipe, chunk, steps, lr)
+                    pending.extend(finite(adapt_and_predict_tasks(model, meta_params, recipe, chunk, steps, lr))
                                    .argmax(-1).cpu().numpy())
                 except torch.cuda.OutOfMemoryError:
                     pass  # (after the except block, which still holds the failed attempt's memory)
                 if not pending:  # out of GPU memory: this chunk task by task
-                    pending.extend(adapt_and_predict(model, meta_params, recipe, b, steps, lr, norm, transductive)
+                    pending.extend(finite(adapt_and_predict(model, meta_params, recipe, b, steps, lr, norm, transductive))
                                    .argmax(1).cpu().numpy() for b in chunk)
                 start += len(chunk)
             return pending.pop(0)
     else:
         def predict_task(task):
             batch = to_tensors(task, preprocess, device, sampler.ways)
-            out = adapt_and_predict(model, meta_params, recipe, batch, steps, lr, norm, transductive)
+            out = finite(adapt_and_predict(model, meta_params, recipe, batch, steps, lr, norm, transductive))
             return out.argmax(1).cpu().numpy()
 
     result = evaluate_tasks(sampler, tasks, predict_task, progress)
@@ -101,7 +114,7 @@ def evaluate_regression(model, meta_params, recipe, sampler, device, tasks: int,
     errors = []
     for i in range(tasks):
         batch = to_tensors(sampler.task(i), None, device, 1)
-        out = adapt_and_predict(model, meta_params, recipe, batch, steps, lr, "none", False)
+        out = finite(adapt_and_predict(model, meta_params, recipe, batch, steps, lr, "none", False))
         errors.append(float(((out - batch.query_y) ** 2).mean()))
         if progress is not None:
             progress(i + 1)
@@ -202,21 +215,29 @@ def evaluate_run(rundir: str, data: str | None = None, protocol: str = "auto", w
     if lr is not None and not lr > 0:
         raise FastadaptError(f"--lr must be a positive number, got {lr}")
     data = data or config.data
-    if config.regression:
-        if data != "sinusoid":
-            raise FastadaptError(f"{rundir} is a sinusoid regression run; evaluate it with --data sinusoid")
-        # 100 query points per task; task seeds offset from the training/validation streams
-        sampler = SinusoidSampler(config.shots if shots is None else shots, 100, seed + 10_000)
-        with flushing_denormals():
-            result = evaluate_regression(model, params, recipe, sampler, dev, tasks, steps, lr, progress)
-    else:
-        if data == "sinusoid":
-            raise FastadaptError(f"{rundir} is an image classification run; --data sinusoid does not apply")
-        sampler, spec_pre = unseen_task_sampler(config, data, protocol, ways, 1 if shots is None else shots, query, seed)
-        with flushing_denormals():
-            result = evaluate_classification(model, params, recipe, sampler, spec_pre, dev, tasks, steps, lr, spec.norm,
-                                             transductive, progress, dev.type == "cuda" if batched is None else batched)
-        result["protocol"] = protocol
+    try:
+        if config.regression:
+            if data != "sinusoid":
+                raise FastadaptError(f"{rundir} is a sinusoid regression run; evaluate it with --data sinusoid")
+            # 100 query points per task; task seeds offset from the training/validation streams
+            sampler = SinusoidSampler(config.shots if shots is None else shots, 100, seed + 10_000)
+            with flushing_denormals():
+                result = evaluate_regression(model, params, recipe, sampler, dev, tasks, steps, lr, progress)
+        else:
+            if data == "sinusoid":
+                raise FastadaptError(f"{rundir} is an image classification run; --data sinusoid does not apply")
+            sampler, spec_pre = unseen_task_sampler(config, data, protocol, ways, 1 if shots is None else shots, query,
+                                                    seed)
+            with flushing_denormals():
+                result = evaluate_classification(model, params, recipe, sampler, spec_pre, dev, tasks, steps, lr,
+                                                 spec.norm, transductive, progress,
+                                                 dev.type == "cuda" if batched is None else batched)
+            result["protocol"] = protocol
+    except AdaptationDiverged:
+        now = f"{lr:g}" if lr is not None else ("the run's meta-learned rates" if config.learn_inner_lr
+                                               else f"the run's {config.inner_lr:g}")
+        raise FastadaptError(f"adaptation diverged (non-finite outputs after {steps} steps); lower --lr (now {now}); "
+                             f"nothing was recorded") from None
     result.update(data=data, checkpoint=checkpoint, iteration=ckpt_progress.get("iteration"),
                   algorithm=config.algorithm, evaluated_with="torch")
     append_record(record, {k: v for k, v in result.items() if k != "per_task_accuracy"})

@@ -9,7 +9,7 @@ import torch
 
 from ..data.sampler import Task, TaskSampler
 from ..data.sinusoid import RegressionTask, SinusoidSampler
-from ..data.sources import PROTOCOLS, default_protocol, load_splits
+from ..data.sources import PROTOCOLS, check_data, default_protocol, load_splits
 from ..errors import FastadaptError
 from ..images import Preprocess, to_float
 from ..models import ModelSpec, build_model
@@ -78,6 +78,8 @@ def check_config(c: TrainConfig, here: bool = True) -> None:
         raise FastadaptError(f"--device must be auto, cpu or cuda, got '{c.device}'")
     if here and c.device == "cuda" and not torch.cuda.is_available():
         raise FastadaptError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu or auto")
+    if here:
+        check_data(c.data)  # a missing path or a FIFO fails now, before the run folder and its lock exist
 
 
 def batched_path(c: TrainConfig, device) -> tuple:

@@ -8,6 +8,7 @@ each process computes its share of those tasks (see distributed.py); rank 0 alon
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -17,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from ..data.sources import data_location
 from ..errors import FastadaptError
 from ..progress import progress_bar
 from ..models import ModelSpec, build_model
@@ -24,7 +26,7 @@ from . import distributed
 from .algorithms import (Chunks, cosine_step, meta_gradient, multi_step_weights, out_of_gpu_memory, outer_optimizer,
                          reptile_step)
 from .denormals import flushing_denormals
-from .evaluate import evaluate_classification, evaluate_regression
+from .evaluate import AdaptationDiverged, evaluate_classification, evaluate_regression
 from .inner_loop import LEARNED_LRS, InnerLoop, network_params
 from .run_setup import (Samplers, batched_path, check_config, describe_data, init_meta_params, make_samplers,
                     model_spec_of, recipe_of, resolve_device, task_stream)
@@ -46,6 +48,8 @@ def resolve_config(c: TrainConfig, rundir: str, resume: bool, given: set | None 
         saved = read_config(rundir).to_dict()
         mine = c.to_dict()
         for k in sorted(given if given is not None else mine):
+            if k == "data" and data_location(mine[k]) == data_location(saved[k]):
+                continue  # the same data, named from another folder or (a run from before absolute paths) relatively
             if k not in RESUMABLE and mine[k] != saved.get(k):
                 raise FastadaptError(f"--resume continues {rundir} as it was started, but --{k.replace('_', '-')} "
                                      f"{mine[k]} differs from the run's {saved.get(k)}; drop the flag or use a new --out")
@@ -60,7 +64,7 @@ def resolve_config(c: TrainConfig, rundir: str, resume: bool, given: set | None 
     # a folder whose run saved nothing (it diverged or failed at once) is reused: nothing trained is lost
     if os.path.exists(rundir) and not os.path.isdir(rundir):
         raise FastadaptError(f"--out {rundir} is a file; pass a folder for the run")
-    return c
+    return dataclasses.replace(c, data=data_location(c.data))  # config.json: the same data from any folder
 
 
 def load_initialisation(params: dict, source: str) -> None:
@@ -201,14 +205,23 @@ def _begin_folder(s: _Start, rundir: str, resume: bool, quiet: bool, log) -> Non
             f"{rundir} has no checkpoint yet: starting from iteration 0")
 
 
-def _validate(s: _Start, batched: bool, iteration: int, elapsed: float) -> dict:
-    """A metrics row of the validation score (accuracy % or MSE, and its 95% CI) at ``iteration``."""
-    c = s.c
-    if c.regression:
-        r = evaluate_regression(s.model, s.params, s.recipe, s.samplers.val, s.device, c.val_tasks, c.test_steps)
-        return {"iteration": iteration, "val_mse": r["mse"], "val_ci95": r["ci95"], "elapsed_s": round(elapsed, 1)}
-    r = evaluate_classification(s.model, s.params, s.recipe, s.samplers.val, s.samplers.preprocess, s.device,
-                                c.val_tasks, c.test_steps, norm=s.spec.norm, batched=batched)
+def _validate(s: _Start, batched: bool, iteration: int, record: RunRecorder) -> dict:
+    """A metrics row of the validation score (accuracy % or MSE, and its 95% CI) at ``iteration``.
+
+    Adaptation that diverges on a validation task stops the run, as a diverged meta-step does: its outputs
+    are no score (NaN logits would count as chance), the model would fail on every device, and --resume
+    cannot change the --inner-lr that caused it."""
+    c, elapsed = s.c, record.elapsed()
+    try:
+        if c.regression:
+            r = evaluate_regression(s.model, s.params, s.recipe, s.samplers.val, s.device, c.val_tasks, c.test_steps)
+            return {"iteration": iteration, "val_mse": r["mse"], "val_ci95": r["ci95"], "elapsed_s": round(elapsed, 1)}
+        r = evaluate_classification(s.model, s.params, s.recipe, s.samplers.val, s.samplers.preprocess, s.device,
+                                    c.val_tasks, c.test_steps, norm=s.spec.norm, batched=batched)
+    except AdaptationDiverged:
+        raise Diverged(f"validation diverged at iteration {iteration}: adapting to a validation task ({c.test_steps} "
+                       f"steps at --inner-lr {c.inner_lr:g}) gave non-finite outputs; lower --inner-lr and train "
+                       f"again; {record.last_good()}") from None
     return {"iteration": iteration, "val_accuracy": r["accuracy_pct"], "val_ci95": r["ci95_pct"],
             "elapsed_s": round(elapsed, 1)}
 
@@ -295,7 +308,7 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                 validated = (it + 1) % c.val_every == 0 or it + 1 == c.iterations
                 out_of_time = c.max_minutes and record.elapsed() >= 60 * c.max_minutes
                 if validated or out_of_time:  # a run that stops ends with a validation and a checkpoint
-                    vrow = _validate(s, batched, it + 1, record.elapsed())
+                    vrow = _validate(s, batched, it + 1, record)
                     record.validation(vrow, params, optimizer, f"iteration {it + 1}: {status}")
                     if c.stop_at and (vrow["val_mse"] <= c.stop_at if c.regression
                                       else vrow["val_accuracy"] >= c.stop_at):
@@ -308,7 +321,7 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                     record.checkpoint(it + 1, params, optimizer)
                 progress.update(bar, advance=1, status=status)
             if c.iterations == 0 and job.is_main:  # pre-training only: the pre-trained body is the model
-                record.validation(_validate(s, batched, 0, record.elapsed()), params, optimizer, "pre-trained body")
+                record.validation(_validate(s, batched, 0, record), params, optimizer, "pre-trained body")
     finally:
         record.close()
     meta_seconds = round(record.elapsed(), 1)
