@@ -15,7 +15,9 @@ faster kernels (TF32, bf16, or cuDNN's own kernel search: "cudnn-benchmark") ins
 Measured on an H200 (session 16, torch 2.11): fp32 250 tasks/s; the GPU is busy 70.7 ms per iteration
 (2,222 kernels), as long as the iteration itself: GPU-bound, not waiting for the host. 44% of that time is
 cuDNN's grouped direct convolution (the tasks' convolutions as groups, conv2d_grouped_direct_kernel, 2 ms a
-call) and 40% convolution backward, so the next lever is the convolution's kernel, not sampling or launches.
+call) and 40% convolution backward, so the next lever is the convolution's kernel, not sampling or launches:
+"cudnn-benchmark" (cuDNN's own kernel search) and "conv-bmm" (task_batched.CONV_AS_MATRIX_PRODUCT: im2col and
+one batched matrix product over tasks) are the two candidates, neither measured yet.
 Reported per variant: tasks/s after 3 warm-up iterations, and the mean training query loss of its first
 ITERATIONS_COMPARED iterations beside fp32's (a change of numerics shows there first). Rounding alone
 moves that mean by a few per cent, so only a larger change means anything: measured on CPU (2 threads)
@@ -42,13 +44,14 @@ import time
 
 import torch
 
+import fastadapt.meta_train.task_batched as task_batched_module
 from fastadapt.meta_train.algorithms import TaskTensors, batched_meta_gradient, meta_gradient, outer_optimizer
 from fastadapt.meta_train.run import TrainConfig
 from fastadapt.meta_train.run_setup import init_meta_params, make_samplers, model_spec_of, recipe_of, task_stream
 from fastadapt.models.networks import build_model
 
 # the quick look first, the compilations (minutes, and the likeliest to eat the call's time limit) last
-VARIANTS = ("profile", "fp32", "cudnn-benchmark", "tf32", "bf16", "cudagraph", "compile", "compile-cudagraphs")
+VARIANTS = ("profile", "fp32", "cudnn-benchmark", "conv-bmm", "tf32", "bf16", "cudagraph", "compile", "compile-cudagraphs")
 PROFILED_ITERATIONS = 5
 ITERATIONS_COMPARED = 30
 
@@ -73,6 +76,7 @@ def run_variant(variant: str, c: TrainConfig, device: torch.device, seconds: flo
     recipe = recipe_of(c)
     set_tf32(variant == "tf32")
     torch.backends.cudnn.benchmark = variant == "cudnn-benchmark"  # let cuDNN time its kernels per shape
+    task_batched_module.CONV_AS_MATRIX_PRODUCT = variant == "conv-bmm"  # im2col + batched matrix products
     step = lambda tasks: meta_gradient(c.algorithm, model, params, tasks, recipe, vectorize=True)  # noqa: E731
     if variant.startswith("compile"):
         from fastadapt.meta_train.task_batched import task_batched
@@ -225,6 +229,7 @@ def main() -> None:
         finally:
             set_tf32(False)
             torch.backends.cudnn.benchmark = False
+            task_batched_module.CONV_AS_MATRIX_PRODUCT = False
 
 
 if __name__ == "__main__":

@@ -515,3 +515,40 @@ def test_out_of_memory_task_by_task_is_one_line_naming_the_flags(tmp_path, monke
                     inner_steps=1, device="cpu")
     with pytest.raises(FastadaptError, match="out of GPU memory at iteration 1 with one task at a time: lower --ways"):
         trainer.train(c, str(tmp_path / "run"), quiet=True)
+
+
+@pytest.mark.parametrize("stride, padding, dilation, bias", [(1, 1, 1, True), (2, 0, 1, False), (1, 2, 2, True)])
+def test_conv_as_matrix_product_is_the_grouped_convolution(stride, padding, dilation, bias):
+    """The GPU candidate (task_batched.CONV_AS_MATRIX_PRODUCT): im2col + one batched matrix product over tasks
+    computes the grouped convolution, task by task, with their own kernels (float64: only the order of sums differs)."""
+    from fastadapt.meta_train.task_batched import _conv_as_matrix_product
+
+    g = torch.Generator().manual_seed(0)
+    tasks, n, channels, out = 3, 4, 5, 6
+    x = torch.randn(n, tasks * channels, 9, 8, generator=g, dtype=torch.float64)
+    weight = torch.randn(tasks, out, channels, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(tasks, out, generator=g, dtype=torch.float64) if bias else None
+    pair = lambda v: (v, v)  # noqa: E731  (nn.Conv2d keeps them as pairs)
+    got = _conv_as_matrix_product(x, weight, b, pair(stride), pair(padding), pair(dilation))
+    for t in range(tasks):  # each task's output channels: its own images and kernels
+        expected = torch.nn.functional.conv2d(x[:, t * channels:(t + 1) * channels], weight[t],
+                                              None if b is None else b[t], stride, padding, dilation)
+        torch.testing.assert_close(got[:, t * out:(t + 1) * out], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml"])
+def test_meta_gradient_with_convolutions_as_matrix_products_is_the_same(one_thread, monkeypatch, algorithm):
+    """The whole batched meta-gradient (second order for MAML) is the same with either convolution (float64)."""
+    import fastadapt.meta_train.task_batched as tb
+
+    c = TrainConfig(algorithm=algorithm, head_init="prototype", **CLASSIFICATION)
+    model, params, recipe, tasks = setup(c, "cpu", torch.float64)
+    grouped = meta_gradient(algorithm, model, params, tasks, recipe, vectorize=True)
+    monkeypatch.setattr(tb, "CONV_AS_MATRIX_PRODUCT", True)
+    calls, real = [], tb._conv_as_matrix_product
+    monkeypatch.setattr(tb, "_conv_as_matrix_product", lambda *a: calls.append(1) or real(*a))
+    product = meta_gradient(algorithm, model, params, tasks, recipe, vectorize=True)
+    assert calls  # the matrix products really ran
+    for k in grouped[0]:
+        torch.testing.assert_close(product[0][k], grouped[0][k], rtol=1e-9, atol=1e-12)
+    assert abs(product[1] - grouped[1]) <= 1e-12 * max(1.0, abs(grouped[1]))

@@ -31,6 +31,11 @@ from torch.func import functional_call
 
 from ..models.networks import MLP, BatchStatsNorm, Conv4, ResNet12, ResidualBlock
 
+# Measured on an H200 (scripts/gpu_speed_probe.py, session 16): cuDNN's grouped direct convolution takes 44% of
+# the default recipe's GPU time. The same convolution as im2col + one batched matrix product is the candidate;
+# off until a GPU measures it faster (the probe's "conv-bmm" variant turns it on). Same result (tested).
+CONV_AS_MATRIX_PRODUCT = False
+
 _CONTAINERS = (nn.Sequential, Conv4, ResNet12, ResidualBlock, MLP)  # forwards that act channel by channel
 _STATELESS = (nn.ReLU, nn.MaxPool2d, nn.Identity)
 
@@ -48,8 +53,26 @@ class _TaskConv2d(nn.Module):
         self.bias = _placeholder() if conv.bias is not None else None
 
     def forward(self, x):  # weight (T, out, in, k, k) -> (T*out, in, k, k): task t's kernels see group t
+        if CONV_AS_MATRIX_PRODUCT and not isinstance(self.padding, str):
+            return _conv_as_matrix_product(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         bias = None if self.bias is None else self.bias.flatten()
         return F.conv2d(x, self.weight.flatten(0, 1), bias, self.stride, self.padding, self.dilation, self.tasks)
+
+
+def _conv_as_matrix_product(x, weight, bias, stride, padding, dilation):
+    """The grouped convolution of ``_TaskConv2d`` as im2col columns and one batched matrix product over tasks:
+    x (N, T*C, H, W), weight (T, out, C, kh, kw), bias (T, out) or None -> (N, T*out, H', W')."""
+    n, _, h, w = x.shape
+    tasks, out, channels, kh, kw = weight.shape
+    columns = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # (N, T*C*kh*kw, L)
+    positions = columns.shape[-1]
+    columns = columns.view(n, tasks, channels * kh * kw, positions).permute(1, 2, 0, 3)
+    y = torch.bmm(weight.reshape(tasks, out, -1), columns.reshape(tasks, channels * kh * kw, n * positions))
+    if bias is not None:
+        y = y + bias.unsqueeze(-1)
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return y.view(tasks, out, n, oh, ow).permute(2, 0, 1, 3, 4).reshape(n, tasks * out, oh, ow)
 
 
 class _TaskGroupNorm(nn.Module):
