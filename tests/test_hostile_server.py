@@ -243,3 +243,11 @@ def test_transductive_still_applies_to_run_folders(prototype_run, tmp_path, caps
     code, out, err = run_cli(capsys, "evaluate", tmp_path / "run", "--transductive", "--json", *EVAL_FLAGS)
     assert code == 0, err
     assert json.loads(out)["transductive"] is True
+
+
+def test_evaluate_under_torchrun_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """torchrun would start N evaluations of the same tasks, each appending the same record."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code, stdout, err = run_cli(capsys, "evaluate", str(tmp_path / "run"), "--tasks", "2")
+    assert code != 0 and "without torchrun" in err and "Traceback" not in err

@@ -209,6 +209,10 @@ def evaluate(
     from ..runtime.loading import BUILT_IN, model_path
 
     given = model
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if world.isdigit() and int(world) > 1:  # under torchrun every process would evaluate and record the same tasks
+        raise FastadaptError("evaluate runs in one process (each torchrun process would evaluate and record the same "
+                             "tasks); run 'fastadapt evaluate' without torchrun")
     if model in BUILT_IN and not os.path.isdir(model):  # a built-in model's name (characters, photos): its shipped
         model = model_path(model)  # bundle, unless a file or a run folder of that name is here (as for --model)
     if os.path.isfile(model):
