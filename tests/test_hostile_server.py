@@ -251,3 +251,14 @@ def test_evaluate_under_torchrun_is_refused_before_any_work(tmp_path, capsys, mo
     monkeypatch.setenv("RANK", "1")
     code, stdout, err = run_cli(capsys, "evaluate", str(tmp_path / "run"), "--tasks", "2")
     assert code != 0 and "without torchrun" in err and "Traceback" not in err
+
+
+def test_init_from_is_stored_absolute_too(tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.chdir(tmp_path)
+    train(TrainConfig(iterations=1, **TINY), str(tmp_path / "base"), quiet=True)
+    code, out, err = run_cli(capsys, "train", "--data", "synthetic", "--init-from", "base", "--out", "run", *TRAIN_FLAGS)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["init_from"] == str(tmp_path / "base")
+    code, out, err = run_cli(capsys, "train", "--data", "synthetic", "--init-from", "base", "--out", "run", "--resume",
+                             "--iterations", "3", "--quiet")  # the same relative --init-from is the same run
+    assert code == 0, err

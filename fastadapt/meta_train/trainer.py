@@ -48,8 +48,8 @@ def resolve_config(c: TrainConfig, rundir: str, resume: bool, given: set | None 
         saved = read_config(rundir).to_dict()
         mine = c.to_dict()
         for k in sorted(given if given is not None else mine):
-            if k == "data" and data_location(mine[k]) == data_location(saved[k]):
-                continue  # the same data, named from another folder or (a run from before absolute paths) relatively
+            if k in PATH_FLAGS and _stored_path(k, mine[k]) == _stored_path(k, saved.get(k)):
+                continue  # the same files, named from another folder or (a run from before absolute paths) relatively
             if k not in RESUMABLE and mine[k] != saved.get(k):
                 raise FastadaptError(f"--resume continues {rundir} as it was started, but --{k.replace('_', '-')} "
                                      f"{mine[k]} differs from the run's {saved.get(k)}; drop the flag or use a new --out")
@@ -64,7 +64,18 @@ def resolve_config(c: TrainConfig, rundir: str, resume: bool, given: set | None 
     # a folder whose run saved nothing (it diverged or failed at once) is reused: nothing trained is lost
     if os.path.exists(rundir) and not os.path.isdir(rundir):
         raise FastadaptError(f"--out {rundir} is a file; pass a folder for the run")
-    return dataclasses.replace(c, data=data_location(c.data))  # config.json: the same data from any folder
+    # config.json: the same files from any working folder (evaluate RUN, --resume, export's training stages)
+    return dataclasses.replace(c, **{k: _stored_path(k, getattr(c, k)) for k in PATH_FLAGS})
+
+
+PATH_FLAGS = ("data", "init_from")
+
+
+def _stored_path(flag: str, value):
+    """A path flag as config.json stores it: absolute (--data's built-in names, and no --init-from, as they are)."""
+    if flag == "data":
+        return data_location(value)
+    return os.path.abspath(value) if value else value
 
 
 def load_initialisation(params: dict, source: str) -> None:
