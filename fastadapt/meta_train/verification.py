@@ -19,10 +19,9 @@ import torch
 from ..bundle import Bundle
 from ..errors import FastadaptError
 from ..runtime import Model
+from ..runtime.adaptation import EPS32
 from ..standalone import VERIFY_TOL, agrees  # the one tolerance rule (torch-free, so the runtime's export shares it)
 from . import inner_loop as il
-
-EPS32 = float(np.finfo(np.float32).eps)
 
 
 def within_rounding(value, reference32, reference64) -> bool:
