@@ -248,3 +248,20 @@ def test_killed_torchrun_run_resumes_from_last_checkpoint(tmp_path):
     assert [r["iteration"] for r in rows if "loss" in r] == list(range(1, killed_at + 3))
     assert {r["world_size"] for r in rows if "loss" in r} == {2}
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+
+
+def test_a_lost_peer_names_the_timeout_and_validation(monkeypatch):
+    """Rank 0 validates alone while the others wait in the next all-reduce; the error says what to change."""
+    from fastadapt.errors import FastadaptError
+    from fastadapt.meta_train import distributed
+
+    def timed_out(*args, **kwargs):
+        raise RuntimeError("Timed out waiting 300000ms for recv operation to complete\nmore detail")
+
+    monkeypatch.setattr(distributed.dist, "all_reduce", timed_out)
+    job = distributed.Job(world_size=2, rank=1, timeout_s=300.0)
+    with pytest.raises(FastadaptError) as caught:
+        job.any(False, "iteration 501")
+    message = str(caught.value)
+    assert "\n" not in message and "iteration 501" in message and "Timed out waiting" in message
+    assert "--dist-timeout 300" in message and "--val-tasks" in message

@@ -72,7 +72,8 @@ class Job:
         except RuntimeError as exc:  # gloo timeout or a peer that went away (DistBackendError is one)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FastadaptError(f"lost the other training processes during {what} ({first}); "
-                                 f"one of them failed, or was more than --dist-timeout {self.timeout_s:g} s behind"
+                                 f"one of them failed, or was more than --dist-timeout {self.timeout_s:g} s behind "
+                                 f"(the others wait while rank 0 validates: raise --dist-timeout or lower --val-tasks)"
                                  ) from None
 
     def check(self, error: BaseException | None, where: str) -> None:
