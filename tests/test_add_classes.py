@@ -119,15 +119,15 @@ def _rewrite(src, dst, **members) -> None:
             archive.writestr(name, value)
 
 
-@pytest.mark.parametrize("shots, match", [
-    ({"images": np.zeros((9, 1, 28, 28), np.float32), "labels": np.zeros(9, np.int64)}, "not uint8"),
-    ({"images": np.zeros((9, 1, 28, 28), np.uint8), "labels": np.full(9, 7, np.int64)}, "class by class"),
-    ({"images": np.zeros((9, 1, 14, 14), np.uint8), "labels": np.repeat(np.arange(3), 3)}, "shape"),
-    ({"images": np.zeros((9, 1, 28, 28), np.uint8)}, "lacks labels"),
+@pytest.mark.parametrize("shots, match", [  # shots(s): the damaged member for a model of input size s
+    (lambda s: {"images": np.zeros((9, 1, s, s), np.float32), "labels": np.zeros(9, np.int64)}, "not uint8"),
+    (lambda s: {"images": np.zeros((9, 1, s, s), np.uint8), "labels": np.full(9, 7, np.int64)}, "class by class"),
+    (lambda s: {"images": np.zeros((9, 1, s // 2, s // 2), np.uint8), "labels": np.repeat(np.arange(3), 3)}, "shape"),
+    (lambda s: {"images": np.zeros((9, 1, s, s), np.uint8)}, "lacks labels"),
 ])
 def test_damaged_stored_shots_are_refused_on_load(saved, tmp_path, shots, match):
     path = tmp_path / "bad.fadapt"
-    _rewrite(saved.path, path, **{"shots.npz": arrays_to_bytes(shots)})
+    _rewrite(saved.path, path, **{"shots.npz": arrays_to_bytes(shots(saved.preprocess.size))})
     with pytest.raises(FastadaptError, match=match) as error:
         read_bundle(str(path))
     assert "\n" not in str(error.value)

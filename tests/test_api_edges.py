@@ -59,21 +59,25 @@ def test_wrong_argument_types_are_refused(model, adapted):
                                     np.zeros((1, 3, 28, 28), np.float32), np.zeros((1, 1, 28, 28), object)],
                          ids=["2d", "list", "too-large", "colour", "object"])
 def test_scores_of_arrays_of_the_wrong_shape_are_refused(adapted, images):
-    refused(lambda: adapted.scores(images), r"scores takes preprocessed images, a float32 array \(B, 1, 28, 28\)")
+    size = adapted.preprocess.size
+    refused(lambda: adapted.scores(images), rf"scores takes preprocessed images, a float32 array \(B, 1, {size}, {size}\)")
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_preprocessed_images_are_refused(model, adapted, value):
-    bad = np.full((1, 1, 28, 28), value, np.float32)
+    size = model.preprocess.size
+    bad = np.full((1, 1, size, size), value, np.float32)
     refused(lambda: adapted.probabilities(bad), "scores: the images hold NaN or inf")
     refused(lambda: model.adapt_arrays(np.concatenate([bad, bad]), np.array([0, 1]), ["a", "b"]),
             "adapt_arrays: the images hold NaN or inf")
 
 
 def test_adapt_arrays_refuses_what_it_used_to_truncate_or_merge(model):
-    images = np.zeros((4, 1, 28, 28), np.float32)
-    refused(lambda: model.adapt_arrays(np.zeros((2, 1, 32, 32), np.float32), np.array([0, 1]), ["a", "b"]),
-            r"got shape \(2, 1, 32, 32\)")
+    size = model.preprocess.size
+    images = np.zeros((4, 1, size, size), np.float32)
+    wrong = size + 4
+    refused(lambda: model.adapt_arrays(np.zeros((2, 1, wrong, wrong), np.float32), np.array([0, 1]), ["a", "b"]),
+            rf"got shape \(2, 1, {wrong}, {wrong}\)")
     refused(lambda: model.adapt_arrays(images, np.array([0.0, 0.9, 1.5, 1.9]), ["a", "b"]),
             "labels must be whole numbers 0..1, got float64")
     refused(lambda: model.adapt_arrays(images, np.array([0, 0, 1, 1]), ["a", "a"]), "class names must be distinct")

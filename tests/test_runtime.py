@@ -139,7 +139,9 @@ def test_only_the_step_threads_flush_subnormal_floats():
         "def kept(): return float(np.array([1e-39], np.float32)[0] * np.float32(1)) != 0\n"
         "model = fastadapt.load('characters')\n"
         "rng = np.random.default_rng(0)\n"
-        "adapted = model.adapt_arrays(rng.random((10, 1, 28, 28), dtype=np.float32), np.arange(10) % 5, list('abcde'), steps=2)\n"
+        "size = model.preprocess.size\n"
+        "adapted = model.adapt_arrays(rng.random((10, 1, size, size), dtype=np.float32), np.arange(10) % 5, list('abcde'),"
+        " steps=2)\n"
         "print(kept(), model.graphs._pool.submit(kept).result())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -155,7 +157,8 @@ def test_a_forked_child_adapts_with_models_loaded_before_and_after_the_fork():
     code = textwrap.dedent("""
         import os, signal, numpy as np, fastadapt
         model = fastadapt.load('characters')
-        images, labels = np.random.default_rng(0).random((10, 1, 28, 28), dtype=np.float32), np.arange(10) % 5
+        size = model.preprocess.size
+        images, labels = np.random.default_rng(0).random((10, 1, size, size), dtype=np.float32), np.arange(10) % 5
         model.adapt_arrays(images, labels, list('abcde'), steps=1)
         pid = os.fork()
         if pid == 0:

@@ -36,7 +36,9 @@ def test_a_model_without_a_card_is_described_by_its_data_and_input():
     manifest = {k: v for k, v in model.manifest.items() if k != "model_card"}
     manifest["provenance"] = {**(manifest.get("provenance") or {}), "data": "my glyphs"}
     bare = Model(Bundle(manifest, model.bundle.forward_onnx, model.bundle.step_onnx, model.params, None), model.graphs)
-    assert _good_for(bare) == "images like its training data (my glyphs), seen as 28x28 grayscale (see 'fastadapt info')"
+    size = model.preprocess.size
+    assert _good_for(bare) == (f"images like its training data (my glyphs), seen as {size}x{size} grayscale "
+                               "(see 'fastadapt info')")
     manifest["model_card"] = {"intended_use": "MNIST digits. Nothing else."}
     assert _good_for(Model(Bundle(manifest, model.bundle.forward_onnx, model.bundle.step_onnx, model.params, None),
                            model.graphs)).startswith("MNIST digits (")  # an acronym keeps its case

@@ -46,7 +46,7 @@ def test_export_writes_a_self_contained_model_and_its_recipe(adapted, tmp_path):
     assert [o.name for o in model.graph.output] == ["probabilities", "features"]
     written = json.loads((tmp_path / "m.preprocess.json").read_text())
     assert written == json.loads(json.dumps(recipe))
-    assert written["classes"] == adapted.classes and written["size"] == 28 and written["invert"] is True
+    assert written["classes"] == adapted.classes and written["size"] == adapted.preprocess.size and written["invert"] is True
     assert written["verification"]["images"] > 8  # the stored shots and the fixed random images
     assert json.loads({p.key: p.value for p in model.metadata_props}["classes"]) == adapted.classes
 

@@ -292,7 +292,8 @@ class Model(_Loaded):
 
         >>> from fastadapt.images import to_float
         >>> model = fastadapt.load()
-        >>> images = to_float(np.random.default_rng(0).integers(0, 256, (4, 1, 28, 28), dtype=np.uint8),
+        >>> size = model.preprocess.size  # the model's input: 28 means 28x28 pixels
+        >>> images = to_float(np.random.default_rng(0).integers(0, 256, (4, 1, size, size), dtype=np.uint8),
         ...                   model.preprocess)
         >>> model.adapt_arrays(images, np.array([0, 0, 1, 1]), ["a", "b"], quiet=True).classes
         ['a', 'b']
