@@ -38,7 +38,7 @@ def main() -> None:
     settings = split_settings(model.manifest)
     protocol = (model.manifest.get("provenance") or {}).get("protocol", "auto")
     splits = load_splits(args.data, protocol, settings["split_seed"], settings["val_classes"], False,
-                         model.preprocess, need_train=False, ways=settings["split_ways"])
+                         model.preprocess, ways=settings["split_ways"])  # Omniglot's validation is background
     sampler = TaskSampler(splits.val, WAYS, SHOTS, QUERY, 12345, where="validation classes")
     scores, right = [], []
     for i in range(args.tasks):
