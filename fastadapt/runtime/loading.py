@@ -54,7 +54,7 @@ def load(path: str | os.PathLike | None = None, trusted_keys: Iterable[str] | No
 
     >>> model = fastadapt.load()                # or fastadapt.load("my_model.fadapt")
     >>> model.kind, model.preprocess.size
-    ('meta', 28)
+    ('meta', 32)
     """
     bundle = read_bundle(model_path(path), trusted_keys)
     # read_bundle validated the manifest: kind is "meta" or "adapted"

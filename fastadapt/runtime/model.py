@@ -628,7 +628,7 @@ class AdaptedModel(_Loaded):
 
         >>> recipe = fastadapt.load().adapt("examples/shots").export_onnx("shapes.onnx")  # and shapes.preprocess.json
         >>> recipe["classes"][:2], recipe["input"]["shape"]
-        (['arrow', 'circle'], ['batch', 1, 28, 28])
+        (['arrow', 'circle'], ['batch', 1, 32, 32])
         """
         from ..standalone import export_onnx
 

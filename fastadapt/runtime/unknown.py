@@ -14,9 +14,9 @@ by s give the same distances.
 0 is on a prototype; the calibrated threshold THRESHOLD = -0.5 rejects images farther than ~0.7 typical
 class spacings from every class. A meta bundle may carry its own (manifest["unknown_calibration"]["threshold"],
 ``scripts/calibrate_unknown.py``): the photos model's features spread its queries farther from the prototypes,
-and at -0.5 it accepted 0.04% of the in-set queries of its test classes. Measured on Omniglot evaluation alphabets (5-way, 15 queries per class,
-5 characters outside each task as unknowns, ``evaluate_unknown``): 97% of in-set images accepted, AUROC
-0.99 with 5 shots; 93% accepted, AUROC 0.97 with 1 shot (README "Unknown images").
+and at -0.5 it accepted 0.04% of the in-set queries of its test classes. How well the score separates known
+from unknown images on Omniglot's evaluation alphabets: README "Unknown images" (``python -m benchmarks --only
+unknown``, or ``evaluate_unknown``).
 
 Other heads (zero, learned) have no prototypes: their score is the largest class probability, and there
 is no calibrated threshold (pass one).
