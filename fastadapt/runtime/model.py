@@ -292,7 +292,7 @@ class Model(_Loaded):
 
         >>> from fastadapt.images import to_float
         >>> model = fastadapt.load()
-        >>> size = model.preprocess.size  # the model's input: 28 means 28x28 pixels
+        >>> size = model.preprocess.size  # the model sees size x size pixels
         >>> images = to_float(np.random.default_rng(0).integers(0, 256, (4, 1, size, size), dtype=np.uint8),
         ...                   model.preprocess)
         >>> model.adapt_arrays(images, np.array([0, 0, 1, 1]), ["a", "b"], quiet=True).classes
