@@ -10,17 +10,6 @@ from benchmarks.common import omniglot_root  # noqa: F401  (one definition for t
 from fastadapt.data.synthetic import draw_glyph, glyph_strokes
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO / "fastadapt" / "assets" / "default.fadapt"
-
-
-def default_input_size() -> int:
-    """The shipped characters model's input size (tests must not assume one: a retrained default may change it)."""
-    import json
-    import zipfile
-
-    with zipfile.ZipFile(DEFAULT_MODEL) as bundle:
-        return int(json.loads(bundle.read("manifest.json"))["preprocess"]["size"])
-
 
 def write_glyph_folders(root: Path, classes: int, per_class, seed: int = 0, two_level: bool = False) -> Path:
     """root/<class>/<i>.png (or root/<group>/<class>/<i>.png) of drawn glyphs; per_class int or list."""

@@ -16,7 +16,7 @@ import pytest
 
 import fastadapt
 from fastadapt.errors import FastadaptError
-from sample_data import REPO, default_input_size
+from sample_data import REPO
 from test_bundle_hardening import craft, members_of
 from test_cli_runtime import run_cli  # the one in-process CLI runner
 from test_outputs import one_error
@@ -146,7 +146,7 @@ def test_a_forward_graph_without_features_is_refused_at_load(shapes, tmp_path, c
 @needs_onnx
 def test_a_forward_graph_taking_other_images_than_the_manifest_makes_is_one_line(shapes, tmp_path, capsys):
     badimg = with_graph(shapes, tmp_path / "badimg.fadapt", "forward.onnx", three_channels)
-    size = default_input_size()
+    size = fastadapt.load().preprocess.size  # the shipped model's input, whatever size it is
     needles = ("badimg.fadapt", f"forward.onnx takes images of shape [batch, 3, {size}, {size}]",
                f"[batch, 1, {size}, {size}]")
     one_error(*run_cli(capsys, "predict", "--model", badimg, STAR), *needles)
@@ -162,7 +162,7 @@ def test_a_step_graph_unlike_what_the_runtime_feeds_is_one_line(tmp_path, capsys
     crafted = with_graph(DEFAULT, tmp_path / "step.fadapt", "step.onnx", edit)
     code, out, err = run_cli(capsys, "adapt", "--model", crafted, "--shots", EXAMPLES / "shots",
                              "--out", tmp_path / "out.fadapt")
-    one_error(code, out, err, "step.fadapt", needle.format(s=default_input_size()))
+    one_error(code, out, err, "step.fadapt", needle.format(s=fastadapt.load().preprocess.size))
     assert not (tmp_path / "out.fadapt").exists()
 
 
