@@ -1,13 +1,14 @@
 """A run's best checkpoint on the validation tasks of another task shape (the README's ablation rows I, J):
 
     python scripts/validation_score.py RUN [RUN ...] [--ways 20] [--shots 1] [--query 5] [--tasks 300] [--data PATH]
-                                       [--steps N]
+                                       [--steps N] [--lr LR]
 
 The tasks are the ones the trainer itself validates on for a run of that shape (its validation
 sampler: the run's seed + 1), so runs trained on different task shapes compare on the same tasks.
 --data reads the validation classes from another copy of the run's dataset (the same class names,
 so the same split: e.g. a run trained on a GPU machine, scored here on this machine's copy).
 --steps: SGD steps instead of the run's own (0: the head alone, e.g. the prototypes of a pre-trained body).
+--lr: inner learning rate instead of the run's own (choosing a device recipe on validation).
 Validation classes only: the test classes are never touched.
 """
 
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=300)
     parser.add_argument("--data", help="the dataset, if not where the run was trained")
     parser.add_argument("--steps", type=int, help="SGD steps (default: the run's)")
+    parser.add_argument("--lr", type=float, help="inner learning rate (default: the run's)")
     args = parser.parse_args()
     cpu = torch.device("cpu")
     for run in args.runs:
@@ -40,9 +42,11 @@ def main() -> None:
         samplers = make_samplers(dataclasses.replace(config, **shape, **({"data": args.data} if args.data else {})))
         with flushing_denormals():
             r = evaluate_classification(model, params, recipe, samplers.val, samplers.preprocess, cpu, args.tasks,
-                                        config.test_steps if args.steps is None else args.steps, norm=spec.norm)
+                                        config.test_steps if args.steps is None else args.steps, lr=args.lr,
+                                        norm=spec.norm)
         print(f"{run} (iteration {progress.get('iteration')}): {args.ways}-way {args.shots}-shot"
-              f"{'' if args.steps is None else f', {args.steps} steps'} validation "
+              f"{'' if args.steps is None else f', {args.steps} steps'}{'' if args.lr is None else f', lr {args.lr}'}"
+              f" validation "
               f"{r['accuracy_pct']:.2f} ± {r['ci95_pct']:.2f}")
 
 
