@@ -43,12 +43,14 @@ def anil_bundle(data: str) -> str:
     return str(path)
 
 
-def support_set(data: str, ways: int, shots: int, seed: int = 0):
-    """A real few-shot support set (uint8) from the held-out classes (Omniglot evaluation alphabets)."""
+def support_set(data: str, ways: int, shots: int, seed: int = 0, model=None):
+    """A real few-shot support set (uint8) from the held-out classes (Omniglot evaluation alphabets), at
+    ``model``'s input size (the default and the ANIL bundle made here differ), else the sampler's default."""
     from fastadapt.data.sources import DEFAULT_SEED, DEFAULT_VAL_CLASSES
     from fastadapt.evaluation import unseen_class_sampler
 
-    task = unseen_class_sampler(data, "auto", DEFAULT_SEED, DEFAULT_VAL_CLASSES, None, ways, shots, 1, seed).task(0)
+    task = unseen_class_sampler(data, "auto", DEFAULT_SEED, DEFAULT_VAL_CLASSES,
+                                getattr(model, "preprocess", None), ways, shots, 1, seed).task(0)
     return task.support_x, task.support_y
 
 
@@ -99,7 +101,7 @@ def adaptation_rows(data: str, threads: int, repeats: int = 15) -> list:
         model = runtime_model(path, threads)
         torch_adapt = torch_adapter(path, threads)
         for ways, shots in SHAPES:
-            sx, sy = support_set(data, ways, shots)
+            sx, sy = support_set(data, ways, shots, model=model)
             images, classes = to_float(sx, model.preprocess), [str(c) for c in range(ways)]
             for steps in STEPS:
                 ort_fn = lambda: model.adapt_arrays(images, sy, classes, steps=steps)  # noqa: E731
@@ -126,7 +128,7 @@ def end_to_end_rows(data: str, threads: int, repeats: int = 10) -> list:
     rows = []
     for kind, path in (("full", str(REPO / "fastadapt" / "assets" / "default.fadapt")), ("head-only", anil_bundle(data))):
         model = runtime_model(path, threads)
-        sx, sy = support_set(data, 5, 5)
+        sx, sy = support_set(data, 5, 5, model=model)
         with tempfile.TemporaryDirectory() as tmp:
             folder = write_shots(tmp, sx, sy)
             times = repeat_ms(lambda: model.adapt(folder), repeats)
@@ -141,7 +143,7 @@ def prediction_rows(data: str, threads: int, repeats: int = 300) -> dict:
     from fastadapt.images import to_float
 
     model = runtime_model(str(REPO / "fastadapt" / "assets" / "default.fadapt"), threads)
-    sx, sy = support_set(data, 5, 5)
+    sx, sy = support_set(data, 5, 5, model=model)
     adapted = model.adapt_arrays(to_float(sx, model.preprocess), sy, [str(c) for c in range(5)])
     x = to_float(sx, model.preprocess)
     one = x[:1]

@@ -17,12 +17,26 @@ from .common import REPO, data_source
 BEFORE = "956070f"
 
 
+def alias_renamed_modules() -> None:
+    """The benchmark modules import today's names; give the old package those names too (8abc2c3 renamed
+    ``meta_train/parts.py`` to ``run_setup.py`` and ``to_batch`` to ``to_tensors``, same functions)."""
+    import importlib
+
+    try:
+        importlib.import_module("fastadapt.meta_train.run_setup")
+    except ModuleNotFoundError:
+        parts = importlib.import_module("fastadapt.meta_train.parts")
+        parts.to_tensors = getattr(parts, "to_tensors", parts.to_batch)
+        sys.modules["fastadapt.meta_train.run_setup"] = parts
+
+
 def measure(old_root: str, iterations: int = 6) -> dict:
     """Runs inside the subprocess, with the old ``fastadapt`` (unpacked in ``old_root``) first on the path."""
     import fastadapt
 
     if not fastadapt.__file__.startswith(old_root):
         raise RuntimeError(f"imported {fastadapt.__file__}, not the old package in {old_root}")
+    alias_renamed_modules()
 
     from . import adaptation, training
     from fastadapt.images import to_float

@@ -35,6 +35,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="SGD steps (default: the run's)")
     parser.add_argument("--lr", type=float, help="inner learning rate (default: the run's)")
     args = parser.parse_args()
+    if args.lr is not None and not 0 < args.lr < float("inf"):
+        parser.error(f"--lr {args.lr}: give a positive, finite inner learning rate (e.g. 0.1)")
+    if args.steps is not None and args.steps < 0:
+        parser.error(f"--steps {args.steps}: give 0 or more SGD steps")
     cpu = torch.device("cpu")
     for run in args.runs:
         config, spec, recipe, model, params, progress = load_meta_params(run, "best", cpu)

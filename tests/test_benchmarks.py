@@ -2,6 +2,7 @@
 and the suite's command line refuses unknown sections. Speed itself is never asserted."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -46,3 +47,36 @@ def test_the_gpu_sections_trainer_parts_run_on_a_cpu(monkeypatch):
     with gpu.shared_data():
         assert gpu.fastadapt_rate(c) > 0
         assert gpu.flops_per_task(c, make_samplers(c)) > 0
+
+
+def test_the_adaptation_benchmarks_support_sets_fit_each_models_input():
+    """The shipped default moved to 32x32 while the benchmark's support sets stayed at the sampler's 28x28:
+    ``python -m benchmarks --only adaptation`` then failed at its first row. Support sets follow the model."""
+    import fastadapt
+    from benchmarks import adaptation
+    from fastadapt.images import to_float
+
+    model = fastadapt.load("characters")
+    sx, sy = adaptation.support_set("synthetic", 5, 1, model=model)
+    assert sx.shape[1:] == (model.preprocess.channels, model.preprocess.size, model.preprocess.size)
+    adapted = model.adapt_arrays(to_float(sx, model.preprocess), sy, [str(c) for c in range(5)], steps=1)
+    assert adapted.probabilities(to_float(sx, model.preprocess)).shape == (5, 5)
+
+
+def test_the_before_section_imports_on_the_old_commit(tmp_path):
+    """``--only before`` measures commit 956070f with today's benchmark modules: a rename since (parts.py ->
+    run_setup.py) broke it unseen for two days. Today's modules must import on top of the old package."""
+    pytest.importorskip("torch")
+    from benchmarks import before
+
+    archive = subprocess.run(["git", "archive", before.BEFORE, "fastadapt"], cwd=REPO, capture_output=True)
+    if archive.returncode:
+        pytest.skip(f"commit {before.BEFORE} is not in this checkout (a shallow clone)")
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
+    code = ("import fastadapt; from benchmarks.before import alias_renamed_modules; alias_renamed_modules(); "
+            "from benchmarks import adaptation, training; from fastadapt.meta_train.run_setup import to_tensors; "
+            "print(fastadapt.__file__)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert done.stdout.strip().startswith(str(tmp_path))
