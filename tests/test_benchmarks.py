@@ -63,20 +63,28 @@ def test_the_adaptation_benchmarks_support_sets_fit_each_models_input():
     assert adapted.probabilities(to_float(sx, model.preprocess)).shape == (5, 5)
 
 
-def test_the_before_section_imports_on_the_old_commit(tmp_path):
-    """``--only before`` measures commit 956070f with today's benchmark modules: a rename since (parts.py ->
-    run_setup.py) broke it unseen for two days. Today's modules must import on top of the old package."""
+def test_the_before_section_runs_on_the_old_commit(tmp_path):
+    """``--only before`` measures commit 956070f with today's benchmark modules: renames since (parts.py ->
+    run_setup.py, the samplers' API) broke it unseen for two days. Its adaptation half runs here on the old
+    package (one step per shape; the training half, minutes long, is replaced by a stub after importing)."""
     pytest.importorskip("torch")
-    from benchmarks import before
+    import numpy as np
+
+    from benchmarks import adaptation, before
 
     archive = subprocess.run(["git", "archive", before.BEFORE, "fastadapt"], cwd=REPO, capture_output=True)
     if archive.returncode:
         pytest.skip(f"commit {before.BEFORE} is not in this checkout (a shallow clone)")
     subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
-    code = ("import fastadapt; from benchmarks.before import alias_renamed_modules; alias_renamed_modules(); "
-            "from benchmarks import adaptation, training; from fastadapt.meta_train.run_setup import to_tensors; "
-            "print(fastadapt.__file__)")
+    sets = tmp_path / "support_sets.npz"
+    np.savez(sets, **{f"{xy}{ways}_{shots}": array for ways, shots in adaptation.SHAPES
+                      for xy, array in zip("xy", adaptation.support_set("synthetic", ways, shots))})
+    code = ("import json; from benchmarks.before import alias_renamed_modules, measure; alias_renamed_modules(); "
+            "import benchmarks.training as t, benchmarks.adaptation as a; t.run = lambda iterations: {}; "
+            f"a.STEPS = (1,); print('RESULT ' + json.dumps(measure({str(tmp_path)!r}, {str(sets)!r}, 2)))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-800:]
-    assert done.stdout.strip().startswith(str(tmp_path))
+    rows = json.loads(done.stdout.split("RESULT ", 1)[1])["adaptation"]
+    assert [(r["ways"], r["shots"]) for r in rows] == list(adaptation.SHAPES)
+    assert all(r["runtime_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
