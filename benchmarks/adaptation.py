@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from .common import REPO, data_source, median, percentile, repeat_ms
+from .common import REPO, data_source, median, percentile, repeat_ms, sgemm_peak_gflops
 
 CACHE = REPO / "benchmarks" / ".cache"
 SHAPES = ((5, 5), (20, 1))  # (ways, shots)
@@ -163,8 +163,11 @@ def prediction_rows(data: str, threads: int, repeats: int = 300) -> dict:
 
 def run(threads: int = 2) -> dict:
     data = data_source()
-    return {"adaptation": adaptation_rows(data, threads), "end_to_end": end_to_end_rows(data, threads),
-            "prediction": prediction_rows(data, threads)}
+    peak_before = sgemm_peak_gflops()
+    result = {"adaptation": adaptation_rows(data, threads), "end_to_end": end_to_end_rows(data, threads),
+              "prediction": prediction_rows(data, threads)}
+    return {**result, "sgemm_peak_gflops": [peak_before, sgemm_peak_gflops()],
+            "input_size": runtime_model(str(REPO / "fastadapt" / "assets" / "default.fadapt"), threads).preprocess.size}
 
 
 if __name__ == "__main__":

@@ -24,6 +24,20 @@ def data_source() -> str:
     return omniglot_root() or "synthetic"
 
 
+def sgemm_peak_gflops() -> float:
+    """The machine's practical float32 peak: a large matrix product on all of torch's threads. A shared
+    machine's speed drifts (3x between two days here), so sections that report absolute times record it."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(2):
+        a @ b
+    start, n = time.perf_counter(), 10
+    for _ in range(n):
+        a @ b
+    return n * 2 * 2048 ** 3 / (time.perf_counter() - start) / 1e9
+
+
 def repeat_ms(fn, repeats: int, warmup: int = 2) -> list:
     """Wall milliseconds of ``repeats`` calls of fn() after ``warmup`` untimed ones."""
     for _ in range(warmup):

@@ -46,8 +46,8 @@ def adaptation(r: dict) -> str:
     return "\n".join([
         f"Head initialisation + k SGD steps on a real support set (Omniglot evaluation alphabets), median ms, "
         f"{threads} intra-op threads each. Runtime: `Model.adapt_arrays` (onnxruntime, the exported step graph); "
-        "torch: `inner_loop.adapt` eager on the same parameters. Full: the shipped default model; head-only: an "
-        "exported ANIL bundle.",
+        "torch: `inner_loop.adapt` eager on the same parameters. Full: the shipped default model"
+        f"{f' ({size}x{size})' if (size := r.get('input_size')) else ''}; head-only: an exported ANIL bundle.",
         "",
         table(["adapted", "task", "steps k", "runtime ms", "torch ms", "runtime / torch (target ≤ 1.0x)"], rows),
         "",
@@ -60,6 +60,10 @@ def adaptation(r: dict) -> str:
         f"p50 {p['array_p50_ms']:.3f} ms, p99 {p['array_p99_ms']:.3f} ms; one PNG path end to end (decode, "
         f"preprocess, forward, softmax) p50 {p['png_p50_ms']:.3f} ms, p99 {p['png_p99_ms']:.3f} ms (target ≤ 2 ms); "
         f"batches of {p['batch']}: {p['batch_images_per_s']:.0f} images/s.",
+        *([] if "sgemm_peak_gflops" not in r else [
+            "", f"Absolute times scale with the machine's speed, which drifts on a shared machine: its float32 "
+            f"matrix-product peak (torch, 2048^3) measured {r['sgemm_peak_gflops'][0]:.0f} GFLOP/s before this "
+            f"section and {r['sgemm_peak_gflops'][1]:.0f} after (section 1 gives the peak of its own run)."]),
     ])
 
 

@@ -26,7 +26,7 @@ from fastadapt.meta_train.run import TrainConfig, read_metrics
 from fastadapt.meta_train.trainer import train
 from fastadapt.models import build_model
 
-from .common import data_source, higher_meta_step
+from .common import data_source, higher_meta_step, sgemm_peak_gflops
 
 WAYS, SHOTS, QUERY, META_BATCH, INNER_LR = 5, 1, 15, 32, 0.4
 
@@ -84,17 +84,6 @@ def flops_per_task(algorithm: str, steps: int, data: str, samplers) -> float:
     with FlopCounterMode(display=False) as counter:
         meta_gradient(algorithm, model, params, [task], recipe_of(c))
     return counter.get_total_flops()
-
-
-def sgemm_peak_gflops() -> float:
-    """The machine's practical float32 peak: a large matrix product on all of torch's threads."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    for _ in range(2):
-        a @ b
-    start, n = time.perf_counter(), 10
-    for _ in range(n):
-        a @ b
-    return n * 2 * 2048 ** 3 / (time.perf_counter() - start) / 1e9
 
 
 def run(iterations: int = 6, algorithms=("maml", "fomaml"), steps_list=(1, 5), rounds: int = 2) -> dict:

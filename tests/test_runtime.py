@@ -90,11 +90,13 @@ def test_any_number_of_classes_and_unbalanced_shots(bundles, ways):
 @pytest.mark.parametrize("head_init", ["zero", "prototype"])
 def test_runtime_adapt_equals_torch_inner_loop(bundles, head_init, chunk, threads, monkeypatch):
     """Also when the support set runs through the step graph in chunks (uneven: 10 images by 3),
-    one after the other or side by side on threads."""
+    one after the other or side by side on threads, and through the forward graph (the prototype head's
+    features, the queries' logits) in chunks."""
     torch = pytest.importorskip("torch")
     import fastadapt.runtime.sessions as sessions
 
     monkeypatch.setattr(sessions, "STEP_CHUNK", chunk)
+    monkeypatch.setattr(sessions, "FORWARD_CHUNK", chunk)
     monkeypatch.setenv("FASTADAPT_THREADS", threads)
     from fastadapt.bundle import read_bundle
     from fastadapt.meta_train import inner_loop as il
