@@ -14,8 +14,8 @@ import numpy as np
 
 from .data.classes import ImageClasses
 from .data.sampler import Task, TaskSampler
-from .data.sources import DEFAULT_WAYS, load_splits
-from .errors import FastadaptError
+from .data.sources import DEFAULT_WAYS, default_protocol, is_omniglot, load_splits
+from .errors import FastadaptError, warn
 from .images import Preprocess
 
 
@@ -25,6 +25,25 @@ def mean_ci95(values) -> tuple:
     if len(values) < 2:
         return float(values.mean()) if len(values) else float("nan"), float("nan")
     return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def evaluation_protocol(requested: str, trained: str | None, data: str, same_data: bool) -> str:
+    """The split whose test classes an evaluation of a model uses. ``trained``: the protocol the model was
+    trained with; ``same_data``: whether ``data`` is the data it was trained on. "auto" means the trained
+    protocol there: a model trained with vinyals' split has vinyals' test classes, and lake's would be three
+    quarters its training characters. An explicit protocol other than the trained one is used as asked,
+    with a warning. On other data, the protocol as asked ("auto": that data's default)."""
+    if trained in ("lake", "vinyals"):
+        same_data = is_omniglot(data)  # trained on Omniglot: any copy of it is the same data
+    if not same_data:
+        return requested
+    if requested == "auto":
+        return trained or "auto"
+    trained = default_protocol(data) if trained in (None, "auto") else trained
+    if requested != trained:
+        warn(f"{{protocol}} {requested} is not the {trained} split this model was trained with: on its training "
+             f"data, {requested}'s test classes may include classes it was trained or selected on", "protocol")
+    return requested
 
 
 def unseen_classes(data: str, protocol: str, split_seed: int, val_classes: int,

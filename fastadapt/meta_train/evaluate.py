@@ -16,7 +16,8 @@ import torch
 
 from ..data.sampler import TaskSampler
 from ..errors import FastadaptError, warn
-from ..evaluation import evaluate_tasks, mean_ci95, unseen_class_sampler
+from ..data.sources import data_location
+from ..evaluation import evaluate_tasks, evaluation_protocol, mean_ci95, unseen_class_sampler
 from ..outputs import KINDS
 from .algorithms import TaskTensors, per_task
 from .denormals import flushing_denormals
@@ -226,6 +227,7 @@ def evaluate_run(rundir: str, data: str | None = None, protocol: str = "auto", w
         else:
             if data == "sinusoid":
                 raise FastadaptError(f"{rundir} is an image classification run; --data sinusoid does not apply")
+            protocol = evaluation_protocol(protocol, config.protocol, data, data_location(data) == config.data)
             sampler, spec_pre = unseen_task_sampler(config, data, protocol, ways, 1 if shots is None else shots, query,
                                                     seed)
             with flushing_denormals():

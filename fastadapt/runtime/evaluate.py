@@ -17,7 +17,7 @@ from ..bundle import read_bundle, save_bundle
 from ..data.sampler import Task
 from ..data.sources import DEFAULT_SEED, DEFAULT_VAL_CLASSES, DEFAULT_WAYS
 from ..errors import FastadaptError
-from ..evaluation import evaluate_tasks, mean_ci95, unseen_class_sampler
+from ..evaluation import evaluate_tasks, evaluation_protocol, mean_ci95, unseen_class_sampler
 from .colour import check_mode
 from ..images import to_float
 from .loading import load
@@ -33,6 +33,15 @@ def split_settings(manifest: dict) -> dict:
     return {"split_seed": int(config.get("seed", DEFAULT_SEED)),
             "val_classes": int(config.get("val_classes", DEFAULT_VAL_CLASSES)),
             "split_ways": int(config.get("ways", DEFAULT_WAYS))}
+
+
+def bundle_protocol(model: Model, requested: str, data: str) -> str:
+    """``evaluation_protocol`` for a bundle: its training protocol and data from its provenance (the data
+    counts as the same when the folder or file has the same name: the bundle records its trainer's path)."""
+    provenance = model.manifest.get("provenance") or {}
+    trained_on = str(provenance.get("data") or "")
+    same = bool(trained_on) and os.path.basename(os.path.normpath(trained_on)) == os.path.basename(os.path.normpath(data))
+    return evaluation_protocol(requested, provenance.get("protocol"), data, same)
 
 
 def _meta_model(path, fix: str) -> Model:
@@ -67,6 +76,7 @@ def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5,
     _check_tasks(tasks)
     colour = check_mode(colour)
     spec = model.preprocess
+    protocol = bundle_protocol(model, protocol, data)
     sampler = unseen_class_sampler(data, protocol, preprocess=spec, ways=ways, shots=shots, query=query, seed=seed,
                                    **split_settings(model.manifest))
     classes = [str(i) for i in range(ways)]
@@ -132,6 +142,7 @@ def evaluate_unknown(path: str, data: str, protocol: str = "auto", ways: int = 5
         raise FastadaptError(f"false_accept must be a share of the unknowns between 0 and 1 (e.g. 0.05), "
                              f"got {false_accept!r:.40}")
     spec = model.preprocess
+    protocol = bundle_protocol(model, protocol, data)
     try:
         sampler = unseen_class_sampler(data, protocol, preprocess=spec, ways=2 * ways, shots=shots, query=query,
                                        seed=seed, **split_settings(model.manifest))
