@@ -265,3 +265,20 @@ def test_a_lost_peer_names_the_timeout_and_validation(monkeypatch):
     message = str(caught.value)
     assert "\n" not in message and "iteration 501" in message and "Timed out waiting" in message
     assert "--dist-timeout 300" in message and "--val-tasks" in message
+
+
+@pytest.mark.slow
+def test_a_run_pre_trained_in_one_process_resumes_under_torchrun(tmp_path):
+    """--pretrain-epochs runs in one process, so torchrun refuses a run that still has to pre-train; once
+    pre-training is done (a resumed run's last.npz) the run continues under torchrun."""
+    out = tmp_path / "run"
+    args = ["train", "--data", "synthetic", "--algorithm", "fomaml", "--width", "4", "--meta-batch", "2",
+            "--query", "2", "--val-tasks", "5", "--checkpoint-every", "1", "--quiet", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    first = subprocess.run([sys.executable, "-m", "fastadapt", *args, "--pretrain-epochs", "1", "--iterations", "2"],
+                           env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert first.returncode == 0, first.stderr[-2000:]
+    r = subprocess.run(torchrun(*args, "--iterations", "3", "--resume", port=free_port()), env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load_checkpoint(str(out / "last.npz")).progress["iteration"] == 3

@@ -74,8 +74,10 @@ def train(
     checkpoint_every: Optional[int] = typer.Option(None, help="Save last.npz every N iterations. \\[default: 25]"),
     stop_at: Optional[float] = typer.Option(None, help="Stop once validation accuracy (%) reaches this, e.g. 95 "
                                             "(sinusoid: once validation MSE falls to it). \\[default: off]"),
-    max_minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of meta-training (validated "
-                                                "and checkpointed; --resume continues). \\[default: no limit]"),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of meta-training, counted "
+                                                "over all resumed parts (validated and checkpointed; to continue, "
+                                                "--resume with a higher limit, e.g. --resume --max-minutes 60). "
+                                                "\\[default: no limit]"),
     rotations: Optional[bool] = typer.Option(None, "--rotations/--no-rotations", help="Add 90/180/270 degree "
                                              "rotations of the train classes as new classes. \\[default: on]"),
     pretrain_epochs: Optional[int] = typer.Option(None, help="First pre-train the body as a plain classifier over "
@@ -107,7 +109,8 @@ def train(
     fit: Optional[str] = typer.Option(None, help="Non-square images: 'pad' (fit inside the square, pad with the "
                                       "border's colour), 'crop' (centre square) or 'stretch'. Recorded in the bundle, "
                                       "so the device does the same. \\[default: pad]"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (a run "
+                                "stopped by --max-minutes: give a higher --max-minutes too)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or log lines."),
     dist_timeout: float = typer.Option(300.0, help="Under torchrun: seconds a process waits for the others "
                                        "(each all-reduce; rank 0's validation) before the run stops with an error."),
@@ -126,7 +129,7 @@ def train(
     given = {k: v for k, v in locals().items() if k not in ("out", "resume", "quiet", "dist_timeout") and v is not None}
     _need_torch("train")
     from ..meta_train.distributed import env_rank
-    from ..meta_train.run import TrainConfig, check_flag
+    from ..meta_train.run import TrainConfig, check_flag, read_config
     from ..meta_train.trainer import train as run_training
 
     config = TrainConfig.with_defaults(**given, command=["fastadapt"] + sys.argv[1:])  # type- and range-checked
@@ -143,8 +146,9 @@ def train(
     if env_rank() != 0:
         return
     best = summary["best"]
+    regression = read_config(out).regression  # the run's own --data: a plain --resume gives none
     typer.echo(f"done: {summary['iterations']} iterations in {summary['seconds']} s, best validation "
-               f"{'MSE' if data == 'sinusoid' else 'accuracy %'} {best}; run folder {printable(out)}"
+               f"{'MSE' if regression else 'accuracy %'} {best}; run folder {printable(out)}"
                + (f" (stopped: {summary['stopped']})" if summary.get("stopped") else ""))
 
 
@@ -171,7 +175,9 @@ def evaluate(
                                 "first), evaluated through the torch-free runtime on the same tasks."),
     data: Optional[str] = typer.Option(None, help="Dataset whose test classes to use; required for bundles. "
                                        "\\[default: a run folder's --data]"),
-    protocol: str = typer.Option("auto", help="As for train; 'all' uses every class of --data as a test class."),
+    protocol: str = typer.Option("auto", help="As for train; 'all' uses every class of --data as a test class. "
+                                 "'auto': on the data the model was trained on, the split it was trained with "
+                                 "(its test classes); another one warns."),
     ways: int = typer.Option(5, help="Classes per task (N)."),
     shots: Optional[int] = typer.Option(None, help="Support images per class (K). \\[default: 1; sinusoid: the run's]"),
     query: int = typer.Option(15, help="Query images per class; lower it if classes have fewer than shots+query images."),

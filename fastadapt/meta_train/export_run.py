@@ -100,14 +100,22 @@ def verification_task(config, ways: int = 5):
 
 def training_stages(rundir: str, skipped: list | None = None) -> list:
     """How the parameters came to be: this run and, through --init-from, the runs it started from.
-    A damaged summary.json is left out with a warning and noted in ``skipped``."""
-    from .run import read_config
+    A damaged summary.json, or an --init-from run's damaged config.json, is left out with a warning and noted
+    in ``skipped``."""
+    from .run import config_path, read_config
 
     skipped = [] if skipped is None else skipped
     stages, seen = [], set()
     while rundir and os.path.isdir(rundir) and os.path.realpath(rundir) not in seen:
         seen.add(os.path.realpath(rundir))
-        config = read_config(rundir)
+        try:
+            config = read_config(rundir)
+        except FastadaptError as exc:
+            if not stages:  # the exported run's own config: its checkpoint cannot be read without it
+                raise
+            # an --init-from source's: that stage (and the runs before it, which it names) are left out
+            _skip(config_path(rundir), f"unreadable run config ({str(exc)[:200]})", skipped)
+            break
         stage = {"command": " ".join(config.command), "algorithm": config.algorithm,
                  "pretrain_epochs": config.pretrain_epochs, "iterations": config.iterations}
         summary = os.path.join(rundir, "summary.json")

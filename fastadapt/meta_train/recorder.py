@@ -42,6 +42,10 @@ class RunRecorder:
         """Where the run can continue from, for the message of an error that stops it."""
         if os.path.exists(self.last_path):
             return f"the last good checkpoint is {self.last_path} (--resume continues from it)"
+        pretrained = os.path.join(self.rundir, "pretrain.npz")
+        if os.path.exists(pretrained):  # the folder holds a run now (it is not reused), but its body is worth keeping
+            return (f"no meta-training checkpoint was saved, only the pre-trained body {pretrained}: to start from it, "
+                    f"train into a new --out with --init-from {pretrained} --pretrain-epochs 0")
         return f"no checkpoint was saved, so {self.rundir} can be reused as --out"
 
     def training_row(self, iteration: int, loss: float, acc: float, tasks_per_s: float, world_size: int) -> str:

@@ -179,7 +179,7 @@ def check_limits(c: TrainConfig) -> None:
 
 
 # Flags that may differ when resuming (they do not change what is being trained; batched: only the
-# floating-point summation order).
+# floating-point summation order). --iterations only where no schedule anneals over it (trainer.resolve_config).
 RESUMABLE = {"iterations", "device", "batched", "tf32", "val_every", "val_tasks", "checkpoint_every", "command", "stop_at", "max_minutes"}
 
 

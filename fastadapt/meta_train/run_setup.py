@@ -9,8 +9,8 @@ import torch
 
 from ..data.sampler import Task, TaskSampler
 from ..data.sinusoid import RegressionTask, SinusoidSampler
-from ..data.sources import PROTOCOLS, check_data, default_protocol, load_splits
-from ..errors import FastadaptError
+from ..data.sources import DEFAULT_VAL_CLASSES, PROTOCOLS, check_data, default_protocol, load_splits
+from ..errors import FastadaptError, warn
 from ..images import Preprocess, to_float
 from ..models import ModelSpec, build_model
 from ..models.networks import ARCHS, NORMS
@@ -80,6 +80,35 @@ def check_config(c: TrainConfig, here: bool = True) -> None:
         raise FastadaptError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu or auto")
     if here:
         check_data(c.data)  # a missing path or a FIFO fails now, before the run folder and its lock exist
+
+
+# Image settings the sinusoid MLP and its samplers never read, and the values that mean "not set": the field
+# default, and older defaults that run folders still hold (norm "layer", and "stretch" before --fit existed)
+IMAGE_ONLY = {"norm": ("instance", "layer"), "width": (64,), "image_size": (28,), "channels": (1,),
+              "rotations": (True,), "invert": (True,), "fit": ("pad", "stretch"), "val_classes": (DEFAULT_VAL_CLASSES,)}
+PRETRAIN_ONLY = ("pretrain_lr", "pretrain_schedule", "pretrain_smoothing")
+
+
+def check_effect(c: TrainConfig) -> None:
+    """Flags that would be recorded and do nothing: refused (a warning for the harmless --tf32). Only for a new
+    run: run folders saved before these checks still read (evaluate, export) and resume (their flags are fixed)."""
+    # as typed: a boolean at False is --no-rotations / --no-invert
+    flag = lambda k: ("--no-" if getattr(c, k) is False else "--") + k.replace("_", "-")  # noqa: E731
+    if c.multi_step_loss and c.inner_steps == 1:  # trainer: no step weights with a single step
+        raise FastadaptError("--multi-step-loss weighs the query loss after each inner step and --inner-steps 1 "
+                             "has one; drop --multi-step-loss or raise --inner-steps")
+    unused = [flag(k) for k in PRETRAIN_ONLY if not c.pretrain_epochs and getattr(c, k) != getattr(TrainConfig, k)]
+    if unused:
+        fix = "" if c.regression else " or add --pretrain-epochs E"
+        raise FastadaptError(f"pre-training runs only with --pretrain-epochs, so {' / '.join(unused)} would do "
+                             f"nothing: drop {'them' if len(unused) > 1 else 'it'}{fix}")
+    if c.regression:
+        for k, unset in IMAGE_ONLY.items():
+            if getattr(c, k) not in unset:
+                raise FastadaptError(f"{flag(k)} configures the image models and data; --data sinusoid trains the "
+                                     f"MAML regression MLP: drop {flag(k)}")
+    if c.tf32 and (c.device == "cpu" or c.device == "auto" and not torch.cuda.is_available()):
+        warn("--tf32 only changes CUDA convolutions; this run trains on the CPU, where it has no effect")
 
 
 def batched_path(c: TrainConfig, device) -> tuple:

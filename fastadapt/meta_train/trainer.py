@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,8 +28,8 @@ from .algorithms import (Chunks, cosine_step, meta_gradient, multi_step_weights,
                          reptile_step)
 from .denormals import flushing_denormals
 from .evaluate import AdaptationDiverged, evaluate_classification, evaluate_regression
-from .inner_loop import LEARNED_LRS, InnerLoop, network_params
-from .run_setup import (Samplers, batched_path, check_config, describe_data, init_meta_params, make_samplers,
+from .inner_loop import InnerLoop, network_params
+from .run_setup import (Samplers, batched_path, check_config, check_effect, describe_data, init_meta_params, make_samplers,
                     model_spec_of, recipe_of, resolve_device, task_stream)
 from .recorder import Diverged, RunRecorder
 from .run import (RESUMABLE, RunLock, TrainConfig, check_limits, config_path, has_checkpoint, load_checkpoint,
@@ -53,6 +54,14 @@ def resolve_config(c: TrainConfig, rundir: str, resume: bool, given: set | None 
             if k not in RESUMABLE and mine[k] != saved.get(k):
                 raise FastadaptError(f"--resume continues {rundir} as it was started, but --{k.replace('_', '-')} "
                                      f"{mine[k]} differs from the run's {saved.get(k)}; drop the flag or use a new --out")
+        if "iterations" in (given or ()) and mine["iterations"] != saved.get("iterations") and \
+                (saved.get("algorithm") == "reptile" or saved.get("meta_lr_schedule") == "cosine"):
+            # the schedule's position is iteration / iterations: a new total would jump it mid-run
+            what = ("Reptile's outer step size" if saved.get("algorithm") == "reptile"
+                    else "the meta learning rate (--meta-lr-schedule cosine)")
+            raise FastadaptError(f"--iterations {mine['iterations']}: {what} anneals to 0 over the run's --iterations "
+                                 f"{saved.get('iterations')}, so --resume cannot change it; drop --iterations, or "
+                                 f"train longer into a new --out with --init-from {rundir}")
         for k in RESUMABLE & set(given or ()) - {"command"}:
             saved[k] = mine[k]
         if mine["command"] and mine["command"] != saved.get("command"):
@@ -78,17 +87,41 @@ def _stored_path(flag: str, value):
     return os.path.abspath(value) if value else value
 
 
-def load_initialisation(params: dict, source: str) -> None:
+def load_initialisation(params: dict, source: str, c: TrainConfig) -> None:
     """Copy a run's best checkpoint (or a checkpoint file) into ``params``; architectures must match.
-    Learned inner rates are copied when the source has them in the same shape, else they keep --inner-lr."""
+    Learned inner rates are not copied: they start at --inner-lr, as documented and as the bundle records."""
     path = os.path.join(source, "best.npz") if os.path.isdir(source) else source
     if not os.path.exists(path):
         raise FastadaptError(f"--init-from {source}: no checkpoint there (expected a run folder with best.npz)")
+    if _is_bundle(path):
+        raise FastadaptError(f"--init-from {source}: a .fadapt bundle; --init-from takes a run folder or a "
+                             f"checkpoint .npz (its best.npz, last.npz or pretrain.npz), not a bundle")
+    _check_source_config(os.path.dirname(os.path.abspath(path)), source, c)
     saved = load_checkpoint(path).params
-    rates = params.get(LEARNED_LRS)
-    if rates is not None and (LEARNED_LRS not in saved or tuple(saved[LEARNED_LRS].shape) != tuple(rates.shape)):
-        params = network_params(params)  # a source without (these) learned rates: start them at --inner-lr
-    copy_params(params, saved, f"--init-from {source}", "use the same --arch/--width/--channels/--norm as that run")
+    copy_params(network_params(params), saved, f"--init-from {source}",
+                "use the same --arch/--width/--channels/--norm as that run")
+
+
+def _is_bundle(path: str) -> bool:
+    """Whether ``path`` is a zip holding manifest.json (a bundle), not a checkpoint."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "manifest.json" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _check_source_config(folder: str, source: str, c: TrainConfig) -> None:
+    """--norm and --arch must match the source run's (when its config.json is readable): parameters of the
+    same shapes would be copied silently into a network that computes something else."""
+    try:
+        theirs = read_config(folder)
+    except FastadaptError:
+        return  # a bare checkpoint file, or an unreadable config: the shapes are still checked
+    for flag in ("arch", "norm"):
+        if getattr(theirs, flag) != getattr(c, flag):
+            raise FastadaptError(f"--init-from {source}: that run was trained with --{flag} {getattr(theirs, flag)}, "
+                                 f"this one has --{flag} {getattr(c, flag)}; give --{flag} {getattr(theirs, flag)}")
 
 
 def copy_params(params: dict, saved: dict, source: str, fix: str) -> None:
@@ -159,7 +192,10 @@ def _start(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, give
     check_limits(c)
     c = resolve_config(c, rundir, resume, given)  # reads only: bad flags create no folder
     check_config(c)
-    job.check_config(c.meta_batch, c.pretrain_epochs)
+    if not resume:
+        check_effect(c)
+    pending = c.pretrain_epochs and not (resume and os.path.exists(last_path))  # a resumed run's pre-training is done
+    job.check_config(c.meta_batch, c.pretrain_epochs if pending else 0)
     metrics = os.path.join(rundir, "metrics.jsonl")
     if os.path.isdir(metrics):  # else writing it fails as if the disk were full
         raise FastadaptError(f"{metrics} is a directory, not the run's metrics log; move it out of {rundir}, then "
@@ -179,7 +215,7 @@ def _start(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, give
     s = _Start(c, device, samplers, task_stream(c, samplers, device), spec, recipe_of(c), model, params,
                outer_optimizer(c.algorithm, list(params.values()), c.meta_lr))
     if c.init_from and not (resume and os.path.exists(last_path)):
-        load_initialisation(params, c.init_from)
+        load_initialisation(params, c.init_from, c)
         log(f"meta-parameters initialised from {c.init_from}")
     if resume and os.path.exists(last_path):
         fix = (f"copy {best_path} over it to resume from the best checkpoint (the optimiser state restarts), "
@@ -325,7 +361,10 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                                       else vrow["val_accuracy"] >= c.stop_at):
                         stop_reason = f"validation reached --stop-at {c.stop_at} at iteration {it + 1}"
                     elif out_of_time:
-                        stop_reason = f"--max-minutes {c.max_minutes} reached at iteration {it + 1}"
+                        # the limit counts every resumed part: a plain --resume would stop again at once
+                        stop_reason = (f"--max-minutes {c.max_minutes:g} reached at iteration {it + 1}; to continue, "
+                                       f"resume with a higher limit, e.g. --resume --max-minutes "
+                                       f"{max(60, 2 * c.max_minutes):g}")
                     if stop_reason and it + 1 < c.iterations:
                         log(f"stopping: {stop_reason}")
                 elif (it + 1) % c.checkpoint_every == 0:

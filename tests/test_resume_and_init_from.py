@@ -1,0 +1,88 @@
+"""--resume and --init-from say what they do: advice that works, schedules that are not reshaped, learned
+rates that start where the docs say, and sources that match the model being trained."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+from fastadapt.meta_train.inner_loop import LEARNED_LRS
+from fastadapt.meta_train.run import load_checkpoint
+
+from test_outputs import one_error, run_cli
+
+TINY = ["--data", "synthetic", "--width", "4", "--iterations", "2", "--meta-batch", "2", "--val-tasks", "5",
+        "--ways", "3", "--shots", "1", "--query", "2", "--quiet"]
+
+
+def train_ok(capsys, *args) -> str:
+    code, out, err = run_cli(capsys, "train", *args)
+    assert code == 0, err
+    return out
+
+
+def test_divergence_after_pretraining_says_how_to_keep_the_body(tmp_path, capsys, one_thread):
+    run = tmp_path / "div"
+    code, out, err = run_cli(capsys, "train", *TINY, "--iterations", "5", "--pretrain-epochs", "1", "--meta-lr", "1e6",
+                             "--inner-lr", "1e6", "--out", run)
+    line = one_error(code, out, err, "diverged", f"--init-from {run / 'pretrain.npz'}")
+    assert "reused" not in line  # the folder holds pretrain.npz: it is refused as --out
+    # the advice works: the pre-trained body starts a new run
+    train_ok(capsys, *TINY, "--init-from", run / "pretrain.npz", "--pretrain-epochs", "0", "--out", tmp_path / "new")
+
+
+@pytest.mark.parametrize("flag,value", [("--meta-lr-schedule", "cosine"), ("--algorithm", "reptile")])
+def test_resume_keeps_iterations_where_a_schedule_anneals_over_them(tmp_path, capsys, one_thread, flag, value):
+    run = tmp_path / "run"
+    train_ok(capsys, *TINY, flag, value, "--max-minutes", "1e-6", "--out", run)  # stops after iteration 1
+    code, out, err = run_cli(capsys, "train", "--out", run, "--resume", "--iterations", "4", "--max-minutes", "0")
+    one_error(code, out, err, "--iterations 4", "anneals", "--init-from")
+    assert load_checkpoint(str(run / "last.npz")).progress["iteration"] == 1
+    train_ok(capsys, "--out", run, "--resume", "--max-minutes", "0", "--quiet")  # the same total still resumes
+
+
+def test_resume_may_change_iterations_of_a_constant_schedule(tmp_path, capsys, one_thread):
+    run = tmp_path / "run"
+    train_ok(capsys, *TINY, "--out", run)
+    train_ok(capsys, "--out", run, "--resume", "--iterations", "3", "--quiet")
+    assert load_checkpoint(str(run / "last.npz")).progress["iteration"] == 3
+
+
+def test_init_from_starts_learned_rates_at_inner_lr(tmp_path, capsys, one_thread):
+    train_ok(capsys, *TINY, "--learn-inner-lr", "--inner-lr", "0.4", "--out", tmp_path / "base")
+    train_ok(capsys, *TINY, "--learn-inner-lr", "--inner-lr", "0.05", "--iterations", "1", "--meta-lr", "1e-9",
+             "--init-from", tmp_path / "base", "--out", tmp_path / "run")
+    rates = load_checkpoint(str(tmp_path / "run" / "last.npz")).params[LEARNED_LRS]
+    np.testing.assert_allclose(rates, 0.05, atol=1e-4)  # as the log's "lr 0.05" and the README say
+
+
+def test_init_from_refuses_another_norm(tmp_path, capsys, one_thread):
+    train_ok(capsys, *TINY, "--norm", "instance", "--out", tmp_path / "base")
+    code, out, err = run_cli(capsys, "train", *TINY, "--norm", "layer", "--init-from", tmp_path / "base",
+                             "--out", tmp_path / "run")
+    one_error(code, out, err, "--init-from", "--norm instance")
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_a_bundle_says_what_it_takes(tmp_path, capsys):
+    bundle = tmp_path / "model.fadapt"
+    with zipfile.ZipFile(bundle, "w") as z:
+        z.writestr("manifest.json", "{}")
+    code, out, err = run_cli(capsys, "train", *TINY, "--init-from", bundle, "--out", tmp_path / "run")
+    one_error(code, out, err, "--init-from", "run folder or a checkpoint .npz", "not a bundle")
+    assert not (tmp_path / "run").exists()
+
+
+def test_max_minutes_stop_says_how_to_continue(tmp_path, capsys, one_thread):
+    out = train_ok(capsys, *TINY, "--iterations", "10", "--max-minutes", "1e-6", "--out", tmp_path / "run")
+    assert "--max-minutes 1e-06 reached" in out and "--resume --max-minutes 60" in out
+
+
+def test_resumed_sinusoid_run_reports_mse(tmp_path, capsys, one_thread):
+    run = tmp_path / "run"
+    train_ok(capsys, "--data", "sinusoid", "--iterations", "2", "--meta-batch", "2", "--val-tasks", "5", "--quiet",
+             "--out", run)
+    out = train_ok(capsys, "--out", run, "--resume", "--iterations", "3", "--quiet")
+    assert "best validation MSE" in out and "accuracy" not in out
