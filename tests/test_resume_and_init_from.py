@@ -3,6 +3,7 @@ rates that start where the docs say, and sources that match the model being trai
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import numpy as np
@@ -78,6 +79,12 @@ def test_init_from_a_bundle_says_what_it_takes(tmp_path, capsys):
 def test_max_minutes_stop_says_how_to_continue(tmp_path, capsys, one_thread):
     out = train_ok(capsys, *TINY, "--iterations", "10", "--max-minutes", "1e-6", "--out", tmp_path / "run")
     assert "--max-minutes 1e-06 reached" in out and "--resume --max-minutes 60" in out
+
+
+def test_a_limit_reached_at_the_last_iteration_is_no_stop(tmp_path, capsys, one_thread):
+    out = train_ok(capsys, *TINY, "--iterations", "1", "--max-minutes", "1e-6", "--out", tmp_path / "run")
+    assert "stopped" not in out and "--resume" not in out
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped"] is None
 
 
 def test_resumed_sinusoid_run_reports_mse(tmp_path, capsys, one_thread):

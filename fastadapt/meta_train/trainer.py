@@ -365,7 +365,9 @@ def _train(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, quie
                         stop_reason = (f"--max-minutes {c.max_minutes:g} reached at iteration {it + 1}; to continue, "
                                        f"resume with a higher limit, e.g. --resume --max-minutes "
                                        f"{max(60, 2 * c.max_minutes):g}")
-                    if stop_reason and it + 1 < c.iterations:
+                    if it + 1 == c.iterations:
+                        stop_reason = None  # the run is complete: there is nothing left to continue
+                    elif stop_reason:
                         log(f"stopping: {stop_reason}")
                 elif (it + 1) % c.checkpoint_every == 0:
                     record.checkpoint(it + 1, params, optimizer)

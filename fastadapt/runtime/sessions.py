@@ -25,8 +25,9 @@ from ..manifest import printable
 # fast or faster per image on 2 cores.
 STEP_CHUNK = 8
 # Most images per forward-graph call. The shots' features and the safeguard's last loss run over the whole
-# support set: in one call, 20-way 5-shot `fastadapt adapt` (32x32 default) peaked at 284-317 MB RSS;
-# in calls of 32 images 284, of 16 239, of 8 204, at the same speed and with the same losses.
+# support set: in one call, `fastadapt adapt` of 20-way 5-shot (32x32 default) peaked at 306-325 MB RSS; in
+# calls of 32 images 284, of 16 239, of 8 222-236 (dev venv; 244 in the benchmarks' runtime-only venv), at the
+# same speed and with the same losses.
 FORWARD_CHUNK = 8
 
 
