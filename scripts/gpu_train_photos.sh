@@ -9,8 +9,9 @@
 #
 # PHOTOS_ZIP: a git-ignored zip of this checkout made by scripts/pack_photos_for_device.py (its validation and
 # test classes are the shared 100-per-class zip's, byte for byte, so test numbers equal evaluation on that zip):
-#   python scripts/pack_photos_for_device.py /work/data/tin500 \
-#       /work/shared/data/tinyimagenet/tiny-imagenet-200-train-100.zip data/tin_device.zip
+#   python scripts/pack_photos_for_device.py tin500/ \
+#       ../shared/data/tinyimagenet/tiny-imagenet-200-train-100.zip data/tin_device.zip
+# (tin500/: the 500 photos per class of the public mirror; the pack script's docstring says how to make it)
 # then, with the device tool: run(command="bash scripts/gpu_train_photos.sh data/tin_device.zip",
 #                                 carry=["data/tin_device.zip"], timeout_s=...)
 # A pack made with --size 32 holds all 499 training photos per class, every photo already 32 x 32 (its held-out

@@ -4,7 +4,11 @@ of git-ignored files; the 500-photos-per-class folder is 190 MiB).
     python scripts/pack_photos_for_device.py DATA500 SHARED_ZIP OUT_ZIP [--per-class N] [--quality Q] [--size S]
 
 DATA500: a folder of 200 class folders (<wnid>/<photo>.JPEG, 500 each); SHARED_ZIP: the shared 100-per-class
-zip of the same classes. OUT_ZIP holds <wnid>/<file>.JPEG for all 200 classes:
+zip of the same classes. OUT_ZIP holds <wnid>/<file>.JPEG for all 200 classes. DATA500 from the public
+mirror of Tiny ImageNet (216 MB; a few seconds once cloned):
+
+    git clone https://github.com/seshuad/IMagenet && mkdir tin500
+    for d in IMagenet/tiny-imagenet-200/train/*/; do mv "$d/images" "tin500/$(basename "$d")"; done
 
 - the 60 validation and test classes of ``--protocol split --seed 0`` are byte-identical copies of their
   SHARED_ZIP members, so every evaluation on OUT_ZIP is the evaluation on SHARED_ZIP (checked before the
