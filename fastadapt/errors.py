@@ -83,9 +83,12 @@ def warn(message: str, *parameters: str) -> None:
 
 
 def _show_as_line(message, category, filename, lineno, file=None, line=None, name: Callable[[str], str] = str) -> None:
+    from .manifest import printable  # here: manifest imports this module
+
     stream = file if file is not None else sys.stderr
     if issubclass(category, FastadaptWarning):
-        text = f"warning: {message.render(name) if isinstance(message, _Named) else message}\n"
+        # escaped: a file name from an untrusted folder must not move the cursor or recolour the terminal
+        text = f"warning: {printable(message.render(name) if isinstance(message, _Named) else message)}\n"
     else:
         text = warnings.formatwarning(message, category, filename, lineno, line)
     try:

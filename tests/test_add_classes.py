@@ -72,7 +72,7 @@ def test_recipe_overrides_and_bundles_without_shots(meta, saved, tmp_path):
         {"manifest.json", "manifest.sha256", "forward.onnx", "step.onnx", "params.npz"}
     with pytest.raises(FastadaptError, match="keeps no shots") as error:
         fastadapt.load(str(tmp_path / "old.fadapt")).add_classes(LATER)
-    assert "fastadapt adapt --model default.fadapt --shots" in str(error.value)
+    assert "fastadapt adapt --model characters --shots" in str(error.value)  # the built-in, by a name --model takes
 
 
 def test_cli_add_and_remove(saved, tmp_path, capsys):

@@ -85,7 +85,7 @@ def main() -> None:
             app()
     except FastadaptError as exc:
         rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""  # under torchrun
-        print(f"error: {rank}{exc.render(flag)}", file=sys.stderr)
+        print(f"error: {rank}{printable(exc.render(flag))}", file=sys.stderr)  # escaped, as results are
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -127,30 +127,22 @@ def adaptation_summary(info: dict) -> str:
 
 def colour_summary(report: dict | None) -> str:
     """'; colour: ...' for colour models (runtime/colour.py), '' for grey ones."""
-    if not report:
-        return ""
-    if report["mode"] == "off":
-        return "; colour: off"
-    if "reason" in report:
-        return f"; colour: not used ({report['reason']})"
-    right = report["held_out_right"]
-    without = f"{right['0']} of {report['of']} held-out shots right without colour"
-    if not report["chosen"]:
-        return f"; colour: not used ({without}, at most {max(right.values())} with it)"
-    chosen = report["chosen"]
-    return f"; colour: used, weight {chosen:g} ({without}, {right[f'{chosen:g}']} with it)"
+    from ..runtime.colour import decision
+
+    text = decision(report)
+    return f"; colour: {text}" if text else ""
 
 
 def _expand(inputs: List[Path]) -> list:
-    from ..images import is_image_name
+    from ..data.classes import _folder_images
 
     paths = []
     for item in inputs:
         if item.is_dir():
-            candidates = [p for p in item.rglob("*") if is_image_name(p.name)
-                          and not any(part.startswith(".") for part in p.relative_to(item).parts)]
-            found = sorted(str(p) for p in candidates if p.is_file())
-            for broken in sorted(str(p) for p in candidates if p.is_symlink() and not p.exists()):
+            # as --data reads a dataset: linked subfolders followed, each folder once; hidden ones skipped
+            candidates = [os.path.join(item, name) for name in _folder_images(str(item))]
+            found = sorted(p for p in candidates if os.path.isfile(p))
+            for broken in sorted(p for p in candidates if os.path.islink(p) and not os.path.exists(p)):
                 warn(f"{printable(broken)}: a symbolic link to a file that does not exist; skipped")
             if not found:
                 raise FastadaptError(f"{item}: folder has no images (.png, .jpg, ...); pass image files or a folder of them")

@@ -59,6 +59,25 @@ def check_mode(colour) -> str:
     return colour
 
 
+def decision(report: dict | None) -> str:
+    """What adaptation decided about colour (adaptation["colour"], ``choose_scale``'s report and the mode), as
+    ``fastadapt adapt`` and ``fastadapt info`` print it; '' for grey models (no report)."""
+    if not isinstance(report, dict) or not report:
+        return ""
+    try:
+        if report["mode"] == "off":
+            return "off"
+        if "reason" in report:
+            return f"not used ({report['reason']})"
+        right, chosen = report["held_out_right"], report["chosen"]
+        without = f"{right['0']} of {report['of']} held-out shots right without colour"
+        if not chosen:
+            return f"not used ({without}, at most {max(right.values())} with it)"
+        return f"used, weight {chosen:g} ({without}, {right[f'{chosen:g}']} with it)"
+    except (KeyError, TypeError, ValueError, AttributeError):  # a bundle written by other code: show it as stored
+        return str(report)[:300]
+
+
 def histograms(images: np.ndarray, spec: Preprocess, bins: int = BINS) -> np.ndarray:
     """Square-rooted colour shares (B, bins^3) of preprocessed float32 images (B, 3, H, W).
 

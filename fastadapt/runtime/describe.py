@@ -13,6 +13,7 @@ import textwrap
 from ..bundle import Bundle
 from ..errors import FastadaptError
 from ..manifest import CARD_SECTIONS, printable
+from .colour import decision
 
 MAX_SHOWN = 2000  # characters of one free-form value (provenance, evaluation) on one line
 CARD_WIDTH = 100  # model card text is wrapped to this many columns
@@ -97,11 +98,13 @@ def _rows(bundle: Bundle) -> list:
         rows.append(("classes", f"{len(classes)}: {shown}"))
         a = m.get("adaptation") or {}
         if a:
-            rows.append(("adapted", f"{_fmt(a.get('steps'))} steps at lr {_fmt(a.get('lr'))} on "
-                                    f"{sum((a.get('shots_per_class') or {}).values())} images from "
-                                    f"{_fmt((a.get('from') or {}).get('path'))}"
+            colour = decision(a.get("colour"))
+            rows.append(("adapted", f"{_fmt(a.get('steps'))} step{'' if a.get('steps') == 1 else 's'} at lr "
+                                    f"{_fmt(a.get('lr'))} on {sum((a.get('shots_per_class') or {}).values())} images "
+                                    f"from {_fmt((a.get('from') or {}).get('path'))}"
                                     + ("" if "shots.npz" in (m.get("members") or {}) else
-                                       " (keeps no shots: classes cannot be added or removed)")))
+                                       " (keeps no shots: classes cannot be added or removed)")
+                                    + (f"; colour: {colour}" if colour else "")))
     for key, value in (m.get("provenance") or {}).items():
         rows.append((f"provenance.{key}", value))
     check = m.get("verification")

@@ -67,6 +67,26 @@ def _stored_colour_mode(info: dict) -> str:
     return mode if mode in colour_cue.MODES else "auto"
 
 
+def _meta_source(adaptation: dict) -> tuple:
+    """(CLI --model value, load() argument) naming the meta model an adapted one came from: a built-in's name
+    when its parameters are the shipped model's (the bundle records the file's name only, and a built-in's file
+    is inside the package), else that file name."""
+    from ..bundle import read_bundle
+    from .loading import ASSETS, BUILT_IN  # here: loading imports this module
+
+    source = adaptation.get("from") if isinstance(adaptation.get("from"), dict) else {}
+    path, sha = source.get("path"), source.get("params_sha256")
+    for name, file in BUILT_IN.items():
+        if path == file and sha:
+            try:
+                if read_bundle(os.path.join(ASSETS, file)).manifest.get("members", {}).get("params.npz") == sha:
+                    return name, f'"{name}"'
+            except FastadaptError:  # the shipped file is missing or damaged: name the file
+                pass
+    path = printable(path or "META.fadapt")
+    return path, f"'{path}'"
+
+
 def _steps_argument(steps, recipe_steps: int) -> int | str:
     """``steps`` as given by the API or the CLI (a string there) -> an int in 0..MAX_STEPS, or "auto"."""
     if steps is None:
@@ -274,6 +294,7 @@ class Model(_Loaded):
         >>> adapted.kind, len(adapted.classes)
         ('adapted', 8)
         """
+        self._check_arguments(steps, lr, safeguard, colour)  # before decoding the shots: a typo costs nothing
         data = load_shots(shots, self.preprocess)
         return self.adapt_arrays(to_float(data.images, self.preprocess), data.labels, data.classes,
                                  steps=steps, lr=lr, progress=progress, shots=data, safeguard=safeguard,
@@ -298,11 +319,8 @@ class Model(_Loaded):
         >>> model.adapt_arrays(images, np.array([0, 0, 1, 1]), ["a", "b"], quiet=True).classes
         ['a', 'b']
         """
-        if not isinstance(safeguard, (bool, np.bool_)):
-            raise FastadaptError(f"{{safeguard}} must be True or False, got {safeguard!r}", "safeguard")
-        colour = colour_cue.check_mode(colour)
+        steps, colour = self._check_arguments(steps, lr, safeguard, colour)
         recipe_steps = int(self.recipe["steps"])
-        steps = _steps_argument(steps, recipe_steps)
         reported = "learned" if lr is None and "learned_lrs" in self.recipe else float(_lr_argument(lr, self.recipe["lr"]))
         lr = self._rates(lr)
         ways = len(classes)
@@ -362,6 +380,15 @@ class Model(_Loaded):
         bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, params, None,
                         meta_params=self.params if kept else None, shots=kept)
         return AdaptedModel(bundle, self.graphs, seconds=round(seconds, 4))
+
+    def _check_arguments(self, steps, lr, safeguard, colour) -> tuple:
+        """Refuse a bad steps, lr, safeguard or colour in one line -> (steps as an int or "auto", colour)."""
+        if not isinstance(safeguard, (bool, np.bool_)):
+            raise FastadaptError(f"{{safeguard}} must be True or False, got {safeguard!r}", "safeguard")
+        colour = colour_cue.check_mode(colour)
+        steps = _steps_argument(steps, int(self.recipe["steps"]))
+        self._rates(lr)
+        return steps, colour
 
     def _rates(self, lr):
         """The step rate(s): ``lr`` (checked) or the manifest's. A bundle with learned rates (a (steps,
@@ -698,25 +725,26 @@ class AdaptedModel(_Loaded):
         if len(classes) < 2:
             raise FastadaptError(f"removing {', '.join(map(printable, remove))} would leave {len(classes)} class; "
                                  f"a model needs at least 2")
+        info = self.adaptation  # unset arguments: as this model was adapted
+        recipe = dict(steps=steps if steps is not None else ("auto" if "auto" in info else info.get("steps_requested")),
+                      lr=lr if lr is not None else (None if info.get("lr") == "learned" else info.get("lr")),
+                      safeguard=safeguard if safeguard is not None else info.get("safeguard", True),
+                      colour=colour if colour is not None else _stored_colour_mode(info))
+        meta._check_arguments(**recipe)  # before decoding the shots
         data = load_shots(classes, self.preprocess)
-        info = self.adaptation
-        adapted = meta.adapt_arrays(
-            to_float(data.images, self.preprocess), data.labels, data.classes, shots=data, progress=progress,
-            steps=steps if steps is not None else ("auto" if "auto" in info else info.get("steps_requested")),
-            lr=lr if lr is not None else (None if info.get("lr") == "learned" else info.get("lr")),
-            safeguard=safeguard if safeguard is not None else info.get("safeguard", True),
-            colour=colour if colour is not None else _stored_colour_mode(info))
+        adapted = meta.adapt_arrays(to_float(data.images, self.preprocess), data.labels, data.classes, shots=data,
+                                    progress=progress, **recipe)
         adapted.manifest["adaptation"]["from"] = info.get("from")  # the meta bundle, not the in-memory copy
         return adapted
 
     def _meta_model(self) -> Model:
         """The meta model this one was adapted from, rebuilt from the bundle's meta_params.npz."""
         if self.bundle.meta_params is None or self.bundle.shots is None:
-            source = (self.adaptation.get("from") or {}).get("path") or "META.fadapt"
+            cli, python = _meta_source(self.adaptation)
             raise FastadaptError(f"{self._name}: keeps no shots to add or remove classes with (adapted "
                                  f"by an older fastadapt, or with adapt_arrays); adapt the meta model again with all "
-                                 f"the images: fastadapt adapt --model {printable(source)} --shots DIR --out ... "
-                                 f"(Python: fastadapt.load('{printable(source)}').adapt(...))")
+                                 f"the images: fastadapt adapt --model {cli} --shots DIR --out ... "
+                                 f"(Python: fastadapt.load({python}).adapt(...))")
         manifest = {k: v for k, v in self.manifest.items() if k not in ("adaptation", "unknown", "colour")}
         manifest.update(kind="meta", classes=None, parameters=list(self.bundle.meta_params),
                         members={"params.npz": (self.adaptation.get("from") or {}).get("params_sha256")})
@@ -733,8 +761,9 @@ class AdaptedModel(_Loaded):
         Traceback (most recent call last):
         fastadapt.errors.FastadaptError: this model: is already adapted ...
         """
-        source = ((self.manifest.get("adaptation") or {}).get("from") or {}).get("path") or "the meta model"
+        cli, python = _meta_source(self.adaptation)
         raise FastadaptError(f"{self._name}: is already adapted (classes: {', '.join(map(printable, self.classes[:5]))}"
                              f"{', ...' if len(self.classes) > 5 else ''}); adaptation starts from a meta model, "
-                             f"so pass the meta bundle it came from ({source}) instead; to add or remove classes "
-                             f"use add_classes / remove_classes (CLI: fastadapt adapt --model ADAPTED --add DIR)")
+                             f"so adapt the one it came from instead (--model {cli}; Python: fastadapt.load({python})); "
+                             f"to add or remove classes use add_classes / remove_classes (CLI: fastadapt adapt "
+                             f"--model ADAPTED --add DIR)")

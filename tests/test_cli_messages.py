@@ -1,0 +1,114 @@
+"""Messages and listings on the device side, from hostile review 6: warnings and errors escape what a file name
+could do to a terminal, advice that names a built-in model can be followed, a mistyped flag is refused before
+any image is decoded, `info` shows the colour decision, and predict follows linked subfolders."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastadapt
+from fastadapt.errors import FastadaptError
+from fastadapt.runtime import model as model_module
+from test_builtin_models import needs_photos
+from test_cli_edges import EXAMPLES, STAR
+from test_cli_runtime import assert_user_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> str:
+    """The shipped characters model adapted to the example shapes."""
+    path = tmp_path_factory.mktemp("messages") / "shapes.fadapt"
+    fastadapt.load().adapt(str(EXAMPLES / "shots")).save(str(path))
+    return str(path)
+
+
+def test_warnings_and_errors_escape_control_characters_in_file_names(shapes, tmp_path, capsys):
+    folder = tmp_path / "q"
+    folder.mkdir()
+    (folder / "q\x1b[2J.png").write_bytes(b"not an image")
+    code, out, err = run_cli(capsys, "predict", "--model", shapes, folder)
+    assert code != 0 and "\x1b" not in err, err
+    assert "warning: " in err and "error: " in err and "q\\x1b[2J.png" in err
+
+
+def test_an_adapted_built_in_names_the_built_in_to_adapt_instead(tmp_path, capsys):
+    adapted = tmp_path / "a.fadapt"
+    assert run_cli(capsys, "adapt", "--shots", EXAMPLES / "shots", "--out", adapted)[0] == 0
+    code, out, err = run_cli(capsys, "adapt", "--model", adapted, "--shots", EXAMPLES / "shots",
+                             "--out", tmp_path / "b.fadapt")
+    assert_user_error(code, out, err, "--model characters", tmp_path / "b.fadapt")
+    assert 'fastadapt.load("characters")' in err
+    assert fastadapt.load("characters").kind == "meta"  # the advice can be followed
+
+
+def test_another_meta_bundle_is_named_by_its_file(tmp_path):
+    copy = tmp_path / "mine.fadapt"
+    copy.write_bytes(open(fastadapt.runtime.DEFAULT_MODEL, "rb").read())
+    adapted = fastadapt.load(str(copy)).adapt(str(EXAMPLES / "shots"))
+    with pytest.raises(FastadaptError, match=r"--model mine\.fadapt; Python: fastadapt\.load\('mine\.fadapt'\)"):
+        adapted.adapt(str(EXAMPLES / "shots"))
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    def decoded(*args, **kwargs):
+        raise AssertionError("shots were decoded before the arguments were checked")
+
+    monkeypatch.setattr(model_module, "load_shots", decoded)
+
+
+@pytest.mark.parametrize("argument, needle", [({"colour": "bogus"}, "colour must be"), ({"steps": "x"}, "steps must be"),
+                                              ({"lr": -1.0}, "lr must be"), ({"safeguard": "yes"}, "safeguard must be")])
+def test_bad_arguments_are_refused_before_the_shots_are_decoded(no_decoding, argument, needle):
+    with pytest.raises(FastadaptError, match=needle):
+        fastadapt.load().adapt(str(EXAMPLES / "shots"), **argument)
+
+
+def test_bad_arguments_to_add_classes_are_refused_before_decoding(monkeypatch):
+    adapted = fastadapt.load().adapt(str(EXAMPLES / "shots"))
+    monkeypatch.setattr(model_module, "load_shots", lambda *a, **k: pytest.fail("decoded before the check"))
+    with pytest.raises(FastadaptError, match="steps must be"):
+        adapted.add_classes({"dot": [STAR]}, steps="many")
+
+
+def _colour_folder(root, colours: dict, shots: int = 3):
+    rng = np.random.default_rng(0)
+    for label, rgb in colours.items():
+        (root / label).mkdir(parents=True)
+        for i in range(shots):
+            image = np.clip(np.array(rgb) + rng.normal(0, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(root / label / f"{i}.png")
+    return root
+
+
+@needs_photos
+def test_info_shows_the_colour_decision_of_an_adapted_bundle(tmp_path, capsys):
+    shots = _colour_folder(tmp_path / "shots", {"red": (200, 30, 30), "blue": (30, 30, 200)})
+    for mode in ("auto", "off"):
+        out_path = tmp_path / f"{mode}.fadapt"
+        assert run_cli(capsys, "adapt", "--model", "photos", "--shots", shots, "--colour", mode, "--out", out_path)[0] == 0
+        code, out, err = run_cli(capsys, "info", out_path)
+        row = next(line for line in out.splitlines() if line.strip().startswith("adapted "))
+        assert "1 step at lr" in row
+        assert ("colour: off" in row) if mode == "off" else ("colour: used" in row or "colour: not used (" in row)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symbolic links")
+def test_predict_follows_linked_subfolders(shapes, tmp_path, capsys):
+    real, folder = tmp_path / "real", tmp_path / "q"
+    real.mkdir(), folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (real / name).write_bytes(open(STAR, "rb").read())
+    (folder / "c.png").write_bytes(open(STAR, "rb").read())
+    try:
+        os.symlink(real, folder / "linked")
+    except OSError:
+        pytest.skip("symbolic links are not allowed here")
+    code, out, err = run_cli(capsys, "predict", "--model", shapes, folder)
+    assert code == 0, err
+    assert sorted(line.split("\t")[0] for line in out.splitlines()) == [
+        str(folder / "c.png"), str(folder / "linked" / "a.png"), str(folder / "linked" / "b.png")]
