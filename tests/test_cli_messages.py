@@ -112,3 +112,20 @@ def test_predict_follows_linked_subfolders(shapes, tmp_path, capsys):
     assert code == 0, err
     assert sorted(line.split("\t")[0] for line in out.splitlines()) == [
         str(folder / "c.png"), str(folder / "linked" / "a.png"), str(folder / "linked" / "b.png")]
+
+
+@pytest.mark.parametrize("args, needle", [(["predict", "--bogus"], "No such option: --bogus"),
+                                          (["demo", "--shots", "7"], "Invalid value for '--shots'"),
+                                          (["adapt", "--shots", "x"], "Missing option '--out'"),
+                                          (["train", "--ways", "abc", "--out", "r"], "Invalid value for '--ways'")])
+def test_parser_errors_are_one_line_naming_the_flag_and_the_help(capsys, args, needle):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.splitlines() == [f"error: {err.splitlines()[0][len('error: '):]}"] and needle in err
+    assert f" {args[0]} --help')" in err  # '(see 'fastadapt predict --help')', or as this process was started
+
+
+def test_help_and_version_still_exit_0(capsys):
+    for args in (["--version"], ["info", "--help"]):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 0 and out and err == ""

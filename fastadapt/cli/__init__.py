@@ -76,18 +76,42 @@ def flag(parameter: str) -> str:
     return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
 
 
+# Click's errors (the parser's: a flag's type or range, an unknown or missing flag), found by name because
+# Typer ships Click inside itself in newer versions (typer._click) and depends on it in older ones.
+_CLICK_ERRORS = {c.__name__: c for c in typer.BadParameter.__mro__}
+_CLICK_ERROR, _USAGE_ERROR = _CLICK_ERRORS["ClickException"], _CLICK_ERRORS["UsageError"]
+
+
+def _show_click_error(exc) -> None:
+    """A Click error as one line on stderr: its message and, for a parser error, where the flags are explained."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `fastadapt`: its help (Typer's rich help is printed
+        if exc.format_message().strip():             # already, as the error was made)
+            exc.show()
+        return
+    ctx = getattr(exc, "ctx", None)
+    see = f" (see '{ctx.command_path if ctx is not None else 'fastadapt'} --help')" if isinstance(exc, _USAGE_ERROR) else ""
+    print(f"error: {printable(exc.format_message())}{see}", file=sys.stderr)
+
+
 def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
     main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be set there
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         with cli_warnings(flag):  # library warnings (FastadaptWarning) print as one line "warning: ..." on stderr
-            app()
+            # not standalone: parser errors come here as exceptions (one line below), --help and typer.Exit
+            # as a returned exit code, Ctrl-C as Abort
+            code = app(standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            sys.exit(code)
     except FastadaptError as exc:
         rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""  # under torchrun
         print(f"error: {rank}{printable(exc.render(flag))}", file=sys.stderr)  # escaped, as results are
         sys.exit(2)
-    except KeyboardInterrupt:
+    except _CLICK_ERROR as exc:
+        _show_click_error(exc)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
