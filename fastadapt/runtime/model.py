@@ -667,8 +667,9 @@ class AdaptedModel(_Loaded):
         {label: [images]}, one class is enough; an existing label gets the images added to its shots).
 
         It re-adapts from the meta-initialisation on the shots kept in this model and the new ones: the
-        same model, bit for bit, as adapting the meta model on all the images at once. steps, lr,
-        safeguard: default to what this model was adapted with (see ``Model.adapt``).
+        same model, bit for bit, as adapting the meta model on all the images at once with the new classes
+        last (in another class order, the same up to float rounding). steps, lr, safeguard: default to what
+        this model was adapted with (see ``Model.adapt``).
 
         >>> adapted = fastadapt.load().adapt({"star": ["examples/shots/star/star_1.png"],
         ...                                   "circle": ["examples/shots/circle/circle_1.png"]})
