@@ -27,19 +27,27 @@ from PIL import Image, ImageOps, JpegImagePlugin
 
 from .errors import FastadaptError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 # Decoders we let Pillow try; others (EPS runs Ghostscript, PDF, ...) are never reached by a renamed file.
 # (Phone JPEGs holding several pictures, MPO, come through the JPEG decoder.)
 FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "GIF", "TIFF", "PPM")
+# The file names these decoders are registered for in Pillow (and .mpo, read by the JPEG decoder): what
+# folder scans (predict, evaluate --data, adapt --shots) take as images. A test keeps it equal to Pillow's list.
+IMAGE_SUFFIXES = (".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".bmp", ".webp", ".gif", ".tif",
+                  ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm")
 
 # Largest image we decode, from the format's point of view rather than the machine's memory: a 48 MP
-# phone photo (8000x6000) loads; a decoded image stays under ~200 MB (RGBA). Bigger is refused.
+# phone photo (8000x6000) loads; a decoded image stays under ~200 MB (4 bytes a pixel: RGB, RGBA, float),
+# and converting it needs only strips of STRIP_PIXELS more. Bigger is refused.
 MAX_PIXELS = 50_000_000
-# JPEGs above this are decoded at 1/2..1/8 scale (libjpeg's draft mode), still at least
-# DRAFT_MARGIN x the target side, so a 12 MP photo for a 28-pixel input costs a fraction of the memory.
-# Smaller JPEGs decode in full, exactly as before.
+# Images above this are reduced to at least DRAFT_MARGIN x the target side before they are converted:
+# JPEGs while decoding (libjpeg's draft mode, 1/2..1/8 scale), others right after decoding (box averages,
+# Image.reduce), so a 12 MP photo for a 28-pixel input costs a fraction of the memory.
+# Smaller images are converted in full, exactly as before.
 DRAFT_ABOVE_PIXELS = 4_000_000
 DRAFT_MARGIN = 8
+# Mode conversions (transparency, 16-bit, float) run on strips of about this many pixels, so they never
+# make a full-size copy: a 49 MP float or palette image took 0.9-1.6 GB in whole-image float64 copies.
+STRIP_PIXELS = 1 << 18
 
 FITS = ("pad", "stretch", "crop")
 
@@ -255,27 +263,63 @@ def _upright(image: Image.Image, name: str) -> Image.Image:
     return image
 
 
+def _level_rule(kind: str, low, high, name: str | None, sixteen_bit: bool = False, transparent=None):
+    """How pixel values become 0..255 levels: decided once from the whole image's value range, returned as
+    a function applied strip by strip (so no full-size float copy is made).
+
+      16-bit images (I;16 files), and integers above 255: /257, rounded; integers outside 0..65535: refused
+      other integers and bools: 0..1 is a mask (x255), else 0..255 as is
+      floats: 0..1 -> x255; an image whose values go above 1 is scaled so that its largest value is white,
+              so the scale shrinks smoothly as the maximum passes 1 (no cliff there) and 12-bit, 16-bit and
+              HDR floats are scaled, not clipped. A 0..255 float image keeps its levels only if some pixel
+              is 255 (pass 8-bit pictures as uint8). NaN or infinite values: refused
+      values below 0 are black; ``transparent`` (the grey level a PNG's tRNS marks transparent) is white.
+    ``name`` is the file (or other source) messages name; None for a numpy array (their advice is numpy's).
+    """
+    low, high = (float(v) if kind == "f" else int(v) for v in (low, high))
+    if kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
+        raise FastadaptError("an image array has NaN or infinite pixels; replace them (e.g. np.nan_to_num) before "
+                             "passing the image" if name is None else
+                             f"{name}: the image has NaN or infinite pixel values; save it again with finite "
+                             f"values (e.g. as an 8- or 16-bit PNG)")
+    if sixteen_bit or (kind in "iu" and high > 255):
+        if low < 0 or high > 65535:
+            raise FastadaptError(f"an integer image array holds values {low}..{high}; pass 8-bit (0..255) or "
+                                 f"16-bit (0..65535) pixels" if name is None else
+                                 f"{name}: its integer pixels hold values {low}..{high}, more than 16 bits; save "
+                                 f"it again as an 8- or 16-bit image (0..65535)")
+
+        def convert(x):
+            return np.round(x / 257.0).astype(np.uint8)
+    else:
+        gain = 255.0 / max(1.0, high) if kind == "f" else (255.0 if high <= 1 else 1.0)
+
+        def convert(x):
+            return np.clip(x * gain, 0, 255).astype(np.uint8)
+
+    def levels(strip: np.ndarray) -> np.ndarray:
+        out = convert(np.asarray(strip, dtype=np.float64))
+        if transparent is not None:
+            out[strip == transparent] = 255  # composited on white, as 8-bit grey with tRNS is
+        return out
+
+    return levels
+
+
 def _array_to_uint8(array: np.ndarray) -> np.ndarray:
-    """Pixel values -> uint8: uint8 as is, floats as [0, 1] (else 0..255), bool 0/255, 16-bit scaled."""
+    """Pixel values -> uint8 (``_level_rule``), a strip of rows at a time."""
     kind = array.dtype.kind
     if kind not in "biuf":
         raise FastadaptError(f"an image array of dtype {array.dtype} is not an image; {ACCEPTED} of uint8, "
                              f"integer, bool or float (0..1) pixels")
     if array.dtype == np.uint8:
         return array
-    if kind == "f" and not np.isfinite(array).all():
-        raise FastadaptError("an image array has NaN or infinite pixels; replace them (e.g. np.nan_to_num) "
-                             "before passing the image")
-    if kind in "iu":
-        low, high = int(array.min()), int(array.max())
-        if high > 255:
-            if low < 0 or high > 65535:
-                raise FastadaptError(f"an integer image array holds values {low}..{high}; pass 8-bit (0..255) or "
-                                     f"16-bit (0..65535) pixels")
-            return np.round(array.astype(np.float64) / 257.0).astype(np.uint8)  # 16-bit -> 8-bit
-    # floats are taken as [0, 1] (else 0..255); 8-bit integers and bools come through the same way
-    scaled = np.asarray(array, dtype=np.float64)
-    return np.clip(scaled * (255.0 if scaled.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    levels = _level_rule(kind, array.min(), array.max(), None)
+    out = np.empty(array.shape, np.uint8)
+    rows = max(1, STRIP_PIXELS // max(1, array[0].size))
+    for top in range(0, len(array), rows):
+        out[top:top + rows] = levels(array[top:top + rows])
+    return out
 
 
 def _from_array(source: np.ndarray) -> Image.Image:
@@ -335,13 +379,74 @@ def _name(source) -> str:
     return "PIL image" if isinstance(source, Image.Image) else "image"
 
 
-def _flatten(image: Image.Image, channels: int) -> Image.Image:
-    """Any Pillow mode -> "L" or "RGB": transparency on white, 16/32-bit and float scaled, not clipped."""
+def _is_deep(mode: str) -> bool:
+    return mode.startswith("I;16") or mode in ("I", "F")  # 16-bit, 32-bit integer, float
+
+
+def _strips(image: Image.Image, rows: int):
+    """(top, strip) for consecutive strips of ``rows`` rows; an image of at most ``rows`` rows is one strip."""
+    width, height = image.size
+    if rows >= height:
+        yield 0, image
+        return
+    for top in range(0, height, rows):
+        yield top, image.crop((0, top, width, min(height, top + rows)))  # keeps the palette and transparency
+
+
+def _deep_rule(image: Image.Image, name: str, rows: int):
+    """The ``_level_rule`` of a 16-bit, 32-bit or float image, from its whole range (read strip by strip)."""
+    low = high = None
+    for _, strip in _strips(image, rows):
+        values = np.asarray(strip)
+        low = values.min() if low is None else np.minimum(low, values.min())  # np.minimum keeps a NaN
+        high = values.max() if high is None else np.maximum(high, values.max())
+    transparent = image.info.get("transparency")
+    return _level_rule(values.dtype.kind, low, high, name, sixteen_bit=image.mode.startswith("I;16"),
+                       transparent=transparent if isinstance(transparent, int) else None)
+
+
+def _reduction(width: int, height: int, target: int | None) -> int:
+    """How much ``_flatten`` reduces an image above DRAFT_ABOVE_PIXELS for a ``target`` side: 1 (not at all)
+    for smaller ones; it stays at least DRAFT_MARGIN x the target a side, as big JPEGs do in draft mode."""
+    if not target or width * height <= DRAFT_ABOVE_PIXELS:
+        return 1
+    return max(1, min(width, height) // (DRAFT_MARGIN * target))
+
+
+def _flatten(image: Image.Image, channels: int, factor: int = 1, name: str = "image") -> Image.Image:
+    """Any Pillow mode -> "L" or "RGB": transparency on white, 16/32-bit and float scaled (``_level_rule``).
+
+    A strip at a time, so no full-size temporary is made; with a ``factor`` (``_reduction``) above 1 each
+    strip is then reduced by it (box averages of whole blocks, Image.reduce; the last row and column
+    average what is left). Every other step works pixel by pixel, so an image that is not reduced comes
+    out exactly as if converted whole. ``name`` is what errors call the image."""
+    width, height = image.size
+    rows = factor * max(1, STRIP_PIXELS // (width * factor))  # whole blocks: the same as reducing it whole
+    levels = _deep_rule(image, name, rows) if _is_deep(image.mode) else None
+    out = None
+    for top, strip in _strips(image, rows):
+        part = _flatten_pixels(strip, channels, levels)
+        if factor > 1:
+            part = part.reduce(factor)
+        if rows >= height:
+            return part
+        if out is None:
+            out = Image.new(part.mode, (-(-width // factor), -(-height // factor)))
+        out.paste(part, (0, top // factor))
+    return out
+
+
+def as_seen(image: Image.Image, channels: int, target: int, name: str = "image") -> Image.Image:
+    """An opened image as preprocessing sees it before fitting (mode handling, large pictures reduced for a
+    ``target`` side): what the contact sheet shows."""
+    return _flatten(image, channels, _reduction(*image.size, target), name)
+
+
+def _flatten_pixels(image: Image.Image, channels: int, levels) -> Image.Image:
+    """``_flatten`` of one strip; ``levels`` is the whole image's rule for 16/32-bit and float pixels."""
     mode = image.mode
-    if mode.startswith("I;16"):
-        image = Image.fromarray(np.round(np.asarray(image).astype(np.float64) / 257.0).astype(np.uint8), "L")
-    elif mode in ("I", "F"):
-        image = Image.fromarray(_array_to_uint8(np.asarray(image)), "L")
+    if levels is not None:
+        image = Image.fromarray(levels(np.asarray(image)), "L")
     elif mode == "La":  # premultiplied: on white, value + (255 - alpha)
         lum, alpha = (np.asarray(image.getchannel(i), dtype=np.int32) for i in (0, 1))
         image = Image.fromarray(np.clip(lum + 255 - alpha, 0, 255).astype(np.uint8), "L")
@@ -364,36 +469,46 @@ def _border_level(image: Image.Image):
     return level[0] if len(level) == 1 else level
 
 
-def _fit(image: Image.Image, spec: Preprocess) -> Image.Image:
+def _fit(image: Image.Image, spec: Preprocess, size: tuple | None = None, factor: int = 1) -> Image.Image:
+    """Make the image the spec's square. An image ``_flatten`` reduced by ``factor`` is fitted as its full
+    ``size`` would be: the boxes are worked out on that size and divided by the factor, so the geometry
+    stays exact although the reduced image's last row and column hold partial blocks."""
     side = spec.size
-    w, h = image.size
+    w, h = size or image.size
+    whole = (0, 0, w / factor, h / factor)
     if (w, h) == (side, side):
         return image
     if spec.fit == "stretch" or w == h:  # a square image is the same in every mode
-        return image.resize((side, side), Image.LANCZOS)
+        return image.resize((side, side), Image.LANCZOS, box=whole)
     if spec.fit == "crop":
         m = min(w, h)
         left, top = (w - m) // 2, (h - m) // 2
-        return image.resize((side, side), Image.LANCZOS, box=(left, top, left + m, top + m))
+        box = tuple(v / factor for v in (left, top, left + m, top + m))
+        return image.resize((side, side), Image.LANCZOS, box=box)
     scale = side / max(w, h)
     inner = (max(1, round(w * scale)), max(1, round(h * scale)))
     canvas = Image.new(image.mode, (side, side), _border_level(image))
-    canvas.paste(image.resize(inner, Image.LANCZOS), ((side - inner[0]) // 2, (side - inner[1]) // 2))
+    canvas.paste(image.resize(inner, Image.LANCZOS, box=whole), ((side - inner[0]) // 2, (side - inner[1]) // 2))
     return canvas
 
 
-def to_uint8(source: ImageSource, spec: Preprocess) -> np.ndarray:
-    """Stage 1: decode, upright, convert channels, fit to the square and fix stroke polarity -> (C, size, size) uint8."""
+def to_uint8(source: ImageSource, spec: Preprocess, name: str | None = None) -> np.ndarray:
+    """Stage 1: decode, upright, convert channels, fit to the square and fix stroke polarity -> (C, size, size) uint8.
+
+    ``name``: what errors call the image (a zip member's name, say); by default its path, or what it is."""
+    name = name or _name(source)
     image = open_reduced(source, spec.size)
     try:
-        image = _fit(_flatten(image, spec.channels), spec)
+        size = image.size
+        factor = _reduction(*size, spec.size)
+        image = _fit(_flatten(image, spec.channels, factor, name), spec, size, factor)
         if spec.invert:
             image = ImageOps.invert(image)
         array = np.asarray(image, dtype=np.uint8)
     except FastadaptError:
         raise
     except Exception as exc:  # e.g. a closed PIL image, a mode Pillow cannot convert
-        raise FastadaptError(f"{_name(source)}: cannot convert this image ({_reason(exc)}); "
+        raise FastadaptError(f"{name}: cannot convert this image ({_reason(exc)}); "
                              f"pass an open image in a usual mode (L, RGB, RGBA, P)") from None
     if array.ndim == 2:
         array = array[None]

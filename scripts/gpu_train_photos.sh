@@ -89,7 +89,7 @@ if [ "$tasks" -gt 0 ]; then
         set -- $shape
         for steps in "" "--steps 0"; do  # the exported recipe, then prototypes alone on the same tasks (--steps 0)
             fa evaluate "$out/photos.fadapt" --data "$zip" --ways "$1" --shots "$2" --query 15 --tasks "$tasks" \
-                --json $steps | tee -a "$out/evaluation.jsonl"
+                --colour off --json $steps | tee -a "$out/evaluation.jsonl"  # as the card's model column
             stage "evaluate ${1}w${2}s ${steps:-recipe}"
         done
     done

@@ -134,13 +134,13 @@ def colour_summary(report: dict | None) -> str:
 
 
 def _expand(inputs: List[Path]) -> list:
-    from ..data.classes import _folder_images
+    from ..data.classes import folder_images
 
     paths = []
     for item in inputs:
         if item.is_dir():
             # as --data reads a dataset: linked subfolders followed, each folder once; hidden ones skipped
-            candidates = [os.path.join(item, name) for name in _folder_images(str(item))]
+            candidates = [os.path.join(item, name) for name in folder_images(str(item))]
             found = sorted(p for p in candidates if os.path.isfile(p))
             for broken in sorted(p for p in candidates if os.path.islink(p) and not os.path.exists(p)):
                 warn(f"{printable(broken)}: a symbolic link to a file that does not exist; skipped")

@@ -17,7 +17,7 @@ import unicodedata
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import FastadaptError, warn
-from ..images import open_reduced
+from ..images import as_seen, open_reduced
 from ..outputs import write_atomic
 
 THUMB = 112
@@ -42,7 +42,9 @@ def _font(size: int):
 
 
 def contact_sheet(paths: list, predictions: list, out: str) -> None:
-    """A grid of thumbnails captioned 'label  93%' (and the file name), written atomically as PNG."""
+    """A grid of thumbnails captioned 'label  93%' ('? label  41%' in red when called unknown) and the file name,
+    written atomically as PNG. The thumbnails show what the model saw (transparency on white, 16-bit and float
+    pictures scaled as in preprocessing)."""
     if not str(out).lower().endswith(".png"):
         raise FastadaptError(f"{out}: a contact sheet is written as PNG; name it with .png")
     total = len(paths)
@@ -61,10 +63,13 @@ def contact_sheet(paths: list, predictions: list, out: str) -> None:
         else:
             sheet.paste(image, (x + (THUMB - image.width) // 2, y + (THUMB - image.height) // 2))
         draw.rectangle([x, y, x + THUMB - 1, y + THUMB + CAPTION - 1], outline=(200, 200, 200))
-        label = f"{printable(prediction.label, big)}  {100 * prediction.probability:.0f}%"
-        if getattr(prediction, "unknown", False):
-            label = f"unknown? {label}"  # closest class still shown, as on the command line
-        draw.text((x + 4, y + THUMB), _clip(draw, label, big), fill=(0, 0, 0), font=big)
+        # "label  93%": a long label is clipped, never the percentage. Unknown ("unknown? label" on the command
+        # line): "? label", in red, as the whole word leaves no room in a cell; the closest class is still shown
+        unknown = "? " if getattr(prediction, "unknown", False) else ""
+        percent = f"  {100 * prediction.probability:.0f}%"
+        room = THUMB - 8 - draw.textlength(unknown + percent, font=big)
+        caption = unknown + _clip(draw, printable(prediction.label, big), big, room) + percent
+        draw.text((x + 4, y + THUMB), caption, fill=(160, 0, 0) if unknown else (0, 0, 0), font=big)
         name = printable(str(path).replace("\\", "/").rsplit("/", 1)[-1], small)
         draw.text((x + 4, y + THUMB + 17), _clip(draw, name, small), fill=(110, 110, 110), font=small)
     if footer:
@@ -78,12 +83,15 @@ def contact_sheet(paths: list, predictions: list, out: str) -> None:
 
 
 def _thumbnail(path):
-    """The image reduced to fit a cell (a large JPEG decoded at reduced scale); None if unreadable."""
+    """The image as the model saw it, reduced to fit a cell (a large image reduced as it is converted); None if
+    unreadable."""
     try:
         # the loader of predict: regular files only, a pixel limit, EXIF orientation, JPEG draft for a target size
         image = open_reduced(path, THUMB)
+        # and its mode handling: 16-bit and float scaled, transparency on white (RGB, as colour models see it)
+        image = as_seen(image, 3, THUMB, str(path))
         image.thumbnail((THUMB - 8, THUMB - 8))
-        return image.convert("RGB")
+        return image
     except (FastadaptError, OSError, ValueError):
         return None
 
@@ -108,7 +116,8 @@ def _glyph(font, ch: str):
     return mask.size, bytes(mask)
 
 
-def _clip(draw, text: str, font) -> str:
-    while len(text) > 4 and draw.textlength(text, font=font) > THUMB - 8:
+def _clip(draw, text: str, font, width: float = THUMB - 8) -> str:
+    """``text`` shortened with "..." to at most ``width`` pixels (or to 4 characters)."""
+    while len(text) > 4 and draw.textlength(text, font=font) > width:
         text = text[:-4] + "..."  # ASCII: every font can draw it
     return text

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..bundle import ZIP_ERRORS, read_bounded
 from ..errors import FastadaptError, warn
-from ..images import MAX_STREAM_BYTES, Preprocess, decode_bytes, is_image_name, to_uint8
+from ..images import IMAGE_SUFFIXES, MAX_STREAM_BYTES, Preprocess, decode_bytes, is_image_name, to_uint8
 from ..outputs import KINDS
 
 
@@ -121,27 +121,38 @@ def _read_members(path: str) -> tuple:
         except ZIP_ERRORS as exc:  # is_zipfile only looks for the end record: the directory may still be broken
             raise FastadaptError(f"{path}: not a readable zip ({exc.__class__.__name__}: {exc}); repair or re-create "
                                  f"it, or pass --data a folder of class folders") from None
-        members = [n for n in archive.namelist() if not n.endswith("/") and is_image_name(n)
-                   and "__MACOSX" not in n]
+        files = [n for n in archive.namelist() if not n.endswith("/") and "__MACOSX" not in n]
+        members = [n for n in files if is_image_name(n)]
+        _warn_ignored(path, [n for n in files if not is_image_name(n) and is_visible_name(PurePosixPath(n).name)])
         return members, lambda n: _read_member(archive, path, n), archive
     if os.path.isdir(path):
-        return _folder_images(path), None, None
+        return folder_images(path), None, None
     if os.path.exists(path):
         raise FastadaptError(f"{path}: not a folder or a zip of class folders")
     raise FastadaptError(f"{path}: no such file or folder; pass a folder of class subfolders or a zip of them")
 
 
-def _folder_images(path: str) -> list:
-    """The image files under the folder ``path`` ('/'-separated, relative), following links to folders.
+def is_visible_name(name: str) -> bool:
+    return not name.startswith(".") and name != "__MACOSX"  # hidden files, macOS zip leftovers
+
+
+def folder_images(path: str, errors: list | None = None) -> list:
+    """The image files (by IMAGE_SUFFIXES) under the folder ``path`` ('/'-separated, relative), following links
+    to folders; other files are counted in one warning that names the first.
 
     Each folder is read once, whatever the links: a link to a folder already listed, or to an ancestor
-    (which would loop), is skipped. Real folders are listed before the links beside them, so a link, not
-    the folder it duplicates, is what is skipped."""
-    members, seen, skipped = [], {_identity(path): "."}, []
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+    (which would loop; one above ``path`` too, which would bring in its siblings), is skipped. Real folders
+    are listed before the links beside them, so a link, not the folder it duplicates, is what is skipped.
+    Folders that cannot be listed go to ``errors`` (OSErrors) when it is given, else one warning says so."""
+    members, seen, skipped, ignored, unreadable = [], {_identity(path): "."}, [], [], []
+    above = os.path.realpath(path)
+    while above != os.path.dirname(above):  # up to the root: a link to a folder holding ``path`` would loop
+        above = os.path.dirname(above)
+        seen.setdefault(_identity(above), "..")
+    for dirpath, dirnames, filenames in os.walk(path, onerror=unreadable.append, followlinks=True):
         rel = os.path.relpath(dirpath, path)
         here = () if rel == "." else PurePosixPath(rel).parts
-        visible = sorted(d for d in dirnames if not d.startswith("."))
+        visible = sorted(d for d in dirnames if is_visible_name(d))
         kept = []
         for d in sorted(visible, key=lambda d: os.path.islink(os.path.join(dirpath, d))):
             try:
@@ -155,13 +166,31 @@ def _folder_images(path: str) -> list:
                 seen[key] = name
                 kept.append(d)
         dirnames[:] = sorted(kept)
-        members += [PurePosixPath(*here, f).as_posix() for f in sorted(filenames) if is_image_name(f)]
+        for f in sorted(filenames):
+            if is_image_name(f):
+                members.append(PurePosixPath(*here, f).as_posix())
+            elif is_visible_name(f):
+                ignored.append(PurePosixPath(*here, f).as_posix())
     if skipped:
         name, same = skipped[0]
-        same = "the dataset folder itself" if same == "." else same
-        warn(f"{path}: skipped {len(skipped)} linked folder(s) that lead to a folder read already (a duplicate "
-             f"or a loop), first: {name} (the same folder as {same})")
+        same = {".": f"{path} itself", "..": f"a folder that holds {path}"}.get(same, f"the same folder as {same}")
+        warn(f"{path}: skipped {len(skipped)} linked folder(s) that lead to a folder read already or holding it (a "
+             f"duplicate or a loop), first: {name} ({same})")
+    _warn_ignored(path, ignored)
+    if errors is not None:
+        errors += unreadable
+    elif unreadable:
+        first = unreadable[0]
+        warn(f"{path}: cannot read {len(unreadable)} folder(s), skipped, first: {first.filename} "
+             f"({first.strerror or first}); check their permissions")
     return members
+
+
+def _warn_ignored(path: str, names: list) -> None:
+    """One warning for the files a scan left out because their names are not images'."""
+    if names:
+        warn(f"{path}: ignored {len(names)} file(s) not named as images ({', '.join(IMAGE_SUFFIXES[:4])}, ...), "
+             f"first: {names[0]}; rename any that are images")
 
 
 def _identity(folder: str) -> tuple:
@@ -191,7 +220,7 @@ def load_class_folders(path: str, spec: Preprocess, progress: Callable | None = 
                     if read is None:
                         arrays.append(to_uint8(os.path.join(path, f), spec))
                     else:
-                        arrays.append(to_uint8(decode_bytes(read(f), f"{path}:{f}"), spec))
+                        arrays.append(to_uint8(decode_bytes(read(f), f"{path}:{f}"), spec, name=f"{path}:{f}"))
                 except FastadaptError as exc:
                     bad.append(exc)  # its message names the image and why
                 done += 1

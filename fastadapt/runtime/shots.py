@@ -4,7 +4,9 @@
     cat/ a.png b.jpg ...
     dog/ c.png ...
 
-Any number of classes >= 2, any number of images per class (unbalanced is fine). A file that is
+Any number of classes >= 2, any number of images per class (unbalanced is fine). Class folders are
+listed as predict and evaluate --data list folders: files named as images (IMAGE_SUFFIXES; one warning
+counts the others), subfolders and linked subfolders included, each folder once. A file that is
 not a readable image (damaged, not an image, over the pixel limit, not a regular file such as a FIFO)
 is skipped with a warning naming it; a class left with no image is an error. Hidden files and folders
 (".DS_Store", ".git") are ignored. Images whose stroke polarity is the opposite of the model's
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.classes import folder_images, is_visible_name
 from ..errors import FastadaptError, warn
 from ..images import Preprocess, is_image_source, polarity_warning, to_uint8
 from ..manifest import printable
@@ -35,10 +38,6 @@ class Shots:
     source: str  # where they came from, for messages
 
 
-def _visible(name: str) -> bool:
-    return not name.startswith(".") and name != "__MACOSX"
-
-
 def _folder_classes(root: str) -> dict:
     if not os.path.exists(root):
         raise FastadaptError(f"{root}: no such shots folder; pass a folder with one subfolder per class "
@@ -46,7 +45,7 @@ def _folder_classes(root: str) -> dict:
     if not os.path.isdir(root):
         raise FastadaptError(f"{root}: is a file, not a shots folder; pass a folder with one subfolder per class")
     try:
-        entries = sorted(e for e in os.listdir(root) if _visible(e))
+        entries = sorted(e for e in os.listdir(root) if is_visible_name(e))
     except OSError as exc:
         raise FastadaptError(f"{root}: cannot read the shots folder ({exc.strerror or exc}); check its permissions") from None
     folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
@@ -61,10 +60,9 @@ def _folder_classes(root: str) -> dict:
     classes = {}
     for name in folders:
         folder = os.path.join(root, name)
-        files, errors = [], []
-        for dirpath, dirnames, filenames in os.walk(folder, onerror=errors.append):
-            dirnames[:] = sorted(d for d in dirnames if _visible(d))
-            files += [os.path.join(dirpath, f) for f in sorted(filenames) if _visible(f)]
+        # as predict and evaluate --data list a folder: image file names, linked subfolders followed, each folder once
+        errors = []
+        files = [os.path.join(folder, f) for f in folder_images(folder, errors)]
         if errors and not files:
             raise FastadaptError(f"{folder}: cannot read class folder '{name}' ({errors[0].strerror or errors[0]}); "
                                  f"check its permissions")
