@@ -30,10 +30,11 @@ from .errors import FastadaptError
 # Decoders we let Pillow try; others (EPS runs Ghostscript, PDF, ...) are never reached by a renamed file.
 # (Phone JPEGs holding several pictures, MPO, come through the JPEG decoder.)
 FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "GIF", "TIFF", "PPM")
-# The file names these decoders are registered for in Pillow (and .mpo, read by the JPEG decoder): what
-# folder scans (predict, evaluate --data, adapt --shots) take as images. A test keeps it equal to Pillow's list.
-IMAGE_SUFFIXES = (".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".bmp", ".webp", ".gif", ".tif",
-                  ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm")
+# The file names these decoders are registered for in Pillow 13 (and .mpo, read by the JPEG decoder), the
+# usual ones first (messages list the first few): what folder scans (predict, evaluate --data, adapt --shots)
+# take as images. A test checks that Pillow decodes each with one of FORMATS.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".apng", ".jpe", ".jfif",
+                  ".mpo", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm")
 
 # Largest image we decode, from the format's point of view rather than the machine's memory: a 48 MP
 # phone photo (8000x6000) loads; a decoded image stays under ~200 MB (4 bytes a pixel: RGB, RGBA, float),

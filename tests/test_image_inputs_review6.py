@@ -237,7 +237,9 @@ def test_floats_have_no_cliff_at_1_and_are_scaled_not_clipped_above_255(tmp_path
 def test_image_suffixes_are_the_allowed_decoders_file_names():
     Image.init()
     registered = {ext for ext, fmt in Image.registered_extensions().items() if fmt in images.FORMATS}
-    assert set(IMAGE_SUFFIXES) == registered | {".mpo"}  # MPO files are read by the JPEG decoder
+    # each name is one an allowed decoder takes (MPO files are read by the JPEG decoder); not an equality, so a
+    # newer Pillow that registers one more name does not fail this
+    assert set(IMAGE_SUFFIXES) - {".mpo"} <= registered
     for name in ("a.ppm", "b.PGM", "c.pbm", "d.pnm", "e.jfif", "f.jpe", "g.apng", "h.pfm"):
         assert is_image_name(name)
     assert not is_image_name("notes.txt") and not is_image_name(".hidden.png")
