@@ -114,10 +114,10 @@ def test_predict_follows_linked_subfolders(shapes, tmp_path, capsys):
         str(folder / "c.png"), str(folder / "linked" / "a.png"), str(folder / "linked" / "b.png")]
 
 
-@pytest.mark.parametrize("args, needle", [(["predict", "--bogus"], "No such option: --bogus"),
-                                          (["demo", "--shots", "7"], "Invalid value for '--shots'"),
-                                          (["adapt", "--shots", "x"], "Missing option '--out'"),
-                                          (["train", "--ways", "abc", "--out", "r"], "Invalid value for '--ways'")])
+# the needles are the flags: the parser's own wording around them may change between Click versions
+@pytest.mark.parametrize("args, needle", [(["predict", "--bogus"], "--bogus"), (["demo", "--shots", "7"], "'--shots'"),
+                                          (["adapt", "--shots", "x"], "'--out'"),
+                                          (["train", "--ways", "abc", "--out", "r"], "'--ways'")])
 def test_parser_errors_are_one_line_naming_the_flag_and_the_help(capsys, args, needle):
     code, out, err = run_cli(capsys, *args)
     assert code == 2 and out == "" and "Traceback" not in err
