@@ -90,7 +90,7 @@ def demo(
     correct = sum(p.label == t for p, t in zip(predictions, truths))
     steps = adapted.manifest["adaptation"]["steps"]
     console.print(f"accuracy {correct}/{len(queries)} = {100 * correct / len(queries):.1f}%  |  adaptation "
-                  f"({steps} SGD steps on {shots * len(support)} images, incl. reading them): {adapt_seconds:.2f} s  |  "
+                  f"({steps} SGD step{'' if steps == 1 else 's'} on {shots * len(support)} images, incl. reading them): {adapt_seconds:.2f} s  |  "
                   f"prediction: {predict_ms:.2f} ms per image")
     # plain print, not Rich: a file name is no markup ('[/x].fadapt' broke it), and printable keeps escapes out
     print(f"model: {printable(os.path.basename(loaded.path or ''))}  (fastadapt info {printable(loaded.path)} for its "

@@ -334,10 +334,10 @@ def _print_result(result: dict, as_json: bool) -> None:
         typer.echo(json.dumps(shown))
     elif "mse" in result:
         typer.echo(f"MSE {result['mse']:.4f} ± {result['ci95']:.4f} (95% CI) over {result['tasks']} tasks, "
-                   f"K={result['shots']}, {result['steps']} steps")
+                   f"K={result['shots']}, {result['steps']} step{'' if result['steps'] == 1 else 's'}")
     else:
         typer.echo(f"{result['ways']}-way {result['shots']}-shot: {result['accuracy_pct']:.2f}% ± "
-                   f"{result['ci95_pct']:.2f}% (95% CI) over {result['tasks']} tasks, {result['steps']} steps, "
+                   f"{result['ci95_pct']:.2f}% (95% CI) over {result['tasks']} tasks, {result['steps']} step{'' if result['steps'] == 1 else 's'}, "
                    f"{'transductive' if result['transductive'] else 'non-transductive'}"
                    + (", safeguarded" if result.get("safeguard") else "")
                    + (f", colour {result['colour']}" + (f" (used in {result['colour_used_pct']:.0f}% of the tasks)"
@@ -385,7 +385,7 @@ def export(
     manifest = export_run(rundir, out, checkpoint, say=lambda stage: print(f"export: {stage} ...", file=sys.stderr,
                                                                           flush=True))
     size = os.path.getsize(out) / 1e6
-    typer.echo(f"wrote {printable(out)} ({size:.2f} MB); runtime vs torch after {manifest['verification']['steps']} steps: "
+    typer.echo(f"wrote {printable(out)} ({size:.2f} MB); runtime vs torch after {manifest['verification']['steps']} step{'' if manifest['verification']['steps'] == 1 else 's'}: "
                f"max abs diff {manifest['verification']['max_abs_diff']:.2e}")
     if secret is not None:
         from ..signing import sign_bundle

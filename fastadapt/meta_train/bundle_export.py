@@ -32,7 +32,7 @@ def export_bundle(out_path, model, spec, recipe: il.InnerLoop, params: dict, pre
     bundle = meta_bundle(model, spec, recipe, meta, forward_bytes, step_bytes, preprocess, provenance, evaluation)
     if rates is not None:
         bundle.manifest["inner_loop"]["learned_lrs"] = rates.detach().double().cpu().tolist()
-    say(f"verifying: {steps} SGD steps through the runtime against torch")
+    say(f"verifying: {steps} SGD step{'' if steps == 1 else 's'} through the runtime against torch")
     bundle.manifest["verification"] = {"max_abs_diff": verify(bundle, model, steps, task), "steps": steps}
     save_bundle(out_path, bundle)
     return bundle.manifest
