@@ -215,6 +215,48 @@ def write_json(path: str, obj) -> None:
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def split_path(rundir: str) -> str:
+    """split.json: the class names of the run's training, validation and test parts, as the data was when the
+    run started. The split is a function of the data's class list, so a folder that gains or loses a class
+    splits differently: --resume and evaluate compare against this record."""
+    return os.path.join(rundir, "split.json")
+
+
+def read_split(rundir: str) -> dict | None:
+    """The recorded split; None for a run from before it was recorded (nothing to compare with)."""
+    path = split_path(rundir)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            split = json.load(f)
+        if isinstance(split, dict) and all(isinstance(split.get(k), list) for k in SPLIT_PARTS):
+            return split
+    except (OSError, ValueError):
+        pass
+    raise FastadaptError(f"{path}: damaged record of the run's class split; restore it from a backup, or delete it "
+                         f"to skip the check that the data's classes are the ones the run was trained on")
+
+
+def shown_names(names: list) -> str:
+    """A few names for a message, and how many there are in all."""
+    shown = ", ".join(str(n) for n in names[:5])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+
+
+def changed_classes(recorded: dict, split: dict) -> str:
+    """'' when the data's classes split as recorded; else what changed ('added: ...; removed: ...')."""
+    if all(sorted(recorded[k]) == sorted(split[k]) for k in SPLIT_PARTS):
+        return ""
+    before, after = (set().union(*(map(str, d[k]) for k in SPLIT_PARTS)) for d in (recorded, split))
+    added, removed = sorted(after - before), sorted(before - after)
+    parts = ([f"added: {shown_names(added)}"] if added else []) + ([f"removed: {shown_names(removed)}"] if removed else [])
+    return "; ".join(parts) or "the same classes, split otherwise"
+
+
 def save_checkpoint(path: str, params: dict, optimizer_state: dict | None, progress: dict) -> None:
     """params: name -> array; optimizer_state: torch optimiser state_dict with tensors as arrays."""
     arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}

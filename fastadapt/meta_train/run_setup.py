@@ -183,6 +183,7 @@ class Samplers:
     train: object
     val: object
     preprocess: Preprocess | None
+    split: dict | None = None  # the class names of each part ("train", "val", "test"; no rotated copies)
 
 
 def make_samplers(c: TrainConfig) -> Samplers:
@@ -193,7 +194,9 @@ def make_samplers(c: TrainConfig) -> Samplers:
     splits = load_splits(c.data, c.protocol, c.seed, c.val_classes, c.rotations, spec, ways=c.ways)
     train = TaskSampler(splits.train, c.ways, c.shots, c.query, c.seed, where="training classes")
     val = TaskSampler(splits.val, c.ways, c.shots, c.query, c.seed + 1, where="validation classes")
-    return Samplers(train, val, spec)
+    base = splits.train.names[:len(splits.train) // 4] if c.rotations else splits.train.names  # rotations follow
+    return Samplers(train, val, spec, {"train": list(base), "val": list(splits.val.names),
+                                       "test": list(splits.test.names)})
 
 
 def to_tensors(task, preprocess: Preprocess | None, device, ways: int) -> TaskTensors:

@@ -32,9 +32,9 @@ from .inner_loop import InnerLoop, network_params
 from .run_setup import (Samplers, batched_path, check_config, check_effect, describe_data, init_meta_params, make_samplers,
                     model_spec_of, recipe_of, resolve_device, task_stream)
 from .recorder import Diverged, RunRecorder
-from .run import (RESUMABLE, RunLock, TrainConfig, check_limits, config_path, has_checkpoint, load_checkpoint,
-                  load_optimizer_state, read_config, remove_empty_run, remove_temp_files, truncate_metrics,
-                  write_json)
+from .run import (RESUMABLE, RunLock, TrainConfig, changed_classes, check_limits, config_path, has_checkpoint,
+                  load_checkpoint, load_optimizer_state, read_config, read_split, remove_empty_run, remove_temp_files,
+                  split_path, truncate_metrics, write_json)
 
 def resolve_config(c: TrainConfig, rundir: str, resume: bool, given: set | None = None) -> TrainConfig:
     """The config to train with: ``c`` for a new run, the run's own for --resume. Writes nothing.
@@ -209,6 +209,13 @@ def _start(job: distributed.Job, c: TrainConfig, rundir: str, resume: bool, give
     device = resolve_device(str(job.device) if job.active else c.device, c.tf32)  # CUDA: TF32 only if asked
     log(f"loading {describe_data(c)} ...")
     samplers = make_samplers(c)  # bad data fails here
+    recorded = read_split(rundir) if resume and samplers.split is not None else None
+    changed = recorded and changed_classes(recorded, samplers.split)
+    if changed:  # the split moved: the rest of the run would train on classes that validation or test held
+        raise FastadaptError(f"--resume: the classes of {c.data} changed since {rundir} started ({changed}), so "
+                             f"they would split differently and the run would go on training on classes its "
+                             f"validation or test parts held; restore the data as it was, or start a new run "
+                             f"with another --out")
     spec = model_spec_of(c)
     model = build_model(spec).to(device)
     params = init_meta_params(model, c, device)
@@ -240,6 +247,8 @@ def _begin_folder(s: _Start, rundir: str, resume: bool, quiet: bool, log) -> Non
             if os.path.exists(os.path.join(rundir, name)):
                 os.unlink(os.path.join(rundir, name))
     write_json(config_path(rundir), c.to_dict())
+    if s.samplers.split is not None and not (resume and os.path.exists(split_path(rundir))):
+        write_json(split_path(rundir), s.samplers.split)  # what --resume and evaluate compare the data with
     if c.pretrain_epochs and not (resume and os.path.exists(last_path)):
         from .pretrain import pretrain_body
 
