@@ -230,7 +230,10 @@ def _open_regular(path) -> tuple:
     if not os.path.exists(path):
         raise FastadaptError(f"{where}: no such model file; pass a .fadapt bundle made by 'fastadapt export' or 'fastadapt adapt'")
     if os.path.isdir(path):
-        raise FastadaptError(f"{where}: is a folder, not a .fadapt bundle (for a training run, use 'fastadapt export {where}')")
+        run = os.path.exists(os.path.join(path, "config.json"))  # a training run's folder: export makes its bundle
+        raise FastadaptError(f"{where}: is a folder, not a .fadapt bundle"
+                             + (f" (a training run: make its bundle with 'fastadapt export {where}')" if run else
+                                "; pass a .fadapt file made by 'fastadapt export' or 'fastadapt adapt'"))
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except (OSError, ValueError) as exc:

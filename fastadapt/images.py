@@ -181,8 +181,9 @@ def _decode(fp, name: str, target: int | None) -> Image.Image:
         return image
     except FastadaptError:
         raise
-    except Exception as exc:  # truncated or corrupt pixel data
-        raise FastadaptError(f"{name}: not a readable image ({_reason(exc)}); use PNG, JPEG, BMP or WebP") from None
+    except Exception as exc:  # truncated or corrupt pixel data: the format is fine, the file is not
+        raise FastadaptError(f"{name}: not a readable image: the {image.format or 'image'} file is damaged "
+                             f"({_reason(exc)}); save it again or remove it") from None
 
 
 def _formats() -> list:

@@ -4,6 +4,7 @@ any image is decoded, `info` shows the colour decision, and predict follows link
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -129,3 +130,23 @@ def test_help_and_version_still_exit_0(capsys):
     for args in (["--version"], ["info", "--help"]):
         code, out, err = run_cli(capsys, *args)
         assert code == 0 and out and err == ""
+
+
+def test_a_folder_given_as_a_model_is_told_apart_from_a_run(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "info", EXAMPLES / "shots")
+    assert_user_error(code, out, err, "is a folder, not a .fadapt bundle")
+    assert "export" not in err.split("bundle", 1)[1].split("made by")[0]  # a data folder: no 'fastadapt export' advice
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    code, out, err = run_cli(capsys, "info", run)
+    assert_user_error(code, out, err, f"fastadapt export {run}")
+
+
+def test_a_truncated_jpeg_is_called_damaged_not_an_unknown_format(tmp_path):
+    buffer = io.BytesIO()
+    Image.open(STAR).convert("L").save(buffer, "JPEG")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])  # its header is whole, its pixels are not
+    with pytest.raises(FastadaptError, match=r"cut\.jpg: not a readable image: the JPEG file is damaged .*save it again"):
+        fastadapt.load().adapt({"a": [str(cut)], "b": [STAR]})
