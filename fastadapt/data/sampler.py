@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FastadaptError
-from .classes import ImageClasses
+from .classes import ImageClasses, few
 
 
 @dataclass
@@ -21,6 +21,19 @@ class Task:
     query_x: np.ndarray
     query_y: np.ndarray
     classes: np.ndarray  # dataset class index of each label
+
+
+def _folder_names(names: list, all_names: list) -> list:
+    """The class folders behind ``names``: a rotated copy ('c00@rot90', see ImageClasses.with_rotations)
+    counts as its folder 'c00', so the user is not sent looking for folders that do not exist."""
+    present = set(all_names)
+    folders = []
+    for name in names:
+        base, _, angle = name.rpartition("@rot")
+        folder = base if angle in ("90", "180", "270") and base in present else name
+        if folder not in folders:
+            folders.append(folder)
+    return folders
 
 
 class TaskSampler:
@@ -38,9 +51,11 @@ class TaskSampler:
         small = [(n, len(x)) for n, x in zip(data.names, data.images) if len(x) < need]
         if small:
             name, count = small[0]
+            folders = _folder_names([n for n, _ in small], data.names)
             raise FastadaptError(
                 f"class '{name}' of the {where} has {count} images, fewer than --shots + --query = {need}"
-                f" ({len(small)} such classes); lower --shots/--query or remove those classes")
+                f" ({len(folders)} such class folder(s): {few(folders)}); lower --shots/--query or add images "
+                f"to those folders")
         self.data, self.ways, self.shots, self.query, self.seed = data, ways, shots, query, seed
 
     def choose(self, index: int) -> tuple:

@@ -15,17 +15,15 @@ training data are warned about, once per call.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.classes import folder_images, is_visible_name
+from ..data.classes import (folder_images, is_visible_name, refuse_lookalikes, unsupported_image, warn_identical_classes,
+                            warn_ignored)
 from ..errors import FastadaptError, warn
 from ..images import Preprocess, is_image_source, polarity_warning, to_uint8
-from ..manifest import printable
 
 
 @dataclass
@@ -57,35 +55,26 @@ def _folder_classes(root: str) -> dict:
     loose = [e for e in entries if e not in folders]
     if loose:
         warn(f"{root}: ignored {len(loose)} file(s) outside class subfolders, first: {loose[0]}")
-    classes = {}
+    classes, ignored = {}, []
     for name in folders:
         folder = os.path.join(root, name)
         # as predict and evaluate --data list a folder: image file names, linked subfolders followed, each folder once
-        errors = []
-        files = [os.path.join(folder, f) for f in folder_images(folder, errors)]
+        errors, others = [], []
+        files = [os.path.join(folder, f) for f in folder_images(folder, errors, others)]
+        ignored += [f"{name}/{f}" for f in others]
         if errors and not files:
             raise FastadaptError(f"{folder}: cannot read class folder '{name}' ({errors[0].strerror or errors[0]}); "
                                  f"check its permissions")
         for error in errors:
             warn(f"{error.filename}: cannot read this folder ({error.strerror or error}), skipped")
         if not files:
-            raise FastadaptError(f"{folder}: class folder '{name}' has no images; add at least one image "
-                                 f"or remove the folder")
+            first = unsupported_image(others)
+            raise FastadaptError(f"{folder}: class folder '{name}' has no images" + (
+                f" fastadapt can read ({first}: convert it to JPEG or PNG)" if first else
+                "; add at least one image or remove the folder"))
         classes[name] = files
+    warn_ignored(root, ignored)  # one line for the folder, not one per class (Thumbs.db in each)
     return classes
-
-
-def _refuse_lookalikes(names, source: str) -> None:
-    """Two labels that render alike but are spelt with different code points ("café" as one character
-    or as "e" plus a combining accent: macOS and Windows file names differ so) would be two classes."""
-    seen = {}
-    for name in names:
-        key = unicodedata.normalize("NFC", name)
-        if key in seen:
-            raise FastadaptError(f"{source}: class names '{printable(seen[key])}' and '{printable(name)}' look the "
-                                 f"same but are spelt with different Unicode characters ({ascii(seen[key])} and "
-                                 f"{ascii(name)}); rename one, or merge their images into one class")
-        seen[key] = name
 
 
 def dict_classes(shots: dict) -> dict:
@@ -106,19 +95,6 @@ def dict_classes(shots: dict) -> dict:
     return classes
 
 
-def _warn_identical_classes(names: list, arrays: list, labels: list, source: str) -> None:
-    """Two classes with the same images (a class folder copied under another name) cannot be told apart:
-    their answers split between them, and the unknown score loses its scale. Say so once."""
-    seen = {}
-    for index, name in enumerate(names):
-        key = frozenset(hashlib.sha256(a.tobytes()).digest() for a, label in zip(arrays, labels) if label == index)
-        if key in seen:
-            warn(f"{source}: classes '{printable(seen[key])}' and '{printable(name)}' have the same images, so the "
-                 f"model cannot tell them apart; remove one or give each its own images")
-            return
-        seen[key] = name
-
-
 def _describe(item, label, index) -> str:
     if isinstance(item, (str, os.PathLike)):
         return str(os.fspath(item))
@@ -137,7 +113,7 @@ def load_shots(shots, spec: Preprocess) -> Shots:
         folder_of = {name: source for name in classes}
     else:
         raise FastadaptError(f"shots must be a folder path or a dict {{label: [images]}}, got {type(shots).__name__}")
-    _refuse_lookalikes(classes, source)
+    refuse_lookalikes(classes, source)
     if len(classes) < 2:
         only = next(iter(classes), None)
         raise FastadaptError(f"{source}: found {len(classes)} class{'' if only is None else f' ({only})'}; "
@@ -167,5 +143,6 @@ def load_shots(shots, spec: Preprocess) -> Shots:
     message = polarity_warning(arrays, spec, names)
     if message:
         warn(f"{source}: {message}")
-    _warn_identical_classes(list(classes), arrays, labels, source)
+    warn_identical_classes(list(classes), [[a for a, label in zip(arrays, labels) if label == index]
+                                           for index in range(len(classes))], source)
     return Shots(list(classes), np.stack(arrays), np.asarray(labels, dtype=np.int64), counts, skipped, source)
