@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .data.classes import ImageClasses
+from .data.classes import ImageClasses, few
 from .data.sampler import Task, TaskSampler
 from .data.sources import DEFAULT_WAYS, default_protocol, is_omniglot, load_splits
 from .errors import FastadaptError, warn
@@ -44,6 +44,22 @@ def evaluation_protocol(requested: str, trained: str | None, data: str, same_dat
         warn(f"{{protocol}} {requested} is not the {trained} split this model was trained with: on its training "
              f"data, {requested}'s test classes may include classes it was trained or selected on", "protocol")
     return requested
+
+
+def check_test_classes(recorded: list, now: list, data: str, model: str, seen: list = ()) -> None:
+    """Refuse to score ``model`` on its own training data when the data's classes changed since training: the
+    split is a function of the class list, so it moved, and today's test classes (``now``; ``recorded``: the
+    run's) may include ones it trained or was selected on (``seen``, where known)."""
+    now = sorted(map(str, now))
+    if sorted(map(str, recorded)) == now:
+        return
+    before, seen = set(map(str, recorded)), set(map(str, seen))
+    leaked = [name for name in now if name in seen]
+    what = (f"{len(leaked)} of today's test classes were its training or validation classes ({few(leaked)})" if leaked
+            else f"test classes it was not tested on: {few([name for name in now if name not in before])}")
+    raise FastadaptError(f"--data {data}: its classes changed since {model} was trained, so its test split moved: "
+                         f"{what}; evaluate on the data as it was, or on new classes only with --data NEW "
+                         f"--protocol all")
 
 
 def unseen_classes(data: str, protocol: str, split_seed: int, val_classes: int,

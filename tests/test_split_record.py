@@ -9,6 +9,8 @@ import shutil
 
 import pytest
 
+import fastadapt
+
 from sample_data import write_glyph_folders
 from test_cli_runtime import assert_user_error, run_cli
 
@@ -54,3 +56,16 @@ def test_a_run_without_a_split_record_still_evaluates_and_resumes(run, capsys):
     assert run_cli(capsys, "evaluate", rundir, "--ways", "3", "--shots", "1", "--query", "2", "--tasks", "2")[0] == 0
     assert run_cli(capsys, "train", "--out", rundir, "--resume", "--iterations", "3", "--quiet")[0] == 0
     assert (rundir / "split.json").exists()  # recorded from now on
+
+
+def test_a_bundle_carries_its_test_classes_and_its_evaluation_checks_them(run, capsys, tmp_path):
+    data, rundir = run
+    bundle = tmp_path / "m.fadapt"
+    code, out, err = run_cli(capsys, "export", rundir, "--out", bundle)
+    assert code == 0, err
+    split = json.loads((rundir / "split.json").read_text())
+    assert fastadapt.load(str(bundle)).manifest["provenance"]["test_classes"] == sorted(split["test"])
+    args = ["evaluate", bundle, "--data", data, "--ways", "3", "--shots", "1", "--query", "2", "--tasks", "2"]
+    assert run_cli(capsys, *args)[0] == 0
+    shutil.rmtree(data / sorted(split["train"])[0])
+    assert_user_error(*run_cli(capsys, *args), "its classes changed since m.fadapt was trained")

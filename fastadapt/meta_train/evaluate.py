@@ -17,7 +17,7 @@ import torch
 from ..data.sampler import TaskSampler
 from ..errors import FastadaptError, warn
 from ..data.sources import data_location
-from ..evaluation import evaluate_tasks, evaluation_protocol, mean_ci95, unseen_class_sampler
+from ..evaluation import check_test_classes, evaluate_tasks, evaluation_protocol, mean_ci95, unseen_class_sampler
 from ..outputs import KINDS
 from .algorithms import TaskTensors, per_task
 from .denormals import flushing_denormals
@@ -132,25 +132,6 @@ def unseen_task_sampler(config, data: str, protocol: str, ways: int, shots: int,
     return sampler, spec
 
 
-def check_test_classes(rundir: str, data: str, test: list) -> None:
-    """Refuse to score a run on its own data when that data's classes changed since training (split.json): the
-    split moved, and today's test classes may include ones the run trained or was selected on."""
-    from .run import read_split, shown_names
-
-    recorded = read_split(rundir)
-    test = sorted(map(str, test))
-    if recorded is None or sorted(map(str, recorded["test"])) == test:
-        return
-    seen = set(map(str, recorded["train"])) | set(map(str, recorded["val"]))
-    leaked = [name for name in test if name in seen]
-    new = [name for name in test if name not in set(map(str, recorded["test"]))]
-    what = (f"{len(leaked)} of today's test classes were training or validation classes of this run "
-            f"({shown_names(leaked)})" if leaked else f"test classes it was not tested on before: {shown_names(new)}")
-    raise FastadaptError(f"--data {data}: its classes changed since {rundir} was trained (its split.json), so its "
-                         f"test split moved: {what}; evaluate on the data as it was, or on new classes only with "
-                         f"--data NEW --protocol all")
-
-
 def load_meta_params(rundir: str, checkpoint: str, device) -> tuple:
     """(config, model spec, recipe, model, meta-parameters as tensors) of a run folder's checkpoint."""
     from ..models import build_model
@@ -219,6 +200,7 @@ def evaluate_run(rundir: str, data: str | None = None, protocol: str = "auto", w
     bundle's provenance.
     """
     from ..data.sinusoid import SinusoidSampler
+    from .run import read_split
     from .run_setup import resolve_device
 
     dev = resolve_device(device)
@@ -249,8 +231,10 @@ def evaluate_run(rundir: str, data: str | None = None, protocol: str = "auto", w
             protocol = evaluation_protocol(protocol, config.protocol, data, data_location(data) == config.data)
             sampler, spec_pre = unseen_task_sampler(config, data, protocol, ways, 1 if shots is None else shots, query,
                                                     seed)
-            if data_location(data) == config.data and protocol == config.protocol:
-                check_test_classes(rundir, data, sampler.data.names)
+            recorded = read_split(rundir)
+            if recorded is not None and data_location(data) == config.data and protocol == config.protocol:
+                check_test_classes(recorded["test"], sampler.data.names, data, rundir,
+                                   seen=recorded["train"] + recorded["val"])
             with flushing_denormals():
                 result = evaluate_classification(model, params, recipe, sampler, spec_pre, dev, tasks, steps, lr,
                                                  spec.norm, transductive, progress,

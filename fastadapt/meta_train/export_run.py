@@ -80,6 +80,18 @@ def read_evaluations(rundir: str, skipped: list | None = None) -> list:
     return rows
 
 
+def test_classes(rundir: str, skipped: list) -> list | None:
+    """The run's test classes (split.json), for the bundle's provenance; None for a run without the record."""
+    from .run import read_split
+
+    try:
+        split = read_split(rundir)
+    except FastadaptError as exc:
+        _skip(os.path.join(rundir, "split.json"), str(exc).split("; ", 1)[0].split(": ", 1)[-1], skipped)
+        return None
+    return None if split is None else sorted(map(str, split["test"]))
+
+
 def verification_task(config, ways: int = 5):
     """A real task of the run's unseen classes (preprocessed), or None when the data is not here."""
     from ..data.sampler import TaskSampler
@@ -156,6 +168,9 @@ def export_run(rundir: str, out: str, checkpoint: str = "best", say=lambda stage
     }
     skipped = []  # damaged optional records: the export goes on, and the bundle says what it lacks
     provenance["stages"] = training_stages(rundir, skipped)
+    test = test_classes(rundir, skipped)
+    if test is not None:  # evaluate of the bundle on its training data checks the data still splits so
+        provenance["test_classes"] = test
     evaluations = read_evaluations(rundir, skipped)
     if skipped:
         provenance["skipped"] = skipped

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from ..data.classes import few
 from ..data.sources import DEFAULT_SEED, DEFAULT_VAL_CLASSES, DEFAULT_WAYS
 from ..bundle import FLOAT32, ZIP_ERRORS, _read_array
 from ..outputs import write_atomic
@@ -241,19 +242,13 @@ def read_split(rundir: str) -> dict | None:
                          f"to skip the check that the data's classes are the ones the run was trained on")
 
 
-def shown_names(names: list) -> str:
-    """A few names for a message, and how many there are in all."""
-    shown = ", ".join(str(n) for n in names[:5])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
-
-
 def changed_classes(recorded: dict, split: dict) -> str:
     """'' when the data's classes split as recorded; else what changed ('added: ...; removed: ...')."""
     if all(sorted(recorded[k]) == sorted(split[k]) for k in SPLIT_PARTS):
         return ""
     before, after = (set().union(*(map(str, d[k]) for k in SPLIT_PARTS)) for d in (recorded, split))
     added, removed = sorted(after - before), sorted(before - after)
-    parts = ([f"added: {shown_names(added)}"] if added else []) + ([f"removed: {shown_names(removed)}"] if removed else [])
+    parts = ([f"added: {few(added)}"] if added else []) + ([f"removed: {few(removed)}"] if removed else [])
     return "; ".join(parts) or "the same classes, split otherwise"
 
 

@@ -17,7 +17,7 @@ from ..bundle import read_bundle, save_bundle
 from ..data.sampler import Task
 from ..data.sources import DEFAULT_SEED, DEFAULT_VAL_CLASSES, DEFAULT_WAYS
 from ..errors import FastadaptError
-from ..evaluation import evaluate_tasks, evaluation_protocol, mean_ci95, unseen_class_sampler
+from ..evaluation import check_test_classes, evaluate_tasks, evaluation_protocol, mean_ci95, unseen_class_sampler
 from .colour import check_mode
 from ..images import to_float
 from .loading import load
@@ -35,13 +35,26 @@ def split_settings(manifest: dict) -> dict:
             "split_ways": int(config.get("ways", DEFAULT_WAYS))}
 
 
+def _trained_on(model: Model, data: str) -> bool:
+    """Whether ``data`` is the data the bundle was trained on: the folder or file of the same name (the bundle
+    records its trainer's path)."""
+    trained_on = str((model.manifest.get("provenance") or {}).get("data") or "")
+    return bool(trained_on) and os.path.basename(os.path.normpath(trained_on)) == os.path.basename(os.path.normpath(data))
+
+
 def bundle_protocol(model: Model, requested: str, data: str) -> str:
-    """``evaluation_protocol`` for a bundle: its training protocol and data from its provenance (the data
-    counts as the same when the folder or file has the same name: the bundle records its trainer's path)."""
+    """``evaluation_protocol`` for a bundle: its training protocol and data from its provenance."""
     provenance = model.manifest.get("provenance") or {}
-    trained_on = str(provenance.get("data") or "")
-    same = bool(trained_on) and os.path.basename(os.path.normpath(trained_on)) == os.path.basename(os.path.normpath(data))
-    return evaluation_protocol(requested, provenance.get("protocol"), data, same)
+    return evaluation_protocol(requested, provenance.get("protocol"), data, _trained_on(model, data))
+
+
+def check_bundle_test_classes(model: Model, path, data: str, protocol: str, test: list) -> None:
+    """On its own training data and split, the test classes must be the run's (provenance.test_classes,
+    from the run's split.json): a data folder that gained or lost a class splits differently."""
+    provenance = model.manifest.get("provenance") or {}
+    recorded = provenance.get("test_classes")
+    if (isinstance(recorded, list) and _trained_on(model, data) and protocol == provenance.get("protocol")):
+        check_test_classes(recorded, test, data, os.path.basename(os.fspath(path)))
 
 
 def _meta_model(path, fix: str) -> Model:
@@ -79,6 +92,7 @@ def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5,
     protocol = bundle_protocol(model, protocol, data)
     sampler = unseen_class_sampler(data, protocol, preprocess=spec, ways=ways, shots=shots, query=query, seed=seed,
                                    **split_settings(model.manifest))
+    check_bundle_test_classes(model, path, data, protocol, sampler.data.names)
     classes = [str(i) for i in range(ways)]
     steps = int(model.recipe["steps"]) if steps is None else steps
     kept, coloured = [], []
@@ -149,6 +163,7 @@ def evaluate_unknown(path: str, data: str, protocol: str = "auto", ways: int = 5
     except FastadaptError as exc:  # its limits name 2 x ways, which the caller never typed
         raise FastadaptError(f"evaluate_unknown samples 2 x ways classes per task (ways known, as many unknown): "
                              f"{exc}") from None
+    check_bundle_test_classes(model, path, data, protocol, sampler.data.names)
     classes = [str(i) for i in range(ways)]
     rows = {"auroc": [], "accuracy_at_far": [], "accuracy_closed_set": [], "calibrated_accepted_in_set": [],
             "calibrated_false_accept": []}
