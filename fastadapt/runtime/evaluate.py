@@ -48,7 +48,7 @@ def bundle_protocol(model: Model, requested: str, data: str) -> str:
     return evaluation_protocol(requested, provenance.get("protocol"), data, _trained_on(model, data))
 
 
-def check_bundle_test_classes(model: Model, path, data: str, protocol: str, test: list) -> None:
+def _check_bundle_test_classes(model: Model, path, data: str, protocol: str, test: list) -> None:
     """On its own training data and split, the test classes must be the run's (provenance.test_classes,
     from the run's split.json): a data folder that gained or lost a class splits differently."""
     provenance = model.manifest.get("provenance") or {}
@@ -92,7 +92,7 @@ def evaluate_bundle(path: str, data: str, protocol: str = "auto", ways: int = 5,
     protocol = bundle_protocol(model, protocol, data)
     sampler = unseen_class_sampler(data, protocol, preprocess=spec, ways=ways, shots=shots, query=query, seed=seed,
                                    **split_settings(model.manifest))
-    check_bundle_test_classes(model, path, data, protocol, sampler.data.names)
+    _check_bundle_test_classes(model, path, data, protocol, sampler.data.names)
     classes = [str(i) for i in range(ways)]
     steps = int(model.recipe["steps"]) if steps is None else steps
     kept, coloured = [], []
@@ -163,7 +163,7 @@ def evaluate_unknown(path: str, data: str, protocol: str = "auto", ways: int = 5
     except FastadaptError as exc:  # its limits name 2 x ways, which the caller never typed
         raise FastadaptError(f"evaluate_unknown samples 2 x ways classes per task (ways known, as many unknown): "
                              f"{exc}") from None
-    check_bundle_test_classes(model, path, data, protocol, sampler.data.names)
+    _check_bundle_test_classes(model, path, data, protocol, sampler.data.names)
     classes = [str(i) for i in range(ways)]
     rows = {"auroc": [], "accuracy_at_far": [], "accuracy_closed_set": [], "calibrated_accepted_in_set": [],
             "calibrated_false_accept": []}
