@@ -32,7 +32,9 @@ Bundles are byte-reproducible: members in a fixed order, with a fixed timestamp 
 Reading is bounded by the format, not by the machine: each member's size is checked against
 MEMBER_LIMITS before it is read and again while reading, and every .npy header in params.npz is
 checked (dtype, shape, size) before its array is allocated. The optional members are read only
-when the manifest lists them (with their SHA-256), under the same checks.
+when the manifest lists them (with their SHA-256), under the same checks. A bundle holds the members
+above and nothing else, with no bytes before or after the zip: fastadapt never writes others, so any
+are an edit made afterwards (which checksums and signatures, covering only the listed members, would miss).
 """
 
 from __future__ import annotations
@@ -248,7 +250,8 @@ def _open_regular(path) -> tuple:
 def _check_directory(file, where: str) -> None:
     """Bound the zip's central directory before zipfile parses it into one object per entry (a crafted
     directory of millions of entries would otherwise cost gigabytes): at most MAX_DIRECTORY_BYTES, and
-    no zip64, which a bundle never needs. Reads the end-of-central-directory record as zipfile will."""
+    no zip64, which a bundle never needs; and nothing after it (zipfile would ignore such bytes). Reads the
+    end-of-central-directory record as zipfile will."""
     size = os.fstat(file.fileno()).st_size
     tail = min(size, 20 + 22 + 65535)  # a zip64 locator (20 bytes), the record (22) and the longest comment
     file.seek(size - tail)
@@ -258,6 +261,9 @@ def _check_directory(file, where: str) -> None:
     at = len(data) - 22 if data[-22:-18] == b"PK\x05\x06" and data[-2:] == b"\0\0" else data.rfind(b"PK\x05\x06")
     if at < 0 or at + 22 > len(data):
         return  # not a zip at all: zipfile says so
+    if at + 22 != len(data):  # fastadapt writes no zip comment: these bytes were added to the file
+        raise FastadaptError(f"{where}: {len(data) - at - 22:,} bytes follow its zip data (appended or a zip comment, "
+                             f"which fastadapt never writes); {CHANGED}")
     directory = struct.unpack_from("<I", data, at + 12)[0]
     if data[max(0, at - 20):at - 16] == b"PK\x06\x07":
         raise FastadaptError(f"{where}: is a zip64 archive, which a bundle (far below 4 GB) never is; refused as "
@@ -265,6 +271,21 @@ def _check_directory(file, where: str) -> None:
     if directory > MAX_DIRECTORY_BYTES:
         raise FastadaptError(f"{where}: its zip directory is too large ({directory:,} bytes, a bundle's is under "
                              f"1 KB); refused as damaged or crafted, re-export it")
+
+
+# fastadapt writes bundles whole (save_bundle, sign_bundle): anything else in the file was put there afterwards
+CHANGED = "the bundle was changed after it was written, re-export or re-download it"
+
+
+def _refuse_unknown_members(infos: dict, manifest: dict, where: str) -> None:
+    """Only the members fastadapt writes: readers skip others, but a device that unzips or forwards a verified
+    bundle would carry them (even one named ../../evil.onnx). An optional member must be in the manifest."""
+    known = {"manifest.json", MANIFEST_CHECKSUM, signing.SIGNATURES, *MEMBERS,
+             *(name for name in OPTIONAL_MEMBERS if name in manifest["members"])}
+    for name in infos:
+        if name not in known:
+            raise FastadaptError(f"{where}: holds member '{printable(name)[:80]}', which fastadapt never writes "
+                                 f"there; {CHANGED}")
 
 
 def _read_member(archive: zipfile.ZipFile, infos: dict, name: str, where: str) -> bytes:
@@ -330,6 +351,9 @@ def read_bundle(path, trusted_keys=None, check_trust: bool = True) -> Bundle:
                     infos[info.filename] = info
                 if len(infos) > MAX_MEMBERS:
                     raise FastadaptError(f"{where}: more than {MAX_MEMBERS} members; not a fastadapt bundle")
+                first = min((info.header_offset for info in infos.values()), default=0)
+                if first:  # zipfile skips bytes put before the zip (a script, say); a bundle starts with its first member
+                    raise FastadaptError(f"{where}: {first:,} bytes precede its zip data (prepended); {CHANGED}")
                 if "manifest.json" not in infos:
                     raise FastadaptError(f"{where}: not a fastadapt bundle (no manifest.json)")
                 manifest_bytes = _read_member(archive, infos, "manifest.json", where)
@@ -340,6 +364,7 @@ def read_bundle(path, trusted_keys=None, check_trust: bool = True) -> Bundle:
                 signatures = _read_member(archive, infos, signing.SIGNATURES, where) if signing.SIGNATURES in infos else None
                 signed_by = signing.check(manifest_bytes, signatures, keys, where) if keys else None
                 manifest = validate_manifest(_parse_manifest(manifest_bytes, where), where)
+                _refuse_unknown_members(infos, manifest, where)
                 data = {}
                 for name in MEMBERS + tuple(n for n in OPTIONAL_MEMBERS if n in manifest["members"]):
                     data[name] = _read_member(archive, infos, name, where)

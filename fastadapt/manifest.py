@@ -4,7 +4,9 @@ A manifest comes from a file anyone may have crafted, so ``validate_manifest`` c
 reads (kind, preprocess, inner_loop, parameters, members, classes, and the few free-form fields that
 ``fastadapt info`` and ``evaluate`` format) and bounds the rest (size, nesting). Limits come from the
 format, not from the machine: a bundle that passes cannot make the runtime allocate without bound or
-loop for ever. Keys this version does not know are allowed (newer exporters may add some).
+loop for ever. Keys this version does not know are allowed (newer exporters may add some), except inside
+``preprocess`` and ``inner_loop``: those define the device's arithmetic, so a key there that this version
+would ignore could change the answers, and is refused as needing a newer fastadapt.
 
 ``printable`` makes any string from a bundle safe to print on a terminal (no escape sequences).
 
@@ -46,6 +48,12 @@ MAX_CLASSES = 10_000  # adapted bundles: head rows
 MAX_LABEL_CHARS = 256  # a class name
 MAX_FEATURE_DIM = 1 << 20  # architecture.feature_dim (Conv4: 64 at 28x28, 1600 at 84x84)
 FITS = ("pad", "stretch", "crop")  # preprocess.fit (images.Preprocess), when present
+RESIZES = ("lanczos",)  # preprocess.resize: the one filter images.py implements
+# Every key these sections have held in any format version (images.Preprocess.to_dict; InnerLoop.to_dict with
+# the exporter's "adapted" and "learned_lrs"): anything else is a newer writer's, which would change the answers.
+PREPROCESS_KEYS = ("size", "channels", "invert", "mean", "std", "fit", "resize")
+INNER_LOOP_KEYS = ("steps", "lr", "adapt", "loss", "head_init", "head_scale", "adapted", "learned_lrs")
+NEWER = "a newer fastadapt may read it ('pip install -U fastadapt')"
 HEAD_INITS = ("zero", "prototype", "learned")
 KINDS = ("meta", "adapted")
 # model_card: {section: text}. The shipped default's sections, in the order 'fastadapt info' prints them
@@ -145,9 +153,17 @@ def _check_version(manifest: dict) -> None:
                              f"({FORMAT_VERSION}); upgrade with 'pip install -U fastadapt'")
 
 
+def _refuse_unknown_keys(section: dict, field: str, known: tuple) -> None:
+    """A key this version would silently ignore in a section that decides the device's answers."""
+    for key in section:
+        if key not in known:
+            raise FastadaptError(f"manifest field {field} holds {_show(key)}, which this fastadapt does not know; {NEWER}")
+
+
 def _check_preprocess(manifest: dict) -> None:
     pre = manifest.get("preprocess")
     _need(isinstance(pre, dict), "preprocess", "an object", pre)
+    _refuse_unknown_keys(pre, "preprocess", PREPROCESS_KEYS)
     size, channels = pre.get("size"), pre.get("channels")
     _need(_is_int(size) and MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE, "preprocess.size",
           f"a whole number {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}", size)
@@ -163,8 +179,9 @@ def _check_preprocess(manifest: dict) -> None:
           f"numbers in [{MIN_STD:g}, {MAX_NORMALISATION:g}] (images are divided by it)", pre["std"])
     if "fit" in pre:
         _need(pre["fit"] in FITS and isinstance(pre["fit"], str), "preprocess.fit", " or ".join(FITS), pre["fit"])
-    if "resize" in pre:
-        _need(isinstance(pre["resize"], str), "preprocess.resize", "a string", pre["resize"])
+    if "resize" in pre and (not isinstance(pre["resize"], str) or pre["resize"] not in RESIZES):
+        raise FastadaptError(f"manifest field preprocess.resize must be {' or '.join(RESIZES)} (the filter this "
+                             f"fastadapt implements), got {_show(pre['resize'])}; {NEWER}")
     arch = manifest.get("architecture") or {}
     # the graph's input shape is fixed at export: a preprocess that disagrees would only fail later
     for key, arch_key in (("size", "image_size"), ("channels", "channels")):
@@ -191,6 +208,7 @@ def _check_parameters(manifest: dict) -> list:
 def _check_inner_loop(manifest: dict, names: list) -> None:
     loop = manifest.get("inner_loop")
     _need(isinstance(loop, dict), "inner_loop", "an object", loop)
+    _refuse_unknown_keys(loop, "inner_loop", INNER_LOOP_KEYS)
     steps, lr = loop.get("steps"), loop.get("lr")
     _need(_is_int(steps) and 0 <= steps <= MAX_STEPS, "inner_loop.steps", f"a whole number 0..{MAX_STEPS}", steps)
     _need(_is_number(lr) and 0 < lr <= MAX_LR, "inner_loop.lr", f"a finite number in (0, {MAX_LR:g}]", lr)

@@ -1,4 +1,4 @@
-"""Refuse ONNX graphs whose tensors name files to read ("external data").
+"""Refuse ONNX graphs whose tensors name files to read ("external data"); the IR version graphs are written with.
 
 An ONNX tensor may say "my values are in file X". onnxruntime honours that even for a graph handed to it
 as bytes, reading X relative to the current folder, so a crafted bundle could read any of the user's
@@ -25,6 +25,28 @@ _HOLDS = {
 _EXTERNAL_DATA, _DATA_LOCATION = 13, 14  # TensorProto: the file's key/values; 1 = EXTERNAL
 _MAX_DEPTH = 64  # nested subgraphs (If/Loop bodies); ours have none
 _MAX_FIELDS = 1_000_000  # the shipped step graph has ~11,000: a bound on the walk's time (~2 s), not a size
+_IR_VERSION_FIELD = 1  # ModelProto.ir_version
+
+# The ONNX IR version of every graph fastadapt writes. The exporters stamp the newest they know (10 with onnx
+# 1.16+), which onnxruntime 1.17, the oldest the package accepts, refuses; the graphs are opset 20 and use
+# nothing that IR 10 added (4-bit types, ...), so IR 9 states them exactly and every onnxruntime >= 1.17 reads them.
+IR_VERSION = 9
+
+
+def stamp_ir_version(model) -> None:
+    """Give an onnx ModelProto the IR version fastadapt writes (never a newer one than it had)."""
+    model.ir_version = min(int(model.ir_version), IR_VERSION)
+
+
+def ir_version(onnx_bytes: bytes) -> int | None:
+    """The IR version a serialised ONNX model states, None if it states none or cannot be read."""
+    try:
+        for field, wire, value in _fields(onnx_bytes, 0, len(onnx_bytes)):
+            if field == _IR_VERSION_FIELD and wire == 0:
+                return value
+    except (_Malformed, IndexError):
+        return None
+    return None
 
 
 class _Malformed(Exception):

@@ -6,13 +6,14 @@ writes two files:
   model.onnx             the bundle's forward graph with the adapted weights inside (initializers):
                          input  "images" float32 (B, C, H, W), preprocessed as the recipe says
                          outputs "probabilities" float32 (B, N), softmax over the classes in recipe order,
-                                 "features" float32 (B, D)
-                         (the class names and the recipe are also in the model's metadata_props)
-  model.preprocess.json  the preprocessing recipe (RECIPE_FORMAT) and the class names
+                                 "features" float32 (B, D), "logits" float32 (B, N) (the softmax's input)
+                         (the class names, the recipe and its unknown rule are also in the model's metadata_props)
+  model.preprocess.json  the preprocessing recipe (RECIPE_FORMAT), the class names and the numbers that
+                         ``predict(..., unknown=True)`` uses ("unknown": score, threshold, scales)
 
 Before writing, the file runs in onnxruntime on the bundle's stored shots and on fixed random images,
 and its probabilities must agree with ``AdaptedModel.probabilities`` (``probabilities_agree``: the rule of
-``agrees`` on the logits, carried through the softmax); otherwise nothing is written. Building the graph needs the ``onnx`` package
+``agrees`` on the logits, carried through the softmax), and its logits under ``agrees``; otherwise nothing is written. Building the graph needs the ``onnx`` package
 (fastadapt[train]); it is imported only here, so the runtime stays onnx-free.
 """
 
@@ -24,8 +25,9 @@ import os
 import numpy as np
 
 from .errors import FastadaptError
-from .images import to_float
+from .images import DRAFT_ABOVE_PIXELS, DRAFT_MARGIN, to_float
 from .manifest import printable
+from .onnx_wire import stamp_ir_version
 from .outputs import check_inputs, probe_folder, refuse_unwritable, write_all
 
 RECIPE_FORMAT = "fastadapt-onnx-preprocess"
@@ -88,25 +90,64 @@ def _named(adapted) -> str:
 
 
 def recipe(adapted, onnx_name: str) -> dict:
-    """How to turn an image into the model's input, and what its outputs mean."""
+    """How to turn an image into the model's input, and what its outputs mean: exact enough to reimplement
+    outside Python (the README's prepare() is the same in Pillow)."""
     spec = adapted.preprocess
+    side, margin = spec.size, DRAFT_MARGIN
     return {
         "format": RECIPE_FORMAT, "version": 1, "model": onnx_name,
         "input": {"name": "images", "dtype": "float32", "layout": "NCHW",
                   "shape": ["batch", spec.channels, spec.size, spec.size]},
-        "outputs": {"probabilities": "float32 (batch, classes): softmax, in the order of 'classes'",
+        "outputs": {"probabilities": "float32 (batch, classes): softmax of logits, in the order of 'classes'",
                     "features": "float32 (batch, feature_dim): the embedding the head classifies" +
                     (" (the network's features, then the colour histogram times the colour scale)"
-                     if adapted.manifest.get("colour") else "")},
+                     if adapted.manifest.get("colour") else ""),
+                    "logits": "float32 (batch, classes): what the softmax is taken of (for the unknown score)"},
         "classes": list(adapted.classes),
-        "steps": ["decode; apply the EXIF orientation",
-                  "transparent pixels onto white; convert to 'L' (channels 1) or 'RGB' (channels 3)",
-                  "fit into size x size (Lanczos): 'pad' = scale the longer side to size and centre on the "
-                  "median colour of the image's outermost pixels; 'crop' = the centre square; 'stretch' = squash",
-                  "if invert: 255 - pixel", "pixel / 255, then (x - mean[c]) / std[c], float32, channels first"],
+        "steps": [
+            "decode; for a picture of more than reduce_above_pixels pixels, JPEGs are decoded reduced (Pillow's "
+            f"JpegImageFile.draft(None, ({margin * side}, {margin * side})): libjpeg DCT scaling by s, the largest "
+            f"of 8, 4, 2, 1 not above min(width // {margin * side}, height // {margin * side}), to ceil(width / s) "
+            "x ceil(height / s)); then apply the EXIF orientation",
+            "8-bit pixels as they are; 16-bit: round(v / 257); float: v * 255 / max(1, largest value), clipped to "
+            "0..255 and truncated; transparent pixels onto white, straight alpha: "
+            "(c * a + 255 * (255 - a) + 127) // 255",
+            "convert to 'L' (channels 1: Pillow's ITU-R 601 luma, (19595 R + 38470 G + 7471 B + 32768) >> 16) or "
+            "'RGB' (channels 3)",
+            f"if still more than reduce_above_pixels pixels: f = min(width, height) // {margin * side}; if f > 1, "
+            "average f x f blocks (Pillow's Image.reduce; the last row and column average what is left), and do "
+            "the fit below on the unreduced width and height with every box divided by f",
+            "fit into size x size with Pillow's Lanczos (Image.resize(..., LANCZOS): Lanczos-3, its support "
+            "stretched by the scale factor when shrinking, horizontal pass then vertical, each rounded to 0..255; "
+            "not OpenCV's INTER_LANCZOS4). 'crop': the centre square m = min(w, h), box ((w - m) // 2, "
+            "(h - m) // 2) to that + m; 'stretch' (and any square image): the whole image; 'pad': the whole image "
+            "to (round(w * size / max(w, h)), round(h * size / max(w, h))) (round half to even, at least 1), "
+            "pasted at ((size - that) // 2) on a square of the median of the outermost rows and columns (per "
+            "channel, corners counted twice, rounded half to even)",
+            "if invert: 255 - pixel",
+            "the uint8 pixels / 255, then (x - mean[c]) / std[c], float32, channels first",
+        ],
         "size": spec.size, "channels": spec.channels, "color": "L" if spec.channels == 1 else "RGB",
         "fit": spec.fit, "resize": "lanczos", "invert": spec.invert, "mean": list(spec.mean), "std": list(spec.std),
+        "reduce_above_pixels": DRAFT_ABOVE_PIXELS, "reduce_margin": DRAFT_MARGIN,
+        "unknown": _unknown_rule(adapted),
     }
+
+
+def _unknown_rule(adapted) -> dict:
+    """What ``predict(..., unknown=True)`` computes, from the model's outputs (runtime/unknown.py)."""
+    from .runtime import unknown
+    from .runtime.head import head_scale_of
+
+    rule = {"score": adapted.unknown_score, "threshold": adapted.unknown_threshold}
+    if adapted.unknown_score != unknown.NEAREST_PROTOTYPE:
+        return {**rule, "formula": "score = max(probabilities); unknown when score < threshold (none calibrated: "
+                                   "choose one)"}
+    head_scale = head_scale_of(adapted.manifest)
+    return {**rule, "head_scale": head_scale,
+            "prototype_scale": unknown.prototype_scale(adapted.params, head_scale),  # unrounded, as predict uses it
+            "formula": "score = (max(logits) / head_scale - sum(features ** 2)) / prototype_scale, in float64; "
+                       "unknown when not score >= threshold"}
 
 
 def _build_onnx(adapted, described: dict) -> bytes:
@@ -123,20 +164,23 @@ def _build_onnx(adapted, described: dict) -> bytes:
     for given in weights:
         graph.initializer.append(numpy_helper.from_array(adapted.params[given.name], given.name))
         graph.input.remove(given)
-    logits, features = "logits", next((o for o in graph.output if o.name == "features"), None)
+    features = next((o for o in graph.output if o.name == "features"), None)
     if features is None:  # the runtime refuses such a bundle at load; a Bundle built by hand can still get here
         raise FastadaptError(f"{_named(adapted)}: forward.onnx has no 'features' output; the bundle does not follow "
                              f"the .fadapt contract, re-export it")
     if adapted.manifest.get("colour"):
-        logits = _add_colour(graph, adapted, helper, numpy_helper)
+        _add_colour(graph, adapted, helper, numpy_helper)
         features = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", None])
-    graph.node.append(helper.make_node("Softmax", [logits], ["probabilities"], axis=1, name="probabilities"))
+    graph.node.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1, name="probabilities"))
     del graph.output[:]
-    graph.output.extend([helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
-                                                       ["B", len(adapted.classes)]), features])
-    for key, value in (("classes", json.dumps(adapted.classes)),
-                       ("preprocess", json.dumps(described)), ("producer", "fastadapt")):
+    classes = len(adapted.classes)
+    # logits last, so code written for the first two outputs is unchanged; the unknown score needs them
+    graph.output.extend([helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["B", classes]), features,
+                         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", classes])])
+    for key, value in (("classes", json.dumps(adapted.classes)), ("preprocess", json.dumps(described)),
+                       ("unknown", json.dumps(described["unknown"])), ("producer", "fastadapt")):
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    stamp_ir_version(model)  # readable by onnxruntime 1.17 (onnx_wire.IR_VERSION)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001  (onnx raises ValidationError and others)
@@ -145,14 +189,15 @@ def _build_onnx(adapted, described: dict) -> bytes:
     return model.SerializeToString()
 
 
-def _add_colour(graph, adapted, helper, numpy_helper) -> str:
+def _add_colour(graph, adapted, helper, numpy_helper) -> None:
     """The colour cue (runtime/colour.py) in ONNX: the histogram of the input, its head added to the logits,
-    and "features" made the joint [network features, a h] -> the name of the joint logits."""
+    and "logits" and "features" made the joint ones (the joint head's logits, [network features, a h])."""
     from .manifest import COLOUR
 
-    for node in graph.node:  # the network's own features keep flowing into its head under a new name
-        node.input[:] = ["network_features" if n == "features" else n for n in node.input]
-        node.output[:] = ["network_features" if n == "features" else n for n in node.output]
+    renamed = {"features": "network_features", "logits": "network_logits"}
+    for node in graph.node:  # the network's own outputs keep flowing under new names
+        node.input[:] = [renamed.get(n, n) for n in node.input]
+        node.output[:] = [renamed.get(n, n) for n in node.output]
     spec, cue = adapted.preprocess, adapted.manifest["colour"]
     bins = int(cue["bins"])
 
@@ -177,18 +222,17 @@ def _add_colour(graph, adapted, helper, numpy_helper) -> str:
              ("Mul", ["colour.histogram", const("colour.scale", float(cue["scale"]))], "colour.features"),
              ("MatMul", ["colour.features", const("colour.rows", adapted.params[COLOUR[0]].T)], "colour.products"),
              ("Add", ["colour.products", const("colour.offsets", adapted.params[COLOUR[1]])], "colour.logits"),
-             ("Add", ["logits", "colour.logits"], "joint_logits"),
+             ("Add", ["network_logits", "colour.logits"], "logits"),
              ("Concat", ["network_features", "colour.features"], "features")]
     attributes = {"ReduceSum": {"keepdims": 0}, "ReduceMean": {"keepdims": 0}, "Cast": {"to": 7},  # 7: int64
                   "OneHot": {"axis": -1}, "Concat": {"axis": 1}}
     for op, inputs, output in nodes:
         graph.node.append(helper.make_node(op, inputs, [output], name=output, **attributes.get(op, {})))
-    return "joint_logits"
 
 
 def _check(adapted, data: bytes) -> dict:
-    """The standalone graph's probabilities agree with AdaptedModel's, on stored shots and random images:
-    -> {"images": how many were compared, "max_abs_diff": the largest difference}."""
+    """The standalone graph's probabilities (and the logits the unknown score reads) agree with AdaptedModel's, on
+    stored shots and random images -> {"images": how many were compared, "max_abs_diff": the largest difference}."""
     from .runtime.adaptation import softmax
     from .runtime.sessions import make_session
 
@@ -201,8 +245,9 @@ def _check(adapted, data: bytes) -> dict:
     logits = adapted._outputs(x)[0]  # first: it names a bundle whose graph takes other images than it makes
     expected = softmax(logits)
     session = make_session(data, "standalone model.onnx")
-    got = session.run(["probabilities"], {"images": x})[0]
-    if got.shape != expected.shape or not probabilities_agree(got, expected, logits):
+    got, got_logits = session.run(["probabilities", "logits"], {"images": x})
+    if got.shape != expected.shape or not probabilities_agree(got, expected, logits) or \
+            got_logits.shape != logits.shape or not agrees(got_logits, logits):
         difference = float(np.abs(got - expected).max()) if got.shape == expected.shape else got.shape
         raise FastadaptError(f"{_named(adapted)}: the standalone ONNX model disagrees with fastadapt's "
                              f"predictions (max |difference| {difference}); nothing was written, please report it")

@@ -158,7 +158,7 @@ def test_standalone_onnx_of_a_colour_model_agrees(coloured, tmp_path):
     assert "colour histogram" in recipe["outputs"]["features"]
     session = onnxruntime.InferenceSession(str(tmp_path / "photos.onnx"))
     x = preprocess([p for paths in examples("queries").values() for p in paths], coloured.preprocess)
-    probabilities, features = session.run(None, {"images": x})
+    probabilities, features = session.run(["probabilities", "features"], {"images": x})
     expected = coloured.probabilities(x)
     assert probabilities_agree(probabilities, expected, coloured._outputs(x)[0])
     assert (probabilities.argmax(1) == expected.argmax(1)).all()

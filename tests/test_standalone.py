@@ -14,7 +14,7 @@ from PIL import Image
 import fastadapt
 from conftest import glyph_images
 from fastadapt.errors import FastadaptError
-from fastadapt.images import preprocess
+from fastadapt.images import DRAFT_ABOVE_PIXELS, DRAFT_MARGIN, preprocess
 from fastadapt.standalone import probabilities_agree
 from sample_data import REPO
 from test_cli_runtime import assert_user_error, run_cli
@@ -31,10 +31,23 @@ def adapted(tmp_path_factory):
     return fastadapt.load(str(path))
 
 
-def readme_example() -> str:
+def readme_example(block: int = 0) -> str:
+    """The README Deploy section's Python code: block 0 the whole example, block 1 the unknown score."""
     text = (REPO / "README.md").read_text()
     section = text.split("## Deploy without fastadapt", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[block]
+
+
+def run_readme_example(adapted, tmp_path, monkeypatch, paths) -> dict:
+    """Export ``adapted`` as mine.onnx and run the README's example on ``paths`` as written -> its variables."""
+    code = readme_example()
+    assert "fastadapt" not in code
+    adapted.export_onnx(str(tmp_path / "mine.onnx"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["example.py", *map(str, paths)])
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace
 
 
 def test_export_writes_a_self_contained_model_and_its_recipe(adapted, tmp_path):
@@ -43,19 +56,19 @@ def test_export_writes_a_self_contained_model_and_its_recipe(adapted, tmp_path):
     recipe = adapted.export_onnx(str(tmp_path / "m.onnx"))
     model = onnx.load(str(tmp_path / "m.onnx"))
     assert [i.name for i in model.graph.input] == ["images"]  # every weight is inside
-    assert [o.name for o in model.graph.output] == ["probabilities", "features"]
+    assert [o.name for o in model.graph.output] == ["probabilities", "features", "logits"]
     written = json.loads((tmp_path / "m.preprocess.json").read_text())
     assert written == json.loads(json.dumps(recipe))
     assert written["classes"] == adapted.classes and written["size"] == adapted.preprocess.size and written["invert"] is True
     assert written["verification"]["images"] > 8  # the stored shots and the fixed random images
-    assert json.loads({p.key: p.value for p in model.metadata_props}["classes"]) == adapted.classes
+    metadata = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(metadata["classes"]) == adapted.classes
+    assert json.loads(metadata["unknown"]) == written["unknown"] == json.loads(metadata["preprocess"])["unknown"]
+    assert (written["reduce_above_pixels"], written["reduce_margin"]) == (DRAFT_ABOVE_PIXELS, DRAFT_MARGIN)
 
 
 def test_readme_example_gives_fastadapts_probabilities(adapted, tmp_path, monkeypatch):
     """The README's plain-onnxruntime code, run as written, on square, non-square and transparent pictures."""
-    code = readme_example()
-    assert "fastadapt" not in code
-    adapted.export_onnx(str(tmp_path / "mine.onnx"))
     paths = []
     for i, (image,) in enumerate(glyph_images(4, 1, seed=8).values()):
         paths.append(str(tmp_path / f"square{i}.png"))
@@ -67,10 +80,7 @@ def test_readme_example_gives_fastadapts_probabilities(adapted, tmp_path, monkey
     tall.paste(Image.new("RGBA", (5, 30), (0, 0, 0, 255)), (8, 10))
     tall.save(tmp_path / "tall.png")
     paths += [str(tmp_path / "wide.png"), str(tmp_path / "tall.png")]
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["example.py", *paths])
-    namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    namespace = run_readme_example(adapted, tmp_path, monkeypatch, paths)
     expected = np.array([[p for _, p in sorted(r.top, key=lambda t: adapted.classes.index(t[0]))]
                          for r in adapted.predict(paths, top=len(adapted.classes))])
     got = namespace["probabilities"]
@@ -78,6 +88,42 @@ def test_readme_example_gives_fastadapts_probabilities(adapted, tmp_path, monkey
     logits = adapted._outputs(preprocess(paths, adapted.preprocess))[0]
     assert probabilities_agree(got, expected, logits)
     assert [adapted.classes[i] for i in got.argmax(1)] == [r.label for r in adapted.predict(paths)]
+
+
+def test_readme_prepare_equals_fastadapt_on_a_rotated_phone_jpeg(adapted, tmp_path, monkeypatch):
+    """A 12 MP phone photo (EXIF orientation 6): fastadapt decodes it reduced (JPEG draft mode), and so does the
+    README's prepare(); the inputs are identical, not merely close."""
+    y, x = np.mgrid[0:3000, 0:4000].astype(np.float32)
+    pixels = np.stack([128 + 90 * np.sin(x / 97 + c) * np.cos(y / 53 - c) for c in range(3)], -1)
+    pixels += np.random.default_rng(0).normal(0, 20, pixels.shape)  # fine detail, which the reduction averages
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display, as phones write
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90, exif=exif)
+    assert 4000 * 3000 > DRAFT_ABOVE_PIXELS
+    namespace = run_readme_example(adapted, tmp_path, monkeypatch, [path])
+    expected = preprocess([str(path)], adapted.preprocess)[0]
+    assert np.array_equal(namespace["prepare"](str(path)), expected)
+    assert namespace["probabilities"].argmax() == adapted.probabilities(expected[None]).argmax()
+
+
+def test_readme_unknown_score_gives_predicts_verdicts(adapted, tmp_path, monkeypatch):
+    """The export's logits and features with recipe["unknown"], as the README computes them, reject exactly the
+    images that predict(..., unknown=True) rejects, with the same scores."""
+    shots = [images[0] for images in glyph_images(4, 3, seed=7).values()]  # the adapted classes: known
+    others = [images[0] for images in glyph_images(3, 1, seed=8).values()]  # other glyphs: unknown
+    paths = []
+    for i, image in enumerate(shots + others + [Image.new("L", (30, 30), 255)]):
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
+    namespace = run_readme_example(adapted, tmp_path, monkeypatch, paths)
+    logits, features = namespace["session"].run(["logits", "features"], {"images": namespace["images"]})
+    scope = {**namespace, "logits": logits, "features": features}
+    exec(compile(readme_example(1), "README.md", "exec"), scope)
+    expected = adapted.predict([str(p) for p in paths], unknown=True)
+    assert list(scope["unknown"]) == [p.unknown for p in expected]
+    assert 0 < sum(scope["unknown"]) < len(paths)  # both verdicts occur
+    assert np.allclose(scope["score"], [p.score for p in expected], rtol=1e-4, atol=1e-5)
 
 
 def test_cli_export_onnx(adapted, tmp_path, capsys):

@@ -23,6 +23,7 @@ from torch.export import Dim
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..errors import FastadaptError
+from ..onnx_wire import stamp_ir_version
 from . import inner_loop as il
 from .onnx_rewrites import DECOMPOSITIONS, FORWARD_DECOMPOSITIONS
 
@@ -77,7 +78,9 @@ def _to_onnx(fn, args, dynamic: list, input_names: list, output_names: list, dec
         program = torch.onnx.export(graph, tuple(args), dynamo=True, dynamic_shapes=tuple(dynamic),
                                     input_names=input_names, output_names=output_names,
                                     optimize=True, verbose=False)
-    return program.model_proto.SerializeToString()
+    proto = program.model_proto  # a new proto at each access
+    stamp_ir_version(proto)  # readable by onnxruntime 1.17 (onnx_wire.IR_VERSION)
+    return proto.SerializeToString()
 
 
 # Graphs already traced in this process. The parameters are graph inputs, so the graphs depend only on

@@ -7,11 +7,17 @@ Threads: by default one per CPU core. Set ``FASTADAPT_THREADS=N`` to cap it, e.g
 shares its cores with other work. Prediction uses them inside each operator (onnxruntime's intra-op
 threads); an SGD step instead runs chunks of the support set side by side, one thread each (see
 ``Graphs.step``), because a few dozen 28x28 images are too little work to split inside an operator.
+
+Telemetry: official onnxruntime builds send usage events to Microsoft and keep a device identifier under
+~/.cache unless ``ORT_DISABLE_TELEMETRY=1`` is set before onnxruntime starts. A device SDK should not do
+that on its users' behalf, so fastadapt sets it (only if the program has not set it either way) before it
+imports onnxruntime (``_onnxruntime``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +25,7 @@ import numpy as np
 
 from ..errors import FastadaptError, warn
 from ..manifest import printable
+from ..onnx_wire import IR_VERSION, ir_version
 
 # Most support images per step-graph call. Small chunks keep memory low (20-way 5-shot `fastadapt adapt`,
 # 2 threads: peak RSS 190-210 MB with 8, 260-340 MB with 32; 160 MB with 32 on one thread) and were as
@@ -61,9 +68,18 @@ def configured_threads() -> int:
     return threads
 
 
+def _onnxruntime():
+    """onnxruntime, imported with its telemetry off unless the program chose otherwise (module docstring)."""
+    if "onnxruntime" not in sys.modules:  # once it is imported, the setting no longer counts
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    return onnxruntime
+
+
 def _session_options(threads: int | None = None):
     """Options for a session with ``threads`` intra-op threads (default: ``configured_threads()``)."""
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or configured_threads()
@@ -81,12 +97,17 @@ def _session_options(threads: int | None = None):
 
 
 def make_session(onnx_bytes: bytes, where: str, threads: int | None = None):
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     try:
         return ort.InferenceSession(onnx_bytes, _session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        stated = ir_version(onnx_bytes)
+        if "ir version" in str(exc).lower() and stated is not None and stated > IR_VERSION:  # a newer exporter's
+            raise FastadaptError(f"{printable(where)}: onnxruntime {ort.__version__} cannot load the graph, which is "
+                                 f"ONNX IR version {stated} (fastadapt writes {IR_VERSION}); upgrade onnxruntime "
+                                 f"(pip install -U onnxruntime) or re-export the bundle with this fastadapt") from None
         raise FastadaptError(f"{printable(where)}: onnxruntime cannot load the graph ({printable(first[:200])}); "
                              f"re-export the bundle with a matching fastadapt version") from None
 
@@ -107,7 +128,7 @@ def _starter(onnx_bytes: bytes) -> ThreadPoolExecutor:
     global _flushing_starter
     with _flush_lock:
         if _flushing_starter is None:
-            import onnxruntime as ort
+            ort = _onnxruntime()
 
             def claim_flush_mode():
                 options = _session_options(1)
