@@ -120,7 +120,7 @@ def test_predict_csv(shapes, capsys):
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
     assert list(rows[0]) == ["path", "label", "probability", "unknown", "score", "top1_label", "top1_probability",
-                             "top2_label", "top2_probability"]
+                             "top2_label", "top2_probability", "error"]
     assert [r["path"] for r in rows] == queries
     assert rows[0]["label"] == rows[0]["top1_label"] == 'star, "big"' and rows[1]["label"] == "circle"
     assert '"star, ""big"""' in out  # quoted by the csv module
@@ -129,7 +129,8 @@ def test_predict_csv(shapes, capsys):
         assert row["unknown"] == "false" and float(row["score"]) == float(row["score"])
     code, out, _ = run_cli(capsys, "predict", "--model", shapes, queries[0], "--csv", "--top", "5")
     header, row = list(csv.reader(io.StringIO(out)))
-    assert len(header) == len(row) == 5 + 2 * 3 and "" not in row  # capped at the 3 classes, as text and --json
+    assert len(header) == len(row) == 5 + 2 * 3 + 1 and "" not in row[:-1]  # capped at the 3 classes, as text
+    assert header[-1] == "error" and row[-1] == ""  # and --json; an answered image has no error
 
 
 @needs_default

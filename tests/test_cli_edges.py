@@ -48,8 +48,8 @@ def test_predict_csv_top_is_capped_at_the_classes(shapes, capsys):
     code, out, err = run_cli(capsys, "predict", "--model", shapes, STAR, "--csv", "--top", 10**5)  # unfixed: 100,000 column pairs
     assert code == 0, err
     header, row = list(csv.reader(io.StringIO(out)))
-    assert len(header) == len(row) == 5 + 2 * 8  # 8 classes, as the text and --json outputs show
-    assert header[-2:] == ["top8_label", "top8_probability"] and row[-2] != ""
+    assert len(header) == len(row) == 5 + 2 * 8 + 1  # 8 classes, as the text and --json outputs show, and "error"
+    assert header[-3:-1] == ["top8_label", "top8_probability"] and row[-3] != ""
 
 
 def test_evaluate_record_refuses_a_signed_bundle(tmp_path, capsys, no_evaluation):

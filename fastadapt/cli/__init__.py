@@ -93,8 +93,68 @@ def _show_click_error(exc) -> None:
     print(f"error: {printable(exc.format_message())}{see}", file=sys.stderr)
 
 
+class _StdoutFailed(Exception):
+    """Writing the results to stdout failed; the OSError is its ``__cause__``. Not an OSError itself, so
+    that Typer, which turns a broken pipe into a bare exit 1, lets it through to ``main``."""
+
+
+class _Stdout:
+    """sys.stdout while a command runs: the same stream, whose write failures come out as _StdoutFailed,
+    so that ``main`` can tell them from any other OSError."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise _StdoutFailed() from exc
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise _StdoutFailed() from exc
+
+    def __getattr__(self, name):  # encoding, isatty, fileno, ...: the stream's own
+        return getattr(self._stream, name)
+
+
+BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a tool that its reader stopped (| head)
+
+
+def _stdout_failed(error: OSError, stdout) -> None:
+    """Exit for a stdout that cannot take the results: quietly with BROKEN_PIPE_EXIT when the reader has gone
+    (as Unix tools do), else one error line and exit 2."""
+    try:  # what is still buffered goes to /dev/null at exit, not to a second error (or Python's "Exception ignored")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no file descriptor (an in-memory stream)
+        pass
+    if isinstance(error, BrokenPipeError):
+        sys.exit(BROKEN_PIPE_EXIT)
+    print(f"error: cannot write the results to standard output ({error.strerror or error})", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
+    if sys.stderr is None:  # stderr closed (2>&-): print(file=None) would put errors among the results
+        sys.stderr = open(os.devnull, "w")
+    if sys.stdout is None:  # stdout closed (>&-): every command prints its results there
+        print("error: standard output is closed, and fastadapt prints its results there; redirect it "
+              "instead (> results.txt, or > /dev/null to discard them)", file=sys.stderr)
+        sys.exit(2)
+    for stream in (sys.stdout, sys.stderr):  # a label or file name the terminal's encoding lacks: \u2605, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
     main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be set there
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
@@ -102,8 +162,11 @@ def main() -> None:
             # not standalone: parser errors come here as exceptions (one line below), --help and typer.Exit
             # as a returned exit code, Ctrl-C as Abort
             code = app(standalone_mode=False)
+        sys.stdout.flush()  # the last results: a full disk or a closed pipe fails here, not at exit
         if isinstance(code, int) and not isinstance(code, bool) and code:
             sys.exit(code)
+    except _StdoutFailed as exc:
+        _stdout_failed(exc.__cause__, stdout)
     except FastadaptError as exc:
         rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""  # under torchrun
         print(f"error: {rank}{printable(exc.render(flag))}", file=sys.stderr)  # escaped, as results are
@@ -115,5 +178,6 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
+        sys.stdout = stdout
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -25,12 +25,29 @@ def _finite(value):
     return value
 
 
+def _signatures(bundle) -> list:
+    """[{"key", "valid"}] for each signature the bundle carries, each verified whatever the trusted keys (as
+    the text's 'signature' row); a damaged signature member is one entry {"key": None, "valid": False}."""
+    from .. import signing
+
+    if bundle.signatures is None or bundle.manifest_bytes is None:
+        return []
+    try:
+        found = signing.parse_signatures(bundle.signatures, "bundle")
+    except FastadaptError:
+        return [{"key": None, "valid": False}]
+    message = signing.bundle_message(bundle.manifest_bytes)
+    return [{"key": key, "valid": signing.verify(bytes.fromhex(key), message, signature)} for key, signature in found]
+
+
 @app.command(rich_help_panel="On the device")
 def info(
     model: Optional[Path] = typer.Argument(None, help="A .fadapt bundle (meta or adapted) or a built-in model's "
                                            "name (characters, photos). Default: the shipped characters model, whose "
                                            "model card this prints.", show_default=False),
-    as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON instead."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON instead, with "
+                                 '"signatures": [{"key", "valid"}] added (what the text shows as \'signature\'; '
+                                 "[] when unsigned)."),
     # Annotated, so that a direct call info(path, False) gets None here, not Typer's option object
     model_option: Annotated[Optional[Path], typer.Option("--model", help="The same as the argument, as 'adapt' and "
                             "'evaluate' name a model: e.g. --model photos.", show_default=False)] = None,
@@ -49,6 +66,7 @@ def info(
                              f"name one")
     bundle = read_bundle(model_path(model if model is not None else model_option))
     if as_json:
-        print(json.dumps(_finite(bundle.manifest), indent=2))  # JSON escapes control characters itself
+        document = {**_finite(bundle.manifest), "signatures": _signatures(bundle)}
+        print(json.dumps(document, indent=2))  # JSON escapes control characters itself
         return
     print(describe_bundle(bundle))

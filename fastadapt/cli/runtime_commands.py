@@ -183,7 +183,7 @@ def predict(
 ) -> None:
     """Classify images with an adapted model.
 
-    Each image is predicted on its own (the answer never depends on the other images given). Unreadable files are skipped with a warning. With --unknown, an image that looks like none of the classes is answered "unknown (closest: LABEL P%)".
+    Each image is predicted on its own (the answer never depends on the other images given); answers are printed as they come, 256 images at a time. Unreadable files are skipped with a warning (--json and --csv also get a record with an "error" for each). With --unknown, an image that looks like none of the classes is answered "unknown (closest: LABEL P%)".
 
     Example: fastadapt predict --model mine.fadapt photos/ --top 3 --json > predictions.jsonl
     """
@@ -195,23 +195,44 @@ def predict(
     if sheet is not None:
         check_out(sheet, "--sheet", "predictions.png", inputs=[*images, model], suffix=".png")
     paths = _expand(images)
-    answers = loaded.predict(paths, top, unknown_threshold if unknown_threshold is not None else unknown,
-                             skip_unreadable=True)
-    kept = [path for path, answer in zip(paths, answers) if answer is not None]
-    results = [answer for answer in answers if answer is not None]
-    if as_csv:
-        _write_csv(kept, results, min(top, len(loaded.classes)))  # as text and --json: no columns past the classes
-    for path, result in zip(kept, [] if as_csv else results):
-        if as_json:
-            print(json.dumps({"path": path, **result.to_dict()}, allow_nan=False))
-        else:
-            answer = f"{printable(result.label)}\t{100 * result.probability:.1f}%"
-            if result.unknown:
-                answer = f"unknown (closest: {printable(result.label)} {100 * result.probability:.0f}%)"
-            line = f"{printable(path)}\t{answer}"
-            if len(result.top) > 1:
-                line += "\t(" + ", ".join(f"{printable(lab)} {100 * p:.1f}%" for lab, p in result.top[1:]) + ")"
-            print(line)
+    threshold = unknown_threshold if unknown_threshold is not None else unknown
+    loaded.predict([], top, threshold)  # refuses a bad --top or threshold now, before any image is read
+    columns = min(top, len(loaded.classes))  # as text and --json: no columns past the classes
+    out = sys.stdout  # the results' stream, also while a progress bar sends sys.stdout's prints to stderr
+    # a bar only where nothing else shows the progress: plain text into a file or pipe (quiet with --json,
+    # --csv, as evaluate --json is), on a terminal's stderr (lazy_reporter)
+    reporter = None if as_json or as_csv or out.isatty() else lazy_reporter("predicting")
+    pending = [_csv_line(_csv_columns(columns))] if as_csv else []
+    answered, kept, results = 0, [], []  # kept, results: for --sheet only
+    try:
+        for start in range(0, len(paths), CHUNK):
+            chunk = paths[start:start + CHUNK]
+            for path, result in zip(chunk, _predict_chunk(loaded, chunk, top, threshold)):
+                if result is None:  # skipped, with a warning on stderr; text output has nothing more to say
+                    if as_json or as_csv:
+                        reason = _unreadable(path, loaded.preprocess) or "could not be read"
+                        pending.append(_json_line(path, error=reason) if as_json else _csv_error(path, reason, columns))
+                    continue
+                answered += 1
+                if as_json:
+                    pending.append(_json_line(path, result))
+                else:
+                    pending.append(_csv_line(_csv_row(path, result, columns)) if as_csv else _text_line(path, result))
+                if sheet is not None:
+                    kept.append(path)
+                    results.append(result)
+            if answered:  # until an image is answered, the run may still end as an error with nothing printed
+                for line in pending:  # a reader (or a stopped run) has every answer so far; each line flushed on
+                    out.write(line)   # its own, so that Ctrl-C stops the output between lines (a pipe takes
+                    out.flush()       # a write of up to 4 KiB whole), not in the middle of one
+                pending = []
+            if reporter is not None:
+                reporter(start + len(chunk), len(paths))
+    finally:
+        if reporter is not None:
+            reporter.close()
+    if not answered:
+        raise FastadaptError(f"{paths[0]}{' and the others' if len(paths) > 1 else ''}: no readable image to predict")
     if sheet is not None:
         from .sheet import contact_sheet
 
@@ -219,23 +240,87 @@ def predict(
         print(f"wrote {printable(sheet)}", file=sys.stderr)  # stdout holds only the results
 
 
-def _write_csv(paths: list, results: list, top: int) -> None:
-    """predict --csv: one row per image, with ``top`` (label, probability) column pairs. Paths and labels
-    are escaped as in the text output (printable), so an undecodable file name cannot fail the write."""
-    import csv
+CHUNK = 256  # images per loaded.predict call: answers come out as they are made, memory stays bounded
 
+
+def _predict_chunk(loaded, paths: list, top: int, threshold) -> list:
+    """loaded.predict of ``paths``: a Prediction per image, None for each unreadable one (skipped with a
+    warning). Answers do not depend on the chunking: each image is predicted on its own. A polarity warning
+    ("light strokes on a dark background") counts the images of its chunk."""
+    try:
+        return loaded.predict(paths, top, threshold, skip_unreadable=True)
+    except FastadaptError:
+        # the API refuses a list with no readable image; another chunk may have some, so here that is all None
+        if any(_unreadable(path, loaded.preprocess) is None for path in paths):
+            raise  # an image could be read: the error is about something else
+        return [None] * len(paths)
+
+
+def _unreadable(path: str, preprocess) -> str | None:
+    """Why the image at ``path`` cannot be read (the skip warning's reason, without the path), or None."""
+    import warnings
+
+    from ..images import to_uint8
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # predict has warned already
+        try:
+            to_uint8(path, preprocess)
+        except FastadaptError as exc:
+            reason = str(exc)
+            return reason[len(path) + 2:] if reason.startswith(f"{path}: ") else reason
+    return None
+
+
+def _text_line(path: str, result) -> str:
+    answer = f"{printable(result.label)}\t{100 * result.probability:.1f}%"
+    if result.unknown:
+        answer = f"unknown (closest: {printable(result.label)} {100 * result.probability:.0f}%)"
+    line = f"{printable(path)}\t{answer}"
+    if len(result.top) > 1:
+        line += "\t(" + ", ".join(f"{printable(lab)} {100 * p:.1f}%" for lab, p in result.top[1:]) + ")"
+    return line + "\n"
+
+
+def _json_line(path: str, result=None, error: str | None = None) -> str:
+    """--json: the answer's object, or {"path", "error"} for a skipped image. A path that is not valid UTF-8
+    holds Python's escapes of its bytes (\\udce9 for byte 0xE9; os.fsencode gives the bytes back)."""
+    record = {"path": path, **(result.to_dict() if result is not None else {"error": error})}
+    return json.dumps(record, allow_nan=False) + "\n"
+
+
+def _csv_columns(top: int) -> list:
+    """predict --csv's header: path, label, probability, unknown, score, ``top`` (label, probability) pairs,
+    error (filled for a skipped image only)."""
     columns = ["path", "label", "probability", "unknown", "score"]
     for rank in range(1, top + 1):
         columns += [f"top{rank}_label", f"top{rank}_probability"]
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(columns)
-    for path, result in zip(paths, results):
-        row = [printable(path), printable(result.label), repr(result.probability), str(result.unknown).lower(),
-               "" if result.score is None else repr(result.score)]  # full precision, as --json
-        for rank in range(top):
-            if rank < len(result.top):
-                label, probability = result.top[rank]
-                row += [printable(label), repr(probability)]
-            else:
-                row += ["", ""]
-        writer.writerow(row)
+    return columns + ["error"]
+
+
+def _csv_row(path: str, result, top: int) -> list:
+    """One answered image's row. Paths and labels are escaped as in the text output (printable), so an
+    undecodable file name cannot fail the write."""
+    row = [printable(path), printable(result.label), repr(result.probability), str(result.unknown).lower(),
+           "" if result.score is None else repr(result.score)]  # full precision, as --json
+    for rank in range(top):
+        if rank < len(result.top):
+            label, probability = result.top[rank]
+            row += [printable(label), repr(probability)]
+        else:
+            row += ["", ""]
+    return row + [""]
+
+
+def _csv_error(path: str, reason: str, top: int) -> str:
+    """A skipped image's row: its path, empty answer columns, and why in the last column (error)."""
+    return _csv_line([printable(path)] + [""] * (len(_csv_columns(top)) - 2) + [printable(reason)])
+
+
+def _csv_line(row: list) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(row)
+    return buffer.getvalue()

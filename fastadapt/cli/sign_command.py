@@ -28,8 +28,10 @@ def keygen(
 
     Example: fastadapt keygen --out signing.key && fastadapt sign model.fadapt --key signing.key
     """
+    from ..outputs import refuse_unwritable
     from ..signing import write_key_pair
 
+    refuse_unwritable(str(out), "--out", "signing.key")  # '-' (stdout), a folder, a link, a missing folder
     # both files checked before either is written: an old OUT.pub beside a new key would not match it
     for path in (str(out), f"{out}.pub"):
         if os.path.lexists(path):

@@ -298,6 +298,8 @@ def _model_identity(path: str):
 
 def check_run_out(out: str, inputs: list) -> None:
     """--out of train is a folder: not a file, not a link, and not inside (or equal to) what the run reads."""
+    if os.fspath(out) == "-":  # by Unix convention stdout, which would otherwise become a folder named '-'
+        raise FastadaptError("--out -: a run is a folder, not standard output; give a folder name such as runs/mine")
     if os.path.islink(out):
         raise FastadaptError(f"--out {out}: is a symbolic link; give the run folder's real path")
     if os.path.exists(out) and not os.path.isdir(out):
