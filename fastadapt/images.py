@@ -13,12 +13,12 @@ anything is decoded, and every failure is a one-line ``FastadaptError`` naming t
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import re
 import stat
-import threading
-import warnings
+import struct
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Iterable, Sequence, Union
 
@@ -60,12 +60,6 @@ ACCEPTED = ("pass an image file path, encoded image bytes, a binary file object,
 # Most bytes read from a file object that cannot seek (a pipe, a socket stream): an uncompressed image of
 # MAX_PIXELS RGBA pixels, plus headers. Seekable ones (files, BytesIO, uploads) are read only as far as needed.
 MAX_STREAM_BYTES = 4 * MAX_PIXELS + (1 << 20)
-
-# Image.open warns (DecompressionBombWarning) before we can look at the size; we silence it locally,
-# without touching Pillow's global MAX_IMAGE_PIXELS (the host app owns that). catch_warnings is
-# process-wide, so our own threads take turns (opening only parses the header).
-_OPEN_LOCK = threading.Lock()
-
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -159,10 +153,8 @@ def _read_file(path: str, target: int | None) -> Image.Image:
 def _decode(fp, name: str, target: int | None) -> Image.Image:
     """Header, size check, then the pixels (a JPEG drafted down when the target is much smaller)."""
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(fp, formats=_formats())
-    except Image.DecompressionBombError as exc:
+        image = _open_header(fp)
+    except Image.DecompressionBombError as exc:  # a plugin's own check (a GIF frame beyond its screen, MPO)
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "too many pixels"
         raise FastadaptError(f"{name}: {size} is over the limit of {MAX_PIXELS // 1_000_000} MP; "
@@ -173,6 +165,7 @@ def _decode(fp, name: str, target: int | None) -> Image.Image:
     except Exception as exc:  # Pillow raises many types for damaged headers
         raise FastadaptError(f"{name}: not a readable image ({_reason(exc)}); use PNG, JPEG, BMP or WebP") from None
     try:
+        _check_pillow_limit(name, *image.size)
         _check_size(name, *image.size)
         if (target and isinstance(image, JpegImagePlugin.JpegImageFile)
                 and image.size[0] * image.size[1] > DRAFT_ABOVE_PIXELS):
@@ -184,6 +177,39 @@ def _decode(fp, name: str, target: int | None) -> Image.Image:
     except Exception as exc:  # truncated or corrupt pixel data: the format is fine, the file is not
         raise FastadaptError(f"{name}: not a readable image: the {image.format or 'image'} file is damaged "
                              f"({_reason(exc)}); save it again or remove it") from None
+
+
+def _open_header(fp) -> Image.Image:
+    """``Image.open(fp, formats=_formats())`` less its size check, which warns (DecompressionBombWarning) about
+    an image that _decode refuses next anyway. Hiding that warning would need warnings.catch_warnings, which is
+    process-wide: it drops the filters the host's other threads set meanwhile. So this is Image.open's own
+    loop over the formats' (factory, accept) pairs; a plugin that checks sizes itself may still warn."""
+    fp.seek(0)
+    prefix = fp.read(16)
+    for fmt in _formats():
+        factory, accept = Image.OPEN[fmt]
+        found = not accept or accept(prefix)
+        if not found or isinstance(found, str):  # a str: this Pillow lacks the format's decoder
+            continue
+        fp.seek(0)
+        try:
+            return factory(fp, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):  # not this format after all, as in Image.open
+            continue
+    raise Image.UnidentifiedImageError("no known image format")
+
+
+def _check_pillow_limit(name: str, width: int, height: int) -> None:
+    """Image.open's refusal, which _open_header skips: over twice Image.MAX_IMAGE_PIXELS, which the host may
+    have lowered below our limit. Before _check_size, so these images keep the message Image.open's gave."""
+    limit, pixels = Image.MAX_IMAGE_PIXELS, width * height
+    if not limit or pixels <= 2 * limit:
+        return
+    if 2 * limit < MAX_PIXELS:  # the host's limit is the stricter one: name it
+        raise FastadaptError(f"{name}: {width}x{height} pixels is over the limit of {2 * limit:,} pixels this "
+                             f"program set for Pillow (Image.MAX_IMAGE_PIXELS); downscale it")
+    raise FastadaptError(f"{name}: {pixels / 1e6:.0f} MP is over the limit of {MAX_PIXELS // 1_000_000} MP; "
+                         f"downscale it (a few hundred pixels a side is plenty)")
 
 
 def _formats() -> list:
@@ -222,6 +248,9 @@ def _stream_name(stream) -> str:
 def _read_stream(stream, target: int | None) -> Image.Image:
     """A binary file object: regular files and in-memory streams only, then the same checks as a path."""
     name = _stream_name(stream)
+    if inspect.iscoroutinefunction(stream.read):  # checked before calling: no coroutine left un-awaited
+        raise FastadaptError(f"{name}: read() is async (an async web upload); pass its bytes "
+                             f"(data = await upload.read()) or its file object (upload.file)")
     try:
         fileno = stream.fileno()
     except Exception:  # io.BytesIO, SpooledTemporaryFile in memory, wrappers: no descriptor
@@ -236,10 +265,7 @@ def _read_stream(stream, target: int | None) -> Image.Image:
                                  f"(data = stream.read()) or a file opened from disk")
     try:
         seekable = bool(stream.seekable()) if callable(getattr(stream, "seekable", None)) else False
-        if seekable:
-            first = stream.read(0)
-        else:
-            first = stream.read(MAX_STREAM_BYTES + 1)
+        first = stream.read(0) if seekable else _read_up_to(stream, MAX_STREAM_BYTES + 1)
     except Exception as exc:
         raise FastadaptError(f"{name}: cannot read ({_reason(exc)}); pass an open binary file object") from None
     if isinstance(first, str):
@@ -252,6 +278,21 @@ def _read_stream(stream, target: int | None) -> Image.Image:
         raise FastadaptError(f"{name}: more than {MAX_STREAM_BYTES // 2**20} MB; this is not an image of at most "
                              f"{MAX_PIXELS // 1_000_000} MP, downscale it")
     return _decode(io.BytesIO(first), name, target)
+
+
+def _read_up_to(stream, limit: int):
+    """Read until the end or ``limit`` bytes: one read(n) may return less (a raw stream, a network body).
+    Returns what read() gave when that is not bytes, for the caller to name."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = stream.read(limit - size)
+        if not isinstance(chunk, (bytes, bytearray, memoryview)):
+            return chunk
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _upright(image: Image.Image, name: str) -> Image.Image:
@@ -324,15 +365,23 @@ def _array_to_uint8(array: np.ndarray) -> np.ndarray:
     return out
 
 
+_CHANNELS = (1, 2, 3, 4)  # the last axis of an HxWxC image array: grey, grey + alpha, RGB, RGBA
+
+
 def _from_array(source: np.ndarray) -> Image.Image:
+    """An image array -> PIL image. A 3-D array is HxWxC when its last axis is 1 or 3 (2 or 4 with alpha):
+    that wins, so an RGBA image 3 rows tall, (3, W, 4), is not read as CxHxW; else CxHxW when its first axis is
+    1, 3 or 4. Whether a (3, H, W) array is one colour image or 3 grey ones is for the caller to decide
+    (shots.refuse_stacked_array: grey models refuse it)."""
     array = source
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[2] not in (1, 3):
+    if array.ndim == 3 and array.shape[2] not in _CHANNELS and array.shape[0] in (1, 3, 4):
         array = np.transpose(array, (1, 2, 0))  # CHW -> HWC
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (2, 3, 4)):
-        raise FastadaptError(f"an image array must be HxW, HxWxC or CxHxW with C = 1 or 3 (2 or 4 with alpha), "
-                             f"got shape {source.shape}")
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in _CHANNELS):
+        raise FastadaptError(f"an image array must be HxW, HxWxC (C = 1 or 3, 2 or 4 with alpha) or CxHxW "
+                             f"(C = 1, 3 or 4), got shape {source.shape}; for several images pass a list of "
+                             f"them or an N x C x H x W array")
     _check_size(f"image array of shape {source.shape}", array.shape[1], array.shape[0])
     return Image.fromarray(np.ascontiguousarray(_array_to_uint8(array)))
 
@@ -354,6 +403,11 @@ def open_reduced(source: ImageSource, target: int | None) -> Image.Image:
             raise FastadaptError(f"an empty path is not an image; {ACCEPTED}")
         return _upright(_read_file(path, target), path)
     if isinstance(source, (bytes, bytearray, memoryview)):  # encoded image bytes (a web upload)
+        if isinstance(source, memoryview):  # BytesIO needs one block of bytes; a slice such as m[::2] is not
+            try:
+                source = source if source.c_contiguous else source.tobytes()
+            except ValueError:  # a released memoryview
+                raise FastadaptError(f"a released memoryview is not an image; {ACCEPTED}") from None
         if not len(source):
             raise FastadaptError(f"empty image bytes; {ACCEPTED}")
         return _upright(_decode(io.BytesIO(source), "image bytes", target), "image bytes")

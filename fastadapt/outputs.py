@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 
 from .errors import FastadaptError
 from .manifest import printable
@@ -32,6 +31,9 @@ def refuse_unwritable(path: str, flag: str | None = None, example: str = "out.fa
     Returns the stat of the existing regular file (None when the file is new). ``flag`` prefixes messages.
     """
     where = _where(path, flag)
+    if os.fspath(path) == "-":  # by Unix convention stdout, which would otherwise become a file named '-'
+        raise FastadaptError(f"{where}: writing to standard output is not supported; give a file name such as "
+                             f"{example}")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -128,32 +130,31 @@ def _where(path, flag: str | None) -> str:
     return f"{flag} {printable(path)}" if flag else printable(path)
 
 
-def _hidden_file(path: str, suffix: str) -> tuple:
-    """A new hidden file beside ``path`` -> (open descriptor, its name). A short prefix: a long output name
-    must not make this name too long (255 bytes on most file systems)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    return tempfile.mkstemp(prefix="." + os.path.basename(path)[:40] + ".", suffix=suffix, dir=folder)
+def _hidden_file(path: str, suffix: str, mode: int = 0o600) -> tuple:
+    """A new hidden file beside ``path``, created with ``mode`` less the umask (the kernel applies it, as to any
+    new file) -> (open descriptor, its name). A short prefix: a long output name must not make this name too
+    long (255 bytes on most file systems); O_EXCL: never an existing file or a link planted there."""
+    folder, name = os.path.split(os.path.abspath(path))
+    temp = os.path.join(folder, f".{name[:40]}.{os.urandom(6).hex()}{suffix}")
+    return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode), temp
 
 
 def _complete_temp(path: str, data: bytes) -> str:
     """``data`` in a hidden temp file beside ``path``, on disk, with the permissions ``path`` has (or a new file
     gets) and, when root writes, its owner -> the temp file's name."""
     st = refuse_unwritable(path)
-    if st is not None:
-        mode = stat.S_IMODE(st.st_mode)
-    else:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask  # mkstemp makes 0600; give the usual permissions of a new file
-    fd, temp = _hidden_file(path, ".tmp")
+    # A new output gets 0666 less the umask from the kernel (never os.umask: reading it means setting it,
+    # process-wide, under the host's other threads); a replaced one is written privately, then given its mode.
+    fd, temp = _hidden_file(path, ".tmp", 0o666 if st is None else 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(temp, mode)
-        if st is not None and hasattr(os, "geteuid") and os.geteuid() == 0:
-            os.chown(temp, st.st_uid, st.st_gid)  # root replacing a user's file leaves it theirs
+        if st is not None:
+            os.chmod(temp, stat.S_IMODE(st.st_mode))
+            if hasattr(os, "geteuid") and os.geteuid() == 0:
+                os.chown(temp, st.st_uid, st.st_gid)  # root replacing a user's file leaves it theirs
     except BaseException:
         os.unlink(temp)
         raise

@@ -123,7 +123,7 @@ def test_os_errors_become_one_line_naming_the_path_and_the_reason(tmp_path, monk
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    monkeypatch.setattr("fastadapt.outputs._hidden_file", read_only)  # creating the temp file fails
     with pytest.raises(FastadaptError, match="Read-only file system"):
         write_atomic(tmp_path / "new.fadapt", b"new")
 

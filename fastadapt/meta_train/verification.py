@@ -81,7 +81,8 @@ def verify(bundle: Bundle, model, steps: int, task: tuple | None = None) -> floa
     meta = {k: torch.from_numpy(v) for k, v in bundle.params.items()}
     learned = bundle.manifest["inner_loop"].get("learned_lrs")
     rates = torch.tensor(learned, dtype=torch.float32) if learned is not None else recipe.lr
-    as_torch = lambda params: {k: torch.from_numpy(v) for k, v in params.items()}  # noqa: E731
+    # an adapted model's params are read-only views (runtime/model.py); torch wants writable arrays: copies
+    as_torch = lambda params: {k: torch.from_numpy(np.array(v)) for k, v in params.items()}  # noqa: E731
     model64 = []  # [the float64 copy of model], made only if some comparison needs it
 
     def exact_model():

@@ -129,7 +129,9 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
               safeguard: bool = True, progress: Callable[[int, int], None] | None = None,
               visit: Callable[[int, dict], None] | None = None, keep_kept_steps: bool = False) -> _Trajectory:
     """``steps`` SGD steps from ``params`` (see the module docstring). ``visit(kept, params)`` is called at
-    the start and after each kept step; ``progress(kept, steps)`` after each kept step. ``keep_kept_steps``: a
+    the start and after each kept step; ``progress(kept, steps)`` after each kept step, and ``progress(steps,
+    steps)`` at the end when that was not the last call (a rejected step, 0 steps), so a progress bar always
+    ends full. ``keep_kept_steps``: a
     rejected step ends adaptation at the steps before it rather than at the start. ``lr``: a number,
     or the bundle's learned rates, a (steps, adapted tensors) float32 array (``step_rate``).
 
@@ -151,12 +153,17 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
     def bound(final, p):
         return rounding_bound(*final, p, labels, balanced)
 
+    def ended(trajectory: _Trajectory) -> _Trajectory:
+        if progress is not None and (steps == 0 or len(trajectory.lrs) < steps):
+            progress(steps, steps)
+        return trajectory
+
     if steps == 0:
-        return _Trajectory(params, [forward(params)[0]], class_balanced=balanced)
+        return ended(_Trajectory(params, [forward(params)[0]], class_balanced=balanced))
     loss, candidate = step(params, step_rate(lr, 0))
     trajectory = _Trajectory(params, [loss], class_balanced=balanced)
     if not math.isfinite(loss):
-        return trajectory  # the caller reports a diverged start (non-finite images or parameters)
+        return ended(trajectory)  # the caller reports a diverged start (non-finite images or parameters)
     if not safeguard:
         for i in range(steps):
             params = candidate
@@ -171,7 +178,7 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
             if progress is not None:
                 progress(i + 1, steps)
         trajectory.params = params
-        return trajectory
+        return ended(trajectory)
     resolution = _loss_resolution(int(labels.max()) + 1)
     start = (params, loss)
     while len(trajectory.lrs) < steps:
@@ -197,7 +204,7 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
         if progress is not None:
             progress(len(trajectory.lrs), steps)
     trajectory.params = params
-    return trajectory
+    return ended(trajectory)
 
 
 def check_finite(trajectory: _Trajectory, lr) -> None:

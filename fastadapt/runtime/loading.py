@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Callable, Iterable
 
 from ..bundle import read_bundle
@@ -18,16 +19,16 @@ DEFAULT_MODEL = os.path.join(ASSETS, BUILT_IN["characters"])
 
 
 def model_path(model: str | os.PathLike | None) -> str:
-    """The bundle file ``model`` names: None is the default (characters) model; a built-in model's name
-    (``BUILT_IN``: "characters", "photos") is that shipped bundle unless a file of that name exists here;
-    anything else is a path.
+    """The bundle file ``model`` names: None is always the shipped default (characters) model, whatever
+    files the current folder holds; a built-in model's name (``BUILT_IN``: "characters", "photos") is that
+    shipped bundle unless a file of that name exists here; anything else is a path.
 
     >>> from fastadapt.runtime.loading import model_path
     >>> model_path("photos").endswith("photos.fadapt"), model_path("my_model.fadapt")
     (True, 'my_model.fadapt')
     """
-    if model is None:
-        model = "characters"
+    if model is None:  # never a file named "characters" in a service's working folder
+        return _built_in("characters")
     if not isinstance(model, (str, os.PathLike)):
         return model  # read_bundle refuses it in one line, naming what a path is
     name = os.fspath(model)
@@ -37,6 +38,11 @@ def model_path(model: str | os.PathLike | None) -> str:
             raise FastadaptError(f"{printable(name)}: no such model file, and no built-in model has that name "
                                  f"({', '.join(BUILT_IN)}); pass one of those or a .fadapt bundle's path")
         return name
+    return _built_in(name)
+
+
+def _built_in(name: str) -> str:
+    """The shipped bundle of the built-in model ``name``; an error naming the fix when it is missing."""
     path = os.path.join(ASSETS, BUILT_IN[name])
     if not os.path.exists(path):
         raise FastadaptError(f"the built-in model '{name}' is not in this installation ({path} is missing); "
@@ -56,10 +62,29 @@ def load(path: str | os.PathLike | None = None, trusted_keys: Iterable[str] | No
     >>> model.kind, model.preprocess.size
     ('meta', 32)
     """
-    bundle = read_bundle(model_path(path), trusted_keys)
+    return _from_bundle(read_bundle(model_path(path), trusted_keys))
+
+
+def _from_bundle(bundle) -> Model | AdaptedModel:
     # read_bundle validated the manifest: kind is "meta" or "adapted"
     model = AdaptedModel(bundle) if bundle.manifest.get("kind") == "adapted" else Model(bundle)
     _check_parameter_shapes(model)
+    return model
+
+
+def _rebuild(data: bytes, path: str | None, seconds: float | None) -> Model | AdaptedModel:
+    """A model pickled by ``_Loaded.__reduce__`` (multiprocessing, copy.deepcopy): the bundle bytes its own
+    save wrote, read back and verified exactly as a file is."""
+    with tempfile.TemporaryDirectory(prefix="fastadapt-") as folder:
+        copy = os.path.join(folder, "model.fadapt")
+        with open(copy, "wb") as file:
+            file.write(data)
+        # trust was checked where the model was first loaded; the copy carries no signature
+        bundle = read_bundle(copy, check_trust=False)
+    bundle.path = path  # messages name the original file, not the temporary copy
+    model = _from_bundle(bundle)
+    if isinstance(model, AdaptedModel):
+        model.seconds = seconds
     return model
 
 

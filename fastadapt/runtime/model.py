@@ -13,10 +13,14 @@ threads at once (onnxruntime sessions are thread-safe).
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 import os
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Callable
 
 import numpy as np
@@ -30,7 +34,7 @@ from . import colour as colour_cue
 from .head import head_scale_of, init_head, support_features
 from .describe import describe_bundle, model_card
 from .sessions import Graphs
-from .shots import Shots, _folder_classes, dict_classes, load_shots
+from .shots import Shots, _folder_classes, dict_classes, load_shots, refuse_stacked_array
 from . import unknown as unknown_detection
 
 # Images per forward call when predicting: one, so that an image's answer is bit-for-bit the same whatever
@@ -44,14 +48,14 @@ LOW_LOO_ACCURACY = 0.5  # steps="auto": below this leave-one-shot-out accuracy, 
 def _good_for(model) -> str:
     """What the model is for, in a few words: the first sentence of its model card's intended use (the
     shipped models carry one), else its training data and input size."""
-    intended = (model.manifest.get("model_card") or {}).get("intended_use")
+    intended = (model._manifest.get("model_card") or {}).get("intended_use")
     if isinstance(intended, str) and intended.strip():
         first = intended.strip().split(". ")[0].rstrip(".")
         if first[:1].isupper() and not first[1:2].isupper():  # "Handwritten ..." -> "handwritten ..." (not "MNIST")
             first = first[0].lower() + first[1:]
         return f"{first} (its model card: 'fastadapt info')"
     spec = model.preprocess
-    data = (model.manifest.get("provenance") or {}).get("data")
+    data = (model._manifest.get("provenance") or {}).get("data")
     return (f"images like its training data{f' ({data})' if isinstance(data, str) else ''}, seen as "
             f"{spec.size}x{spec.size} {'grayscale' if spec.channels == 1 else 'colour'} (see 'fastadapt info')")
 
@@ -68,9 +72,10 @@ def _stored_colour_mode(info: dict) -> str:
 
 
 def _meta_source(adaptation: dict) -> tuple:
-    """(CLI --model value, load() argument) naming the meta model an adapted one came from: a built-in's name
-    when its parameters are the shipped model's (the bundle records the file's name only, and a built-in's file
-    is inside the package), else that file name."""
+    """(CLI --model value, load() argument, note) naming the meta model an adapted one came from: a built-in's
+    name when its parameters are the shipped model's (the bundle records the file's name only, and a built-in's
+    file is inside the package), else that file name. A file named like the built-in in the current folder
+    would be read for that name (loading.model_path), so then the shipped file's path, and a note saying why."""
     from ..bundle import read_bundle
     from .loading import ASSETS, BUILT_IN  # here: loading imports this module
 
@@ -80,11 +85,15 @@ def _meta_source(adaptation: dict) -> tuple:
         if path == file and sha:
             try:
                 if read_bundle(os.path.join(ASSETS, file)).manifest.get("members", {}).get("params.npz") == sha:
-                    return name, f'"{name}"'
+                    if not os.path.isfile(name):
+                        return name, f'"{name}"', ""
+                    shipped = printable(os.path.join(ASSETS, file))
+                    return (shipped, "" if name == "characters" else f"'{shipped}'",  # load() is always the default
+                            f" (not '{printable(name)}': the file of that name in this folder would be read instead)")
             except FastadaptError:  # the shipped file is missing or damaged: name the file
                 pass
     path = printable(path or "META.fadapt")
-    return path, f"'{path}'"
+    return path, f"'{path}'", ""
 
 
 def _steps_argument(steps, recipe_steps: int) -> int | str:
@@ -124,6 +133,45 @@ def _as_float(value) -> float:
         return math.nan
 
 
+def _check_progress(progress) -> None:
+    """A ``progress`` that cannot be called as progress(done, total) is refused before any work (else its
+    TypeError would come after the whole adaptation)."""
+    if progress is None:
+        return
+    if not callable(progress):
+        raise FastadaptError(f"{{progress}} must be a function progress(done, total), got {progress!r:.60}", "progress")
+    try:
+        signature = inspect.signature(progress)
+    except (TypeError, ValueError):  # some builtins have none: called as given
+        return
+    try:
+        signature.bind(0, 0)
+    except TypeError:
+        name = getattr(progress, "__name__", type(progress).__name__)
+        raise FastadaptError(f"{{progress}} is called as progress(done, total), but {printable(name)}{signature} "
+                             f"cannot take those two arguments; give it two parameters", "progress") from None
+
+
+def _array_labels(labels, ways: int, count: int) -> np.ndarray:
+    """adapt_arrays' labels -> int64 (count,), each in 0..ways-1 and every class given an image."""
+    if count == 0:
+        raise FastadaptError("adapt_arrays: got no images; give at least one image per class")
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:  # 0.9 would silently become class 0
+        raise FastadaptError(f"adapt_arrays: labels must be whole numbers 0..{ways - 1}, got {labels.dtype} "
+                             f"values of shape {labels.shape}; give one label per image")
+    if len(labels) != count:
+        raise FastadaptError(f"adapt_arrays: got {count} images but {len(labels)} labels; give one label per image")
+    if labels.min() < 0 or labels.max() >= ways:
+        raise FastadaptError(f"adapt_arrays: labels must be 0..{ways - 1} (one per class), got "
+                             f"{labels.min() if labels.min() < 0 else labels.max()}")
+    empty = np.flatnonzero(np.bincount(labels, minlength=ways) == 0)
+    if len(empty):
+        raise FastadaptError(f"adapt_arrays: class {int(empty[0])} has no images (no label {int(empty[0])}); give "
+                             f"every class at least one image")
+    return np.ascontiguousarray(labels, dtype=np.int64)
+
+
 def _check_top(top) -> int:
     if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
         raise FastadaptError(f"{{top}} must be a whole number >= 1, got {top!r}", "top")
@@ -142,7 +190,7 @@ class Prediction:
 
     label: str  # the closest class, also when unknown
     probability: float
-    top: list = field(default_factory=list)  # [(label, probability), ...], most likely first
+    top: tuple = ()  # ((label, probability), ...), most likely first; a tuple, so a Prediction is hashable
     unknown: bool = False  # rejected as none of the classes (only when predict(..., unknown=...) asks)
     score: float | None = None  # in-set score, higher = more likely one of the classes (see runtime/unknown.py)
 
@@ -178,6 +226,13 @@ def _preprocessed(images, preprocess: Preprocess, what: str) -> np.ndarray:
     return images
 
 
+def _read_only(array) -> np.ndarray:
+    """A float32 view of ``array`` that cannot be written (the bundle's own array keeps its flags)."""
+    view = np.ascontiguousarray(array, dtype=np.float32).view()
+    view.setflags(write=False)
+    return view
+
+
 def _where(bundle: Bundle) -> str:
     return printable(bundle.path or "model")  # a file name may hold terminal escapes
 
@@ -202,7 +257,7 @@ class _Loaded:
     def __init__(self, bundle: Bundle, graphs: Graphs | None = None):
         self.bundle = bundle
         self.path = bundle.path
-        self.manifest = bundle.manifest
+        self._manifest = bundle.manifest  # given out only as a copy (``manifest``): what save writes is what predicts
         try:
             self.preprocess = Preprocess.from_dict(bundle.manifest["preprocess"])
             self.recipe = dict(bundle.manifest["inner_loop"])
@@ -210,7 +265,8 @@ class _Loaded:
             raise FastadaptError(f"{_where(bundle)}: manifest lacks a valid {exc} entry; re-export the bundle") from None
         self.graphs = graphs or Graphs(bundle.forward_onnx, bundle.step_onnx, _where(bundle))
         self.graphs.expect_images((self.preprocess.channels, self.preprocess.size, self.preprocess.size))
-        self.params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in bundle.params.items()}
+        # read-only, so that an app cannot change the answers of a model other threads predict with
+        self.params = MappingProxyType({k: _read_only(v) for k, v in bundle.params.items()})
 
     @property
     def _name(self) -> str:
@@ -226,7 +282,17 @@ class _Loaded:
         >>> adapted.adaptation["steps"], adapted.adaptation["shots_per_class"]["star"]
         (3, 5)
         """
-        return dict(self.manifest.get("adaptation") or {})
+        return copy.deepcopy(self._manifest.get("adaptation") or {})
+
+    @property
+    def manifest(self) -> dict:
+        """The bundle's manifest (format, preprocessing, inner-loop recipe, model card, ...), as a copy:
+        changing it changes nothing in the model.
+
+        >>> fastadapt.load().manifest["kind"]
+        'meta'
+        """
+        return copy.deepcopy(self._manifest)
 
     @property
     def kind(self) -> str:
@@ -235,7 +301,7 @@ class _Loaded:
         >>> fastadapt.load().kind
         'meta'
         """
-        return self.manifest.get("kind", "meta")
+        return self._manifest.get("kind", "meta")
 
     def model_card(self) -> dict:
         """The model card the bundle carries, {section: text}: intended use, not for, data, training,
@@ -245,7 +311,7 @@ class _Loaded:
         >>> list(fastadapt.load().model_card())[:2]
         ['intended_use', 'not_for']
         """
-        return model_card(self.manifest)
+        return model_card(self._manifest)
 
     def describe(self) -> str:
         """What ``fastadapt info`` prints: kind, architecture, preprocessing, recipe, classes, provenance,
@@ -261,6 +327,19 @@ class _Loaded:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path or '<in memory>'!r})"
+
+    def __reduce__(self):
+        """Pickling (multiprocessing, copy.deepcopy): onnxruntime sessions cannot be pickled, so the model
+        travels as the bytes of the bundle its own ``save`` writes, read back and verified as a file is on
+        the other side (loading._rebuild)."""
+        from .loading import _rebuild  # here: loading imports this module
+
+        with tempfile.TemporaryDirectory(prefix="fastadapt-") as folder:
+            path = os.path.join(folder, "model.fadapt")
+            self.save(path)
+            with open(path, "rb") as file:
+                data = file.read()
+        return _rebuild, (data, self.path, getattr(self, "seconds", None))
 
 
 class Model(_Loaded):
@@ -282,7 +361,8 @@ class Model(_Loaded):
                   of images each
         steps, lr override the manifest's inner-loop recipe (the meta-trained values are best);
                   steps="auto" picks 0..recipe steps by leave-one-shot-out on the shots (>= 2 per class)
-        progress  called as progress(done_steps, total_steps) after each SGD step
+        progress  called as progress(done_steps, total_steps) after each SGD step, and last always with
+                  done == total (also when a step is rejected or no step is kept; (0, 0) for 0 steps)
         safeguard when a step raises the support loss, keep the start (0 steps) and warn; unbalanced shots
                   use the class-balanced loss. False runs the plain recipe. Both give the recipe's
                   result, bit for bit, when the shots are balanced and no step raises the loss.
@@ -294,7 +374,7 @@ class Model(_Loaded):
         >>> adapted.kind, len(adapted.classes)
         ('adapted', 8)
         """
-        self._check_arguments(steps, lr, safeguard, colour)  # before decoding the shots: a typo costs nothing
+        self._check_arguments(steps, lr, safeguard, colour, progress)  # before decoding the shots: a typo costs nothing
         data = load_shots(shots, self.preprocess)
         return self.adapt_arrays(to_float(data.images, self.preprocess), data.labels, data.classes,
                                  steps=steps, lr=lr, progress=progress, shots=data, safeguard=safeguard,
@@ -319,30 +399,30 @@ class Model(_Loaded):
         >>> model.adapt_arrays(images, np.array([0, 0, 1, 1]), ["a", "b"], quiet=True).classes
         ['a', 'b']
         """
-        steps, colour = self._check_arguments(steps, lr, safeguard, colour)
+        steps, colour = self._check_arguments(steps, lr, safeguard, colour, progress)
         recipe_steps = int(self.recipe["steps"])
         reported = "learned" if lr is None and "learned_lrs" in self.recipe else float(_lr_argument(lr, self.recipe["lr"]))
         lr = self._rates(lr)
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, (list, tuple, np.ndarray)):
+            # a str would be split into one class per character
+            raise FastadaptError(f"adapt_arrays: classes must be a list of class names, got {type(classes).__name__}")
         ways = len(classes)
         if ways < 2:
             raise FastadaptError(f"adaptation needs at least 2 classes, got {ways}")
         images = _preprocessed(images, self.preprocess, "adapt_arrays")
-        labels = np.asarray(labels)
-        if labels.dtype.kind not in "iu":  # 0.9 would silently become class 0
-            raise FastadaptError(f"adapt_arrays: labels must be whole numbers 0..{ways - 1}, got {labels.dtype} values")
-        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        labels = _array_labels(labels, ways, len(images))  # before onnxruntime, which would print its own error
         if len({str(c) for c in classes}) < ways:
             raise FastadaptError(f"adapt_arrays: class names must be distinct, got {[str(c) for c in classes]}"[:300])
-        if progress is not None and not callable(progress):
-            raise FastadaptError(f"{{progress}} must be a function progress(done, total), got {progress!r}", "progress")
         start = time.perf_counter()
         auto = None
         zero_head = self.recipe.get("head_init", "zero") == "zero"
         if steps == "auto":
             steps, auto = choose_steps(self.graphs, lambda x, y: self._init_head(x, y, ways), images, labels,
                                        ways, recipe_steps, lr, bool(safeguard), zero_head)
+            if "note" in auto and not quiet:  # it could not choose: say so, not only in adaptation["auto"]
+                warn(f"{auto['note']} (give every class 2 or more shots, or leave {{steps}} out)", "steps")
         # the shots' features, once: the prototype head and the colour cue both start from them
-        features = support_features(self.manifest, self.params, self.graphs, images) \
+        features = support_features(self._manifest, self.params, self.graphs, images) \
             if self.recipe.get("head_init") == "prototype" else None
         trajectory = run_steps(self.graphs, images, labels, self._init_head(images, labels, ways, features), steps, lr,
                                safeguard=bool(safeguard), progress=progress, keep_kept_steps=zero_head)
@@ -357,7 +437,7 @@ class Model(_Loaded):
         info = {**trajectory.report(steps, safeguard), "lr": reported, "classes": len(classes),
                 "shots_per_class": {c: int(n) for c, n in zip(classes, counts)},
                 "from": {"path": os.path.basename(self.path) if self.path else None,
-                         "params_sha256": self.manifest.get("members", {}).get("params.npz")}}
+                         "params_sha256": self._manifest.get("members", {}).get("params.npz")}}
         if auto is not None:
             info["auto"] = auto
         if colour_report is not None:
@@ -369,9 +449,9 @@ class Model(_Loaded):
             info["warning"] = str(FastadaptWarning(warning, "lr"))  # stored as a Python caller reads it
             if not quiet:
                 warn(warning, "lr")
-        manifest = dict(self.manifest)
+        manifest = dict(self._manifest)
         manifest.update(kind="adapted", classes=[str(c) for c in classes], adaptation=info,
-                        unknown=unknown_detection.describe(self.manifest, params))
+                        unknown=unknown_detection.describe(self._manifest, params))
         if cue:
             manifest["colour"] = cue
         # the shots (uint8, as preprocessed) and this meta-initialisation travel with the adapted bundle, so
@@ -381,11 +461,15 @@ class Model(_Loaded):
                         meta_params=self.params if kept else None, shots=kept)
         return AdaptedModel(bundle, self.graphs, seconds=round(seconds, 4))
 
-    def _check_arguments(self, steps, lr, safeguard, colour) -> tuple:
-        """Refuse a bad steps, lr, safeguard or colour in one line -> (steps as an int or "auto", colour)."""
+    def _check_arguments(self, steps, lr, safeguard, colour, progress=None) -> tuple:
+        """Refuse a bad steps, lr, safeguard, colour or progress in one line -> (steps as an int or "auto", colour)."""
         if not isinstance(safeguard, (bool, np.bool_)):
             raise FastadaptError(f"{{safeguard}} must be True or False, got {safeguard!r}", "safeguard")
+        if isinstance(colour, (bool, np.bool_)):  # only the two documented words: True/False read as neither
+            raise FastadaptError(f"{{colour}} must be 'auto' or 'off', got {bool(colour)!r} (for {bool(colour)!r} "
+                                 f"pass {'auto' if colour else 'off'!r})", "colour")
         colour = colour_cue.check_mode(colour)
+        _check_progress(progress)
         steps = _steps_argument(steps, int(self.recipe["steps"]))
         self._rates(lr)
         return steps, colour
@@ -414,11 +498,11 @@ class Model(_Loaded):
         report = {"mode": mode, **report}
         if scale == 0:
             return params, None, report
-        head = colour_cue.colour_head(colours, labels, ways, scale, head_scale_of(self.manifest))
+        head = colour_cue.colour_head(colours, labels, ways, scale, head_scale_of(self._manifest))
         return {**params, **head}, {"bins": colour_cue.BINS, "scale": scale}, report
 
     def _init_head(self, images: np.ndarray, labels: np.ndarray, ways: int, features: np.ndarray | None = None) -> dict:
-        return init_head(self.manifest, self.params, self.graphs, images, labels, ways, _where(self.bundle), features)
+        return init_head(self._manifest, self.params, self.graphs, images, labels, ways, _where(self.bundle), features)
 
     def _unlike_training_data(self, info: dict) -> str | None:
         """One warning when the shots look unlike the model's training data, naming what it is good for."""
@@ -450,9 +534,61 @@ class Model(_Loaded):
         Traceback (most recent call last):
         fastadapt.errors.FastadaptError: ...: is a meta model with no classes yet; adapt it first: ...
         """
-        raise FastadaptError(f"{self._name}: is a meta model with no classes yet; adapt it first: "
-                             f"'fastadapt adapt --model {printable(self.path or 'MODEL.fadapt')} --shots DIR --out adapted.fadapt' "
-                             f"(Python: model.adapt('DIR'))")
+        raise self._not_adapted()
+
+    def _not_adapted(self) -> FastadaptError:
+        """What an adapted model's method says on a meta model (rather than an AttributeError)."""
+        return FastadaptError(f"{self._name}: is a meta model with no classes yet; adapt it first: "
+                              f"'fastadapt adapt --model {printable(self.path or 'MODEL.fadapt')} --shots DIR --out "
+                              f"adapted.fadapt' (Python: model.adapt('DIR'))")
+
+    @property
+    def classes(self) -> list:
+        """A meta model has no classes yet: this raises an error that says to ``adapt`` it first.
+
+        >>> fastadapt.load().classes
+        Traceback (most recent call last):
+        fastadapt.errors.FastadaptError: ...: is a meta model with no classes yet; adapt it first: ...
+        """
+        raise self._not_adapted()
+
+    def add_classes(self, shots, *args, **kwargs) -> "AdaptedModel":
+        """A meta model has no classes to add to: this raises an error that says to ``adapt`` it first (with
+        all the classes).
+
+        >>> fastadapt.load().add_classes("examples/shots")
+        Traceback (most recent call last):
+        fastadapt.errors.FastadaptError: ...: is a meta model with no classes yet; adapt it first: ...
+        """
+        raise self._not_adapted()
+
+    def remove_classes(self, labels, *args, **kwargs) -> "AdaptedModel":
+        """A meta model has no classes to remove: this raises an error that says to ``adapt`` it first.
+
+        >>> fastadapt.load().remove_classes(["star"])
+        Traceback (most recent call last):
+        fastadapt.errors.FastadaptError: ...: is a meta model with no classes yet; adapt it first: ...
+        """
+        raise self._not_adapted()
+
+    def update_classes(self, add=None, remove=(), *args, **kwargs) -> "AdaptedModel":
+        """A meta model has no classes to change: this raises an error that says to ``adapt`` it first.
+
+        >>> fastadapt.load().update_classes(remove=["star"])
+        Traceback (most recent call last):
+        fastadapt.errors.FastadaptError: ...: is a meta model with no classes yet; adapt it first: ...
+        """
+        raise self._not_adapted()
+
+    def export_onnx(self, path, recipe=None) -> dict:
+        """A meta model has no classes to export a classifier for: this raises an error that says to ``adapt``
+        it first.
+
+        >>> fastadapt.load().export_onnx("model.onnx")
+        Traceback (most recent call last):
+        fastadapt.errors.FastadaptError: ...: is a meta model with no classes yet; adapt it first: ...
+        """
+        raise self._not_adapted()
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the meta bundle (unchanged) to ``path`` atomically.
@@ -461,7 +597,7 @@ class Model(_Loaded):
         """
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise FastadaptError(f"save needs a file name such as 'model.fadapt', got {path!r}")
-        save_bundle(path, Bundle(dict(self.manifest), self.bundle.forward_onnx, self.bundle.step_onnx,
+        save_bundle(path, Bundle(dict(self._manifest), self.bundle.forward_onnx, self.bundle.step_onnx,
                                  self.params, None))
 
 
@@ -477,22 +613,32 @@ class AdaptedModel(_Loaded):
     def __init__(self, bundle: Bundle, graphs: Graphs | None = None, seconds: float | None = None):
         super().__init__(bundle, graphs)
         self.seconds = seconds  # how long adaptation took (None for a loaded bundle: not stored, see adapt_arrays)
-        self.classes = [str(c) for c in self.manifest.get("classes") or []]
+        self._classes = tuple(str(c) for c in self._manifest.get("classes") or [])  # given out as a copy: classes
         rows = self.params.get("head.weight", np.zeros((0, 0))).shape[0]
-        if len(self.classes) < 2 or rows != len(self.classes):
-            raise FastadaptError(f"{_where(bundle)}: adapted bundle has {len(self.classes)} class names for "
+        if len(self._classes) < 2 or rows != len(self._classes):
+            raise FastadaptError(f"{_where(bundle)}: adapted bundle has {len(self._classes)} class names for "
                                  f"{rows} head rows; re-run 'fastadapt adapt'")
         if not all(np.isfinite(v).all() for v in self.params.values()):
             raise FastadaptError(f"{_where(bundle)}: the adapted weights hold NaN/inf values (a diverged "
                                  f"adaptation); re-run 'fastadapt adapt' without --lr")
-        stored = self.manifest.get("unknown") if isinstance(self.manifest.get("unknown"), dict) else {}
-        described = unknown_detection.describe(self.manifest, self.params)
+        stored = self._manifest.get("unknown") if isinstance(self._manifest.get("unknown"), dict) else {}
+        described = unknown_detection.describe(self._manifest, self.params)
         self.unknown_score = described["score"]
         self.unknown_threshold = stored.get("threshold", described["threshold"])
-        self._head_scale = head_scale_of(self.manifest)
-        self._colour = self.manifest.get("colour")
+        self._head_scale = head_scale_of(self._manifest)
+        self._colour = self._manifest.get("colour")
         self._scale = unknown_detection.prototype_scale(self.params, self._head_scale) \
             if self.unknown_score == unknown_detection.NEAREST_PROTOTYPE else 1.0
+
+    @property
+    def classes(self) -> list:
+        """The class labels, in the order of the head's rows, as a new list each time (an app that sorts
+        or edits it changes nothing in the model).
+
+        >>> fastadapt.load().adapt("examples/shots").classes[:3]
+        ['arrow', 'circle', 'cross']
+        """
+        return list(self._classes)
 
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (B, N), in-set scores (B,)) for preprocessed float32 images (B, C, H, W).
@@ -516,7 +662,7 @@ class AdaptedModel(_Loaded):
             scores.append(unknown_detection.scores(self.unknown_score, self._scale, logits, features, p,
                                                    self._head_scale))
         if not probabilities:
-            return np.zeros((0, len(self.classes))), np.zeros((0,))
+            return np.zeros((0, len(self._classes))), np.zeros((0,))
         return np.concatenate(probabilities), np.concatenate(scores)
 
     def _outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -551,8 +697,8 @@ class AdaptedModel(_Loaded):
         unknown   None/False: always answer a class; True: mark images below the model's calibrated
                   threshold (manifest["unknown"]["threshold"]) as ``unknown``; a number: that threshold (refused
                   above every score the model gives: 0 for prototype scores, 1 for probabilities)
-        skip_unreadable  an image that cannot be read is skipped with a warning and answered None (an error
-                  when none can be read); False: it is an error
+        skip_unreadable  True: an image that cannot be read is answered None, with a warning (all None when
+                  none can be read); False: it is an error
 
         >>> adapted = fastadapt.load().adapt("examples/shots")
         >>> adapted.predict("examples/queries/star/star_1.png").label
@@ -563,10 +709,16 @@ class AdaptedModel(_Loaded):
         """
         threshold = self._threshold(unknown)
         top = _check_top(top)
+        if not isinstance(skip_unreadable, (bool, np.bool_)):  # "no" would be true
+            raise FastadaptError(f"{{skip_unreadable}} must be True or False, got {skip_unreadable!r:.40}",
+                                 "skip_unreadable")
         batch = _is_batch(images)
         items = list(images) if batch else [images]
         if not items:
             return []
+        if not (isinstance(images, np.ndarray) and batch):  # the rows of an N x C x H x W array are images
+            for n, item in enumerate(items):
+                refuse_stacked_array(item, self.preprocess.channels, f"image {n}" if batch else "predict")
         names = [os.fspath(i) if isinstance(i, (str, os.PathLike)) else f"image {n}" for n, i in enumerate(items)]
         arrays = {}  # index -> uint8 image, for the images that could be read
         for n, item in enumerate(items):
@@ -579,8 +731,8 @@ class AdaptedModel(_Loaded):
                 if not skip_unreadable:
                     raise
                 warn(f"{exc}; skipped")
-        if not arrays:
-            raise FastadaptError(f"{names[0]}{' and the others' if len(names) > 1 else ''}: no readable image to predict")
+        if not arrays:  # none could be read: each is answered None, as the warnings said
+            return [None] * len(items) if batch else None
         message = polarity_warning(list(arrays.values()), self.preprocess, [names[n] for n in arrays])
         if message:
             warn(message)
@@ -621,11 +773,11 @@ class AdaptedModel(_Loaded):
                      threshold: float | None) -> list[Prediction]:
         """(B, N) probabilities and (B,) scores -> ``Prediction`` objects; with a ``threshold``, images scoring
         below it are ``unknown``."""
-        k = min(top, len(self.classes))
+        k = min(top, len(self._classes))
         results = []
         for row, score in zip(probabilities, scores):
             order = np.argsort(-row, kind="stable")[:k]
-            ranked = [(self.classes[j], float(row[j])) for j in order]
+            ranked = tuple((self._classes[j], float(row[j])) for j in order)
             rejected = threshold is not None and not float(score) >= threshold
             results.append(Prediction(ranked[0][0], ranked[0][1], ranked, rejected, float(score)))
         return results
@@ -643,13 +795,16 @@ class AdaptedModel(_Loaded):
         path = os.fspath(path)
         if os.path.isdir(path):
             raise FastadaptError(f"{path}: is a folder; give a file name such as {os.path.join(path, 'adapted.fadapt')}")
-        bundle = Bundle(dict(self.manifest), self.bundle.forward_onnx, self.bundle.step_onnx, self.params, None,
-                        meta_params=self.bundle.meta_params, shots=self.bundle.shots)
+        # the classes predict answers with, whatever was done to the bundle object since
+        bundle = Bundle({**self._manifest, "classes": list(self._classes)}, self.bundle.forward_onnx,
+                        self.bundle.step_onnx, self.params, None, meta_params=self.bundle.meta_params,
+                        shots=self.bundle.shots)
         save_bundle(path, bundle)
 
     def export_onnx(self, path: str | os.PathLike, recipe: str | os.PathLike | None = None) -> dict:
         """Write one self-contained ONNX file (these weights inside; input "images", preprocessed float32
-        (B, C, H, W); outputs "probabilities" (B, N) and "features" (B, D)) and its preprocessing recipe as
+        (B, C, H, W); outputs "probabilities" (B, N), "features" (B, D) and "logits" (B, N), the last for the
+        unknown score: recipe["unknown"]) and its preprocessing recipe as
         JSON beside it (default: model.onnx -> model.preprocess.json). Verified against ``probabilities``
         before anything is written. Needs the ``onnx`` package. Returns the recipe. See standalone.py.
 
@@ -662,31 +817,40 @@ class AdaptedModel(_Loaded):
         return export_onnx(self, path, recipe)
 
     def add_classes(self, shots, steps: int | str | None = None, lr: float | None = None,
-                    progress: Callable[[int, int], None] | None = None, safeguard: bool | None = None) -> "AdaptedModel":
+                    progress: Callable[[int, int], None] | None = None, safeguard: bool | None = None,
+                    colour: str | None = None) -> "AdaptedModel":
         """A new model that also knows the classes in ``shots`` (a folder of class folders or a dict
         {label: [images]}, one class is enough; an existing label gets the images added to its shots).
 
         It re-adapts from the meta-initialisation on the shots kept in this model and the new ones: the
         same model, bit for bit, as adapting the meta model on all the images at once with the new classes
-        last (in another class order, the same up to float rounding). steps, lr, safeguard: default to what
-        this model was adapted with (see ``Model.adapt``).
+        last (in another class order, the same up to float rounding). steps, lr, safeguard, colour: default
+        to what this model was adapted with (see ``Model.adapt``).
 
         >>> adapted = fastadapt.load().adapt({"star": ["examples/shots/star/star_1.png"],
         ...                                   "circle": ["examples/shots/circle/circle_1.png"]})
         >>> adapted.add_classes({"arrow": ["examples/shots/arrow/arrow_1.png"]}).classes
         ['star', 'circle', 'arrow']
         """
-        return self.update_classes(add=shots, steps=steps, lr=lr, progress=progress, safeguard=safeguard)
+        if shots is None:  # update_classes reads None as "add nothing": here it is a mistake
+            raise FastadaptError("add_classes takes {shots}, a folder of class folders or a dict {label: [images]}, "
+                                 "got None", "shots")
+        return self.update_classes(add=shots, steps=steps, lr=lr, progress=progress, safeguard=safeguard,
+                                   colour=colour)
 
     def remove_classes(self, labels: str | list[str], steps: int | str | None = None, lr: float | None = None,
-                       progress: Callable[[int, int], None] | None = None, safeguard: bool | None = None) -> "AdaptedModel":
+                       progress: Callable[[int, int], None] | None = None, safeguard: bool | None = None,
+                       colour: str | None = None) -> "AdaptedModel":
         """A new model without the classes ``labels`` (at least 2 classes must remain), re-adapted from the
         meta-initialisation on the kept shots of the others; see ``add_classes``.
 
         >>> fastadapt.load().adapt("examples/shots").remove_classes(["star"]).classes
         ['arrow', 'circle', 'cross', 'spiral', 'square', 'triangle', 'zigzag']
         """
-        return self.update_classes(remove=labels, steps=steps, lr=lr, progress=progress, safeguard=safeguard)
+        if labels is None:  # update_classes reads None as "remove nothing": here it is a mistake
+            raise FastadaptError("remove_classes takes {labels}, a class label or a list of them, got None", "labels")
+        return self.update_classes(remove=labels, steps=steps, lr=lr, progress=progress, safeguard=safeguard,
+                                   colour=colour)
 
     def update_classes(self, add=None, remove: str | list[str] = (), steps: int | str | None = None,
                        lr: float | None = None, progress: Callable[[int, int], None] | None = None,
@@ -703,16 +867,16 @@ class AdaptedModel(_Loaded):
         if not isinstance(remove, (str, list, tuple, set, frozenset)):
             raise FastadaptError(f"remove_classes takes a class label or a list of them, got {type(remove).__name__}")
         remove = [remove] if isinstance(remove, str) else [str(label) for label in remove]
-        missing = [label for label in remove if label not in self.classes]
+        missing = [label for label in remove if label not in self._classes]
         if missing:
             raise FastadaptError(f"cannot remove class '{printable(missing[0])}': {self._name} has no "
-                                 f"such class (it has {', '.join(map(printable, self.classes[:10]))}"
-                                 f"{', ...' if len(self.classes) > 10 else ''})")
+                                 f"such class (it has {', '.join(map(printable, self._classes[:10]))}"
+                                 f"{', ...' if len(self._classes) > 10 else ''})")
         stored = self.bundle.shots
         # the kept shots, class by class, as load_shots gives them; images in the form to_uint8 reads back
         # unchanged (same size, so no resize; un-inverted, so its inversion restores them bit for bit)
         classes = {}
-        for index, label in enumerate(self.classes):
+        for index, label in enumerate(self._classes):
             if label not in remove:
                 images = stored["images"][stored["labels"] == index]
                 classes[label] = [255 - image if self.preprocess.invert else image for image in images]
@@ -721,7 +885,7 @@ class AdaptedModel(_Loaded):
             if not isinstance(new, dict) or not new:
                 raise FastadaptError(f"add_classes takes a folder of class folders or a dict {{label: [images]}}, "
                                      f"got {type(add).__name__ if not isinstance(add, dict) else 'an empty dict'}")
-            for label, items in (dict_classes(new) if isinstance(add, dict) else new).items():
+            for label, items in (dict_classes(new, self.preprocess.channels) if isinstance(add, dict) else new).items():
                 classes[label] = classes.get(label, []) + items
         if len(classes) < 2:
             raise FastadaptError(f"removing {', '.join(map(printable, remove))} would leave {len(classes)} class; "
@@ -731,22 +895,22 @@ class AdaptedModel(_Loaded):
                       lr=lr if lr is not None else (None if info.get("lr") == "learned" else info.get("lr")),
                       safeguard=safeguard if safeguard is not None else info.get("safeguard", True),
                       colour=colour if colour is not None else _stored_colour_mode(info))
-        meta._check_arguments(**recipe)  # before decoding the shots
-        data = load_shots(classes, self.preprocess)
+        meta._check_arguments(**recipe, progress=progress)  # before decoding the shots
+        data = load_shots(classes, self.preprocess, checked=True)  # dict_classes checked the new arrays above
         adapted = meta.adapt_arrays(to_float(data.images, self.preprocess), data.labels, data.classes, shots=data,
                                     progress=progress, **recipe)
-        adapted.manifest["adaptation"]["from"] = info.get("from")  # the meta bundle, not the in-memory copy
+        adapted._manifest["adaptation"]["from"] = info.get("from")  # the meta bundle, not the in-memory copy
         return adapted
 
     def _meta_model(self) -> Model:
         """The meta model this one was adapted from, rebuilt from the bundle's meta_params.npz."""
         if self.bundle.meta_params is None or self.bundle.shots is None:
-            cli, python = _meta_source(self.adaptation)
+            cli, python, note = _meta_source(self.adaptation)
             raise FastadaptError(f"{self._name}: keeps no shots to add or remove classes with (adapted "
                                  f"by an older fastadapt, or with adapt_arrays); adapt the meta model again with all "
                                  f"the images: fastadapt adapt --model {cli} --shots DIR --out ... "
-                                 f"(Python: fastadapt.load({python}).adapt(...))")
-        manifest = {k: v for k, v in self.manifest.items() if k not in ("adaptation", "unknown", "colour")}
+                                 f"(Python: fastadapt.load({python}).adapt(...)){note}")
+        manifest = {k: v for k, v in self._manifest.items() if k not in ("adaptation", "unknown", "colour")}
         manifest.update(kind="meta", classes=None, parameters=list(self.bundle.meta_params),
                         members={"params.npz": (self.adaptation.get("from") or {}).get("params_sha256")})
         bundle = Bundle(manifest, self.bundle.forward_onnx, self.bundle.step_onnx, self.bundle.meta_params, None)
@@ -762,9 +926,10 @@ class AdaptedModel(_Loaded):
         Traceback (most recent call last):
         fastadapt.errors.FastadaptError: this model: is already adapted ...
         """
-        cli, python = _meta_source(self.adaptation)
-        raise FastadaptError(f"{self._name}: is already adapted (classes: {', '.join(map(printable, self.classes[:5]))}"
-                             f"{', ...' if len(self.classes) > 5 else ''}); adaptation starts from a meta model, "
-                             f"so adapt the one it came from instead (--model {cli}; Python: fastadapt.load({python})); "
+        cli, python, note = _meta_source(self.adaptation)
+        raise FastadaptError(f"{self._name}: is already adapted (classes: {', '.join(map(printable, self._classes[:5]))}"
+                             f"{', ...' if len(self._classes) > 5 else ''}); adaptation starts from a meta model, "
+                             f"so adapt the one it came from instead (--model {cli}; Python: fastadapt.load({python})"
+                             f"){note}; "
                              f"to add or remove classes use add_classes / remove_classes (CLI: fastadapt adapt "
                              f"--model ADAPTED --add DIR)")

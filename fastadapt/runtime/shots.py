@@ -24,6 +24,7 @@ from ..data.classes import (folder_images, is_visible_name, refuse_lookalikes, u
                             warn_ignored)
 from ..errors import FastadaptError, warn
 from ..images import Preprocess, is_image_source, polarity_warning, to_uint8
+from ..manifest import MAX_CLASSES, MAX_LABEL_CHARS, printable  # the labels an adapted bundle may hold
 
 
 @dataclass
@@ -77,19 +78,54 @@ def _folder_classes(root: str) -> dict:
     return classes
 
 
-def dict_classes(shots: dict) -> dict:
+def refuse_stacked_array(item, channels: int, name: str) -> None:
+    """A 3-D array whose first axis is 3 or 4 (and last axis not 1 to 4) is read as one CxHxW colour image
+    (images._from_array). For a grey model it is as likely N grey images stacked (np.stack of 3 pictures),
+    so it is refused rather than guessed; a colour model takes CxHxW.
+
+    >>> fastadapt.runtime.shots.refuse_stacked_array(np.zeros((3, 28, 28)), 1, "image 0")
+    Traceback (most recent call last):
+    fastadapt.errors.FastadaptError: image 0: an array of shape (3, 28, 28) is either one colour image (CxHxW) or 3 grey ...
+    """
+    if isinstance(item, np.ndarray) and item.ndim == 3 and channels == 1 and item.shape[0] in (3, 4) \
+            and item.shape[2] not in (1, 2, 3, 4):
+        n = item.shape[0]
+        raise FastadaptError(f"{name}: an array of shape {item.shape} is either one colour image (CxHxW) or {n} "
+                             f"grey images stacked, and this model is grey; pass a list of HxW arrays, or an "
+                             f"N x 1 x H x W array (one colour image: H x W x {n})")
+
+
+def _check_labels(labels: list, source: str) -> None:
+    """Labels an adapted bundle can hold (manifest.py's rule: at most MAX_CLASSES names of 1..MAX_LABEL_CHARS
+    characters), checked when the shots are read rather than when the model is saved."""
+    if len(labels) > MAX_CLASSES:
+        raise FastadaptError(f"{source}: {len(labels):,} classes; a model holds at most {MAX_CLASSES:,}")
+    for label in labels:
+        if not 0 < len(label) <= MAX_LABEL_CHARS:
+            shown = printable(label if len(label) <= 40 else label[:37] + "...")
+            problem = "is empty" if not label else f"has {len(label)} characters"
+            raise FastadaptError(f"{source}: class label '{shown}' {problem}; give every class a name of "
+                                 f"1..{MAX_LABEL_CHARS} characters")
+
+
+def dict_classes(shots: dict, channels: int | None = None) -> dict:
     """{label: image or images} -> {str(label): [images]}: one image on its own is a list of one; labels that
-    are the same as text (1 and "1") or a class with no images are errors."""
+    are the same as text (1 and "1") or a class with no images are errors. With the model's ``channels``,
+    arrays given as one image are checked by ``refuse_stacked_array`` (the rows of an N x C x H x W array are
+    images by definition)."""
     classes, given = {}, {}
     for label, items in shots.items():
         if str(label) in given:  # e.g. 1 and "1": one would silently replace the other
             raise FastadaptError(f"shots dict: labels {given[str(label)]!r} and {label!r} are both named "
                                  f"'{label}'; give every class a distinct label")
         given[str(label)] = label
-        if not hasattr(items, "__iter__") or (is_image_source(items) and not (
-                isinstance(items, np.ndarray) and items.ndim == 4)):
+        batch = isinstance(items, np.ndarray) and items.ndim == 4
+        if not hasattr(items, "__iter__") or (is_image_source(items) and not batch):
             items = [items]  # one image given on its own (a file object is iterable, by lines: not a list)
         classes[str(label)] = list(items)
+        if channels is not None and not batch:
+            for index, item in enumerate(classes[str(label)]):
+                refuse_stacked_array(item, channels, f"shots dict: image {index} of class '{printable(label)}'")
         if not classes[str(label)]:
             raise FastadaptError(f"shots dict: class '{label}' has no images; give at least one")
     return classes
@@ -101,18 +137,20 @@ def _describe(item, label, index) -> str:
     return f"image {index} of class '{label}'"
 
 
-def load_shots(shots, spec: Preprocess) -> Shots:
-    """Decode and preprocess (stage 1, uint8) every support image; validate the class structure."""
+def load_shots(shots, spec: Preprocess, checked: bool = False) -> Shots:
+    """Decode and preprocess (stage 1, uint8) every support image; validate the class structure and labels.
+    ``checked``: a dict whose arrays ``dict_classes`` has already checked (AdaptedModel.update_classes)."""
     if isinstance(shots, (str, os.PathLike)):
         source = os.fspath(shots)
         classes = _folder_classes(source)
         folder_of = {name: os.path.join(source, name) for name in classes}
     elif isinstance(shots, dict):
         source = "shots dict"
-        classes = dict_classes(shots)
+        classes = dict_classes(shots, None if checked else spec.channels)
         folder_of = {name: source for name in classes}
     else:
         raise FastadaptError(f"shots must be a folder path or a dict {{label: [images]}}, got {type(shots).__name__}")
+    _check_labels(list(classes), source)  # before any image is decoded
     refuse_lookalikes(classes, source)
     if len(classes) < 2:
         only = next(iter(classes), None)
