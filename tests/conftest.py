@@ -88,6 +88,17 @@ def _export(folder: str) -> None:
                      inner_loop={"head_init": "prototype"})
 
 
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> str:
+    """The shipped characters model adapted to the 8 example shapes (as 'fastadapt adapt --shots examples/shots'),
+    saved once per test module (a module may define its own ``shapes``)."""
+    import fastadapt
+
+    path = tmp_path_factory.mktemp("shapes") / "shapes.fadapt"
+    fastadapt.load().adapt(os.path.join(ROOT, "examples", "shots")).save(str(path))
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def bundles(request, tmp_path_factory) -> dict:
     """{"zero": path, "prototype": path} of meta bundles (kind "meta"), shared by the session."""

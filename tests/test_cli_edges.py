@@ -26,13 +26,6 @@ STAR = str(EXAMPLES / "queries" / "star" / "star_1.png")
 pytestmark = pytest.mark.skipif(not DEFAULT.exists(), reason="no default model shipped")
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> str:
-    """The shipped characters model adapted to the 8 example shapes (as 'fastadapt adapt --shots examples/shots')."""
-    path = tmp_path_factory.mktemp("edges") / "a.fadapt"
-    fastadapt.load().adapt(str(EXAMPLES / "shots")).save(str(path))
-    return str(path)
-
 
 @pytest.fixture
 def no_evaluation(monkeypatch):

@@ -19,13 +19,6 @@ from test_cli_edges import EXAMPLES, STAR
 from test_cli_runtime import assert_user_error, run_cli
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> str:
-    """The shipped characters model adapted to the example shapes."""
-    path = tmp_path_factory.mktemp("messages") / "shapes.fadapt"
-    fastadapt.load().adapt(str(EXAMPLES / "shots")).save(str(path))
-    return str(path)
-
 
 def test_warnings_and_errors_escape_control_characters_in_file_names(shapes, tmp_path, capsys):
     folder = tmp_path / "q"

@@ -29,13 +29,6 @@ QUERIES = sorted(str(p) for p in (EXAMPLES / "queries").rglob("*.png"))  # 40 dr
 pytestmark = pytest.mark.skipif(not DEFAULT.exists(), reason="no default model shipped")
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> str:
-    """The shipped characters model adapted to the 8 example shapes (as 'fastadapt adapt --shots examples/shots')."""
-    path = tmp_path_factory.mktemp("scripting") / "shapes.fadapt"
-    fastadapt.load().adapt(str(EXAMPLES / "shots")).save(str(path))
-    return str(path)
-
 
 @pytest.fixture
 def bad(tmp_path) -> str:

@@ -34,13 +34,6 @@ needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a
                                                                          "in: Linux /proc")
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> str:
-    """The shipped characters model adapted to the 8 example shapes (as 'fastadapt adapt --shots examples/shots')."""
-    path = tmp_path_factory.mktemp("export-edges") / "ad.fadapt"
-    fastadapt.load().adapt(str(EXAMPLES / "shots")).save(str(path))
-    return str(path)
-
 
 def with_graph(src, dst, member: str, edit) -> str:
     """A copy of bundle ``src`` whose ``member`` graph ("forward.onnx", "step.onnx") ``edit(graph)`` changed,
