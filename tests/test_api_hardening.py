@@ -185,13 +185,16 @@ def test_a_model_goes_to_a_spawned_worker():
 
 # ----------------------------------------------------------------------------- 10: progress ends full
 
-@pytest.mark.parametrize("options, last", [({}, (3, 3)), ({"lr": 1e5}, (3, 3)), ({"steps": 0}, (0, 0)),
+@pytest.mark.parametrize("options, last", [({}, (3, 3)), ({"lr": 1e5}, (3, 3)), ({"steps": 0}, None),
                                            ({"safeguard": False}, (3, 3))])
 def test_progress_always_ends_at_its_total(model, options, last):
     calls = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FastadaptWarning)  # lr=1e5: the rejected step is warned about
         adapted = model.adapt(str(SHOTS), progress=lambda done, total: calls.append((done, total)), **options)
+    if last is None:  # 0 steps: no call, never (0, 0), which a bar computing done / total would divide by
+        assert calls == []
+        return
     assert calls and calls[-1] == last and all(total == last[1] for _, total in calls)
     if "lr" in options:
         assert adapted.adaptation["steps"] == 0 and calls == [(3, 3)]
@@ -201,7 +204,7 @@ def test_progress_ends_full_with_steps_auto(model):
     calls = []
     adapted = model.adapt(SMALL, steps="auto", progress=lambda done, total: calls.append((done, total)))
     chosen = adapted.adaptation["steps"]
-    assert calls[-1] == (chosen, chosen)
+    assert calls[-1] == (chosen, chosen) if chosen else calls == []
 
 
 # ----------------------------------------------------------------------------- 11: skip_unreadable answers None

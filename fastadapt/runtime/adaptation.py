@@ -130,8 +130,8 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
               visit: Callable[[int, dict], None] | None = None, keep_kept_steps: bool = False) -> _Trajectory:
     """``steps`` SGD steps from ``params`` (see the module docstring). ``visit(kept, params)`` is called at
     the start and after each kept step; ``progress(kept, steps)`` after each kept step, and ``progress(steps,
-    steps)`` at the end when that was not the last call (a rejected step, 0 steps), so a progress bar always
-    ends full. ``keep_kept_steps``: a
+    steps)`` at the end when that was not the last call (a rejected step), so a progress bar always ends full;
+    never with 0 steps (no (0, 0), which a bar computing done / total would divide by). ``keep_kept_steps``: a
     rejected step ends adaptation at the steps before it rather than at the start. ``lr``: a number,
     or the bundle's learned rates, a (steps, adapted tensors) float32 array (``step_rate``).
 
@@ -154,7 +154,7 @@ def run_steps(graphs, images: np.ndarray, labels: np.ndarray, params: dict, step
         return rounding_bound(*final, p, labels, balanced)
 
     def ended(trajectory: _Trajectory) -> _Trajectory:
-        if progress is not None and (steps == 0 or len(trajectory.lrs) < steps):
+        if progress is not None and 0 < steps and len(trajectory.lrs) < steps:
             progress(steps, steps)
         return trajectory
 

@@ -226,6 +226,11 @@ def _preprocessed(images, preprocess: Preprocess, what: str) -> np.ndarray:
     return images
 
 
+class _NoClasses(FastadaptError, AttributeError):
+    """A meta model's ``classes``: the user's mistake (a FastadaptError), and for attribute lookups such as
+    hasattr an attribute it does not have."""
+
+
 def _read_only(array) -> np.ndarray:
     """A float32 view of ``array`` that cannot be written (the bundle's own array keeps its flags)."""
     view = np.ascontiguousarray(array, dtype=np.float32).view()
@@ -362,7 +367,7 @@ class Model(_Loaded):
         steps, lr override the manifest's inner-loop recipe (the meta-trained values are best);
                   steps="auto" picks 0..recipe steps by leave-one-shot-out on the shots (>= 2 per class)
         progress  called as progress(done_steps, total_steps) after each SGD step, and last always with
-                  done == total (also when a step is rejected or no step is kept; (0, 0) for 0 steps)
+                  done == total (also when a step is rejected or no step is kept; not called for 0 steps)
         safeguard when a step raises the support loss, keep the start (0 steps) and warn; unbalanced shots
                   use the class-balanced loss. False runs the plain recipe. Both give the recipe's
                   result, bit for bit, when the shots are balanced and no step raises the loss.
@@ -544,13 +549,14 @@ class Model(_Loaded):
 
     @property
     def classes(self) -> list:
-        """A meta model has no classes yet: this raises an error that says to ``adapt`` it first.
+        """A meta model has no classes yet: this raises a FastadaptError that says to ``adapt`` it first, which
+        is also an AttributeError, so ``hasattr`` and ``getattr(model, "classes", None)`` still work.
 
-        >>> fastadapt.load().classes
-        Traceback (most recent call last):
-        fastadapt.errors.FastadaptError: ...: is a meta model with no classes yet; adapt it first: ...
+        >>> hasattr(fastadapt.load(), "classes")
+        False
         """
-        raise self._not_adapted()
+        error = self._not_adapted()
+        raise _NoClasses(*error.args)
 
     def add_classes(self, shots, *args, **kwargs) -> "AdaptedModel":
         """A meta model has no classes to add to: this raises an error that says to ``adapt`` it first (with
