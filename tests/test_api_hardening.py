@@ -257,8 +257,11 @@ def test_adapt_arrays_refuses_what_onnxruntime_would_fail_on(model, capfd):
 
 def test_a_meta_model_says_adapt_it_first(model):
     for call in (lambda: model.classes, lambda: model.add_classes(SMALL), lambda: model.remove_classes(["star"]),
-                 lambda: model.update_classes(remove=["star"]), lambda: model.export_onnx("m.onnx")):
+                 lambda: model.update_classes(remove=["star"]), lambda: model.export_onnx("m.onnx"),
+                 lambda: model.scores(np.zeros((1, 1, 32, 32), np.float32)),
+                 lambda: model.probabilities(np.zeros((1, 1, 32, 32), np.float32))):
         refused(call, "is a meta model with no classes yet; adapt it first")
+    assert not hasattr(model, "classes") and getattr(model, "classes", None) is None  # still an AttributeError
 
 
 def test_add_and_remove_classes_take_colour(adapted):

@@ -586,6 +586,25 @@ class Model(_Loaded):
         """
         raise self._not_adapted()
 
+    def scores(self, images) -> tuple:
+        """A meta model has no classes to score: this raises an error that says to ``adapt`` it first.
+
+        >>> fastadapt.load().scores(np.zeros((1, 1, 32, 32), np.float32))
+        Traceback (most recent call last):
+        fastadapt.errors.FastadaptError: ...: is a meta model with no classes yet; adapt it first: ...
+        """
+        raise self._not_adapted()
+
+    def probabilities(self, images) -> np.ndarray:
+        """A meta model has no classes to give probabilities of: this raises an error that says to ``adapt``
+        it first.
+
+        >>> fastadapt.load().probabilities(np.zeros((1, 1, 32, 32), np.float32))
+        Traceback (most recent call last):
+        fastadapt.errors.FastadaptError: ...: is a meta model with no classes yet; adapt it first: ...
+        """
+        raise self._not_adapted()
+
     def export_onnx(self, path, recipe=None) -> dict:
         """A meta model has no classes to export a classifier for: this raises an error that says to ``adapt``
         it first.
