@@ -245,15 +245,10 @@ CHUNK = 256  # images per loaded.predict call: answers come out as they are made
 
 def _predict_chunk(loaded, paths: list, top: int, threshold) -> list:
     """loaded.predict of ``paths``: a Prediction per image, None for each unreadable one (skipped with a
-    warning). Answers do not depend on the chunking: each image is predicted on its own. A polarity warning
-    ("light strokes on a dark background") counts the images of its chunk."""
-    try:
-        return loaded.predict(paths, top, threshold, skip_unreadable=True)
-    except FastadaptError:
-        # the API refuses a list with no readable image; another chunk may have some, so here that is all None
-        if any(_unreadable(path, loaded.preprocess) is None for path in paths):
-            raise  # an image could be read: the error is about something else
-        return [None] * len(paths)
+    warning; a chunk of only unreadable images is all None). Answers do not depend on the chunking: each image
+    is predicted on its own. A polarity warning ("light strokes on a dark background") counts the images of its
+    chunk."""
+    return loaded.predict(paths, top, threshold, skip_unreadable=True)
 
 
 def _unreadable(path: str, preprocess) -> str | None:
