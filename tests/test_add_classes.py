@@ -49,6 +49,30 @@ def test_adding_classes_equals_adapting_on_all_at_once(meta, saved, tmp_path):
     assert (tmp_path / "grown.fadapt").read_bytes() == (tmp_path / "at_once.fadapt").read_bytes()
 
 
+def test_classes_in_unsorted_order_keep_their_own_shots(meta):
+    """Guards against re-binding the kept shots by sorted position: a dict's classes keep their insertion order,
+    so adding to (or removing from) a model whose classes are not sorted equals adapting on the result at once."""
+    unsorted = {k: IMAGES[k] for k in ("class02", "class00", "class01")}
+    adapted = meta.adapt(unsorted)
+    assert adapted.classes == list(unsorted)
+    grown = adapted.add_classes(LATER)
+    at_once = meta.adapt({**unsorted, **LATER})
+    assert grown.classes == at_once.classes == list(unsorted) + list(LATER)
+    assert same_params(grown, at_once)
+    smaller = at_once.remove_classes(["class00"])
+    assert same_params(smaller, meta.adapt({k: v for k, v in {**unsorted, **LATER}.items() if k != "class00"}))
+
+
+def test_adding_classes_keeps_the_models_safeguard_setting(meta):
+    """Guards against add_classes turning the safeguard back on: unset arguments are as the model was adapted.
+    Unbalanced shots make it visible in the parameters (the safeguard adapts them on the class-balanced loss)."""
+    first = {**FIRST, "class00": FIRST["class00"][:1]}
+    grown = meta.adapt(first, safeguard=False).add_classes(LATER)
+    assert grown.adaptation["safeguard"] is False and grown.adaptation["class_balanced"] is False
+    assert same_params(grown, meta.adapt({**first, **LATER}, safeguard=False))
+    assert not same_params(grown, meta.adapt({**first, **LATER}))  # the safeguard's steps differ here
+
+
 def test_removing_a_class_and_adding_to_one(meta, saved):
     smaller = saved.add_classes(LATER).remove_classes(["class03", "class04"])
     assert same_params(smaller, saved) and smaller.classes == saved.classes
@@ -122,6 +146,8 @@ def _rewrite(src, dst, **members) -> None:
 @pytest.mark.parametrize("shots, match", [  # shots(s): the damaged member for a model of input size s
     (lambda s: {"images": np.zeros((9, 1, s, s), np.float32), "labels": np.zeros(9, np.int64)}, "not uint8"),
     (lambda s: {"images": np.zeros((9, 1, s, s), np.uint8), "labels": np.full(9, 7, np.int64)}, "class by class"),
+    # every class present, but the last first: the format stores the shots class by class
+    (lambda s: {"images": np.zeros((9, 1, s, s), np.uint8), "labels": np.repeat([2, 1, 0], 3)}, "class by class"),
     (lambda s: {"images": np.zeros((9, 1, s // 2, s // 2), np.uint8), "labels": np.repeat(np.arange(3), 3)}, "shape"),
     (lambda s: {"images": np.zeros((9, 1, s, s), np.uint8)}, "lacks labels"),
 ])

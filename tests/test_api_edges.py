@@ -124,6 +124,29 @@ def test_weights_that_overflow_give_one_error_not_nan_answers(adapted, tmp_path)
         refused(lambda: big.predict(str(STAR)), "the model's outputs are not finite numbers")
 
 
+def test_logits_beyond_exps_range_give_finite_probabilities(adapted, tmp_path):
+    """Guards against a softmax without the max subtraction: logits above ~709 overflow exp (inf / inf = NaN
+    probabilities). A head 20 times larger gives logits of ~1000; the probabilities are the float64 softmax
+    p_j = 1 / sum_k exp(z_k - z_j), a form whose exponents overflow only where p_j underflows to 0 anyway."""
+    from fastadapt.images import preprocess
+    from test_bundle_hardening import craft, params_npz
+
+    adapted.save(tmp_path / "a.fadapt")
+    params = dict(fastadapt.load(tmp_path / "a.fadapt").params)
+    params["head.weight"], params["head.bias"] = 20 * params["head.weight"], 20 * params["head.bias"]
+    large = fastadapt.load(craft(tmp_path / "a.fadapt", tmp_path / "large.fadapt", params_npz=params_npz(params)))
+    x = preprocess(sorted(str(p) for p in (EXAMPLES / "queries").glob("*/*.png")), large.preprocess)
+    z = np.concatenate([large._outputs(image[None])[0] for image in x]).astype(np.float64)  # as scores() runs them
+    assert (z.max(1) > 750).all()  # every row beyond exp's float64 range
+    with np.errstate(over="ignore"):
+        expected = 1.0 / np.exp(z[:, None, :] - z[:, :, None]).sum(2)
+    probabilities = large.scores(x)[0]
+    assert np.isfinite(probabilities).all()
+    # the same exponents, exact differences of float32 logits in float64: a few float64 roundings apart
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-12, atol=1e-300)
+    assert 0 < large.predict(str(STAR)).probability <= 1
+
+
 CAFE_NFC, CAFE_NFD = "caf\u00e9", "cafe\u0301"  # the same word: one code point for é, or e + combining accent
 
 

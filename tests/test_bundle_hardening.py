@@ -408,6 +408,10 @@ def test_ed25519_rfc8032_vectors(secret, public, message, signature):
     assert not signing.verify(public, message + b"x", signature)
     assert not signing.verify(public, message, signature[:63] + bytes([signature[63] ^ 1]))
     assert not signing.verify(public, message, signature[:32] + (signing.L + 1).to_bytes(32, "little"))
+    # s + L satisfies the verification equation too (the group has order L): RFC 8032 5.1.7 refuses any s >= L,
+    # else each signature has a second valid form (malleability)
+    s = int.from_bytes(signature[32:], "little")
+    assert not signing.verify(public, message, signature[:32] + (s + signing.L).to_bytes(32, "little"))
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,25 @@ def test_leave_one_out_holds_each_shot_out_of_its_class_mean():
             assert d2[i, c] == pytest.approx(((x[i] - x[members].mean(0)) ** 2).sum(), rel=1e-12)
 
 
+@pytest.mark.parametrize("outliers", [1, 2, 3])
+def test_colour_must_fix_margin_more_held_out_shots_than_no_colour(outliers):
+    """Guards against ignoring MARGIN (colour used as soon as it fixes one held-out shot). 2 classes x 6 shots on a
+    line: class 1 at 2, class 0 at 0 but for ``outliers`` shots at 1.8, each nearer class 1 when held out; the colours
+    tell the classes apart exactly. Colour fixes exactly the outliers, so it is used only when they number MARGIN."""
+    assert colour_cue.MARGIN == 3 and colour_cue.WEIGHTS == (4.0,)
+    features = np.zeros((12, 1))
+    features[6:] = 2.0
+    features[6 - outliers:6] = 1.8
+    labels = np.repeat([0, 1], 6)
+    colours = np.eye(2)[labels]  # |h| = 1 and a spacing of 2 between the class means
+    scale, report = colour_cue.choose_scale(features, colours, labels, 2)
+    assert report["held_out_right"] == {"0": 12 - outliers, "4": 12}
+    if outliers < colour_cue.MARGIN:
+        assert scale == 0 and report["chosen"] == 0
+    else:  # a = w sqrt(feature spacing / colour spacing), the class means 2 - 1.8 * outliers / 6 apart
+        assert report["chosen"] == 4 and scale == pytest.approx(4 * np.sqrt((2 - 0.3 * outliers) ** 2 / 2), abs=1e-6)
+
+
 @needs_photos
 def test_colour_is_chosen_when_it_tells_the_photos_apart(photos):
     """The demo's crops: one photo per class, which the colour tells apart (measured: 27 of 30 queries right

@@ -291,6 +291,22 @@ def test_pad_keeps_the_aspect_ratio_and_pads_with_the_background():
     assert np.array_equal(cropped, np.asarray(centre.resize((28, 28), Image.LANCZOS)))
 
 
+def test_pad_is_the_documented_recipe_centred_on_the_median_border_level():
+    """Guards against pasting the image at the corner rather than the centre, and against filling with the mean
+    of the border rather than its median. The recipe (and the standalone export's): resize to
+    (round(w * s / max(w, h)), round(h * s / max(w, h))), paste at ((s - that) // 2) on the border's median."""
+    wide = Image.new("L", (50, 20), 200)  # light paper with a dark bar across its middle rows
+    ImageDraw.Draw(wide).rectangle((0, 7, 49, 12), fill=0)
+    ImageDraw.Draw(wide).line((0, 0, 10, 0), fill=0)  # with the bar's ends, 23 of the 140 border pixels are dark:
+    # their mean is 167, their median 200
+    tall = wide.transpose(Image.Transpose.ROTATE_90)  # 20 x 50
+    for image, inner, at in ((wide, (28, 11), (0, 8)), (tall, (11, 28), (8, 0))):
+        expected = Image.new("L", (28, 28), 200)
+        expected.paste(image.resize(inner, Image.LANCZOS), at)
+        got = to_uint8(image, Preprocess(size=28, fit="pad", invert=False))[0]
+        assert np.array_equal(got, np.asarray(expected)), image.size
+
+
 def test_colour_padding_uses_each_channels_background():
     image = Image.new("RGB", (50, 20), (10, 120, 230))
     out = to_uint8(image, Preprocess(channels=3, invert=False))

@@ -79,6 +79,13 @@ def test_permission_bits_of_an_existing_file_are_kept(tmp_path):
     write_atomic(private, b"new")
     assert private.read_bytes() == b"new"
     assert stat.S_IMODE(os.stat(private).st_mode) == 0o600
+    # modes other than the private temp file's own 0600 (which would pass without the chmod that keeps them)
+    for mode in (0o640, 0o604, 0o751):
+        shared = tmp_path / f"shared{mode:o}.fadapt"
+        shared.write_bytes(b"old")
+        os.chmod(shared, mode)
+        write_atomic(shared, b"new")
+        assert shared.read_bytes() == b"new" and stat.S_IMODE(os.stat(shared).st_mode) == mode, oct(mode)
     fresh = tmp_path / "fresh.fadapt"
     umask = os.umask(0o022)
     try:

@@ -11,7 +11,7 @@ import pytest
 
 import fastadapt
 from fastadapt.errors import FastadaptError
-from fastadapt.runtime.adaptation import support_loss
+from fastadapt.runtime.adaptation import AUTO_FOLDS, _loss_resolution, run_steps, softmax, support_loss
 
 from conftest import ROOT, glyph_images, save_folder
 from test_cli_runtime import run_cli
@@ -103,6 +103,20 @@ def test_auto_steps(bundles, glyphs):
         assert np.array_equal(again.params[name], adapted.params[name]), name
     one_shot = model.adapt(glyph_images(3, 1, seed=2), steps="auto").adaptation
     assert one_shot["steps_requested"] == model.recipe["steps"] and "2 shots" in one_shot["auto"]["note"]
+
+
+def test_auto_holds_out_one_shot_of_every_class_per_fold():
+    """Guards against inverted folds (each fold holding out all shots but one per class): fold f holds out
+    the f-th shot of each class, so the report counts folds * classes held-out shots."""
+    from fastadapt.runtime.adaptation import _held_out_folds
+
+    labels = np.array([1, 0, 0, 2, 1, 0, 2])
+    folds = _held_out_folds(labels, 3, 2)
+    assert [mask.tolist() for mask in folds] == [[True, True, False, True, False, False, False],
+                                                 [False, False, True, False, True, False, True]]
+    adapted = fastadapt.load().adapt(SHOTS, steps="auto")  # 8 classes, 5 shots each
+    auto = adapted.adaptation["auto"]
+    assert auto["folds"] == AUTO_FOLDS and auto["held_out"] == AUTO_FOLDS * len(adapted.classes)
 
 
 def test_cli_reports_steps_and_loss(tmp_path, capsys):
@@ -212,3 +226,82 @@ def test_steps_auto_never_chooses_zero_steps_for_a_zero_head(bundles):
     model = fastadapt.load(bundles["zero"])
     info = model.adapt(glyph_images(4, 3, seed=7), steps="auto").adaptation
     assert info["auto"]["chosen"] >= 1 and info["steps"] >= 1
+
+
+class SoftmaxRegression:
+    """A stand-in for sessions.Graphs on fixed features f: logits = f W^T + b; ``step`` is one SGD step of the mean
+    cross-entropy (rate: one number, or a (weight, bias) row of learned rates) and returns the loss at its input
+    parameters, as step.onnx does. Records the rate of each call."""
+
+    def __init__(self, features: np.ndarray):
+        self.features, self.rates = features, []
+
+    def forward(self, images, params):
+        return (self.features @ params["head.weight"].T + params["head.bias"]).astype(np.float32), self.features
+
+    def step(self, images, labels, rate, params, class_balanced=False):
+        self.rates.append(np.asarray(rate, np.float64).tolist())
+        logits, f = self.forward(images, params)
+        grad = softmax(logits)  # d(mean CE)/d logits = (p - onehot) / n
+        grad[np.arange(len(labels)), labels] -= 1
+        grad /= len(labels)
+        rate_w, rate_b = np.broadcast_to(np.asarray(rate, np.float64), (2,))
+        new = {"head.weight": (params["head.weight"] - rate_w * grad.T @ f).astype(np.float32),
+               "head.bias": (params["head.bias"] - rate_b * grad.sum(0)).astype(np.float32)}
+        return support_loss(logits, labels, class_balanced), new
+
+
+def _regression_task():
+    """3 classes x 2 shots (balanced: the plain loss either way), features of norm ~2, a small random head."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 2)
+    features = rng.normal(size=(6, 4)).astype(np.float32)
+    params = {"head.weight": (0.1 * rng.normal(size=(3, 4))).astype(np.float32), "head.bias": np.zeros(3, np.float32)}
+    return SoftmaxRegression(features), np.zeros((6, 1, 4, 4), np.float32), labels, params
+
+
+def test_learned_rates_take_row_t_at_step_t_with_the_safeguard_too():
+    """Guards against the safeguarded loop using a learned-rate bundle's row t-1 at step t: where nothing is
+    rejected, safeguard on and off are the same steps, with rates row 0, 1, 2, and the same parameters bit for bit."""
+    rates = np.array([[0.1, 0.05], [0.2, 0.1], [0.3, 0.15]], np.float32)  # (steps, adapted tensors)
+    results = {}
+    for safeguard in (False, True):
+        graphs, images, labels, params = _regression_task()
+        trajectory = run_steps(graphs, images, labels, params, 3, rates, safeguard=safeguard)
+        assert trajectory.rejected is None and len(trajectory.lrs) == 3
+        assert trajectory.losses[-1] < trajectory.losses[0]  # the steps descend: nothing for the safeguard to reject
+        assert graphs.rates == rates.astype(np.float64).tolist(), (safeguard, graphs.rates)
+        results[safeguard] = trajectory.params
+    for name in results[False]:
+        assert np.array_equal(results[True][name], results[False][name]), name
+
+
+def test_a_step_that_leaves_the_loss_unchanged_is_kept():
+    """Guards against judging a step by a strict fall (new < old): a step that leaves the support loss exactly as
+    it was (rate 0 here; a converged or very confident head in practice) is not a rise, last step included."""
+    for steps in (1, 2, 3):
+        graphs, images, labels, params = _regression_task()
+        trajectory = run_steps(graphs, images, labels, params, steps, 0.0, safeguard=True)
+        assert trajectory.rejected is None and len(trajectory.lrs) == steps, (steps, trajectory.rejected)
+        assert len(set(trajectory.losses)) == 1
+
+
+def test_a_rise_within_the_float32_resolution_of_the_loss_is_not_a_rise():
+    """Guards against a zero tolerance between steps: step.onnx's float32 loss is only known to
+    _loss_resolution(ways), so a mid step whose reported loss rises by less is kept, and by more is rejected."""
+    resolution = _loss_resolution(3)
+    for rise, kept in ((0.9 * resolution, True), (2 * resolution, False)):
+        graphs, images, labels, params = _regression_task()
+        real, calls = graphs.step, []
+
+        def step(*args, rise=rise, real=real, calls=calls, **kwargs):
+            loss, new = real(*args, **kwargs)
+            calls.append(loss)
+            return (loss + rise if len(calls) == 2 else loss), new  # call 2 judges step 1 (rate 0: no real change)
+
+        graphs.step = step
+        trajectory = run_steps(graphs, images, labels, params, 3, 0.0, safeguard=True)
+        if kept:
+            assert trajectory.rejected is None and len(trajectory.lrs) == 3, trajectory.rejected
+        else:
+            assert trajectory.rejected["step"] == 1 and trajectory.lrs == [], trajectory.rejected

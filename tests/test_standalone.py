@@ -4,6 +4,7 @@ equal to fastadapt's own predictions, run with plain onnxruntime by the README's
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 
@@ -17,6 +18,7 @@ from fastadapt.errors import FastadaptError
 from fastadapt.images import DRAFT_ABOVE_PIXELS, DRAFT_MARGIN, preprocess
 from fastadapt.standalone import probabilities_agree
 from sample_data import REPO
+from test_builtin_models import needs_photos
 from test_cli_runtime import assert_user_error, run_cli
 
 pytest.importorskip("onnx")
@@ -124,6 +126,40 @@ def test_readme_unknown_score_gives_predicts_verdicts(adapted, tmp_path, monkeyp
     assert list(scope["unknown"]) == [p.unknown for p in expected]
     assert 0 < sum(scope["unknown"]) < len(paths)  # both verdicts occur
     assert np.allclose(scope["score"], [p.score for p in expected], rtol=1e-4, atol=1e-5)
+
+
+@needs_photos
+def test_readme_example_follows_the_recipe_of_the_photos_model(tmp_path, monkeypatch):
+    """Guards against recipe fields that do not follow the model (the tests above use the characters model, which
+    inverts and has head scale 1): for the photos model (no inversion, head scale 0.1, a colour cue) the README's
+    prepare() gives fastadapt's input exactly, and its unknown rule gives predict's scores."""
+    from fastadapt.runtime import loading
+
+    examples = os.path.join(loading.ASSETS, "photo_examples")
+
+    def files(part: str, per_class: int) -> dict:
+        root = os.path.join(examples, part)
+        return {label: [os.path.join(root, label, name) for name in sorted(os.listdir(os.path.join(root, label)))]
+                [:per_class] for label in sorted(os.listdir(root))}
+
+    photos = fastadapt.load("photos").adapt(files("shots", 5))
+    assert photos.preprocess.invert is False and photos._head_scale != 1 and "colour" in photos.manifest
+    paths = [path for items in files("queries", 2).values() for path in items]
+    namespace = run_readme_example(photos, tmp_path, monkeypatch, paths)
+    assert np.array_equal(namespace["images"], preprocess(paths, photos.preprocess))
+    logits, features = namespace["session"].run(["logits", "features"], {"images": namespace["images"]})
+    scope = {**namespace, "logits": logits, "features": features}
+    exec(compile(readme_example(1), "README.md", "exec"), scope)
+    expected = photos.predict(paths, unknown=True)
+    # two float32 computations of max(z) / head_scale and |f|^2, whose difference the score is: a few dozen
+    # roundings of the larger term, relative to the prototype scale
+    z, f = logits.astype(np.float64), features.astype(np.float64)
+    magnitude = (np.abs(z).max() / photos._head_scale + (f * f).sum(1).max()) / photos._scale
+    tolerance = 64 * np.finfo(np.float32).eps * magnitude
+    np.testing.assert_allclose(scope["score"], [p.score for p in expected], rtol=0, atol=tolerance)
+    for unknown, prediction in zip(scope["unknown"], expected):
+        if abs(prediction.score - photos.unknown_threshold) > tolerance:
+            assert unknown == prediction.unknown, prediction
 
 
 def test_cli_export_onnx(adapted, tmp_path, capsys):

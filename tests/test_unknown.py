@@ -58,6 +58,15 @@ def test_unknown_shapes_are_rejected_and_known_ones_kept(shapes):
     assert auroc([s.score for s in accepted], [s.score for s in rejected]) > 0.9
 
 
+def test_a_score_equal_to_the_threshold_is_not_unknown(shapes):
+    """Guards against ties counted as unknown: an image is unknown when not score >= threshold, so a threshold
+    equal to its score keeps it, and the next float above rejects it."""
+    score = shapes.predict(QUERIES[0]).score
+    assert score < 0  # a valid threshold (scores are at most 0)
+    assert shapes.predict(QUERIES[0], unknown=score).unknown is False
+    assert shapes.predict(QUERIES[0], unknown=float(np.nextafter(score, 0.0))).unknown is True
+
+
 def test_single_image_equals_batch_exactly(shapes):
     x = np.stack([fastadapt.images.to_float(fastadapt.images.to_uint8(q, shapes.preprocess)[None],
                                             shapes.preprocess)[0] for q in QUERIES])
@@ -143,6 +152,33 @@ def test_evaluate_unknown_runs_on_any_data(bundles):
             evaluate_unknown(bundles["prototype"], "synthetic", false_accept=share, tasks=2)
     with pytest.raises(FastadaptError, match="samples 2 x ways classes per task"):
         evaluate_unknown(bundles["prototype"], "synthetic", ways=600, tasks=2)
+
+
+def test_accuracy_at_far_lets_false_accept_of_the_unknowns_through(monkeypatch):
+    """Guards against the accuracy_at_far threshold taken at the wrong quantile (false_accept, letting 90% of the
+    unknowns through, instead of 1 - false_accept): recomputed by hand from each task's queries and scores."""
+    from fastadapt.evaluation import TaskSampler
+    from fastadapt.runtime import DEFAULT_MODEL, evaluate_unknown
+    from fastadapt.runtime.model import AdaptedModel
+
+    tasks, outputs = [], []
+    task_of, scores_of = TaskSampler.task, AdaptedModel.scores
+    monkeypatch.setattr(TaskSampler, "task", lambda self, i: tasks.append(task_of(self, i)) or tasks[-1])
+    monkeypatch.setattr(AdaptedModel, "scores", lambda self, x: outputs.append(scores_of(self, x)) or outputs[-1])
+    ways = 3
+    result = evaluate_unknown(DEFAULT_MODEL, "synthetic", ways=ways, shots=1, query=7, tasks=2, false_accept=0.1)
+    assert len(tasks) == len(outputs) == 2
+    expected = []
+    for task, (probabilities, scores) in zip(tasks, outputs):
+        in_set = task.query_y < ways
+        unknowns = np.sort(scores[~in_set])
+        assert len(unknowns) == 21  # so the 0.9 quantile is exactly the 19th lowest score, and 2 of 21 lie above it
+        threshold = unknowns[18]
+        assert (unknowns > threshold).sum() == 2
+        right_and_accepted = (probabilities.argmax(1) == task.query_y) & (scores > threshold)
+        expected.append(right_and_accepted[in_set].mean())
+    assert result["accuracy_at_far"] == pytest.approx(np.mean(expected), abs=5e-5)  # the result is rounded to 4 places
+    assert result["accuracy_at_far"] < result["accuracy_closed_set"]  # the threshold rejects some right answers here
 
 
 def test_predict_warns_once_about_light_strokes_on_dark(bundles, glyphs, capsys):
