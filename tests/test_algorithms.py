@@ -319,6 +319,33 @@ def test_reptile_with_one_step_is_joint_training():
     assert (after_sgd - v.detach()).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("iteration", [0, 7])
+def test_reptile_outer_step_moves_phi_eps_of_the_way_to_phi_k(iteration):
+    """The trainer's Reptile update (outer_optimizer + reptile_step + step) is phi + eps_t (phi_k - phi) with
+    eps_t = meta_lr (1 - t / T) (Nichol et al.). Guards an lr that forgets the inner lr alpha (steps 1/alpha
+    too large) or is not annealed."""
+    from fastadapt.meta_train.algorithms import outer_optimizer, reptile_step
+
+    model, meta, task, loss, head_init = setup("regression-learned")
+    alpha, k, eps, iterations = 0.3, 3, 0.5, 10
+    recipe = InnerLoop(steps=k, lr=alpha, adapt="all", loss=loss, head_init=head_init)
+    x, y = torch.cat([task.support_x, task.query_x]), torch.cat([task.support_y, task.query_y])
+    phi = {name: v.detach().clone() for name, v in meta.items()}
+    phi_k = {name: v.detach() for name, v in
+             ref_adapt(meta, x, y, task.ways, head_init, "all", alpha, k, loss, create_graph=False).items()}
+    grads, _, _ = meta_gradient("reptile", model, meta, [task], recipe)
+    optimizer = outer_optimizer("reptile", list(meta.values()), eps)
+    reptile_step(optimizer, eps, alpha, iteration, iterations)
+    for name, v in meta.items():
+        v.grad = grads[name]
+    optimizer.step()
+    e = eps * (1 - iteration / iterations)
+    fl = Flat(phi)
+    want = fl.flat(phi) + e * (fl.flat(phi_k) - fl.flat(phi))
+    close(fl.flat({name: v.detach() for name, v in meta.items()}), want, atol=1e-12)
+    assert (want - fl.flat(phi)).abs().max() > 1e-3  # the step is not negligible
+
+
 # --------------------------------------------------------------------------- batch average
 
 @pytest.mark.parametrize("algorithm,adapt_what", [("maml", "all"), ("fomaml", "all"),

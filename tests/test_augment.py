@@ -98,3 +98,44 @@ def test_pretraining_with_augmentation_smoothing_and_cosine_schedule(tmp_path):
     assert any(not torch.equal(before[k], params[k]) for k in params)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["pretrain_epoch"] for r in rows] == [1, 2]
+
+
+def test_each_augmented_task_gets_its_own_distortions():
+    # guards a distortion key without the task index: every task of a run would get the same draws
+    base = np.random.default_rng(0).integers(0, 256, (1, 1, 16, 16), dtype=np.uint8)
+    images = [np.repeat(base, 6, 0) for _ in range(5)]  # every image the same: tasks differ only by augmentation
+    spec = Preprocess(size=16, channels=1)
+    sampler = TaskSampler(ImageClasses([f"c{i}" for i in range(5)], images, spec), ways=3, shots=1, query=2, seed=4)
+    plain = DeviceTasks(sampler, spec, "cpu").tasks([0, 7])
+    assert torch.equal(plain[0].support_x, plain[1].support_x) and torch.equal(plain[0].query_x, plain[1].query_x)
+    augmented = DeviceTasks(sampler, spec, "cpu", "affine").tasks([0, 7])
+    assert not torch.equal(augmented[0].support_x, augmented[1].support_x)
+    assert not torch.equal(augmented[0].query_x, augmented[1].query_x)
+
+
+def test_pretraining_passes_over_every_image_once_per_epoch_in_a_new_order(tmp_path, monkeypatch):
+    # guards one shuffle for every epoch (the same batches in the same order each epoch)
+    import fastadapt.meta_train.pretrain as pretrain
+    from fastadapt.models import ModelSpec, build_model
+
+    rng = np.random.default_rng(0)
+    spec = Preprocess(size=16, channels=1)
+    classes = ImageClasses(["a", "b", "c"], [rng.integers(0, 256, (9, 1, 16, 16), dtype=np.uint8) for _ in range(3)],
+                           spec)
+    index = {img.tobytes(): i for i, img in enumerate(np.concatenate(classes.images))}
+    assert len(index) == 27  # distinct images: each batch's images name their rows
+    batches, real = [], pretrain.to_float
+
+    def recording(x, preprocess):  # each batch's images, as rows of the concatenated classes
+        batches.append([index[img.tobytes()] for img in x])
+        return real(x, preprocess)
+
+    monkeypatch.setattr(pretrain, "to_float", recording)
+    model = build_model(ModelSpec(image_size=16, width=4))
+    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+    pretrain.pretrain_body(model, params, classes, spec, epochs=2, rundir=str(tmp_path), seed=0, device="cpu",
+                           batch_size=8, quiet=True)
+    assert len(batches) == 2 * 4  # 27 images in batches of 8: 4 per epoch
+    epochs = [sum(batches[:4], []), sum(batches[4:], [])]
+    assert all(sorted(order) == list(range(27)) for order in epochs)
+    assert epochs[0] != epochs[1]

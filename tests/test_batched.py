@@ -447,6 +447,28 @@ def test_batched_evaluation_equals_the_loop(one_thread, device, norm, transducti
     assert_float32_close(vec, loop, exact)
 
 
+def test_non_transductive_batch_norm_predicts_each_query_with_the_support_set(one_thread):
+    """--norm batch, not transductive: query i is normalised together with the support set alone, so its
+    outputs are its row of forward(query i + support set), in any order (batch statistics are
+    permutation-equivariant). Guards predicting every query from another row (a support image's)."""
+    from fastadapt.meta_train.evaluate import predict_queries
+    from fastadapt.meta_train.inner_loop import forward
+
+    c = TrainConfig(algorithm="fomaml", head_init="prototype", norm="batch", **CLASSIFICATION)
+    model, params, _, (batch,) = setup(c, "cpu", torch.float64, tasks=1)
+    params = {k: v.detach() for k, v in params.items()}
+    params["head.weight"] = torch.randn(c.ways, model.feature_dim, generator=torch.Generator().manual_seed(5),
+                                        dtype=torch.float64)  # a non-zero head: outputs that tell rows apart
+    params["head.bias"] = torch.zeros(c.ways, dtype=torch.float64)
+    got = predict_queries(model, params, batch, "batch", transductive=False)
+    with torch.no_grad():
+        want = torch.stack([forward(model, params, torch.cat([q[None], batch.support_x]))[0] for q in batch.query_x])
+        transductive = forward(model, params, batch.query_x)
+    tol = 1e3 * torch.finfo(torch.float64).eps * want.abs().max().item()
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=0, atol=tol)
+    assert (transductive - want).abs().max() > 1e-3  # the statistics differ: the test can tell them apart
+
+
 def test_evaluate_classification_batched_gives_the_loops_predictions(one_thread, monkeypatch):
     """Tasks from the sampler (through DeviceTasks), chunks of EVAL_CHUNK with a short last one: the same
     predictions (the test above bounds the outputs' difference), except on near ties, which another CPU's

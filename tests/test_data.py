@@ -101,6 +101,12 @@ def test_sampler_is_seeded_and_balanced():
         sx = t1.support_x[t1.support_y == label].reshape(2, -1)
         qx = t1.query_x[t1.query_y == label].reshape(3, -1)
         assert not any(np.array_equal(a, b) for a in sx for b in qx)
+    # every image labelled c is an image of the task's class c (guards query labels in another order than
+    # their images), and a task's classes are distinct (guards drawing a class twice under two labels)
+    for images, labels in ((t1.support_x, t1.support_y), (t1.query_x, t1.query_y)):
+        for x, label in zip(images, labels):
+            assert any(np.array_equal(x, y) for y in data.images[t1.classes[label]])
+    assert all(len(set(s.choose(i)[0])) == 5 for i in range(50))
 
 
 def test_sampler_rejects_impossible_tasks():
@@ -116,6 +122,11 @@ def test_rotations_add_classes():
     rot = data.with_rotations()
     assert len(rot) == 12 and rot.names[3] == "glyph000@rot90"
     assert np.array_equal(rot.images[3], np.rot90(data.images[0], 1, axes=(2, 3)))
+    for k in (1, 2, 3):  # guards the 180 and 270 degree copies being 90 degree duplicates under other labels
+        for c in range(3):
+            assert rot.names[3 * k + c] == f"{data.names[c]}@rot{90 * k}"
+            assert np.array_equal(rot.images[3 * k + c], np.rot90(data.images[c], k, axes=(2, 3))), (k, c)
+    assert np.array_equal(rot.images[6], data.images[0][:, :, ::-1, ::-1])  # 180 degrees: both axes reversed
 
 
 def test_split_protocol_on_folders(tmp_path):
@@ -142,6 +153,9 @@ def test_real_omniglot_protocols():
     vin = omniglot_splits(root, "vinyals", seed=0, val_classes=100, rotations=False)
     assert len(vin.test) == 423 and len(vin.train) + len(vin.val) == 1200
     assert not set(vin.test.names) & set(vin.train.names)
+    # guards training characters overlapping the validation ones (model selection on trained characters)
+    assert not {n.split("@rot")[0] for n in lake.train.names} & set(lake.val.names)
+    assert not set(vin.train.names) & set(vin.val.names) and not set(vin.val.names) & set(vin.test.names)
     x = to_float(lake.test.images[0], lake.test.spec)
     assert x.shape == (20, 1, 28, 28) and 0.0 <= x.min() and x.max() <= 1.0 and x.mean() < 0.3  # dark background
 

@@ -63,3 +63,39 @@ def test_a_vinyals_run_is_evaluated_on_vinyals_test_classes(tmp_path):
     result = runner.invoke(app, ["evaluate", run, "--ways", "3", "--tasks", "2", "--query", "1", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["protocol"] == "vinyals"
+
+
+def test_mean_ci95_is_the_mean_and_1_96_sample_std_over_sqrt_n():
+    """Guards the CI formula (every reported ±): sample std (ddof=1), divided by sqrt(n), not n."""
+    import math
+
+    from fastadapt.evaluation import mean_ci95
+
+    # values 1..5: mean 3, sum of squared deviations 10, sample variance 10 / 4 = 2.5, n = 5
+    mean, ci = mean_ci95([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == 3.0
+    assert math.isclose(ci, 1.96 * math.sqrt(2.5) / math.sqrt(5), rel_tol=1e-12)
+    # 0/1 accuracies: mean 0.5, sample variance (4 * 0.25) / 3 = 1/3, n = 4
+    mean, ci = mean_ci95([0.0, 1.0, 0.0, 1.0])
+    assert mean == 0.5 and math.isclose(ci, 1.96 * math.sqrt(1 / 3) / 2, rel_tol=1e-12)
+    mean, ci = mean_ci95([0.25])  # one value: no spread to estimate
+    assert mean == 0.25 and math.isnan(ci)
+
+
+def test_evaluate_seed_picks_the_test_tasks():
+    """Guards `evaluate --seed` being ignored: the sampler of seed s draws TaskSampler(test classes, seed=s)'s tasks."""
+    import numpy as np
+
+    from fastadapt.data.sampler import TaskSampler
+    from fastadapt.evaluation import unseen_class_sampler, unseen_classes
+
+    test = unseen_classes("synthetic", "split", 0, 100, None)
+    tasks = []
+    for seed in (0, 1):
+        sampler = unseen_class_sampler("synthetic", "split", 0, 100, None, 5, 1, 2, seed=seed)
+        assert sampler.seed == seed and sampler.data.names == test.names
+        want, got = TaskSampler(test, 5, 1, 2, seed=seed).task(3), sampler.task(3)
+        assert np.array_equal(got.classes, want.classes) and np.array_equal(got.support_x, want.support_x)
+        assert np.array_equal(got.query_x, want.query_x)
+        tasks.append(got)
+    assert not np.array_equal(tasks[0].support_x, tasks[1].support_x)  # other seeds, other tasks

@@ -266,6 +266,57 @@ def test_verify_catches_a_wrong_step_graph(exported):
         verification.verify(_in_memory(exported, wrong), model, steps=3)
 
 
+@pytest.mark.parametrize("exported", ["all"], indirect=True)  # one tracing: the forward graph is the same for both
+def test_verify_catches_a_wrong_forward_graph(exported, monkeypatch):
+    """The step graphs are right but the forward graph's logits are not torch's (here shifted by 5% of their
+    size, 500x the tolerance): verification must compare the runtime's logits with torch's, not torch's with
+    themselves."""
+    from fastadapt.runtime.sessions import Graphs
+
+    model, _, recipe, _, _ = exported
+    forward = Graphs.forward
+
+    def wrong_logits(self, images, params):
+        logits, features = forward(self, images, params)
+        return logits + 0.05 * max(1.0, float(np.abs(logits).max())), features
+
+    bundle = _in_memory(exported, recipe)
+    verification.verify(bundle, model, steps=2)  # the right graphs pass
+    monkeypatch.setattr(Graphs, "forward", wrong_logits)
+    with pytest.raises(FastadaptError, match="verification failed: after 2 SGD steps .* logits differ"):
+        verification.verify(bundle, model, steps=2)
+
+
+def test_a_run_validates_and_exports_with_its_eval_inner_steps(tmp_path, monkeypatch, one_thread):
+    """Trained with 1 inner step and --eval-inner-steps 3: validation adapts with 3 steps and the bundle's recipe
+    has 3 (the device adapts as the model was evaluated; MAML trains with 1 and tests with 3). Guards the training
+    step count leaking into either. (export_bundle, which traces and verifies, is recorded, not run.)"""
+    import inspect
+
+    import fastadapt.meta_train.export_run as export_run
+    import fastadapt.meta_train.trainer as trainer
+    from fastadapt.meta_train.run import TrainConfig
+
+    validated, exported, evaluate = [], [], trainer.evaluate_classification
+
+    def validation(*args, **kwargs):
+        validated.append(inspect.signature(evaluate).bind(*args, **kwargs).arguments["steps"])
+        return evaluate(*args, **kwargs)
+
+    def export(*args, **kwargs):
+        exported.append(inspect.signature(bundle_export.export_bundle).bind(*args, **kwargs).arguments["recipe"])
+        return {}
+
+    monkeypatch.setattr(trainer, "evaluate_classification", validation)
+    monkeypatch.setattr(export_run, "export_bundle", export)
+    run = tmp_path / "run"
+    trainer.train(TrainConfig(data="synthetic", algorithm="fomaml", width=8, meta_batch=2, query=2, val_tasks=4,
+                              iterations=1, inner_steps=1, eval_inner_steps=3), str(run), quiet=True)
+    export_run.export_run(str(run), str(tmp_path / "m.fadapt"))
+    assert validated == [3]
+    assert [recipe.steps for recipe in exported] == [3]
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 28, 28), (2, 3, 7, 7), (1, 2, 3, 3), (2, 2, 6, 5)])
 def test_pool_decompositions_equal_torch_with_ties_and_odd_sizes(shape):
     """Ties are common in Omniglot's flat backgrounds: the gradient must go to torch's (first) maximum."""

@@ -132,6 +132,18 @@ def test_cosine_schedule():
         assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
 
 
+def test_the_trainer_anneals_adams_lr_with_the_cosine_schedule(tmp_path, one_thread):
+    """Guards --meta-lr-schedule cosine being accepted but never applied: the last iteration (index 2 of 3)
+    ran with meta_lr * (1 + cos(2 pi / 3)) / 2 = meta_lr / 4, the lr saved with Adam's state in last.npz."""
+    import math
+
+    c = TrainConfig(algorithm="fomaml", iterations=3, meta_lr_schedule="cosine", **{**TINY, "meta_batch": 2})
+    train(c, str(tmp_path / "run"), quiet=True)
+    lr = load_checkpoint(str(tmp_path / "run" / "last.npz")).optimizer_state["param_groups"][0]["lr"]
+    assert lr == pytest.approx(c.meta_lr * 0.5 * (1 + math.cos(2 * math.pi / 3)), rel=1e-12)
+    assert lr == pytest.approx(c.meta_lr / 4, rel=1e-12)
+
+
 def test_reptile_and_bad_schedules_are_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(FastadaptError, match="reptile"):
         check_config(TrainConfig(algorithm="reptile", learn_inner_lr=True))

@@ -60,10 +60,25 @@ def test_last_step_only_weights_are_the_ordinary_meta_gradient(one_thread):
         torch.testing.assert_close(weighted[0][k], plain[0][k], rtol=0, atol=0)
 
 
-def test_trainer_flag_and_refusals(tmp_path, one_thread):
+def test_trainer_flag_and_refusals(tmp_path, one_thread, monkeypatch):
+    import fastadapt.meta_train.trainer as trainer
+
+    seen, real = [], trainer.meta_gradient
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["step_weights"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "meta_gradient", spy)
     summary = train(TrainConfig(data="synthetic", width=8, meta_batch=2, query=2, val_tasks=2, val_every=3,
                                 iterations=3, multi_step_loss=2, algorithm="fomaml"), str(tmp_path / "run"), quiet=True)
     assert summary["iterations"] == 3
+    # the trainer anneals the weights with the iteration (guards weights frozen at iteration 0): 3 inner steps
+    # (the default), annealed over 2 iterations: steps 1 and 2 fall from 1/3 by (1/3 - 0.01) / 2 per iteration
+    # to MAML++'s floor 0.03/3, and the last step takes the rest
+    assert TrainConfig().inner_steps == 3 and len(seen) == 3
+    for got, other in zip(seen, (1 / 3, 1 / 3 - (1 / 3 - 0.01) / 2, 0.01)):
+        assert got == pytest.approx((other, other, 1 - 2 * other), abs=1e-12)
     with pytest.raises(FastadaptError, match="--multi-step-loss"):
         check_config(TrainConfig(algorithm="reptile", multi_step_loss=10))
     with pytest.raises(ValueError, match="one weight per inner step"):

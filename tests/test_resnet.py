@@ -39,6 +39,30 @@ def test_widths_features_and_parameter_count():
         build_model(ModelSpec(name="resnet12", image_size=15, width=w))
 
 
+@pytest.mark.parametrize("name", ["conv4", "resnet12"])
+@pytest.mark.parametrize("norm", ["instance", "layer"])
+def test_norm_layers_normalise_over_what_their_name_says(name, norm):
+    """--norm instance: each channel of each image normalised on its own; --norm layer: each image over all its
+    channels together. Guards --norm instance building a layer norm (torch, ONNX and the runtime would all
+    agree, so only the documented architecture would be wrong)."""
+    model = build_model(ModelSpec(name=name, image_size=32, width=4, norm=norm)).double()
+    # the norms: the layers with a per-channel scale (convolutions' weights are 4-d); fresh: scale 1, shift 0
+    norms = [m for m in model.modules() if not list(m.children()) and getattr(m, "weight", None) is not None
+             and m.weight.dim() == 1]
+    assert norms
+    g = torch.Generator().manual_seed(0)
+    for layer in norms:
+        c = layer.weight.numel()
+        # channels with other offsets and spreads, so normalising per channel and over all of them differ
+        x = (torch.randn(2, c, 5, 5, generator=g, dtype=torch.float64) * torch.arange(1, c + 1).view(1, c, 1, 1)
+             + 3 * torch.arange(c).view(1, c, 1, 1))
+        dims = (2, 3) if norm == "instance" else (1, 2, 3)
+        mean, var = x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)
+        want = (x - mean) / torch.sqrt(var + layer.eps)
+        with torch.no_grad():
+            assert torch.allclose(layer(x), want, rtol=0, atol=1e-12), (name, norm, layer)
+
+
 @pytest.fixture(scope="module")
 def resnet_bundle(tmp_path_factory):
     """A tiny resnet12 trained for 2 iterations and exported with the CLI (the export is the slow part)."""

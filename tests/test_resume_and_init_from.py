@@ -93,3 +93,93 @@ def test_resumed_sinusoid_run_reports_mse(tmp_path, capsys, one_thread):
              "--out", run)
     out = train_ok(capsys, "--out", run, "--resume", "--iterations", "3", "--quiet")
     assert "best validation MSE" in out and "accuracy" not in out
+
+
+# the TINY run as a TrainConfig, for tests that call the trainer directly
+TINY_CONFIG = dict(data="synthetic", algorithm="fomaml", width=4, meta_batch=2, val_tasks=5, ways=3, shots=1, query=2)
+
+
+def rewrite_progress(run, **changes) -> None:
+    """last.npz of ``run`` with its progress record changed (parameters and optimiser state kept)."""
+    from fastadapt.meta_train.run import save_checkpoint
+
+    ckpt = load_checkpoint(str(run / "last.npz"))
+    save_checkpoint(str(run / "last.npz"), ckpt.params, ckpt.optimizer_state, {**ckpt.progress, **changes})
+
+
+def test_resume_keeps_the_best_validation_so_far(tmp_path, one_thread):
+    """Guards --resume forgetting the best score: the first validation after resuming would then overwrite
+    best.npz even when it is worse than the best before the interruption."""
+    from fastadapt.meta_train.run import TrainConfig
+    from fastadapt.meta_train.trainer import train
+
+    run = tmp_path / "run"
+    train(TrainConfig(iterations=2, **TINY_CONFIG), str(run), quiet=True)  # validated at iteration 2 (the last)
+    rewrite_progress(run, best=100.0)  # no validation can beat 100% accuracy
+    summary = train(TrainConfig(iterations=3, **TINY_CONFIG), str(run), resume=True, quiet=True,
+                    given={"iterations"})
+    assert summary["best"] == 100.0
+    assert load_checkpoint(str(run / "best.npz")).progress["iteration"] == 2  # kept: iteration 3 is no better
+    assert load_checkpoint(str(run / "last.npz")).progress["iteration"] == 3
+
+
+def test_max_minutes_counts_minutes(tmp_path, monkeypatch, one_thread):
+    """Guards --max-minutes being compared with seconds (a 30-minute limit stopping after 30 s): with the
+    meta-training clock at 59 s a 1-minute limit is not reached, at 61 s it is."""
+    from fastadapt.meta_train.recorder import RunRecorder
+    from fastadapt.meta_train.run import TrainConfig
+    from fastadapt.meta_train.trainer import train
+
+    for seconds, iterations in ((59.0, 3), (61.0, 1)):
+        monkeypatch.setattr(RunRecorder, "elapsed", lambda self, s=seconds: s)
+        summary = train(TrainConfig(iterations=3, max_minutes=1, **TINY_CONFIG), str(tmp_path / f"run{seconds:g}"),
+                        quiet=True)
+        assert summary["iterations"] == iterations, (seconds, summary)
+        assert (summary["stopped"] is None) == (iterations == 3), (seconds, summary["stopped"])
+
+
+def test_resume_continues_the_meta_training_clock(tmp_path, one_thread):
+    """Guards --resume restarting the clock: --max-minutes counts every resumed part (as the trainer's
+    stop message says), so a run that had 2 minutes stops at a 1-minute limit after one more iteration."""
+    from fastadapt.meta_train.run import TrainConfig
+    from fastadapt.meta_train.trainer import train
+
+    run = tmp_path / "run"
+    train(TrainConfig(iterations=2, **TINY_CONFIG), str(run), quiet=True)
+    rewrite_progress(run, elapsed_seconds=120.0)  # 2 minutes of meta-training so far
+    summary = train(TrainConfig(iterations=4, max_minutes=1, **TINY_CONFIG), str(run), resume=True, quiet=True,
+                    given={"iterations", "max_minutes"})
+    assert summary["meta_seconds"] >= 120.0
+    assert summary["stopped"] and summary["iterations"] == 3  # the limit is checked after each iteration
+
+
+def test_resumed_pretraining_continues_at_the_saved_epoch(tmp_path, one_thread):
+    """Guards resumed pre-training restarting at epoch 0 (epochs trained twice): one epoch, then --resume to
+    two, writes the rows of epochs 1 and 2 and ends with the body of an uninterrupted two-epoch run."""
+    import torch
+
+    from fastadapt.data.synthetic import synthetic_glyphs
+    from fastadapt.meta_train.pretrain import pretrain_body
+    from fastadapt.models.networks import ModelSpec, build_model
+
+    classes = synthetic_glyphs(6, 4, seed=1)
+
+    def pretrain(folder, epochs, resume):
+        folder.mkdir(exist_ok=True)
+        torch.manual_seed(0)
+        model = build_model(ModelSpec(width=4))
+        params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+        pretrain_body(model, params, classes, classes.spec, epochs, str(folder), 0, torch.device("cpu"), batch_size=8,
+                      resume=resume, quiet=True)
+        return params
+
+    pretrain(tmp_path / "parts", 1, False)
+    resumed = pretrain(tmp_path / "parts", 2, True)
+    rows = [json.loads(line) for line in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["pretrain_epoch"] for row in rows] == [1, 2]
+    whole = pretrain(tmp_path / "whole", 2, False)
+    for k, v in whole.items():
+        assert torch.equal(resumed[k], v), k
+    torch.manual_seed(0)
+    untrained = dict(build_model(ModelSpec(width=4)).named_parameters())
+    assert any(not torch.equal(untrained[k], v) for k, v in whole.items())  # pre-training moved the body

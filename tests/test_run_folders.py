@@ -275,3 +275,28 @@ def test_head_scale_goes_from_the_flag_to_the_bundle_and_the_device(tmp_path, ca
     plain_head = fastadapt.load(str(unscaled)).adapt(glyphs["shots"], steps=0).params["head.weight"]
     assert np.abs(plain_head).max() > 0
     np.testing.assert_allclose(scaled_head, 0.25 * plain_head, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("data, key, scores, best_at", [
+    ("synthetic", "val_accuracy", (50.0, 60.0, 40.0), 2),  # classification: the highest accuracy
+    ("sinusoid", "val_mse", (0.5, 0.2, 0.9), 2),  # regression: the lowest MSE
+])
+def test_best_checkpoint_is_the_best_validation_not_the_last_or_the_worst(tmp_path, data, key, scores, best_at):
+    """Guards best.npz (export's and evaluate's default checkpoint) holding the worst validated model."""
+    from fastadapt.meta_train.recorder import RunRecorder
+
+    config = TrainConfig(data=data, ways=1) if data == "sinusoid" else TrainConfig(data=data)
+    recorder = RunRecorder(str(tmp_path), config, None, 0.0, True, lambda message: None)
+    recorder.plots = False  # curves.png is not what this test is about
+    params = {"w": torch.zeros(2, requires_grad=True)}
+    optimizer = torch.optim.Adam(list(params.values()))
+    for iteration, score in enumerate(scores, 1):
+        with torch.no_grad():
+            params["w"].fill_(iteration)  # the parameters say which iteration they are from
+        recorder.validation({"iteration": iteration, key: score, "val_ci95": 0.01, "elapsed_s": 0.0}, params,
+                            optimizer, "x")
+    recorder.close()
+    best = load_checkpoint(str(tmp_path / "best.npz"))
+    assert recorder.best == scores[best_at - 1] and best.progress["best"] == scores[best_at - 1]
+    assert best.progress["iteration"] == best_at and (best.params["w"] == best_at).all()
+    assert load_checkpoint(str(tmp_path / "last.npz")).progress["iteration"] == len(scores)

@@ -69,3 +69,19 @@ def test_a_bundle_carries_its_test_classes_and_its_evaluation_checks_them(run, c
     assert run_cli(capsys, *args)[0] == 0
     shutil.rmtree(data / sorted(split["train"])[0])
     assert_user_error(*run_cli(capsys, *args), "its classes changed since m.fadapt was trained")
+
+
+def test_validation_tasks_come_from_the_validation_classes():
+    """Guards validation (best.npz, --stop-at, the chance warning) sampling the training classes while
+    split.json still records the true split: every validation task's classes are recorded validation classes."""
+    from fastadapt.meta_train.run import TrainConfig
+    from fastadapt.meta_train.run_setup import make_samplers
+
+    samplers = make_samplers(TrainConfig(data="synthetic"))
+    val, train = set(samplers.split["val"]), set(samplers.split["train"])
+    assert val and not val & train
+    for i in range(5):
+        names = {samplers.val.data.names[k] for k in samplers.val.task(i).classes}
+        assert names <= val, names - val
+        names = {samplers.train.data.names[k].split("@rot")[0] for k in samplers.train.task(i).classes}
+        assert names <= train, names - train
