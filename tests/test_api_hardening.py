@@ -155,6 +155,29 @@ def test_labels_save_would_refuse_are_refused_when_read(model, adapted, tmp_path
     assert model.adapt({"s" * 256: SMALL["star"], "circle": SMALL["circle"]}).classes[0] == "s" * 256
 
 
+def test_the_class_count_limit_is_inclusive_when_shots_are_read():
+    """A model holds up to MAX_CLASSES classes (manifest.py), so exactly that many are read
+    and one more is refused; checked on the labels alone, before any image is decoded."""
+    from fastadapt.manifest import MAX_CLASSES
+    from fastadapt.runtime.shots import _check_labels
+
+    _check_labels([str(i) for i in range(MAX_CLASSES)], "shots dict")
+    with pytest.raises(FastadaptError, match=f"{MAX_CLASSES + 1:,} classes"):
+        _check_labels([str(i) for i in range(MAX_CLASSES + 1)], "shots dict")
+
+
+def test_a_shots_dict_of_labels_alike_as_text_or_of_image_batches():
+    """Labels 1 and "1" are both the class '1', so one would silently replace the other:
+    refused. An N x C x H x W array for a class is N images (its rows), not one image."""
+    from fastadapt.runtime.shots import dict_classes
+
+    image = np.zeros((28, 28), np.uint8)
+    with pytest.raises(FastadaptError):
+        dict_classes({1: [image], "1": [image], "x": [image]})
+    classes = dict_classes({"a": np.zeros((3, 1, 28, 28), np.uint8), "b": image}, channels=1)
+    assert len(classes["a"]) == 3 and classes["a"][0].shape == (1, 28, 28) and len(classes["b"]) == 1
+
+
 # ----------------------------------------------------------------------------- 8: pickling and multiprocessing
 
 def _child_predict(adapted, path):
@@ -307,3 +330,57 @@ def test_the_readme_lists_fastadapt_adapt_as_it_is():
     names = [part.split("=")[0].strip() for part in listed.replace("\n", " ").split(",")]
     assert names == list(inspect.signature(fastadapt.adapt).parameters)
 
+
+
+@pytest.mark.parametrize("evaluate", ["evaluate_bundle", "evaluate_unknown"])
+def test_one_evaluation_task_is_refused_as_too_few_for_a_confidence_interval(evaluate):
+    """The API refuses tasks=1 as the CLI does (a 95% CI of one task is undefined: the sample
+    std of one value); refused before any data is read, so the missing folder is never reached."""
+    with pytest.raises(FastadaptError, match="tasks"):
+        getattr(fastadapt.runtime, evaluate)(DEFAULT_MODEL, "/nonexistent-data", tasks=1)
+
+
+def test_evaluate_bundle_reports_the_mean_of_the_steps_kept(monkeypatch):
+    """`steps_kept_mean` is the mean over tasks of the steps the (safeguarded) adaptation kept;
+    the kept steps are set here to 0 and 2 for the two tasks, so the mean is 1.0 (not their max, 2)."""
+    from fastadapt.runtime.model import Model
+
+    real, kept = Model.adapt_arrays, iter([0, 2])
+
+    def adapt_arrays(self, *args, **kwargs):
+        adapted = real(self, *args, **kwargs)
+        adapted._manifest["adaptation"]["steps"] = next(kept)  # (.adaptation is a copy)
+        return adapted
+
+    monkeypatch.setattr(Model, "adapt_arrays", adapt_arrays)
+    result = fastadapt.runtime.evaluate_bundle(DEFAULT_MODEL, str(REPO / "examples" / "shots"), protocol="all",
+                                               tasks=2, query=2, safeguard=True)
+    assert result["tasks"] == 2 and result["steps_kept_mean"] == 1.0
+
+
+def test_a_parameter_with_an_extra_axis_is_refused_on_load(tmp_path):
+    """A parameter whose number of axes differs from what forward.onnx declares is refused
+    when the bundle is loaded (the axes present may all agree: (64,) stored as (64, 1)), not left to fail inside
+    onnxruntime at the first prediction. The members' checksums are rewritten, so only the shape is wrong."""
+    import hashlib
+    import io
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(DEFAULT_MODEL) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    params = dict(np.load(io.BytesIO(members["params.npz"])))
+    params["layers.0.bias"] = params["layers.0.bias"][:, None]  # (64,) -> (64, 1)
+    buffer = io.BytesIO()
+    np.savez(buffer, **params)
+    members["params.npz"] = buffer.getvalue()
+    manifest = json.loads(members["manifest.json"])
+    manifest["members"]["params.npz"] = hashlib.sha256(members["params.npz"]).hexdigest()
+    members["manifest.json"] = json.dumps(manifest).encode()
+    members["manifest.sha256"] = hashlib.sha256(members["manifest.json"]).hexdigest().encode()
+    bundle = tmp_path / "extra_axis.fadapt"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(FastadaptError, match="layers.0.bias"):
+        fastadapt.load(str(bundle))

@@ -82,3 +82,27 @@ def test_the_shipped_characters_model_crops_non_square_pictures():
     points padded, 5.2 stretched). A re-exported run says pad, its training --fit, so the bundle is set after export
     (scripts/set_preprocess_fit.py); the default of 2026-11-27 02:51 shipped without it, unnoticed."""
     assert fastadapt.load().preprocess.fit == "crop"
+
+
+@needs_photos
+def test_adapt_on_the_command_line_uses_the_colour_cue_by_default(tmp_path, capsys):
+    """'fastadapt adapt' without --colour adapts with colour 'auto' (its documented default,
+    as Model.adapt's), not 'off'; the mode is stored in the adapted model's report."""
+    shots = os.path.join(loading.ASSETS, "photo_examples", "shots")
+    out = tmp_path / "p.fadapt"
+    code, stdout, err = run_cli(capsys, "adapt", "--model", "photos", "--shots", shots, "--out", out, "--steps", "0")
+    assert code == 0, err
+    assert fastadapt.load(str(out)).manifest["adaptation"]["colour"]["mode"] == "auto"
+
+
+def test_evaluate_takes_a_run_folder_named_like_a_built_in_before_the_built_in(tmp_path, monkeypatch, capsys):
+    """'fastadapt evaluate characters' with a folder 'characters' here evaluates that run
+    folder (as its help says: a run folder of that name comes first), never the shipped bundle. The folder is no
+    real run, so the run-folder path fails (or lacks torch); the bundle evaluation must not be reached."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "characters").mkdir()
+    monkeypatch.setattr("fastadapt.runtime.evaluate_bundle",
+                        lambda *a, **k: pytest.fail("evaluated the built-in bundle, not the run folder 'characters'"))
+    code, out, err = run_cli(capsys, "evaluate", "characters", "--data",
+                             os.path.join(loading.ASSETS, "examples", "shots"), "--tasks", 2)
+    assert code == 2 and out == "" and "Traceback" not in err

@@ -159,3 +159,62 @@ def test_a_dangling_image_link_in_a_predicted_folder_is_named_not_skipped_silent
     code, out, err = run_cli(capsys, "predict", "--model", shapes, str(tmp_path))
     assert code == 0 and "star.png" in out and "link.png" not in out
     assert "link.png: a symbolic link to a file that does not exist; skipped" in err
+
+
+def test_predict_sheet_not_named_png_fails_before_any_answer(shapes, tmp_path, capsys):
+    """--sheet's .png rule is checked before predicting; checked only when the sheet is
+    drawn, the answers were printed and then the command failed, exit 2 with results on stdout."""
+    code, out, err = run_cli(capsys, "predict", "--model", shapes, STAR, "--sheet", tmp_path / "sheet.jpg")
+    one_error(code, out, err, "--sheet", ".png")
+    assert out == "" and not (tmp_path / "sheet.jpg").exists()
+
+
+def test_adapt_out_over_its_own_model_is_refused_and_the_model_kept(tmp_path, capsys):
+    """--out may not be the --model it reads; else the meta model is replaced by the adapted
+    one (a meta model is lost, and the next 'adapt --model' of it is refused as already adapted)."""
+    model = tmp_path / "meta.fadapt"
+    shutil.copyfile(DEFAULT, model)
+    before = model.read_bytes()
+    code, out, err = run_cli(capsys, "adapt", "--shots", EXAMPLES / "shots", "--model", model, "--out", model)
+    one_error(code, out, err, "--out")
+    assert model.read_bytes() == before and out == ""
+
+
+def test_evaluate_record_refuses_a_bundle_replaced_during_the_evaluation(shapes, tmp_path, capsys, monkeypatch):
+    """The result belongs to the model that was evaluated; when another model was written
+    to the path meanwhile, --record records nothing (not the first model's accuracy on the second's card)."""
+    copy = tmp_path / "copy.fadapt"
+    shutil.copyfile(DEFAULT, copy)
+    real = fastadapt.runtime.evaluate_bundle
+
+    def evaluate_then_replace(*args, **kwargs):
+        result = real(*args, **kwargs)
+        shutil.copyfile(shapes, copy)  # another model (adapted: other parameters) written there meanwhile
+        return result
+
+    monkeypatch.setattr("fastadapt.runtime.evaluate_bundle", evaluate_then_replace)
+    code, out, err = run_cli(capsys, "evaluate", copy, "--data", EXAMPLES / "shots", "--protocol", "all",
+                             "--tasks", 2, "--query", 2, "--record")
+    one_error(code, out, err, "--record")
+    assert copy.read_bytes() == open(shapes, "rb").read()
+
+
+def test_evaluate_json_prints_the_summary_without_the_per_task_list(capsys):
+    """--json prints the summary object (as --record stores it), not the accuracy of every
+    task (600 numbers by default)."""
+    import json
+
+    code, out, err = run_cli(capsys, "evaluate", "characters", "--data", EXAMPLES / "shots", "--protocol", "all",
+                             "--tasks", 2, "--query", 2, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["tasks"] == 2 and 0 <= result["accuracy_pct"] <= 100 and "per_task_accuracy" not in result
+
+
+def test_predict_top_1_text_has_no_list_of_other_classes(shapes, capsys):
+    """The text line's '(other classes ...)' part lists top[1:], so with --top 1 there is none:
+    'path<TAB>label<TAB>p%' only (the best class is not repeated)."""
+    code, out, err = run_cli(capsys, "predict", "--model", shapes, STAR, "--top", 1)
+    assert code == 0, err
+    path, label, percent = out.rstrip("\n").split("\t")
+    assert path == STAR and label == "star" and percent.endswith("%")

@@ -143,3 +143,51 @@ def test_a_truncated_jpeg_is_called_damaged_not_an_unknown_format(tmp_path):
     cut.write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])  # its header is whole, its pixels are not
     with pytest.raises(FastadaptError, match=r"cut\.jpg: not a readable image: the JPEG file is damaged .*save it again"):
         fastadapt.load().adapt({"a": [str(cut)], "b": [STAR]})
+
+
+def test_under_torchrun_an_error_line_names_the_rank(tmp_path, capsys, monkeypatch):
+    """With WORLD_SIZE > 1 every process prints its own error; 'rank N:' says whose it is.
+    A single process (WORLD_SIZE unset or 1) prints no rank."""
+    missing = tmp_path / "missing.fadapt"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code, out, err = run_cli(capsys, "info", missing)
+    assert code == 2 and err.startswith("error: rank 1: ") and "missing.fadapt" in err
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    code, out, err = run_cli(capsys, "info", missing)
+    assert code == 2 and err.startswith("error: ") and "rank" not in err
+
+
+def test_predict_sheet_suffix_is_case_insensitive(shapes, tmp_path, capsys):
+    """--sheet SHEET.PNG is a PNG name too (check_out compares the lower-cased name, as the
+    sheet writer does); refusing it would fail a valid command."""
+    sheet = tmp_path / "SHEET.PNG"
+    code, out, err = run_cli(capsys, "predict", "--model", shapes, STAR, "--sheet", sheet)
+    assert code == 0, err
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_interrupted_train_removes_only_a_run_folder_it_created(tmp_path, capsys):
+    """Ctrl-C before a run began removes the run folder (holding only its lock file) when
+    this train created it, never a folder the user made beforehand and passed as --out."""
+    from fastadapt.cli.train_commands import _interrupted
+    from fastadapt.meta_train.run import LOCK_NAME
+
+    for created in (False, True):
+        run = tmp_path / f"run-{created}"
+        run.mkdir()
+        (run / LOCK_NAME).write_text("")
+        _interrupted(str(run), created)
+        assert run.exists() != created
+        assert "nothing was saved" in capsys.readouterr().err
+
+
+def test_train_out_dash_is_refused_as_stdout_not_made_a_folder(tmp_path, monkeypatch):
+    """'--out -' means standard output by Unix convention; for train, whose --out is a run
+    folder, it is refused rather than a folder named '-' being made in the current folder."""
+    from fastadapt.cli.train_commands import check_run_out
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FastadaptError, match="--out -"):
+        check_run_out("-", [])
+    assert not (tmp_path / "-").exists()

@@ -107,7 +107,9 @@ def test_progress_is_reported_per_chunk_for_text_and_quiet_for_json_and_csv(shap
 
 
 def test_an_interrupted_predict_keeps_the_answers_printed(shapes):
-    paths = QUERIES * 25  # 1,000 images: four chunks of 256 and a short one
+    # 4,000 images (15 chunks of 256 and a short one): on a busy machine the signal can come late, but not
+    # after all of them (with 1,000 a loaded 2-core machine once finished them first)
+    paths = QUERIES * 100
     process = _process("predict", "--model", shapes, "--json", *paths)
     first = process.stdout.readline()  # arrives after the first chunk, not at the end
     process.send_signal(signal.SIGINT)
@@ -303,3 +305,59 @@ def test_info_json_shows_the_signatures_as_plain_info_does(shapes, tmp_path, cap
     code, out, err = run_cli(capsys, "info", forged, "--json")
     assert code == 0, err
     assert json.loads(out)["signatures"] == [{"key": public, "valid": False}]
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, "abort"])
+def test_an_interrupt_outside_the_command_still_exits_130(interrupt, capsys, monkeypatch):
+    """Ctrl-C that reaches main (Typer 0.16, the oldest supported, passes it on as Abort;
+    or one outside the command) exits 130 with one 'interrupted' line, as a shell expects of Ctrl-C."""
+    import typer
+
+    import fastadapt.cli
+
+    def interrupted(**kwargs):
+        raise typer.Abort() if interrupt == "abort" else KeyboardInterrupt()
+
+    monkeypatch.setattr(fastadapt.cli, "app", interrupted)
+    code, out, err = run_cli(capsys, "info")
+    assert code == 130 and out == "" and err.strip() == "interrupted"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_during_a_command_unwinds_with_exit_143(capsys, monkeypatch):
+    """SIGTERM (kill, systemd) while a command runs unwinds like Ctrl-C (cleanups run) and
+    exits 128 + 15 = 143, as a shell reports a terminated tool; the previous handler is restored afterwards."""
+    import fastadapt.cli
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def command(**kwargs):
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, before)  # else this kills pytest
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(fastadapt.cli, "app", command)
+    code, out, err = run_cli(capsys, "info")
+    assert code == 128 + signal.SIGTERM == 143 and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_progress_shows_no_bar_on_a_stderr_that_is_no_terminal(capsys, monkeypatch):
+    """In a log or a pipe the transient bar would leave only blank lines, so none is
+    drawn however long the work; and rich's console there is LOG_WIDTH wide (not 80) unless COLUMNS says."""
+    from fastadapt import progress
+
+    report = progress.lazy_reporter("working", after_s=0.0)  # any work counts as long
+    for done in (1, 5, 10):
+        report(done, 10)
+    report.close()
+    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert progress.stderr_console().width == progress.LOG_WIDTH == 240
+    monkeypatch.setenv("COLUMNS", "100")
+    assert progress.stderr_console().width == 100
+    # (P3) on a terminal, work estimated to take less than after_s draws no bar either
+    monkeypatch.setattr(progress, "_interactive", lambda: True)
+    report = progress.lazy_reporter("working", after_s=3600.0)
+    for done in (1, 5, 10):
+        report(done, 10)
+    report.close()
+    assert capsys.readouterr().err == ""

@@ -99,3 +99,17 @@ def test_evaluate_seed_picks_the_test_tasks():
         assert np.array_equal(got.query_x, want.query_x)
         tasks.append(got)
     assert not np.array_equal(tasks[0].support_x, tasks[1].support_x)  # other seeds, other tasks
+
+
+def test_a_bundle_is_split_with_its_own_run_seed_val_classes_and_ways():
+    """Which classes are test classes depends on the training run's split seed, validation
+    class count and ways, read from the bundle's provenance (nested "config" or flat); a bundle without them was
+    trained with the defaults. A fixed seed would score a seed-7 model partly on its own training classes."""
+    from fastadapt.data.sources import DEFAULT_SEED, DEFAULT_VAL_CLASSES, DEFAULT_WAYS
+    from fastadapt.runtime.evaluate import split_settings
+
+    assert split_settings({"provenance": {"config": {"seed": 7, "val_classes": 3, "ways": 4}}}) == \
+        {"split_seed": 7, "val_classes": 3, "split_ways": 4}
+    assert split_settings({"provenance": {"seed": 11, "val_classes": 2, "ways": 6}})["split_seed"] == 11
+    assert split_settings({}) == {"split_seed": DEFAULT_SEED, "val_classes": DEFAULT_VAL_CLASSES,
+                                  "split_ways": DEFAULT_WAYS}

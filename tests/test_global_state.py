@@ -203,3 +203,22 @@ def test_an_async_upload_is_refused_with_what_to_pass_instead():
     message = str(info.value)
     assert "\n" not in message and "await upload.read()" in message and "upload.file" in message
     assert not AsyncUpload.called and not caught
+
+
+def test_onnxruntime_telemetry_is_off_unless_the_program_chose(tmp_path):
+    """Fastadapt sets ORT_DISABLE_TELEMETRY=1 before it imports onnxruntime (a device SDK does
+    not opt its users in), and leaves a value the program set itself. A fresh process: onnxruntime is imported
+    once per process."""
+    import subprocess
+    import sys
+
+    import fastadapt
+
+    code = ("import os, fastadapt; fastadapt.load(); print(os.environ.get('ORT_DISABLE_TELEMETRY'))")
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(fastadapt.__file__)))  # this fastadapt
+    for preset, expected in ((None, "1"), ("0", "0")):
+        run_env = env if preset is None else {**env, "ORT_DISABLE_TELEMETRY": preset}
+        done = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == expected

@@ -69,3 +69,54 @@ def test_recording_the_same_evaluation_twice_keeps_one_row(tmp_path):
     assert len(rows) == before + 1 and rows[-1]["adapt_ms_median"] == 2.0 and rows[-1]["data"] == "omniglot"
     record_evaluation(str(path), {**row, "tasks": 3})  # a different evaluation: listed beside it
     assert len(read_bundle(str(path)).manifest["evaluation"]) == before + 2
+
+
+def test_a_recorded_evaluation_keeps_its_numbers_but_not_the_per_task_list(tmp_path):
+    """The model card gets the summary row, not the per-task accuracies (600 numbers per
+    evaluation would bloat every shipped bundle's manifest)."""
+    import shutil
+
+    from fastadapt.runtime.evaluate import record_evaluation
+
+    path = tmp_path / "m.fadapt"
+    shutil.copy(fastadapt.runtime.DEFAULT_MODEL, path)
+    record_evaluation(str(path), {"ways": 5, "shots": 1, "tasks": 3, "accuracy_pct": 60.0, "ci95_pct": 1.5,
+                                  "data": "omniglot", "per_task_accuracy": [0.5, 0.6, 0.7]})
+    row = read_bundle(str(path)).manifest["evaluation"][-1]
+    assert "per_task_accuracy" not in row and row["accuracy_pct"] == 60.0 and row["ci95_pct"] == 1.5
+
+
+def test_info_json_of_a_manifest_holding_nan_is_strict_json(tmp_path, capsys):
+    """A manifest's free-form fields may hold NaN or infinity (JSON written by Python);
+    info --json prints them as null, so strict JSON readers (jq, JavaScript) can read its output."""
+    import json
+
+    from fastadapt.runtime.loading import DEFAULT_MODEL
+
+    bundle = tmp_path / "nan.fadapt"
+    rewrite_manifest(DEFAULT_MODEL, str(bundle),
+                     evaluation=[{"accuracy_pct": 50.0, "extra": [float("nan")]}], provenance={"note": float("inf")})
+    code, out, err = run_cli(capsys, "info", bundle, "--json")
+    assert code == 0, err
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    row = json.loads(out, parse_constant=refuse)["evaluation"][-1]
+    assert row["extra"] == [None] and row["accuracy_pct"] == 50.0
+    assert json.loads(out)["provenance"]["note"] is None
+
+
+def test_info_marks_only_safeguarded_evaluations_and_says_when_shots_are_kept(shapes, tmp_path, capsys):
+    """An evaluation row says 'safeguarded' only when it was (safeguard true; a plain
+    recipe's row, safeguard false, is what the torch evaluation compares with); an adapted model that keeps its
+    shots (shots.npz) is not described as one that cannot add or remove classes."""
+    rows = [{"accuracy_pct": 61.0, "ci95_pct": 1.0, "tasks": 11, "safeguard": False},
+            {"accuracy_pct": 62.0, "ci95_pct": 1.0, "tasks": 12, "safeguard": True}]
+    bundle = tmp_path / "rows.fadapt"
+    rewrite_manifest(shapes, str(bundle), evaluation=rows)
+    code, out, err = run_cli(capsys, "info", bundle)
+    assert code == 0, err
+    plain, guarded = (next(line for line in out.splitlines() if f"tasks {n}" in line) for n in (11, 12))
+    assert "safeguarded" not in plain and "safeguarded" in guarded
+    assert "shots.npz" in read_bundle(str(bundle)).manifest["members"] and "keeps no shots" not in out

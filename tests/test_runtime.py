@@ -320,3 +320,37 @@ def test_evaluate_bundle_matches_torch_evaluation(bundles, one_thread, monkeypat
         assert labels.shape == exact.shape and np.array_equal(labels[keep], exact[keep])
     left_out = (~keep).sum(1) / keep.shape[1]
     assert np.all(np.abs(np.subtract(result["per_task_accuracy"], reference["per_task_accuracy"])) <= left_out + 1e-12)
+
+
+def test_the_one_call_adapt_passes_safeguard_on():
+    """Fastadapt.adapt(..., safeguard=False) runs the plain recipe, as Model.adapt does with
+    it; a one-call API that always safeguarded would silently differ from the two-call one."""
+    adapted = fastadapt.adapt(os.path.join(ROOT, "examples", "shots"), safeguard=False, steps=1)
+    assert adapted.adaptation["safeguard"] is False
+
+
+def test_threads_one_over_the_cores_are_capped_and_the_cores_themselves_kept(monkeypatch):
+    """FASTADAPT_THREADS above the cores this process may use is capped at them (more only
+    adds contention), from cores + 1 on; up to the cores it is taken as given."""
+    import warnings
+
+    from fastadapt.runtime import sessions
+
+    monkeypatch.setattr(sessions, "available_cores", lambda: 2)
+    monkeypatch.setattr(sessions, "_warned_threads", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for given, used in (("1", 1), ("2", 2), ("3", 2)):
+            monkeypatch.setenv("FASTADAPT_THREADS", given)
+            assert sessions.configured_threads() == used, given
+
+
+def test_step_sessions_get_the_threads_they_ask_for(monkeypatch):
+    """A session made with threads=N (the step graph's: 1, its parallelism is across chunks)
+    gets N intra-op threads, not FASTADAPT_THREADS / the cores; without N it gets those."""
+    from fastadapt.runtime import sessions
+
+    monkeypatch.setattr(sessions, "available_cores", lambda: 3)
+    monkeypatch.delenv("FASTADAPT_THREADS", raising=False)
+    assert sessions._session_options(1).intra_op_num_threads == 1
+    assert sessions._session_options().intra_op_num_threads == 3
