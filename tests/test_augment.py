@@ -48,6 +48,69 @@ def test_photo_stays_in_the_normalised_range_of_the_preprocessing():
     assert not torch.equal(y, raw)
 
 
+def test_affine_parameters_stay_in_their_documented_ranges():
+    # guards against widened (or collapsed) distortions: rotation +-10 deg, shear +-0.3, scale 0.8-1.2, shift
+    # +-2 px. theta = [R(angle) @ [[1, shear], [0, 1]] / scale | shift]: its first column is (cos, sin) / scale,
+    # the columns' dot product is shear / scale^2, and the shift is in grid units (2 / side per pixel)
+    from fastadapt.meta_train.augment import _affine_thetas
+
+    side = 28
+    theta = _affine_thetas(np.random.default_rng(0), 4000, side)
+    first, second = theta[:, :, 0], theta[:, :, 1]
+    scale = 1 / np.linalg.norm(first, axis=1)
+    angle = np.degrees(np.arctan2(first[:, 1], first[:, 0]))
+    shear = (first * second).sum(1) * scale ** 2
+    shift = theta[:, :, 2] * side / 2
+    eps = 1e-9  # float64 round-off of the decomposition
+    for values, low, high in ((angle, -10, 10), (shear, -0.3, 0.3), (scale, 0.8, 1.2), (shift, -2, 2)):
+        assert low - eps <= values.min() and values.max() <= high + eps
+        # 4000 uniform draws reach the outer 5% of the range at both ends (miss chance 0.95^4000 each)
+        assert values.min() < low + 0.05 * (high - low) and values.max() > high - 0.05 * (high - low)
+
+
+def test_affine_fills_what_comes_into_view_with_the_zero_background():
+    # guards against repeating the edge pixels (border padding) instead: a stroke touching the edge would be
+    # smeared across what the distortion brings into view. An all-ones batch: where the sampling grid leaves
+    # the picture (rotation, shrinking, shift), zeros come in; inside, bilinear weights of ones sum to 1
+    y = augment(torch.ones(32, 1, 28, 28), "affine", [0])
+    assert y.min() == 0 and y.max() <= 1 + 1e-6
+    assert (y.amin((1, 2, 3)) < 0.5).float().mean() > 0.5  # most images show some background
+
+
+def test_photo_flips_half_zooms_in_and_shifts_an_eighth():
+    # guards against photo augmentation that never flips, zooms out (sampling beyond the picture), or shifts
+    # more than 1/8 of the side: theta = [[flip * zoom, 0, dx], [0, zoom, dy]], zoom in [1/1.15, 1]
+    from fastadapt.meta_train.augment import _photo_thetas
+
+    theta = _photo_thetas(np.random.default_rng(0), 4000)
+    zoom, flipped = theta[:, 1, 1], theta[:, 0, 0] < 0
+    assert np.allclose(np.abs(theta[:, 0, 0]), zoom, rtol=0, atol=0) and not theta[:, [0, 1], [1, 0]].any()
+    assert 1 / 1.15 <= zoom.min() and zoom.max() <= 1.0 and zoom.min() < 0.88  # 1/1.15 = 0.8696
+    assert 0.45 < flipped.mean() < 0.55  # Binomial(4000, 0.5): 0.05 is over 6 standard deviations
+    assert np.abs(theta[:, :, 2]).max() <= 0.25 and np.abs(theta[:, :, 2]).max() > 0.24
+
+
+def test_colour_jitter_acts_on_intensities_with_brightness_contrast_and_saturation():
+    # guards against jitter on normalised values (mean not undone) and a dropped saturation term. Each image is
+    # one flat colour (r, g, b) = (0.6, 0.4, 0.5), so warping changes nothing; brightness B, contrast C and
+    # saturation S (each 0.7-1.3) then give grey level 0.5 * B and red minus grey 0.1 * B * C * S
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    colour = torch.tensor([0.6, 0.4, 0.5]).view(1, 3, 1, 1)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    x = ((colour - m) / s).expand(400, 3, 8, 8).contiguous()
+    v = (augment(x, "photo", [9], mean, std) * s + m).double()
+    tol = 1e-5  # float32 normalise / denormalise round trips of values below 1
+    assert (v.amax((2, 3)) - v.amin((2, 3))).max() < tol  # still flat
+    v = v[:, :, 0, 0]
+    grey = v.mean(1)
+    brightness = grey / 0.5
+    assert brightness.min() > 0.7 - tol and brightness.max() < 1.3 + tol and brightness.max() - brightness.min() > 0.5
+    chroma = (v[:, 0] - grey) / (0.1 * brightness)  # C * S, in 0.49..1.69
+    assert chroma.min() > 0.49 - 1e-3 and chroma.max() < 1.69 + 1e-3
+    assert chroma.min() < 0.65 and chroma.max() > 1.4  # C alone stays in 0.7..1.3
+    assert torch.allclose(v[:, 1] - grey, -(v[:, 0] - grey), atol=tol)  # green sits as far below grey as red above
+
+
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="unknown augmentation"):
         augment(batch(), "mixup", [0])

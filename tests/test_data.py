@@ -141,6 +141,33 @@ def test_split_protocol_on_folders(tmp_path):
         load_splits(str(root), "lake")
 
 
+def test_split_parts_are_disjoint_cover_every_class_and_follow_the_seed(tmp_path):
+    # guards against parts that overlap or drop a class at their borders (validation sharing a test class, one
+    # class in no part) and against a split that ignores --seed (every seed would hold out the same classes)
+    root = write_glyph_folders(tmp_path / "d", 20, 1)
+    tests = []
+    for seed in range(4):
+        s = load_splits(str(root), "split", seed=seed, rotations=False, ways=2)
+        train, val, test = set(s.train.names), set(s.val.names), set(s.test.names)
+        assert (len(train), len(val), len(test)) == (14, 2, 4)
+        assert not train & val and not train & test and not val & test
+        assert train | val | test == {f"class{i:02d}" for i in range(20)}
+        assert load_splits(str(root), "split", seed=seed, rotations=False, ways=2).test.names == s.test.names
+        tests.append(tuple(s.test.names))
+    assert len(set(tests)) > 1  # 4 of 20 classes: four seeds all drawing the same test set is a 1 in 1e11 chance
+
+
+def test_split_rotations_add_rotated_training_classes_only(tmp_path):
+    # guards against --protocol split ignoring rotations (train.with_rotations never applied, or applied to
+    # validation/test, which would then be scored on rotated copies of themselves)
+    root = write_glyph_folders(tmp_path / "d", 20, 1)
+    plain = load_splits(str(root), "split", seed=0, rotations=False, ways=2)
+    rotated = load_splits(str(root), "split", seed=0, rotations=True, ways=2)
+    assert rotated.train.names == [n + s for s in ("", "@rot90", "@rot180", "@rot270") for n in plain.train.names]
+    assert rotated.val.names == plain.val.names and rotated.test.names == plain.test.names
+    assert np.array_equal(rotated.train.images[len(plain.train)], np.rot90(plain.train.images[0], 1, axes=(2, 3)))
+
+
 @pytest.mark.omniglot
 @pytest.mark.slow
 @pytest.mark.skipif(omniglot_root() is None, reason="real Omniglot not present")
@@ -158,6 +185,36 @@ def test_real_omniglot_protocols():
     assert not set(vin.train.names) & set(vin.val.names) and not set(vin.val.names) & set(vin.test.names)
     x = to_float(lake.test.images[0], lake.test.spec)
     assert x.shape == (20, 1, 28, 28) and 0.0 <= x.min() and x.max() <= 1.0 and x.mean() < 0.3  # dark background
+
+
+def test_synthetic_glyphs_vary_within_a_class_and_follow_the_seed():
+    # guards against drawings without jitter (every image of a class the same picture: 1-shot tasks would be
+    # trivial) and a generator that ignores its seed
+    a, again, b = synthetic_glyphs(3, 4, seed=0), synthetic_glyphs(3, 4, seed=0), synthetic_glyphs(3, 4, seed=1)
+    assert all(np.array_equal(x, y) for x, y in zip(a.images, again.images))
+    assert not any(np.array_equal(x, y) for x, y in zip(a.images, b.images))
+    for imgs in a.images:
+        assert all(not np.array_equal(imgs[0], other) for other in imgs[1:])
+
+
+def test_omniglot_evaluation_only_splits_hold_out_the_same_test_classes(monkeypatch):
+    # guards against the evaluation-only shortcut (need_train=False) taking lake's test set for vinyals: an
+    # evaluation must score exactly the 423 characters that training held out, for the same seed. Omniglot's
+    # two parts are stood in for by 964 + 659 one-pixel classes (the split only shuffles and slices them)
+    from fastadapt.data import omniglot
+    from fastadapt.data.classes import ImageClasses
+
+    def part(root, name, spec=SPEC):
+        count = 964 if name == "images_background" else 659
+        return ImageClasses([f"{name}/c{i}" for i in range(count)], [np.full((1, 1, 1, 1), i % 256, np.uint8)
+                                                                     for i in range(count)], spec)
+
+    monkeypatch.setattr(omniglot, "load_part", part)
+    for protocol, held_out in (("lake", 659), ("vinyals", 423)):
+        full = omniglot_splits("omniglot", protocol, seed=3, val_classes=100, rotations=False)
+        quick = omniglot_splits("omniglot", protocol, seed=3, val_classes=100, rotations=False, need_train=False)
+        assert len(full.test) == held_out and quick.test.names == full.test.names
+    assert any(n.startswith("images_background/") for n in full.test.names)  # vinyals mixes both parts
 
 
 def test_corrupt_zip_member_is_skipped_with_a_warning(tmp_path, capsys):

@@ -76,6 +76,27 @@ def test_ir_version_of_something_unreadable_is_none():
     assert ir_version(b"") is None and ir_version(b"\xff\xff\xff") is None
 
 
+def test_ir_version_reads_only_a_varint_field_1():
+    # guards against taking any field 1 as the version: a length-delimited field 1 (wire type 2) holds bytes,
+    # not a version. Keys are (field << 3) | wire: 0x08 = field 1 varint, 0x0A = field 1 bytes, 0x12 = field 2
+    assert ir_version(bytes([0x08, 0x07])) == 7
+    assert ir_version(bytes([0x12, 0x01, 0x00, 0x08, 0x09])) == 9  # after another field
+    assert ir_version(bytes([0x08, 0x96, 0x01])) == 150  # a two-byte varint
+    assert ir_version(bytes([0x0A, 0x01, 0x05])) is None
+
+
+def test_stamping_lowers_a_newer_ir_version_and_keeps_an_older_one():
+    # guards against raising an older graph's IR version to IR_VERSION: it would claim features it may lack
+    from types import SimpleNamespace
+
+    from fastadapt.onnx_wire import stamp_ir_version
+
+    for before, after in ((IR_VERSION + 1, IR_VERSION), (IR_VERSION, IR_VERSION), (IR_VERSION - 2, IR_VERSION - 2)):
+        model = SimpleNamespace(ir_version=before)
+        stamp_ir_version(model)
+        assert model.ir_version == after
+
+
 _PROBE = """
 import json, os, fastadapt
 model = fastadapt.load()

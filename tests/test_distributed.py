@@ -267,6 +267,40 @@ def test_a_lost_peer_names_the_timeout_and_validation(monkeypatch):
     assert "--dist-timeout 300" in message and "--val-tasks" in message
 
 
+def _with_peer(monkeypatch, peer_tensors: list) -> None:
+    """all_reduce of this rank with one simulated peer, whose tensors (in call order) are given: SUM, MAX, MIN."""
+    from fastadapt.meta_train import distributed
+
+    ops = {dist.ReduceOp.SUM: torch.add, dist.ReduceOp.MAX: torch.maximum, dist.ReduceOp.MIN: torch.minimum}
+
+    def all_reduce(tensor, op=dist.ReduceOp.SUM):
+        tensor.copy_(ops[op](tensor, peer_tensors.pop(0).to(tensor.dtype)))
+
+    monkeypatch.setattr(distributed.dist, "all_reduce", all_reduce)
+
+
+def test_rank_agreement_any_and_the_weighted_average_without_processes(monkeypatch):
+    # guards the collective logic itself, in one process: same() must notice ranks resuming from different
+    # iterations, any() must be True when any rank says so (not only when all do), and average() must weight
+    # each rank's gradient, loss and accuracy by its number of tasks
+    from fastadapt.errors import FastadaptError
+    from fastadapt.meta_train.distributed import Job
+
+    job = Job(world_size=2, rank=1)
+    _with_peer(monkeypatch, [torch.tensor([7, -7]), torch.tensor([5, -5]), torch.tensor([1]), torch.tensor([0])])
+    with pytest.raises(FastadaptError, match=r"disagree on the iteration \(5\.\.7\)"):
+        job.same(5, "the iteration")
+    job.same(5, "the iteration")  # the peer holds 5 too
+    assert job.any(False, "stop") is True and job.any(False, "stop") is False
+    like = {"w": torch.zeros(2)}
+    peer = torch.tensor([3 * 1.0, 3 * 2.0, 3 * 0.5, 3 * 0.25, 3, 0])  # 3 tasks: grads (1, 2), loss .5, acc .25
+    _with_peer(monkeypatch, [peer])
+    grads, loss, acc = job.average({"w": torch.tensor([5.0, 6.0])}, 1.5, 0.75, 2, None, like, "iteration 1")
+    # (2 tasks x mine + 3 tasks x the peer's) / 5 tasks
+    assert torch.allclose(grads["w"], torch.tensor([(2 * 5 + 3) / 5, (2 * 6 + 6) / 5]))
+    assert loss == pytest.approx((2 * 1.5 + 1.5) / 5) and acc == pytest.approx((2 * 0.75 + 0.75) / 5)
+
+
 @pytest.mark.slow
 def test_a_run_pre_trained_in_one_process_resumes_under_torchrun(tmp_path):
     """--pretrain-epochs runs in one process, so torchrun refuses a run that still has to pre-train; once

@@ -224,6 +224,20 @@ def test_bundle_round_trip(tmp_path, monkeypatch, exported):
         np.testing.assert_array_equal(bundle.params[k], v.numpy())
 
 
+def test_bundle_records_the_steps_it_verified_and_the_runs_provenance(tmp_path, monkeypatch, exported):
+    # guards against the manifest claiming the recipe's step count when verification ran another (export with
+    # --eval-inner-steps, or steps=1 to save time), and against dropping what the run said about itself
+    model, params, recipe = _cached_graphs(monkeypatch, exported)
+    provenance, evaluation = {"algorithm": "fomaml", "seed": 7}, [{"ways": 5, "shots": 1, "accuracy": 0.9}]
+    out = tmp_path / "m.fadapt"
+    manifest = bundle_export.export_bundle(out, model, SPEC, recipe, params, Preprocess(), provenance, evaluation,
+                                           steps=1)
+    assert recipe.steps == 3 and manifest["inner_loop"]["steps"] == 3  # the device still adapts with 3
+    assert manifest["verification"]["steps"] == 1
+    assert manifest["provenance"] == provenance and manifest["evaluation"] == evaluation
+    assert read_bundle(out).manifest == manifest
+
+
 def test_failed_verification_writes_nothing(tmp_path, monkeypatch, exported):
     model, params, recipe = _cached_graphs(monkeypatch, exported)
     monkeypatch.setattr(verification, "agrees", lambda *args: False)  # no difference can pass

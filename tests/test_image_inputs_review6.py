@@ -79,6 +79,17 @@ def glyph_picture(size) -> Image.Image:
     return image
 
 
+def test_pictures_up_to_the_reduction_threshold_are_converted_whole():
+    # guards against reducing every picture bigger than the target: up to DRAFT_ABOVE_PIXELS (4 MP) pictures
+    # are converted exactly as before (factor 1); above it, to at least DRAFT_MARGIN x the target a side
+    assert images.DRAFT_ABOVE_PIXELS == 2000 * 2000 and images.DRAFT_MARGIN * 28 == 224
+    assert images._reduction(2000, 2000, 28) == 1 and images._reduction(4000, 1000, 28) == 1
+    assert images._reduction(2001, 2000, 28) == 2000 // 224 and images._reduction(2001, 2000, None) == 1
+    picture = glyph_picture((1200, 900))  # 1.08 MP: no reduction, so the same as converting it whole
+    whole = 255 - np.asarray(images._fit(images._flatten(picture, 1), Preprocess(size=28)), dtype=np.uint8)
+    assert np.array_equal(to_uint8(picture, Preprocess(size=28)), whole[None])
+
+
 @pytest.mark.parametrize("fit", images.FITS)
 @pytest.mark.parametrize("size", [(2500, 2500), (3100, 1700), (1700, 3100)])
 def test_a_reduced_picture_looks_like_the_whole_one(size, fit):

@@ -95,6 +95,14 @@ def test_oversized_image_names_its_size_without_pillows_warning(tmp_path):
         to_uint8(write(tmp_path, "60mp.png", png_bytes(10000, 6000)), SPEC)
 
 
+def test_the_pixel_limit_is_exact(tmp_path):
+    # guards against an off-by-some limit: MAX_PIXELS pixels pass the check, one more is refused from the header
+    images._check_size("at the limit", MAX_PIXELS, 1)
+    with pytest.raises(FastadaptError) as exc:
+        to_uint8(write(tmp_path, "one-over.png", png_bytes(MAX_PIXELS + 1, 1)), SPEC)
+    assert f"{MAX_PIXELS + 1}x1" in one_line(exc) and "over the limit" in str(exc.value)
+
+
 def test_a_48_megapixel_phone_photo_still_loads(tmp_path):
     assert 8000 * 6000 <= MAX_PIXELS
     rows = bytes(8001) * 6000  # filter byte + 8000 black pixels per row
@@ -234,6 +242,38 @@ def test_bool_and_8_bit_arrays_keep_their_meaning():
     assert np.array_equal(to_uint8(floats, SPEC), np.asarray(legacy)[None])
 
 
+def test_integer_arrays_outside_16_bits_are_refused_at_both_ends():
+    # guards against checking only the top of the 16-bit range: -1 would wrap to a bright level instead
+    for low, high in ((-1, 1000), (0, 65536)):
+        array = np.linspace(low, high, 28 * 28).round().astype(np.int32).reshape(28, 28)
+        with pytest.raises(FastadaptError) as exc:
+            to_uint8(array, SPEC)
+        assert f"{low}..{high}" in one_line(exc)
+    edge = np.linspace(0, 65535, 28 * 28).round().astype(np.int32).reshape(28, 28)
+    assert to_uint8(edge, Preprocess(invert=False)).max() == 255  # 0..65535 itself is 16-bit, /257
+
+
+def test_premultiplied_alpha_is_composited_on_white():
+    # guards against dropping the alpha of "La" (grey premultiplied by alpha): on white a pixel shows
+    # value + (255 - alpha), so an opaque 40 stays 40, 20 at alpha 128 (40 half covered) is 147, clear is white
+    pixels = np.zeros((28, 28, 2), np.uint8)
+    pixels[:, :14] = (40, 255)
+    pixels[:14, 14:] = (20, 128)  # pixels[14:, 14:] stays (0, 0): fully transparent
+    image = Image.frombytes("La", (28, 28), pixels.tobytes())
+    out = to_uint8(image, Preprocess(invert=False))[0]  # 28 x 28 already: no resampling
+    assert (out[:, :14] == 40).all() and (out[:14, 14:] == 147).all() and (out[14:, 14:] == 255).all()
+
+
+def test_dim_float_images_keep_their_levels():
+    # guards against stretching a float image whose values stay below 1: 0..0.5 is a dark picture (x255,
+    # levels 0..127), not one to scale until its maximum is white; only maxima above 1 rescale
+    floats = np.linspace(0, 0.5, 28 * 28).reshape(28, 28)
+    plain = Preprocess(invert=False)
+    assert np.array_equal(to_uint8(floats, plain)[0], (floats * 255.0).astype(np.uint8))
+    assert to_uint8(floats, plain).max() == 127
+    assert to_uint8(floats * 4, plain).max() == 255  # 0..2: scaled so that 2 is white
+
+
 # ----------------------------------------------------------------------------- recipe and old bundles
 
 def _legacy_to_uint8(image: Image.Image, size: int) -> np.ndarray:
@@ -337,6 +377,26 @@ def test_exif_orientation_is_applied_to_files_and_pil_images(tmp_path, orientati
         assert np.abs(out - reference).mean() < 3  # JPEG noise only
     assert open_image(path).size == upright.size
     assert images.decode_bytes(data, "zip:phone.jpg").size == upright.size
+
+
+@pytest.mark.parametrize("orientation, fix", [(2, Image.Transpose.FLIP_LEFT_RIGHT),
+                                              (4, Image.Transpose.FLIP_TOP_BOTTOM),
+                                              (5, Image.Transpose.TRANSPOSE), (7, Image.Transpose.TRANSVERSE)])
+def test_mirrored_exif_orientations_are_applied_too(orientation, fix):
+    # guards against honouring only the rotations (3, 6, 8): a selfie camera stores mirrored pixels (tags 2, 4,
+    # 5, 7). Each of these four fixes is its own inverse, so the stored pixels are the fix applied to the upright
+    # picture; PNG keeps them exact (pixel for pixel), so the result must equal the upright one's.
+    upright = _glyph((60, 40))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    upright.transpose(fix).save(buffer, "PNG", exif=exif.tobytes())
+    data = buffer.getvalue()
+    reference = to_uint8(upright, SPEC)
+    assert not np.array_equal(to_uint8(upright.transpose(fix), SPEC), reference)  # the test can tell them apart
+    assert open_image(data).size == upright.size
+    assert np.array_equal(to_uint8(data, SPEC), reference)
+    assert np.array_equal(to_uint8(images.decode_bytes(data, "zip:selfie.png"), SPEC), reference)
 
 
 def test_transparency_is_composited_on_white():

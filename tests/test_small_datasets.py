@@ -143,6 +143,25 @@ def test_chance_warning_after_two_validations_at_chance(tmp_path):
     assert "at chance (50% for 2-way" in messages[0] and "head_init prototype" in messages[0]
 
 
+def test_training_rows_record_accuracy_in_percent_and_the_world_size(tmp_path):
+    # guards against metrics.jsonl rows holding accuracy as a fraction (0.46) while validation rows and the
+    # curves use percent (46.0), and against rows that drop the loss's rounding or the process count
+    import json
+
+    from fastadapt.meta_train.recorder import RunRecorder
+
+    record = RunRecorder(str(tmp_path), TrainConfig(ways=5), None, 0.0, True, lambda msg: None)
+    status = record.training_row(3, 0.1234567, 0.4567, 12.5, 2)
+    record.close()
+    (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert set(row) == {"iteration", "loss", "tasks_per_s", "world_size", "accuracy"}
+    assert row["iteration"] == 3 and row["world_size"] == 2 and row["tasks_per_s"] == 12.5
+    assert row["loss"] == pytest.approx(0.12346, abs=1e-9) and row["accuracy"] == pytest.approx(45.67, abs=1e-9)
+    assert "acc  45.7%" in status
+    regression = RunRecorder(str(tmp_path / "r"), TrainConfig(ways=5, data="sinusoid"), None, 0.0, False, None)
+    assert regression.key == "val_mse" and regression.chance is None
+
+
 def test_curves_smooth_training_and_show_chance(tmp_path):
     from fastadapt.meta_train.plotting import moving_average, plot_curves
 

@@ -50,6 +50,58 @@ def test_a_subfolder_of_a_class_folder_belongs_to_the_class(tmp_path):
     assert data.names == ["Greek/c1", "Greek/c2", "Latin/c1"] and data.groups == ["Greek", "Greek", "Latin"]
 
 
+def test_a_link_to_a_class_folder_is_skipped_not_the_folder_it_names(tmp_path):
+    """Guards against listing folders by name only: 'alias' (a link) sorts before 'zeta' (the real folder), so
+    the real class would be dropped and the link kept. Real folders come first: 'alias' is the skipped one."""
+    classes(tmp_path / "data", ["mid", "zeta"])
+    try:
+        (tmp_path / "data" / "alias").symlink_to(tmp_path / "data" / "zeta", target_is_directory=True)
+    except (OSError, NotImplementedError):
+        pytest.skip("symbolic links are not allowed here")
+    data, messages = loaded(tmp_path / "data")
+    assert data.names == ["mid", "zeta"]
+    assert [m for m in messages if "skipped 1 linked folder(s)" in m and "alias" in m]
+
+
+def test_a_link_to_a_folder_above_the_dataset_is_not_followed(tmp_path):
+    """Guards against marking only the dataset folder itself as read: c2/up leads to the folder that holds the
+    dataset, so following it would read the dataset's siblings ('other') into c2 (and loop back)."""
+    classes(tmp_path / "data", ["c0", "c1", "c2"])
+    classes(tmp_path, ["other"], start=900)
+    try:
+        (tmp_path / "data" / "c2" / "up").symlink_to(tmp_path, target_is_directory=True)
+    except (OSError, NotImplementedError):
+        pytest.skip("symbolic links are not allowed here")
+    data, messages = loaded(tmp_path / "data")
+    assert data.names == ["c0", "c1", "c2"] and [len(x) for x in data.images] == [3, 3, 3]
+    assert [m for m in messages if "skipped 1 linked folder(s)" in m and "c2/up" in m]
+
+
+def test_hidden_folders_and_files_are_not_classes_or_warned_about(tmp_path):
+    """Guards against reading hidden names: Jupyter's .ipynb_checkpoints/ (PNG copies) would become a class,
+    and macOS's .DS_Store an 'ignored file' warning."""
+    classes(tmp_path, ["c0", "c1"])
+    classes(tmp_path, [".ipynb_checkpoints", "c1/.cache"], start=700)
+    (tmp_path / ".DS_Store").write_bytes(b"\0Bud1")
+    data, messages = loaded(tmp_path)
+    assert data.names == ["c0", "c1"] and [len(x) for x in data.images] == [3, 3]
+    assert messages == []
+
+
+def test_a_single_class_folder_still_names_its_class(tmp_path):
+    """Guards against stripping every shared folder level: one class folder (alone, or under a zip's top
+    folder) must stay a class, not become loose images with no class at all."""
+    classes(tmp_path / "data", ["only"])
+    data, _ = loaded(tmp_path / "data")
+    assert data.names == ["only"] and len(data.images[0]) == 3
+    archive = tmp_path / "one.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in sorted((tmp_path / "data").rglob("*.png")):
+            z.write(p, "top/" + p.relative_to(tmp_path / "data").as_posix())
+    data, _ = loaded(archive)
+    assert data.names == ["only"] and len(data.images[0]) == 3
+
+
 def test_duplicate_class_folders_are_warned_about_in_training(tmp_path):
     classes(tmp_path, ["c0", "c1", "c2"])
     classes(tmp_path, ["c0 copy"])  # the same seeds as c0: the same images
