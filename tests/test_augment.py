@@ -48,13 +48,13 @@ def test_photo_stays_in_the_normalised_range_of_the_preprocessing():
     assert not torch.equal(y, raw)
 
 
-def test_affine_parameters_stay_in_their_documented_ranges():
+@pytest.mark.parametrize("side", [28, 56])
+def test_affine_parameters_stay_in_their_documented_ranges(side):
     # guards against widened (or collapsed) distortions: rotation +-10 deg, shear +-0.3, scale 0.8-1.2, shift
-    # +-2 px. theta = [R(angle) @ [[1, shear], [0, 1]] / scale | shift]: its first column is (cos, sin) / scale,
+    # +-2 px at any image size (not 2/28 of the side). theta = [R(angle) @ [[1, shear], [0, 1]] / scale | shift]: its first column is (cos, sin) / scale,
     # the columns' dot product is shear / scale^2, and the shift is in grid units (2 / side per pixel)
     from fastadapt.meta_train.augment import _affine_thetas
 
-    side = 28
     theta = _affine_thetas(np.random.default_rng(0), 4000, side)
     first, second = theta[:, :, 0], theta[:, :, 1]
     scale = 1 / np.linalg.norm(first, axis=1)

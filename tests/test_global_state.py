@@ -206,7 +206,7 @@ def test_an_async_upload_is_refused_with_what_to_pass_instead():
 
 
 def test_onnxruntime_telemetry_is_off_unless_the_program_chose(tmp_path):
-    """Fastadapt sets ORT_DISABLE_TELEMETRY=1 before it imports onnxruntime (a device SDK does
+    """fastadapt sets ORT_DISABLE_TELEMETRY=1 before it imports onnxruntime (a device SDK does
     not opt its users in), and leaves a value the program set itself. A fresh process: onnxruntime is imported
     once per process."""
     import subprocess

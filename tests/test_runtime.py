@@ -323,7 +323,7 @@ def test_evaluate_bundle_matches_torch_evaluation(bundles, one_thread, monkeypat
 
 
 def test_the_one_call_adapt_passes_safeguard_on():
-    """Fastadapt.adapt(..., safeguard=False) runs the plain recipe, as Model.adapt does with
+    """`fastadapt.adapt(..., safeguard=False)` runs the plain recipe, as Model.adapt does with
     it; a one-call API that always safeguarded would silently differ from the two-call one."""
     adapted = fastadapt.adapt(os.path.join(ROOT, "examples", "shots"), safeguard=False, steps=1)
     assert adapted.adaptation["safeguard"] is False

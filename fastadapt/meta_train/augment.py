@@ -2,7 +2,7 @@
 
 none    nothing (the default; runs from before this option trained without it)
 affine  characters and drawings (Koch et al. 2015's siamese nets on Omniglot): per image a small
-        rotation (+-10 deg), shear (+-0.3), scale (0.8-1.2) and shift (+-2 px at 28 px), with the
+        rotation (+-10 deg), shear (+-0.3), scale (0.8-1.2) and shift (+-2 px at any image size), with the
         background (zero after normalising inverted strokes) filling what comes into view
 photo   colour photos: per image a horizontal flip, a shift of up to 1/8 of the side and a zoom of
         up to 1.15x (mirror padding), and colour jitter (brightness, contrast, saturation +-0.3)
@@ -41,7 +41,7 @@ def _affine_thetas(rng, n: int, side: int) -> np.ndarray:
     angle = np.deg2rad(rng.uniform(-10, 10, n))
     shear = rng.uniform(-0.3, 0.3, n)
     scale = rng.uniform(0.8, 1.2, n)
-    shift = rng.uniform(-2, 2, (n, 2)) * 2 / side  # +-2 pixels at 28 px, in grid units ([-1, 1] spans the side)
+    shift = rng.uniform(-2, 2, (n, 2)) * 2 / side  # +-2 pixels at any size, in grid units ([-1, 1] spans the side)
     cos, sin = np.cos(angle), np.sin(angle)
     # output -> input sampling map: rotate, shear along x, then scale (inverse scale: zoom in for scale > 1)
     a = np.stack([np.stack([cos, -sin + shear * cos], 1), np.stack([sin, cos + shear * sin], 1)], 1) / scale[:, None, None]
