@@ -361,6 +361,46 @@ def test_pretraining_then_batched_meta_training(tmp_path, one_thread):
     assert summary["pretrain_seconds"] >= 0 and summary["iterations"] == 2
 
 
+def test_pretraining_anneals_over_all_epochs_smooths_and_is_seeded(tmp_path, monkeypatch, one_thread):
+    """Guards, in pretrain.py: the cosine schedule restarting each epoch (indexed by the batch within the epoch,
+    not the batch over all epochs), --pretrain-smoothing not reaching the loss, and the temporary head drawn from
+    the global RNG instead of the run's seed (pre-training not reproducible)."""
+    import fastadapt.meta_train.pretrain as pretrain
+    from fastadapt.meta_train.run import load_checkpoint
+    from fastadapt.models import ModelSpec
+
+    classes = random_classes(1, side=16)  # 40 images: 3 batches of 16 per epoch
+    model = build_model(ModelSpec(image_size=16, width=4))
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    lrs, smoothing = [], []
+    real_step, real_ce = torch.optim.Adam.step, torch.nn.functional.cross_entropy
+
+    def step(self, *args, **kwargs):  # the rate each optimizer step really uses
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    def cross_entropy(*args, **kwargs):
+        smoothing.append(kwargs.get("label_smoothing", 0.0))
+        return real_ce(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
+    trained = []
+    for run, global_seed in (("a", 123), ("b", 456)):  # the global RNG differs; the run's seed does not
+        torch.manual_seed(global_seed)
+        (tmp_path / run).mkdir()
+        params = {k: v.clone().requires_grad_() for k, v in start.items()}
+        pretrain.pretrain_body(model, params, classes, classes.spec, epochs=2, rundir=str(tmp_path / run), seed=5,
+                               device="cpu", lr=1e-2, batch_size=16, quiet=True, smoothing=0.1, schedule="cosine")
+        trained.append(load_checkpoint(str(tmp_path / run / "pretrain.npz")).params)
+    total = 2 * 3
+    want = [1e-2 * 0.5 * (1 + math.cos(math.pi * b / total)) for b in range(total)]  # annealed to 0 over both epochs
+    assert lrs[:total] == pytest.approx(want, rel=1e-12, abs=0)
+    assert smoothing == [0.1] * (2 * total)
+    assert trained[0].keys() == trained[1].keys()
+    assert all(np.array_equal(trained[0][k], trained[1][k]) for k in trained[0])  # head "w", "b" included
+
+
 def test_cli_flags(tmp_path, capsys):
     import json
 
@@ -425,6 +465,20 @@ def test_device_tasks_are_the_samplers_tasks(device, channels):
             assert (a - b).abs().max().item() <= 2 * EPS32 * b.abs().max().item(), f
     assert np.array_equal(to_float(old_task(sampler, 3).query_x, preprocess),
                           DeviceTasks(sampler, preprocess, "cpu").tasks([3])[0].query_x.numpy())
+
+
+def test_a_tasks_support_and_query_get_their_own_distortions():
+    """Guards one augmentation key for both halves of a task (run_setup.DeviceTasks: the draws keyed by (seed, 9,
+    task, half)): with as many support as query images, image k of the query would get image k of the support's
+    distortion. Every image is the same, so the halves differ only by their distortions."""
+    base = np.random.default_rng(0).integers(0, 256, (1, 1, 16, 16), dtype=np.uint8)
+    spec = Preprocess(size=16, channels=1)
+    data = ImageClasses([f"c{i}" for i in range(4)], [np.repeat(base, 6, 0) for _ in range(4)], spec)
+    sampler = TaskSampler(data, ways=3, shots=2, query=2, seed=4)
+    plain = DeviceTasks(sampler, spec, "cpu").tasks([0])[0]
+    assert torch.equal(plain.support_x, plain.query_x)
+    augmented = DeviceTasks(sampler, spec, "cpu", "affine").tasks([0])[0]
+    assert not torch.equal(augmented.support_x, augmented.query_x)
 
 
 # --------------------------------------------------------------------------- batched evaluation

@@ -166,6 +166,29 @@ def test_dynamic_images_and_classes(exported, counts):
     assert abs(float(loss) - loss64) <= 2 * logit_bound + 8 * EPS32 * abs(loss64)
 
 
+def test_step_graph_uses_its_lr_input(exported):
+    """Guards a step graph that bakes the recipe's rate in and ignores its ``lr`` input (every other test feeds the
+    recipe's 0.4, so it would pass). lr 0: the parameters come back exactly (p - 0 * g is p in float32); lr 0.1:
+    the torch step at 0.1, against float64 by tests/numerics.py's rule."""
+    model, params, recipe, _, step_bytes = exported
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.arange(4).repeat_interleave(2)
+    images = torch.randn(len(labels), SPEC.channels, SPEC.image_size, SPEC.image_size, generator=gen)
+    current = {**params, "head.weight": 0.1 * torch.randn(4, model.feature_dim, generator=gen),
+               "head.bias": 0.1 * torch.randn(4, generator=gen)}
+    names = recipe.adapted_names(current)
+    session = ort.InferenceSession(step_bytes)
+    feed = {"images": images.numpy(), "labels": labels.numpy(), **{k: v.numpy() for k, v in current.items()}}
+    _, *same = session.run(None, {**feed, "lr": np.asarray(0.0, np.float32)})
+    for name, value in zip(names, same):
+        assert np.array_equal(value, current[name].numpy()), name
+    _, *new = session.run(None, {**feed, "lr": np.asarray(0.1, np.float32)})
+    model64, current64 = _float64(model, current)
+    expected = il.sgd_step(model, current, images, labels, recipe, 0.1, first_order=True)
+    expected64 = il.sgd_step(model64, current64, images.double(), labels, recipe, 0.1, first_order=True)
+    assert_float32_close(dict(zip(names, new)), expected, {k: expected64[k] for k in names}, what="new ")
+
+
 def test_forward_with_one_row_head(exported):
     """The runtime reads features through a dummy one-row head: onnxruntime's features against float64 by
     tests/numerics.py's rule (as above)."""
@@ -367,3 +390,77 @@ def test_conv_and_relu_backward_decompositions_equal_torch():
     out = torch.relu(torch.randn(4, 6))
     torch.testing.assert_close(rw._threshold_backward(grad[0, 0, :4, :6], out, 0),
                                aten.threshold_backward(grad[0, 0, :4, :6], out, 0))
+
+
+@pytest.mark.parametrize("kernel, padding, dilation", [((3, 3), (0, 0), (1, 1)), ((1, 1), (0, 0), (1, 1)),
+                                                       ((3, 3), (2, 2), (2, 2)), ((3, 1), (1, 0), (1, 1))],
+                         ids=["unpadded", "1x1-shortcut", "dilated", "asymmetric"])
+def test_conv_backward_decomposition_for_other_stride_1_geometries(kernel, padding, dilation):
+    """The rewrite is written for any stride-1 ungrouped convolution (ResNet-12's 1x1 shortcut among them), but the
+    test above only takes Conv4's 3x3 / padding 1, where padding p and the input gradient's d (k - 1) - p coincide,
+    and dilation 1 and symmetric padding hide swapped or ignored dilation / padding. Float64 against torch's own
+    backward: the same sums in another order, ~1e-15 relative; a wrong geometry is off by order 1."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 9, 8, generator=g, dtype=torch.float64)
+    weight = torch.randn(5, 4, *kernel, generator=g, dtype=torch.float64)
+    out_shape = torch.nn.functional.conv2d(x, weight, None, 1, padding, dilation).shape
+    grad = torch.randn(out_shape, generator=g, dtype=torch.float64)
+    args = ([5], [1, 1], list(padding), list(dilation), False, [0, 0], 1, [True, True, True])
+    expected = aten.convolution_backward(grad, x, weight, *args)
+    ours = rw._conv_backward(grad, x, weight, *args)
+    for a, b in zip(ours, expected):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_pool_rewrite_refuses_ceil_mode():
+    """ceil_mode pools a last, partial window that the quarters form drops: refused, never a smaller output."""
+    x = torch.randn(1, 1, 5, 5)
+    for op in (rw._max_pool2d_with_indices, rw._max_pool2d_with_indices_backward):
+        args = (x, [2, 2], [2, 2], [0, 0], [1, 1], True)
+        with pytest.raises(FastadaptError):
+            op(*args) if op is rw._max_pool2d_with_indices else op(torch.ones(1, 1, 3, 3), *args, None)
+
+
+def test_the_graph_cache_tells_apart_what_changes_the_step_graph(monkeypatch):
+    """build_graphs reuses graphs traced in this process; the step graph differs with the adapted subset and with a
+    scalar or per-tensor lr, so each must be traced on its own. Guards a cache key without recipe.adapt (an ANIL
+    export after a MAML one would get outputs for every parameter) or without per_tensor_lr (a learned-rates export
+    would get a scalar lr input). The tracer is replaced by one that names what it was asked for."""
+    from fastadapt.meta_train import tracing
+
+    traced = []
+
+    def fake_trace(graph, model, spec, recipe, params, per_tensor_lr, ways, batch):
+        traced.append((graph, recipe.adapt, per_tensor_lr))
+        return repr(traced[-1]).encode()
+
+    monkeypatch.setattr(tracing, "_TRACED", {})
+    monkeypatch.setattr(tracing, "_trace", fake_trace)
+    model, params = _model_and_params()
+    cases = [("all", False), ("head", False), ("all", True), ("head", True)]
+    steps = [build_graphs(model, SPEC, il.InnerLoop(adapt=adapt), params, per_tensor_lr=per)[1] for adapt, per in cases]
+    assert steps == [repr(("step", adapt, per)).encode() for adapt, per in cases]
+    assert [t for t in traced if t[0] == "forward"] == [("forward", "all", False)]  # one forward graph serves all
+    build_graphs(model, SPEC, il.InnerLoop(adapt="head", lr=0.01, steps=7), params, per_tensor_lr=True)
+    assert len(traced) == 5  # the rate's and the steps' values are graph inputs / loops: no new trace
+
+
+def test_export_run_reads_the_checkpoint_it_is_asked_for(monkeypatch):
+    """Guards 'fastadapt export --checkpoint last' exporting the best checkpoint."""
+    import fastadapt.meta_train.export_run as export_run
+
+    class Stop(Exception):
+        pass
+
+    asked = []
+
+    def load(rundir, checkpoint, device):
+        asked.append(checkpoint)
+        raise Stop
+
+    monkeypatch.setattr(export_run, "load_meta_params", load)
+    for checkpoint in ("last", "best"):
+        with pytest.raises(Stop):
+            export_run.export_run("somewhere", "m.fadapt", checkpoint=checkpoint)
+    assert asked == ["last", "best"]

@@ -63,6 +63,58 @@ def test_norm_layers_normalise_over_what_their_name_says(name, norm):
             assert torch.allclose(layer(x), want, rtol=0, atol=1e-12), (name, norm, layer)
 
 
+def _instance_norm(h, weight, bias):
+    """Each channel of each image over its H x W, then the channel's scale and shift (GroupNorm's eps 1e-5)."""
+    mean, var = h.mean((2, 3), keepdim=True), h.var((2, 3), unbiased=False, keepdim=True)
+    return (h - mean) / torch.sqrt(var + 1e-5) * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+
+
+def _max_pool(h):
+    """2x2 windows, stride 2 (an odd last row / column is dropped)."""
+    n, c, height, width = h.shape
+    h = h[:, :, :height // 2 * 2, :width // 2 * 2]
+    return h.reshape(n, c, height // 2, 2, width // 2, 2).amax((3, 5))
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet12"])
+def test_networks_compute_their_documented_layers(name):
+    """The bodies against the architecture written out layer by layer (float64; random norm scales and shifts, so
+    a norm's affine part counts). Guards: ResNet-12's shortcut left out of the sum, its features as another
+    reduction than the spatial mean, Conv4's ReLU before the norm, a wrong padding or pooling. torch, ONNX and
+    the runtime would agree on any of these (the parity tests pass), only the documented model would be wrong.
+    Tolerance: the same float64 operations summed in other orders, ~1e-15 relative; 1e-10 is far above that and
+    far below any structural change (order-1 differences)."""
+    F = torch.nn.functional
+    model = build_model(ModelSpec(name=name, channels=2, image_size=38, width=3)).double()  # 38: pools odd 19, 9
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    w = dict(model.named_parameters())
+    x = torch.randn(3, 2, 38, 38, generator=g, dtype=torch.float64)
+    h = x
+    if name == "conv4":
+        for i in range(4):  # conv3x3 (padding 1) -> norm -> ReLU -> 2x2 max pool, then flatten
+            h = F.conv2d(h, w[f"layers.{4 * i}.weight"], w[f"layers.{4 * i}.bias"], padding=1)
+            h = _max_pool(torch.relu(_instance_norm(h, w[f"layers.{4 * i + 1}.weight"], w[f"layers.{4 * i + 1}.bias"])))
+        want = h.flatten(1)
+    else:
+        for b in range(4):  # 3 x (conv3x3, norm) with ReLU between, + (conv1x1, norm) shortcut, ReLU, pool
+            p = lambda k: w[f"blocks.{b}.{k}"]  # noqa: E731
+            r = h
+            for j in range(3):
+                r = F.conv2d(r, p(f"convs.{3 * j}.weight"), padding=1)
+                r = _instance_norm(r, p(f"convs.{3 * j + 1}.weight"), p(f"convs.{3 * j + 1}.bias"))
+                r = torch.relu(r) if j < 2 else r
+            s = _instance_norm(F.conv2d(h, p("shortcut.0.weight")), p("shortcut.1.weight"), p("shortcut.1.bias"))
+            h = _max_pool(torch.relu(r + s))
+        want = h.mean((2, 3))  # the spatial mean of the last block's maps
+    with torch.no_grad():
+        got = model(x)
+    assert got.shape == want.shape == (3, model.feature_dim)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 @pytest.fixture(scope="module")
 def resnet_bundle(tmp_path_factory):
     """A tiny resnet12 trained for 2 iterations and exported with the CLI (the export is the slow part)."""
