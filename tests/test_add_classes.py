@@ -150,6 +150,11 @@ def _rewrite(src, dst, **members) -> None:
     (lambda s: {"images": np.zeros((9, 1, s, s), np.uint8), "labels": np.repeat([2, 1, 0], 3)}, "class by class"),
     (lambda s: {"images": np.zeros((9, 1, s // 2, s // 2), np.uint8), "labels": np.repeat(np.arange(3), 3)}, "shape"),
     (lambda s: {"images": np.zeros((9, 1, s, s), np.uint8)}, "lacks labels"),
+    # one label short: images and labels would no longer pair up
+    (lambda s: {"images": np.zeros((9, 1, s, s), np.uint8), "labels": np.repeat(np.arange(3), 3)[:8]},
+     "8 labels for 9 images"),
+    # in order and in range, but class 1 has no shot: re-adapting could not build its head row
+    (lambda s: {"images": np.zeros((9, 1, s, s), np.uint8), "labels": np.repeat([0, 2, 2], 3)}, "class by class"),
 ])
 def test_damaged_stored_shots_are_refused_on_load(saved, tmp_path, shots, match):
     path = tmp_path / "bad.fadapt"
@@ -157,6 +162,51 @@ def test_damaged_stored_shots_are_refused_on_load(saved, tmp_path, shots, match)
     with pytest.raises(FastadaptError, match=match) as error:
         read_bundle(str(path))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("change", ["drop the first", "reshape the first"])
+def test_a_meta_params_member_unlike_the_parameters_is_refused_on_load(saved, tmp_path, change):
+    """meta_params.npz must hold the body parameters params.npz has, in their shapes: else adding classes
+    would fail half-way (or re-adapt from other weights) long after the bundle was accepted."""
+    from fastadapt.bundle import params_to_bytes
+
+    meta_params = dict(read_bundle(saved.path).meta_params)
+    first = next(iter(meta_params))
+    if change == "drop the first":
+        del meta_params[first]
+    else:
+        meta_params[first] = meta_params[first].reshape(-1)
+    path = tmp_path / "bad.fadapt"
+    _rewrite(saved.path, path, **{"meta_params.npz": params_to_bytes(meta_params)})
+    with pytest.raises(FastadaptError, match="meta_params.npz") as error:
+        read_bundle(str(path))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("change, match", [("bias", "inconsistent head"), ("columns", "feature_dim")])
+def test_a_head_unlike_its_bias_or_the_feature_width_is_refused_on_load(saved, tmp_path, change, match):
+    """params.npz's head must be one row per class in both tensors, as wide as architecture.feature_dim: else
+    the bundle loads and fails (or answers from misaligned rows) only when it predicts."""
+    from fastadapt.bundle import params_to_bytes
+
+    params = dict(read_bundle(saved.path).params)
+    assert saved.manifest["architecture"]["feature_dim"] == params["head.weight"].shape[1]
+    if change == "bias":
+        params["head.bias"] = params["head.bias"][:-1]
+    else:
+        params["head.weight"] = np.pad(params["head.weight"], ((0, 0), (0, 1)))
+    path = tmp_path / "bad.fadapt"
+    _rewrite(saved.path, path, **{"params.npz": params_to_bytes(params)})
+    with pytest.raises(FastadaptError, match=match) as error:
+        read_bundle(str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_adding_classes_keeps_the_models_steps_and_lr(meta):
+    """Guards against add_classes falling back to the recipe's steps and lr: a model adapted with its own
+    steps and lr grows into the one adapting on all the images at once with them gives."""
+    grown = meta.adapt(FIRST, steps=1, lr=0.05).add_classes(LATER)
+    assert same_params(grown, meta.adapt(IMAGES, steps=1, lr=0.05))
 
 
 def test_stored_shots_member_is_size_limited(saved, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import warnings
 import zipfile
 
 import numpy as np
@@ -178,6 +179,24 @@ def test_parameter_shape_not_matching_the_graph_is_refused_on_load(bundles, tmp_
     assert "forward.onnx expects" in message
 
 
+def test_an_array_stored_twice_in_params_npz_is_refused(bundles, tmp_path):
+    """Guards against reading one of two same-named arrays (the last would win silently, while np.load or
+    another reader may take the other): here zeros first, then the real parameters."""
+    params = read_bundle(bundles["zero"]).params
+    first = next(iter(params))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w") as archive:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name: that is the point here
+        npy = io.BytesIO()
+        np.lib.format.write_array(npy, np.zeros_like(params[first]))
+        archive.writestr(f"{first}.npy", npy.getvalue())
+        with zipfile.ZipFile(io.BytesIO(params_npz(params))) as real:
+            for name in real.namelist():
+                archive.writestr(name, real.read(name))
+    path = craft(bundles["zero"], tmp_path / "twice.fadapt", params_npz=buffer.getvalue())
+    refused(lambda: read_bundle(path), "params.npz")
+
+
 # ----------------------------------------------------------------------------- crafted manifests
 
 def valid_manifest(bundles) -> dict:
@@ -303,6 +322,68 @@ def test_validate_manifest_names_the_bundle_and_field():
         validate_manifest(manifest, "x.fadapt")
     manifest["inner_loop"]["lr"] = 0.5
     assert validate_manifest(manifest, "x.fadapt") is manifest
+
+
+def small_manifest(adapted: bool = False, colour: dict | None = None, **changes) -> dict:
+    """The smallest valid manifest (meta, or adapted with two classes and optionally a colour head), with
+    ``changes``: a dict merges into that section, anything else replaces it."""
+    names = ["w"] + (["head.weight", "head.bias"] if adapted else []) + (["colour.weight", "colour.bias"] if colour else [])
+    manifest = {"format": "fastadapt-bundle", "format_version": 1, "kind": "adapted" if adapted else "meta",
+                "preprocess": {"size": 28, "channels": 3 if colour else 1, "invert": True, "mean": [0], "std": [1]},
+                "parameters": names, "members": {n: "0" * 64 for n in ("forward.onnx", "step.onnx", "params.npz")},
+                "inner_loop": {"steps": 1, "lr": 0.5, "adapted": ["w"]}}
+    if adapted:
+        manifest["classes"] = ["a", "b"]
+    if colour:
+        manifest["colour"], manifest["format_version"] = colour, 3
+    for key, value in changes.items():
+        manifest[key] = {**manifest[key], **value} if isinstance(value, dict) and key in manifest else value
+    return manifest
+
+
+LIMITS = [  # (manifest, accepted): each limit at its edge (accepted) and one past it (refused)
+    (small_manifest(preprocess={"size": 8}), True), (small_manifest(preprocess={"size": 7}), False),
+    (small_manifest(preprocess={"size": 1024}), True), (small_manifest(preprocess={"size": 1025}), False),
+    (small_manifest(colour={"bins": 4, "scale": 1}, adapted=True, preprocess={"mean": [0, 0]}), False),
+    (small_manifest(colour={"bins": 4, "scale": 1}, adapted=True, preprocess={"mean": [0, 0, 0]}), True),
+    (small_manifest(preprocess={"mean": [-1000]}), True), (small_manifest(preprocess={"mean": [-1001]}), False),
+    (small_manifest(preprocess={"std": [1000]}), True), (small_manifest(preprocess={"std": [1001]}), False),
+    (small_manifest(architecture={"image_size": 32}), False), (small_manifest(architecture={"image_size": 28}), True),
+    (small_manifest(inner_loop={"lr": 1e6}), True), (small_manifest(inner_loop={"lr": 1.5e6}), False),
+    (small_manifest(inner_loop={"head_init": "prototype", "head_scale": 1e-6}), True),
+    (small_manifest(inner_loop={"head_init": "prototype", "head_scale": 1e-7}), False),
+    (small_manifest(adapted=True, classes=["a"]), False),
+    (small_manifest(adapted=True, classes=["a", "b" * 256]), True),
+    (small_manifest(adapted=True, classes=["a", "b" * 257]), False),
+    (small_manifest(provenance={"seed": 2**32 - 1}), True), (small_manifest(provenance={"seed": 2**32}), False),
+    (small_manifest(model_card={f"s{i}": "x" for i in range(32)}), True),
+    (small_manifest(model_card={f"s{i}": "x" for i in range(33)}), False),
+    (small_manifest(model_card={"data": "x" * 8000}), True),
+    (small_manifest(unknown_calibration={"threshold": -0.25}), True),
+    (small_manifest(unknown_calibration={"threshold": "low"}), False),
+    (small_manifest(adaptation={"shots_per_class": {"a": -1}}), False),
+    (small_manifest(architecture={"feature_dim": 2**20}), True),
+    (small_manifest(architecture={"feature_dim": 2**20 + 1}), False),
+    (small_manifest(adapted=True, colour={"bins": 16, "scale": 1e6}), True),
+    (small_manifest(adapted=True, colour={"bins": 4, "scale": 2e6}), False),
+    (small_manifest(adapted=True, colour={"bins": 4, "scale": 1}, preprocess={"channels": 1}), False),
+    (small_manifest(adapted=True, members={"shots.npz": "0" * 64, "meta_params.npz": "0" * 64}), True),
+    (small_manifest(adapted=True, members={"shots.npz": "0" * 64}), False),
+]
+
+
+@pytest.mark.parametrize("index", range(len(LIMITS)))
+def test_each_manifest_limit_holds_at_its_edge(index):
+    """Every bound validate_manifest puts on a field, at the edge and one past it: a limit off by one, or a
+    check dropped (a mean of 2 values for 3 channels, an image size the graph was not exported for, one
+    optional member without the other, a 3-bin colour head, a colour head on a 1-channel model) would let
+    a crafted bundle through or refuse one fastadapt writes."""
+    manifest, accepted = LIMITS[index]
+    if accepted:
+        assert validate_manifest(manifest, "x.fadapt") is manifest
+    else:
+        with pytest.raises(FastadaptError, match=r"^x\.fadapt: "):
+            validate_manifest(manifest, "x.fadapt")
 
 
 @pytest.fixture(scope="module")

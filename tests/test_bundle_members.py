@@ -83,3 +83,38 @@ def test_what_fastadapt_writes_still_reads(signed, tmp_path):
     with zipfile.ZipFile(adapted) as archive:
         assert {"meta_params.npz", "shots.npz"} <= set(archive.namelist())
     assert read_bundle(str(adapted)).shots is not None
+
+
+def test_a_member_exactly_at_its_size_limit_is_read_and_one_byte_more_is_not(bundles, tmp_path):
+    """MEMBER_LIMITS is the most a member may hold: at the limit it is read, past it refused (an off-by-one
+    would refuse a bundle the format allows). The checksum member's limit is small enough to reach: its
+    SHA-256 padded with whitespace, which the reader strips."""
+    from fastadapt.bundle import MANIFEST_CHECKSUM, MEMBER_LIMITS
+
+    members = members_of(bundles["zero"])
+    limit = MEMBER_LIMITS[MANIFEST_CHECKSUM]
+    for size, ok in ((limit, True), (limit + 1, False)):
+        members[MANIFEST_CHECKSUM] = members[MANIFEST_CHECKSUM].strip().ljust(size)
+        path = tmp_path / f"padded-{size}.fadapt"
+        write_zip(path, members)
+        if ok:
+            assert read_bundle(str(path)).manifest["members"] == read_bundle(bundles["zero"]).manifest["members"]
+        else:
+            assert f"{limit + 1:,}" in refused(path, MANIFEST_CHECKSUM)
+
+
+def test_a_member_that_appears_twice_is_refused(bundles, tmp_path):
+    """Guards against reading one of two same-named entries: checksums would hold for the one fastadapt reads
+    (zipfile's: the last) while a tool that unzips the bundle may take the other (here junk, before it; not
+    the zip's first entry, which the check for prepended bytes would notice instead)."""
+    import warnings
+
+    members = members_of(bundles["zero"])
+    path = tmp_path / "twice.fadapt"
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as archive:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name: that is the point here
+        archive.writestr("manifest.json", members.pop("manifest.json"))
+        archive.writestr("forward.onnx", b"junk")
+        for name, data in members.items():
+            archive.writestr(name, data)
+    refused(path, "forward.onnx")

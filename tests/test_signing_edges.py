@@ -246,3 +246,16 @@ def test_a_bad_trusted_key_names_the_flag_or_the_parameter(adapted, capsys):
         fastadapt.load(adapted, trusted_keys=["abc"])
     code, out, err = run_cli(capsys, "predict", "--model", adapted, STAR, "--trusted-key", "a" * 64, "--trusted-key", "")
     assert one_error(code, out, err, "'' is not an Ed25519 public key").startswith("error: --trusted-key: ")
+
+
+# --- 8. a trusted key in another spelling is the same key -----------------------------------------------------
+
+def test_a_trusted_key_counts_in_upper_case_hex_or_as_raw_bytes(bundle):
+    """Keys are compared in lower-case hex (the form a signature member holds): a key pasted in upper case, or
+    given as its 32 raw bytes, is the same key, so the bundle it signed is accepted."""
+    secret = bytes(range(1, 33))
+    public = signing.sign_bundle(bundle, secret)
+    for key in (public.upper(), bytes.fromhex(public)):
+        assert fastadapt.load(bundle, trusted_keys=[key]).bundle.signed_by == public
+        assert fastadapt.load(bundle, trusted_keys=key if isinstance(key, str) else [key]).bundle.signed_by == public
+

@@ -212,3 +212,16 @@ def test_the_score_reads_the_same_with_a_scaled_prototype_head(tmp_path):
     # the score subtracts |f|^2 from the top logit: float32 rounding of either, relative to the prototype spacing
     magnitude = (np.abs(logits).max() + (features.astype(np.float64) ** 2).sum(1).max()) / plain._scale
     np.testing.assert_allclose(s_scaled, s_plain, rtol=0, atol=64 * np.finfo(np.float32).eps * magnitude)
+
+
+def test_identical_prototypes_fall_back_to_raw_distances():
+    """Guards the spacing's fallback: when every prototype is the same, the median squared distance is 0, and
+    dividing scores by it would give inf/NaN; the scale is then 1 (raw distances)."""
+    from fastadapt.runtime.unknown import prototype_scale
+
+    same = {"head.weight": np.ones((3, 4), np.float32)}
+    assert prototype_scale(same) == 1.0
+    apart = {"head.weight": np.array([[2, 0], [0, 2], [0, 0]], np.float32)}  # prototypes (1,0), (0,1), (0,0)
+    assert prototype_scale(apart) == pytest.approx(1.0)  # squared distances 2, 1, 1: median 1
+    assert prototype_scale(apart, head_scale=0.5) == pytest.approx(4.0)  # rows / (2 * 0.5): (2,0), (0,2), (0,0)
+
